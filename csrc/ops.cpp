@@ -1,0 +1,46 @@
+// Every schema of the pool_ext namespace. Backends register their kernels in
+// their own files (csrc/cpu, csrc/cuda).
+//
+// Tensors are (N, C, *spatial) with 1 to 3 spatial dims. Max pooling returns
+// the output and its `taps`: the position of each max inside its window
+// (uint8 when windows have at most 256 taps, else int64), which is all its
+// backward needs; `_*_indices` turns taps into torch's flat indices.
+#include <Python.h>
+#include <torch/library.h>
+
+// Lets `import pool_ext._C` load this library (and run the registrations)
+// without pybind11, under the limited API.
+extern "C" PyObject* PyInit__C(void) {
+  static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module);
+}
+
+TORCH_LIBRARY(pool_ext, m) {
+  m.def(
+      "max_pool(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
+      "bool ceil_mode, bool same) -> (Tensor, Tensor)");
+  m.def(
+      "_max_pool_backward(Tensor grad_output, Tensor self, Tensor taps, int[] kernel_size, "
+      "int[] stride, int[] padding, int[] dilation, bool ceil_mode, bool same) -> Tensor");
+  m.def(
+      "_max_pool_indices(Tensor self, Tensor taps, int[] kernel_size, int[] stride, "
+      "int[] padding, int[] dilation, bool ceil_mode, bool same) -> Tensor");
+  m.def(
+      "avg_pool(Tensor self, int[] kernel_size, int[] stride, int[] padding, bool ceil_mode, "
+      "bool same, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "_avg_pool_backward(Tensor grad_output, Tensor self, int[] kernel_size, int[] stride, "
+      "int[] padding, bool ceil_mode, bool same, bool count_include_pad, "
+      "int? divisor_override) -> Tensor");
+  m.def("adaptive_max_pool(Tensor self, int[] output_size, Tensor? sizes) -> (Tensor, Tensor)");
+  m.def(
+      "_adaptive_max_pool_backward(Tensor grad_output, Tensor self, Tensor taps, "
+      "int[] output_size, Tensor? sizes) -> Tensor");
+  m.def(
+      "_adaptive_max_pool_indices(Tensor self, Tensor taps, int[] output_size, "
+      "Tensor? sizes) -> Tensor");
+  m.def("adaptive_avg_pool(Tensor self, int[] output_size, Tensor? sizes) -> Tensor");
+  m.def(
+      "_adaptive_avg_pool_backward(Tensor grad_output, Tensor self, int[] output_size, "
+      "Tensor? sizes) -> Tensor");
+}

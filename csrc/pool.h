@@ -1,0 +1,333 @@
+// The arithmetic of every pooling op, shared by the CPU and CUDA kernels.
+//
+// All ops see their input as (N, C, D, H, W): 1d and 2d pooling put size-1
+// dims in front. A window is described per spatial dim; fixed windows come
+// from kernel/stride/padding/dilation, adaptive windows from input and output
+// extents (per sample for variable pooling). Everything here is plain integer
+// arithmetic, usable on host and device, so the CPU tests exercise exactly
+// the logic the GPU runs.
+#pragma once
+
+#include <c10/macros/Macros.h>
+
+#include <cstdint>
+#include <limits>
+
+namespace pool_ext {
+
+constexpr int kDims = 3;  // spatial dims every kernel sees: D, H, W
+
+// Floor and ceil of a / b for b > 0 and any sign of a.
+C10_HOST_DEVICE inline int64_t div_floor(int64_t a, int64_t b) {
+  return a >= 0 ? a / b : -((-a + b - 1) / b);
+}
+C10_HOST_DEVICE inline int64_t div_ceil(int64_t a, int64_t b) {
+  return -div_floor(-a, b);
+}
+C10_HOST_DEVICE inline int64_t min64(int64_t a, int64_t b) { return a < b ? a : b; }
+C10_HOST_DEVICE inline int64_t max64(int64_t a, int64_t b) { return a > b ? a : b; }
+
+// torch's output size of a fixed window: the last window must start inside
+// the input or its left padding when ceil_mode rounds up.
+C10_HOST_DEVICE inline int64_t pooled_size(int64_t in, int64_t kernel, int64_t stride,
+                                           int64_t pad, int64_t dilation, bool ceil_mode) {
+  const int64_t span = in + 2 * pad - dilation * (kernel - 1) - 1;
+  int64_t out = div_floor(span + (ceil_mode ? stride - 1 : 0), stride) + 1;
+  if (ceil_mode && (out - 1) * stride >= in + pad) {
+    --out;
+  }
+  return out;
+}
+
+// TensorFlow's "same" padding: ceil(in / stride) windows, the padding split
+// with the odd cell at the end.
+C10_HOST_DEVICE inline int64_t same_size(int64_t in, int64_t stride) {
+  return div_ceil(in, stride);
+}
+C10_HOST_DEVICE inline int64_t same_pad_total(int64_t in, int64_t kernel, int64_t stride,
+                                              int64_t dilation) {
+  const int64_t out = same_size(in, stride);
+  return max64((out - 1) * stride + dilation * (kernel - 1) + 1 - in, 0);
+}
+
+// Largest window an adaptive pooling of `in` cells to `out` can have.
+// Divisible extents give equal windows; otherwise a window spans at most
+// floor(in / out) + 2 cells.
+C10_HOST_DEVICE inline int64_t adaptive_max_window(int64_t in, int64_t out, bool variable) {
+  return (!variable && in % out == 0) ? in / out : in / out + 2;
+}
+
+// One spatial dim of a pooling.
+struct PoolDim {
+  int64_t in;        // input extent (the padded extent for variable pooling)
+  int64_t out;       // output extent
+  int64_t kernel;    // taps of a fixed window; the most cells of an adaptive one
+  int64_t stride;
+  int64_t pad;       // cells of padding before the input
+  int64_t pad_end;   // cells of padding after it (bounds count_include_pad)
+  int64_t dilation;
+};
+
+struct PoolGeometry {
+  PoolDim dim[kDims];
+  bool adaptive;
+  bool count_include_pad;
+  int64_t divisor_override;  // 0: none
+  // Variable pooling: per-sample extents, int64 (N, ndim) contiguous, or null.
+  const int64_t* sizes;
+  int ndim;  // spatial dims of the op (1..3): the last ndim of D, H, W
+};
+
+// The cells of one window in one dim: positions begin + t * step for t in
+// [0, count), the t-th being tap first_tap + t of the window.
+struct Window {
+  int64_t begin;
+  int64_t step;
+  int64_t count;
+  int64_t first_tap;
+};
+
+// Input extent of dim k for sample n.
+C10_HOST_DEVICE inline int64_t extent(const PoolGeometry& g, int k, int64_t n) {
+  const int first = kDims - g.ndim;
+  if (g.sizes != nullptr && k >= first) {
+    return g.sizes[n * g.ndim + (k - first)];
+  }
+  return g.dim[k].in;
+}
+
+// Adaptive window o of `in` cells pooled to `out`: [floor(o*in/out), ceil((o+1)*in/out)).
+C10_HOST_DEVICE inline Window adaptive_window(int64_t in, int64_t out, int64_t o) {
+  const int64_t begin = (o * in) / out;
+  const int64_t end = ((o + 1) * in + out - 1) / out;
+  return {begin, 1, end - begin, 0};
+}
+
+// Fixed window o, clipped to the input.
+C10_HOST_DEVICE inline Window fixed_window(const PoolDim& d, int64_t o) {
+  const int64_t start = o * d.stride - d.pad;
+  const int64_t first = start < 0 ? div_ceil(-start, d.dilation) : 0;
+  const int64_t last = min64(d.kernel, div_ceil(d.in - start, d.dilation));
+  return {start + first * d.dilation, d.dilation, max64(last - first, 0), first};
+}
+
+C10_HOST_DEVICE inline Window window(const PoolGeometry& g, int k, int64_t o, int64_t in) {
+  return g.adaptive ? adaptive_window(in, g.dim[k].out, o) : fixed_window(g.dim[k], o);
+}
+
+// The outputs whose windows may hold input cell i: [*lo, *hi).
+C10_HOST_DEVICE inline void covering(const PoolGeometry& g, int k, int64_t i, int64_t in,
+                                     int64_t* lo, int64_t* hi) {
+  const PoolDim& d = g.dim[k];
+  if (g.adaptive) {
+    if (i >= in) {  // padding of a variable-size sample: no window holds it
+      *lo = *hi = 0;
+      return;
+    }
+    *lo = (i * d.out) / in;
+    *hi = min64(((i + 1) * d.out + in - 1) / in, d.out);
+  } else {
+    *lo = max64(div_ceil(i + d.pad - (d.kernel - 1) * d.dilation, d.stride), 0);
+    *hi = min64(div_floor(i + d.pad, d.stride) + 1, d.out);
+  }
+}
+
+// Tap of input cell i inside window o (from `covering`), or -1 when a
+// dilated window steps over it.
+C10_HOST_DEVICE inline int64_t tap_of(const PoolGeometry& g, int k, int64_t o, int64_t i,
+                                      int64_t in) {
+  const PoolDim& d = g.dim[k];
+  if (g.adaptive) {
+    return i - (o * in) / d.out;
+  }
+  const int64_t offset = i - (o * d.stride - d.pad);
+  return offset % d.dilation == 0 ? offset / d.dilation : -1;
+}
+
+// A window's taps are numbered row-major over the per-dim tap counts; this
+// number, not a flat input index, is what max pooling saves for backward.
+C10_HOST_DEVICE inline int64_t encode_tap(const PoolGeometry& g, int64_t td, int64_t th,
+                                          int64_t tw) {
+  return (td * g.dim[1].kernel + th) * g.dim[2].kernel + tw;
+}
+
+C10_HOST_DEVICE inline int64_t window_taps(const PoolGeometry& g) {
+  return g.dim[0].kernel * g.dim[1].kernel * g.dim[2].kernel;
+}
+
+// Position in dim k of tap t of window w.
+C10_HOST_DEVICE inline int64_t tap_position(const Window& w, int64_t t) {
+  return w.begin + (t - w.first_tap) * w.step;
+}
+
+// Flat index, in torch's format (into the D*H*W plane), of the saved tap of
+// window (w[0], w[1], w[2]).
+C10_HOST_DEVICE inline int64_t tap_to_index(const PoolGeometry& g, const Window* w, int64_t tap) {
+  const int64_t kw = g.dim[2].kernel;
+  const int64_t kh = g.dim[1].kernel;
+  const int64_t pd = tap_position(w[0], tap / (kh * kw));
+  const int64_t ph = tap_position(w[1], (tap / kw) % kh);
+  const int64_t pw = tap_position(w[2], tap % kw);
+  return (pd * g.dim[1].in + ph) * g.dim[2].in + pw;
+}
+
+// The divisor of average window o: divisor_override, or the cells of the
+// window, counting padding when count_include_pad asks for it (torch's rule:
+// padding after the input counts up to pad_end only).
+C10_HOST_DEVICE inline int64_t avg_divisor(const PoolGeometry& g, const Window* w, const int64_t* o) {
+  if (g.divisor_override > 0) {
+    return g.divisor_override;
+  }
+  int64_t cells = 1;
+  for (int k = 0; k < kDims; ++k) {
+    const PoolDim& d = g.dim[k];
+    if (g.adaptive || !g.count_include_pad) {
+      cells *= w[k].count;
+    } else {
+      const int64_t start = o[k] * d.stride - d.pad;
+      cells *= min64(start + d.kernel, d.in + d.pad_end) - start;
+    }
+  }
+  return cells;
+}
+
+// Sizes and strides of an (N, C, D, H, W) view.
+struct Layout5 {
+  int64_t size[5];
+  int64_t stride[5];
+  C10_HOST_DEVICE int64_t offset(int64_t n, int64_t c, int64_t d, int64_t h, int64_t w) const {
+    return n * stride[0] + c * stride[1] + d * stride[2] + h * stride[3] + w * stride[4];
+  }
+  C10_HOST_DEVICE const int64_t* spatial_strides() const { return stride + 2; }
+  C10_HOST_DEVICE int64_t pixels() const { return size[2] * size[3] * size[4]; }
+};
+
+// Splits a flat (n, d, h, w) pixel number.
+C10_HOST_DEVICE inline void unflatten_pixel(int64_t p, const Layout5& v, int64_t* n, int64_t* x) {
+  x[2] = p % v.size[4];
+  p /= v.size[4];
+  x[1] = p % v.size[3];
+  p /= v.size[3];
+  x[0] = p % v.size[2];
+  *n = p / v.size[2];
+}
+
+// Splits a flat element number, channels fastest for channels-last layouts
+// (so neighbouring GPU threads touch neighbouring memory), else w fastest.
+C10_HOST_DEVICE inline void unflatten_element(int64_t e, const Layout5& v, bool channels_last,
+                                              int64_t* n, int64_t* c, int64_t* x) {
+  if (channels_last) {
+    *c = e % v.size[1];
+    unflatten_pixel(e / v.size[1], v, n, x);
+  } else {
+    const int64_t pixels = v.pixels();
+    const int64_t plane = e / pixels;
+    *c = plane % v.size[1];
+    unflatten_pixel((plane / v.size[1]) * pixels + e % pixels, v, n, x);
+  }
+}
+
+// Element functions: one output of a forward, one input cell of a backward.
+// `at` is a pointer to a (D, H, W) plane and `s` its three strides.
+
+template <typename acc_t>
+C10_HOST_DEVICE inline bool max_takes(acc_t v, acc_t best) {
+  // torch's rule: a larger value or any NaN replaces the max, so ties keep
+  // the first tap and NaN propagates.
+  return v > best || v != v;
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
+                                        const scalar_t* at, const int64_t* s, int64_t* tap) {
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  *tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
+  for (int64_t td = 0; td < w[0].count; ++td) {
+    const scalar_t* pd = at + tap_position(w[0], w[0].first_tap + td) * s[0];
+    for (int64_t th = 0; th < w[1].count; ++th) {
+      const scalar_t* ph = pd + tap_position(w[1], w[1].first_tap + th) * s[1];
+      for (int64_t tw = 0; tw < w[2].count; ++tw) {
+        const acc_t v = static_cast<acc_t>(ph[(w[2].begin + tw * w[2].step) * s[2]]);
+        if (max_takes(v, best)) {
+          best = v;
+          *tap = encode_tap(g, w[0].first_tap + td, w[1].first_tap + th, w[2].first_tap + tw);
+        }
+      }
+    }
+  }
+  return best;
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
+  acc_t sum = 0;
+  for (int64_t td = 0; td < w[0].count; ++td) {
+    const scalar_t* pd = at + (w[0].begin + td * w[0].step) * s[0];
+    for (int64_t th = 0; th < w[1].count; ++th) {
+      const scalar_t* ph = pd + (w[1].begin + th * w[1].step) * s[1];
+      for (int64_t tw = 0; tw < w[2].count; ++tw) {
+        sum += static_cast<acc_t>(ph[(w[2].begin + tw * w[2].step) * s[2]]);
+      }
+    }
+  }
+  return sum;
+}
+
+// Gradient of max pooling at input cell i (sample n): the sum, in output
+// order, of the gradients of the outputs whose saved tap is this cell.
+template <typename scalar_t, typename tap_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t max_grad_at(const PoolGeometry& g, int64_t n, const int64_t* i,
+                                         const scalar_t* grad, const int64_t* gs,
+                                         const tap_t* taps, const int64_t* ts) {
+  int64_t in[kDims], lo[kDims], hi[kDims];
+  for (int k = 0; k < kDims; ++k) {
+    in[k] = extent(g, k, n);
+    covering(g, k, i[k], in[k], &lo[k], &hi[k]);
+  }
+  acc_t sum = 0;
+  for (int64_t od = lo[0]; od < hi[0]; ++od) {
+    const int64_t td = tap_of(g, 0, od, i[0], in[0]);
+    if (td < 0) continue;
+    for (int64_t oh = lo[1]; oh < hi[1]; ++oh) {
+      const int64_t th = tap_of(g, 1, oh, i[1], in[1]);
+      if (th < 0) continue;
+      for (int64_t ow = lo[2]; ow < hi[2]; ++ow) {
+        const int64_t tw = tap_of(g, 2, ow, i[2], in[2]);
+        if (tw < 0) continue;
+        if (static_cast<int64_t>(taps[od * ts[0] + oh * ts[1] + ow * ts[2]]) ==
+            encode_tap(g, td, th, tw)) {
+          sum += static_cast<acc_t>(grad[od * gs[0] + oh * gs[1] + ow * gs[2]]);
+        }
+      }
+    }
+  }
+  return sum;
+}
+
+// Gradient of average pooling at input cell i (sample n).
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t avg_grad_at(const PoolGeometry& g, int64_t n, const int64_t* i,
+                                         const scalar_t* grad, const int64_t* gs) {
+  int64_t in[kDims], lo[kDims], hi[kDims];
+  for (int k = 0; k < kDims; ++k) {
+    in[k] = extent(g, k, n);
+    covering(g, k, i[k], in[k], &lo[k], &hi[k]);
+  }
+  acc_t sum = 0;
+  int64_t o[kDims];
+  Window w[kDims];
+  for (o[0] = lo[0]; o[0] < hi[0]; ++o[0]) {
+    w[0] = window(g, 0, o[0], in[0]);
+    for (o[1] = lo[1]; o[1] < hi[1]; ++o[1]) {
+      w[1] = window(g, 1, o[1], in[1]);
+      for (o[2] = lo[2]; o[2] < hi[2]; ++o[2]) {
+        w[2] = window(g, 2, o[2], in[2]);
+        sum += static_cast<acc_t>(grad[o[0] * gs[0] + o[1] * gs[1] + o[2] * gs[2]]) /
+               static_cast<acc_t>(avg_divisor(g, w, o));
+      }
+    }
+  }
+  return sum;
+}
+
+}  // namespace pool_ext

@@ -1,0 +1,184 @@
+// The ops, written once over a backend's kernels. A backend is a struct with
+//   static void max_forward(const PoolGeometry&, in, out, taps);
+//   static void max_backward(const PoolGeometry&, grad_out, taps, grad_in);
+//   static void max_indices(const PoolGeometry&, taps, indices);
+//   static void avg_forward(const PoolGeometry&, in, out);
+//   static void avg_backward(const PoolGeometry&, grad_out, grad_in);
+// taking (N, C, D, H, W) views with any strides, non-empty outputs, and
+// registers itself with `register_ops<Backend>(m)` in its own file.
+#pragma once
+
+#include <torch/library.h>
+
+#include <tuple>
+
+#include "pool_plan.h"
+
+namespace pool_ext {
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tensor& self) {
+  const auto opts = self.options().memory_format(plan.format);
+  auto out = at::empty(plan.out_shape, opts);
+  auto taps = at::empty(plan.out_shape, opts.dtype(plan.tap_dtype));
+  if (out.numel() > 0) {
+    K::max_forward(plan.geom, as_5d(self), as_5d(out), as_5d(taps));
+  }
+  return {out, taps};
+}
+
+template <class K>
+at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
+                            const at::Tensor& self, const at::Tensor& taps) {
+  check_like_output(plan, grad_output, "grad_output");
+  check_like_output(plan, taps, "taps");
+  TORCH_CHECK(taps.scalar_type() == plan.tap_dtype, plan.name, " backward: expected taps of dtype ",
+              plan.tap_dtype, ", but got ", taps.scalar_type());
+  TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
+              " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
+              grad_output.scalar_type());
+  auto grad_input = at::empty(self.sizes(), self.options().memory_format(plan.format));
+  if (grad_input.numel() > 0) {
+    K::max_backward(plan.geom, as_5d(grad_output), as_5d(taps), as_5d(grad_input));
+  }
+  return grad_input;
+}
+
+template <class K>
+at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& taps) {
+  check_like_output(plan, taps, "taps");
+  TORCH_CHECK(taps.scalar_type() == plan.tap_dtype, plan.name, ": expected taps of dtype ",
+              plan.tap_dtype, ", but got ", taps.scalar_type());
+  auto indices = at::empty(plan.out_shape, taps.options().dtype(at::kLong).memory_format(plan.format));
+  if (indices.numel() > 0) {
+    K::max_indices(plan.geom, as_5d(taps), as_5d(indices));
+  }
+  return indices;
+}
+
+template <class K>
+at::Tensor run_avg(const PoolPlan& plan, const at::Tensor& self) {
+  auto out = at::empty(plan.out_shape, self.options().memory_format(plan.format));
+  if (out.numel() > 0) {
+    K::avg_forward(plan.geom, as_5d(self), as_5d(out));
+  }
+  return out;
+}
+
+template <class K>
+at::Tensor run_avg_backward(const PoolPlan& plan, const at::Tensor& grad_output,
+                            const at::Tensor& self) {
+  check_like_output(plan, grad_output, "grad_output");
+  TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
+              " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
+              grad_output.scalar_type());
+  auto grad_input = at::empty(self.sizes(), self.options().memory_format(plan.format));
+  if (grad_input.numel() > 0) {
+    K::avg_backward(plan.geom, as_5d(grad_output), as_5d(grad_input));
+  }
+  return grad_input;
+}
+
+// Fixed windows.
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> max_pool(const at::Tensor& self, at::IntArrayRef kernel_size,
+                                            at::IntArrayRef stride, at::IntArrayRef padding,
+                                            at::IntArrayRef dilation, bool ceil_mode, bool same) {
+  return run_max<K>(plan_fixed("max_pool", self, kernel_size, stride, padding, dilation,
+                               ceil_mode, same, false, std::nullopt),
+                    self);
+}
+
+template <class K>
+at::Tensor max_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                             const at::Tensor& taps, at::IntArrayRef kernel_size,
+                             at::IntArrayRef stride, at::IntArrayRef padding,
+                             at::IntArrayRef dilation, bool ceil_mode, bool same) {
+  return run_max_backward<K>(plan_fixed("max_pool", self, kernel_size, stride, padding,
+                                        dilation, ceil_mode, same, false, std::nullopt),
+                             grad_output, self, taps);
+}
+
+template <class K>
+at::Tensor max_pool_indices(const at::Tensor& self, const at::Tensor& taps,
+                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                            at::IntArrayRef padding, at::IntArrayRef dilation, bool ceil_mode,
+                            bool same) {
+  return run_max_indices<K>(plan_fixed("max_pool", self, kernel_size, stride, padding, dilation,
+                                       ceil_mode, same, false, std::nullopt),
+                            taps);
+}
+
+template <class K>
+at::Tensor avg_pool(const at::Tensor& self, at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                    at::IntArrayRef padding, bool ceil_mode, bool same, bool count_include_pad,
+                    std::optional<int64_t> divisor_override) {
+  return run_avg<K>(plan_fixed("avg_pool", self, kernel_size, stride, padding, {1}, ceil_mode,
+                               same, count_include_pad, divisor_override),
+                    self);
+}
+
+template <class K>
+at::Tensor avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                             at::IntArrayRef padding, bool ceil_mode, bool same,
+                             bool count_include_pad, std::optional<int64_t> divisor_override) {
+  return run_avg_backward<K>(plan_fixed("avg_pool", self, kernel_size, stride, padding, {1},
+                                        ceil_mode, same, count_include_pad, divisor_override),
+                             grad_output, self);
+}
+
+// Adaptive windows (variable when `sizes` is given).
+
+template <class K>
+std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
+                                                     at::IntArrayRef output_size,
+                                                     const std::optional<at::Tensor>& sizes) {
+  return run_max<K>(plan_adaptive("max_pool", self, output_size, sizes), self);
+}
+
+template <class K>
+at::Tensor adaptive_max_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                                      const at::Tensor& taps, at::IntArrayRef output_size,
+                                      const std::optional<at::Tensor>& sizes) {
+  return run_max_backward<K>(plan_adaptive("max_pool", self, output_size, sizes), grad_output,
+                             self, taps);
+}
+
+template <class K>
+at::Tensor adaptive_max_pool_indices(const at::Tensor& self, const at::Tensor& taps,
+                                     at::IntArrayRef output_size,
+                                     const std::optional<at::Tensor>& sizes) {
+  return run_max_indices<K>(plan_adaptive("max_pool", self, output_size, sizes), taps);
+}
+
+template <class K>
+at::Tensor adaptive_avg_pool(const at::Tensor& self, at::IntArrayRef output_size,
+                             const std::optional<at::Tensor>& sizes) {
+  return run_avg<K>(plan_adaptive("avg_pool", self, output_size, sizes), self);
+}
+
+template <class K>
+at::Tensor adaptive_avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
+                                      at::IntArrayRef output_size,
+                                      const std::optional<at::Tensor>& sizes) {
+  return run_avg_backward<K>(plan_adaptive("avg_pool", self, output_size, sizes), grad_output,
+                             self);
+}
+
+template <class K>
+void register_ops(torch::Library& m) {
+  m.impl("max_pool", TORCH_FN(max_pool<K>));
+  m.impl("_max_pool_backward", TORCH_FN(max_pool_backward<K>));
+  m.impl("_max_pool_indices", TORCH_FN(max_pool_indices<K>));
+  m.impl("avg_pool", TORCH_FN(avg_pool<K>));
+  m.impl("_avg_pool_backward", TORCH_FN(avg_pool_backward<K>));
+  m.impl("adaptive_max_pool", TORCH_FN(adaptive_max_pool<K>));
+  m.impl("_adaptive_max_pool_backward", TORCH_FN(adaptive_max_pool_backward<K>));
+  m.impl("_adaptive_max_pool_indices", TORCH_FN(adaptive_max_pool_indices<K>));
+  m.impl("adaptive_avg_pool", TORCH_FN(adaptive_avg_pool<K>));
+  m.impl("_adaptive_avg_pool_backward", TORCH_FN(adaptive_avg_pool_backward<K>));
+}
+
+}  // namespace pool_ext

@@ -1,0 +1,205 @@
+#include "pool_plan.h"
+
+#include <c10/util/irange.h>
+
+namespace pool_ext {
+namespace {
+
+// Saved taps fit in a byte when no window has more than 256 of them.
+constexpr int64_t kByteTaps = 256;
+
+std::string op_name(const char* kind, int64_t ndim) {
+  return std::string(kind) + std::to_string(ndim) + "d";
+}
+
+// Expands an int list of one or `ndim` values (torch's `_single/_pair/_triple`).
+std::vector<int64_t> expand(const std::string& name, const char* arg, at::IntArrayRef v,
+                            int64_t ndim) {
+  TORCH_CHECK(v.size() == 1 || static_cast<int64_t>(v.size()) == ndim, name, ": ", arg,
+              " must be a single int or a tuple of ", ndim, " ints, but got ", v);
+  return v.size() == 1 ? std::vector<int64_t>(ndim, v[0]) : v.vec();
+}
+
+void check_input(const std::string& name, const at::Tensor& self, int64_t ndim) {
+  TORCH_CHECK(self.dim() == ndim + 2, name, ": expected a ", ndim + 2,
+              "D (N, C, *spatial) input, but got one of sizes ", self.sizes());
+  for (const auto k : c10::irange(1, self.dim())) {
+    TORCH_CHECK(self.size(k) > 0, name,
+                ": expected input with non-zero channels and spatial sizes (only the batch may "
+                "be empty), but got input of sizes ",
+                self.sizes());
+  }
+  const auto t = self.scalar_type();
+  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
+              ": expected a float32, float64, float16 or bfloat16 input, but got ", t);
+}
+
+at::MemoryFormat format_of(const at::Tensor& self) {
+  // 1d pooling has no channels-last layout: its output is always contiguous.
+  return self.dim() >= 4 ? self.suggest_memory_format() : at::MemoryFormat::Contiguous;
+}
+
+PoolPlan start_plan(const std::string& name, const at::Tensor& self, int64_t ndim) {
+  PoolPlan plan;
+  plan.name = name;
+  plan.geom = PoolGeometry{};
+  plan.geom.ndim = static_cast<int>(ndim);
+  for (auto& d : plan.geom.dim) {
+    d = PoolDim{1, 1, 1, 1, 0, 0, 1};
+  }
+  plan.out_shape = {self.size(0), self.size(1)};
+  plan.format = format_of(self);
+  return plan;
+}
+
+void finish_plan(PoolPlan& plan) {
+  plan.tap_dtype = window_taps(plan.geom) <= kByteTaps ? at::kByte : at::kLong;
+}
+
+}  // namespace
+
+PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef kernel_size,
+                    at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef dilation,
+                    bool ceil_mode, bool same, bool count_include_pad,
+                    std::optional<int64_t> divisor_override) {
+  const auto ndim = static_cast<int64_t>(kernel_size.size());
+  TORCH_CHECK(ndim >= 1 && ndim <= kDims, kind,
+              ": kernel_size must have 1 to 3 elements, but got ", kernel_size);
+  const auto name = op_name(kind, ndim);
+  check_input(name, self, ndim);
+  const auto k = kernel_size.vec();
+  const auto s = stride.empty() ? k : expand(name, "stride", stride, ndim);
+  const auto p = expand(name, "padding", padding, ndim);
+  const auto d = expand(name, "dilation", dilation, ndim);
+  for (const auto i : c10::irange(ndim)) {
+    TORCH_CHECK(k[i] > 0, name, ": kernel size should be greater than zero, but got kernel_size=",
+                kernel_size);
+    TORCH_CHECK(s[i] > 0, name, ": stride should be greater than zero, but got stride=",
+                at::IntArrayRef(s));
+    TORCH_CHECK(d[i] > 0, name, ": dilation should be greater than zero, but got dilation=",
+                at::IntArrayRef(d));
+    if (!same) {
+      TORCH_CHECK(p[i] >= 0, name, ": pad must be non-negative, but got padding=",
+                  at::IntArrayRef(p));
+      TORCH_CHECK(p[i] <= k[i] / 2, name,
+                  ": pad should be at most half of kernel size, but got padding=",
+                  at::IntArrayRef(p), " and kernel_size=", kernel_size);
+    }
+  }
+  TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, name,
+              ": divisor must be not zero, but got divisor_override=0");
+
+  PoolPlan plan = start_plan(name, self, ndim);
+  auto& g = plan.geom;
+  g.adaptive = false;
+  g.count_include_pad = count_include_pad && !same;
+  g.divisor_override = divisor_override.value_or(0);
+  bool too_small = false;
+  for (const auto i : c10::irange(ndim)) {
+    PoolDim& dim = g.dim[kDims - ndim + i];
+    dim.in = self.size(2 + i);
+    dim.kernel = k[i];
+    dim.stride = s[i];
+    dim.dilation = d[i];
+    if (same) {
+      const int64_t total = same_pad_total(dim.in, k[i], s[i], d[i]);
+      dim.pad = total / 2;
+      dim.pad_end = total - dim.pad;
+      dim.out = same_size(dim.in, s[i]);
+    } else {
+      dim.pad = dim.pad_end = p[i];
+      dim.out = pooled_size(dim.in, k[i], s[i], p[i], d[i], ceil_mode);
+    }
+    too_small |= dim.out < 1;
+    plan.out_shape.push_back(dim.out);
+  }
+  TORCH_CHECK(!too_small, name, ": given input size ",
+              self.sizes().slice(1), ", calculated output size ",
+              at::IntArrayRef(plan.out_shape).slice(1), ". Output size is too small");
+  finish_plan(plan);
+  return plan;
+}
+
+PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
+                       const std::optional<at::Tensor>& sizes) {
+  const auto ndim = static_cast<int64_t>(output_size.size());
+  const std::string family = sizes.has_value() ? "variable_" : "adaptive_";
+  TORCH_CHECK(ndim >= 1 && ndim <= kDims, family, kind,
+              ": output_size must have 1 to 3 elements, but got ", output_size);
+  const auto name = op_name((family + kind).c_str(), ndim);
+  check_input(name, self, ndim);
+  for (const auto o : output_size) {
+    TORCH_CHECK(o >= 0, name, ": output_size must be non-negative, but got output_size=",
+                output_size);
+  }
+
+  PoolPlan plan = start_plan(name, self, ndim);
+  auto& g = plan.geom;
+  g.adaptive = true;
+  for (const auto i : c10::irange(ndim)) {
+    PoolDim& dim = g.dim[kDims - ndim + i];
+    dim.in = self.size(2 + i);
+    dim.out = output_size[i];
+    dim.kernel = dim.out > 0 ? adaptive_max_window(dim.in, dim.out, sizes.has_value()) : 1;
+    plan.out_shape.push_back(dim.out);
+  }
+
+  if (sizes.has_value()) {
+    const auto& sz = *sizes;
+    const int64_t n = self.size(0);
+    TORCH_CHECK(sz.device() == self.device(), name,
+                ": expected sizes on the input's device ", self.device(), ", but got sizes on ",
+                sz.device());
+    TORCH_CHECK(sz.scalar_type() == at::kLong || sz.scalar_type() == at::kInt, name,
+                ": expected sizes of dtype int64 or int32, but got ", sz.scalar_type());
+    const bool lengths = ndim == 1 && sz.dim() == 1;
+    TORCH_CHECK(lengths || (sz.dim() == 2 && sz.size(1) == ndim), name,
+                ": expected sizes of shape (N, ", ndim, ")",
+                ndim == 1 ? " or (N,)" : "", " with N = ", n, ", but got sizes of shape ",
+                sz.sizes());
+    TORCH_CHECK(sz.size(0) == n, name, ": expected sizes of shape (", n, ", ", ndim,
+                ") for a batch of ", n, ", but got sizes of shape ", sz.sizes());
+    plan.sizes = sz.to(at::kLong).reshape({n, ndim}).contiguous();
+    // The one host read of the sizes: a bad size must be an error, never a
+    // read past the padded input.
+    const auto host = plan.sizes.cpu();
+    const int64_t* v = host.data_ptr<int64_t>();
+    for (const auto s : c10::irange(n)) {
+      for (const auto i : c10::irange(ndim)) {
+        const int64_t extent = self.size(2 + i);
+        const int64_t value = v[s * ndim + i];
+        TORCH_CHECK(value >= 1 && value <= extent, name, ": sizes[", s,
+                    lengths ? "" : ", " + std::to_string(i), "] = ", value,
+                    " is outside the valid range [1, ", extent, "] of spatial dim ", i,
+                    " of the padded input");
+      }
+    }
+    g.sizes = plan.sizes.data_ptr<int64_t>();
+  }
+  finish_plan(plan);
+  return plan;
+}
+
+void check_like_output(const PoolPlan& plan, const at::Tensor& t, const char* what) {
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(plan.out_shape), plan.name, " backward: expected ",
+              what, " of sizes ", at::IntArrayRef(plan.out_shape), ", but got ", t.sizes());
+}
+
+at::Tensor as_5d(const at::Tensor& t) {
+  at::Tensor v = t;
+  while (v.dim() < 2 + kDims) {
+    v = v.unsqueeze(2);
+  }
+  return v;
+}
+
+Layout5 layout_of(const at::Tensor& t5) {
+  Layout5 v;
+  for (const auto k : c10::irange(5)) {
+    v.size[k] = t5.size(k);
+    v.stride[k] = t5.stride(k);
+  }
+  return v;
+}
+
+}  // namespace pool_ext

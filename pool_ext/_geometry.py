@@ -1,0 +1,75 @@
+"""Output-size arithmetic of csrc/pool.h and csrc/pool_plan.cpp, for the fake kernels.
+
+Keep in step with the C++: the opcheck tests compare the two on every op.
+"""
+
+import torch
+from torch._prims_common import suggest_memory_format
+
+BYTE_TAPS = 256  # saved taps fit in uint8 up to this many per window
+
+
+def div_ceil(a, b):
+    return -(-a // b)
+
+
+def pooled_size(size, kernel, stride, pad, dilation, ceil_mode):
+    """torch's output size of a fixed window (the last window starts inside input or left pad)."""
+    span = size + 2 * pad - dilation * (kernel - 1) - 1
+    out = (span + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + pad:
+        out -= 1
+    return out
+
+
+def adaptive_max_window(size, out, variable):
+    return size // out if (not variable and size % out == 0) else size // out + 2
+
+
+def memory_format(x):
+    return suggest_memory_format(x) if x.dim() >= 4 else torch.contiguous_format
+
+
+def tap_dtype(taps_per_window):
+    return torch.uint8 if taps_per_window <= BYTE_TAPS else torch.int64
+
+
+def expand(name, arg, values, ndim):
+    values = list(values)
+    torch._check(
+        len(values) in (1, ndim),
+        lambda: f"{name}: {arg} must be a single int or a tuple of {ndim} ints, but got {values}",
+    )
+    return values * ndim if len(values) == 1 else values
+
+
+def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same):
+    """Output shape and taps per window of a fixed-window pooling of x (N, C, *spatial)."""
+    ndim = len(kernel_size)
+    name = f"{kind}{ndim}d"
+    torch._check(
+        x.dim() == ndim + 2,
+        lambda: f"{name}: expected a {ndim + 2}D (N, C, *spatial) input, but got one of sizes {list(x.shape)}",
+    )
+    stride = list(kernel_size) if len(stride) == 0 else expand(name, "stride", stride, ndim)
+    padding = expand(name, "padding", padding, ndim)
+    dilation = expand(name, "dilation", dilation, ndim)
+    out = []
+    for size, k, s, p, d in zip(x.shape[2:], kernel_size, stride, padding, dilation):
+        out.append(div_ceil(size, s) if same else pooled_size(size, k, s, p, d, ceil_mode))
+    torch._check(
+        all(o >= 1 for o in out),
+        lambda: f"{name}: given input size {list(x.shape[1:])}, calculated output size "
+        f"{[x.shape[1]] + out}. Output size is too small",
+    )
+    taps = 1
+    for k in kernel_size:
+        taps *= k
+    return [x.shape[0], x.shape[1], *out], taps
+
+
+def adaptive_plan(x, output_size, variable):
+    taps = 1
+    for size, o in zip(x.shape[2:], output_size):
+        taps *= adaptive_max_window(size, o, variable) if o > 0 else 1
+    return [x.shape[0], x.shape[1], *output_size], taps

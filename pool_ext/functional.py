@@ -1,0 +1,327 @@
+"""Drop-in replacements for torch.nn.functional pooling, plus variable-size pooling.
+
+Every function takes exactly the arguments of its ``torch.nn.functional``
+namesake and returns the same values and indices. Inputs are ``(N, C, *spatial)``
+or unbatched ``(C, *spatial)``, in float32, float64, float16 or bfloat16, on
+the CPU or a CUDA device, contiguous, channels-last or strided.
+
+Beyond torch:
+  * ``padding="same"`` / ``"valid"`` on max and average pooling (TensorFlow's
+    rule: ``same`` gives ``ceil(in / stride)`` outputs with the odd padding cell
+    at the end; max never selects padding, average divides by real cells only,
+    so ``count_include_pad`` does not apply);
+  * ``variable_*_pool*d``: a padded batch where each sample is pooled
+    adaptively over its own valid extent;
+  * ``spatial_pyramid_pool2d``.
+"""
+
+import torch
+
+ops = torch.ops.pool_ext
+
+__all__ = [
+    "max_pool1d", "max_pool2d", "max_pool3d",
+    "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+    "variable_max_pool1d", "variable_max_pool2d", "variable_max_pool3d",
+    "variable_avg_pool1d", "variable_avg_pool2d", "variable_avg_pool3d",
+    "spatial_pyramid_pool2d",
+]
+
+
+def _tuple(name, arg, value, ndim):
+    if isinstance(value, int):
+        return [value] * ndim
+    value = list(value)
+    if len(value) not in (1, ndim):
+        raise RuntimeError(f"{name}: {arg} must be a single int or a tuple of {ndim} ints, but got {value}")
+    return value * ndim if len(value) == 1 else value
+
+
+def _batched(name, input, ndim):
+    """Returns the (N, C, *spatial) view of input and whether it was unbatched."""
+    if input.dim() not in (ndim + 1, ndim + 2):
+        raise RuntimeError(
+            f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
+            f"batch size for input, but got: {list(input.shape)}"
+        )
+    if input.dim() == ndim + 1:
+        return input.unsqueeze(0), True
+    return input, False
+
+
+def _padding(name, padding, ndim):
+    """(padding list, same) for an int, a tuple or TensorFlow's 'same' / 'valid'."""
+    if isinstance(padding, str):
+        if padding == "same":
+            return [0] * ndim, True
+        if padding == "valid":
+            return [0] * ndim, False
+        raise ValueError(
+            f"{name}: padding must be an int, a tuple of ints, 'same' or 'valid', but got '{padding}'"
+        )
+    return _tuple(name, "padding", padding, ndim), False
+
+
+def _fixed_args(name, ndim, kernel_size, stride, padding):
+    kernel = _tuple(name, "kernel_size", kernel_size, ndim)
+    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else (
+        _tuple(name, "stride", stride, ndim)
+    )
+    padding, same = _padding(name, padding, ndim)
+    return kernel, stride, padding, same
+
+
+def _unbatch(result, unbatched):
+    if not unbatched:
+        return result
+    if isinstance(result, tuple):
+        return tuple(t.squeeze(0) for t in result)
+    return result.squeeze(0)
+
+
+def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
+    name = f"max_pool{ndim}d"
+    x, unbatched = _batched(name, input, ndim)
+    kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
+    args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
+    out, taps = ops.max_pool(x, *args)
+    if return_indices:
+        return _unbatch((out, ops._max_pool_indices(x, taps, *args)), unbatched)
+    return _unbatch(out, unbatched)
+
+
+def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    name = f"avg_pool{ndim}d"
+    x, unbatched = _batched(name, input, ndim)
+    kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
+    out = ops.avg_pool(x, kernel, stride, padding, ceil_mode, same, count_include_pad, divisor_override)
+    return _unbatch(out, unbatched)
+
+
+def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """1d max pooling, as ``torch.nn.functional.max_pool1d``.
+
+    Args:
+        input: ``Tensor[N, C, L]`` or ``Tensor[C, L]``.
+        padding: int, tuple, or ``"same"`` / ``"valid"``.
+    Returns:
+        ``Tensor[N, C, L_out]``, and with ``return_indices`` the int64 indices into ``L``.
+    """
+    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """2d max pooling, as ``torch.nn.functional.max_pool2d``.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` or ``Tensor[C, H, W]`` (channels-last keeps its layout).
+        padding: int, tuple, or ``"same"`` / ``"valid"``.
+    Returns:
+        ``Tensor[N, C, H_out, W_out]``, and with ``return_indices`` the int64 indices into ``H * W``
+        (accepted by ``torch.nn.functional.max_unpool2d``).
+    """
+    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
+    """3d max pooling, as ``torch.nn.functional.max_pool3d``.
+
+    Args:
+        input: ``Tensor[N, C, D, H, W]`` or ``Tensor[C, D, H, W]``.
+    Returns:
+        ``Tensor[N, C, D_out, H_out, W_out]``, and with ``return_indices`` indices into ``D * H * W``.
+    """
+    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+
+
+def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
+    """1d average pooling, as ``torch.nn.functional.avg_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, L_out]``."""
+    return _avg_pool(1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+
+
+def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """2d average pooling, as ``torch.nn.functional.avg_pool2d``.
+
+    ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, H_out, W_out]`` (unbatched ``Tensor[C, H, W]`` too).
+    """
+    return _avg_pool(2, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+               divisor_override=None):
+    """3d average pooling, as ``torch.nn.functional.avg_pool3d`` (bfloat16 on the CPU too).
+
+    ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, D_out, H_out, W_out]``.
+    """
+    return _avg_pool(3, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+
+
+# ---------------------------------------------------------------- adaptive
+
+
+def _output_size(name, output_size, spatial):
+    ndim = len(spatial)
+    sizes = [output_size] * ndim if isinstance(output_size, int) or output_size is None else list(output_size)
+    if len(sizes) == 1 and ndim > 1:
+        sizes = sizes * ndim
+    if len(sizes) != ndim:
+        raise RuntimeError(f"{name}: output_size must have {ndim} elements, but got {list(sizes)}")
+    return [s if o is None else o for o, s in zip(sizes, spatial)]
+
+
+def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
+    name = f"{kind}_max_pool{ndim}d"
+    x, unbatched = _batched(name, input, ndim)
+    size = _output_size(name, output_size, x.shape[2:])
+    out, taps = ops.adaptive_max_pool(x, size, sizes)
+    if return_indices:
+        return _unbatch((out, ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
+    return _unbatch(out, unbatched)
+
+
+def _adaptive_avg(ndim, kind, input, output_size, sizes):
+    name = f"{kind}_avg_pool{ndim}d"
+    x, unbatched = _batched(name, input, ndim)
+    return _unbatch(ops.adaptive_avg_pool(x, _output_size(name, output_size, x.shape[2:]), sizes), unbatched)
+
+
+def adaptive_max_pool1d(input, output_size, return_indices=False):
+    """As ``torch.nn.functional.adaptive_max_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, output_size]``."""
+    return _adaptive_max(1, "adaptive", input, output_size, None, return_indices)
+
+
+def adaptive_max_pool2d(input, output_size, return_indices=False):
+    """As ``torch.nn.functional.adaptive_max_pool2d``: ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, *output_size]``.
+
+    ``None`` in ``output_size`` keeps that input size.
+    """
+    return _adaptive_max(2, "adaptive", input, output_size, None, return_indices)
+
+
+def adaptive_max_pool3d(input, output_size, return_indices=False):
+    """As ``torch.nn.functional.adaptive_max_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
+    return _adaptive_max(3, "adaptive", input, output_size, None, return_indices)
+
+
+def adaptive_avg_pool1d(input, output_size):
+    """As ``torch.nn.functional.adaptive_avg_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, output_size]``."""
+    return _adaptive_avg(1, "adaptive", input, output_size, None)
+
+
+def adaptive_avg_pool2d(input, output_size):
+    """As ``torch.nn.functional.adaptive_avg_pool2d``: ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, *output_size]``."""
+    return _adaptive_avg(2, "adaptive", input, output_size, None)
+
+
+def adaptive_avg_pool3d(input, output_size):
+    """As ``torch.nn.functional.adaptive_avg_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
+    return _adaptive_avg(3, "adaptive", input, output_size, None)
+
+
+# ---------------------------------------------------------------- variable
+
+
+def _variable_input(name, input, ndim, sizes):
+    if input.dim() != ndim + 2:
+        raise RuntimeError(
+            f"{name}: expected a padded batch of {ndim + 2}D (N, C, *spatial), but got input of sizes "
+            f"{list(input.shape)}"
+        )
+    if not isinstance(sizes, torch.Tensor):
+        raise TypeError(f"{name}: expected sizes as an integer tensor, but got {type(sizes).__name__}")
+
+
+def variable_max_pool1d(input, output_size, sizes, return_indices=False):
+    """Masked adaptive max pooling of a padded batch of sequences.
+
+    Args:
+        input: ``Tensor[N, C, L]``, sample ``n`` valid in ``[:, :sizes[n]]``.
+        output_size: int (``1`` gives masked global max pooling).
+        sizes: integer ``Tensor[N]`` or ``Tensor[N, 1]`` of lengths, on ``input``'s device.
+    Returns:
+        ``Tensor[N, C, output_size]``; with ``return_indices`` also indices into ``L``.
+    Padding cells are never read and get zero gradient.
+    """
+    _variable_input("variable_max_pool1d", input, 1, sizes)
+    return _adaptive_max(1, "variable", input, output_size, sizes, return_indices)
+
+
+def variable_max_pool2d(input, output_size, sizes, return_indices=False):
+    """Adaptive max pooling of each image of a padded batch over its own size.
+
+    Args:
+        input: ``Tensor[N, C, H, W]``, sample ``n`` valid in ``[:, :sizes[n, 0], :sizes[n, 1]]``.
+        output_size: int or ``(H_out, W_out)``.
+        sizes: integer ``Tensor[N, 2]`` on ``input``'s device.
+    Returns:
+        ``Tensor[N, C, H_out, W_out]``: what slicing each sample and calling
+        ``adaptive_max_pool2d`` gives; with ``return_indices`` also indices into the padded ``H * W``.
+    """
+    _variable_input("variable_max_pool2d", input, 2, sizes)
+    return _adaptive_max(2, "variable", input, output_size, sizes, return_indices)
+
+
+def variable_max_pool3d(input, output_size, sizes, return_indices=False):
+    """As ``variable_max_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``."""
+    _variable_input("variable_max_pool3d", input, 3, sizes)
+    return _adaptive_max(3, "variable", input, output_size, sizes, return_indices)
+
+
+def variable_avg_pool1d(input, output_size, sizes):
+    """Masked adaptive average pooling of a padded batch of sequences (``output_size=1``: masked mean).
+
+    ``Tensor[N, C, L]`` with lengths ``Tensor[N]`` -> ``Tensor[N, C, output_size]``.
+    """
+    _variable_input("variable_avg_pool1d", input, 1, sizes)
+    return _adaptive_avg(1, "variable", input, output_size, sizes)
+
+
+def variable_avg_pool2d(input, output_size, sizes):
+    """Adaptive average pooling of each image over its own size.
+
+    ``Tensor[N, C, H, W]`` with ``sizes`` ``Tensor[N, 2]`` -> ``Tensor[N, C, H_out, W_out]``.
+    """
+    _variable_input("variable_avg_pool2d", input, 2, sizes)
+    return _adaptive_avg(2, "variable", input, output_size, sizes)
+
+
+def variable_avg_pool3d(input, output_size, sizes):
+    """As ``variable_avg_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``."""
+    _variable_input("variable_avg_pool3d", input, 3, sizes)
+    return _adaptive_avg(3, "variable", input, output_size, sizes)
+
+
+# ---------------------------------------------------------------- pyramid
+
+
+def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
+    """Spatial pyramid pooling: a fixed-length vector from an image of any size.
+
+    Pools to an ``l x l`` grid for each level ``l``, flattens and concatenates.
+
+    Args:
+        input: ``Tensor[N, C, H, W]`` or ``Tensor[C, H, W]``.
+        levels: grid sizes.
+        mode: ``"max"`` or ``"avg"``.
+        sizes: optional integer ``Tensor[N, 2]``: each image's valid size in a padded batch.
+    Returns:
+        ``Tensor[N, C * sum(l * l for l in levels)]`` (``Tensor[C * ...]`` unbatched).
+    """
+    if mode not in ("max", "avg"):
+        raise ValueError(f"spatial_pyramid_pool2d: mode must be 'max' or 'avg', but got '{mode}'")
+    if len(levels) == 0 or any(int(l) < 1 for l in levels):
+        raise ValueError(f"spatial_pyramid_pool2d: levels must be positive ints, but got {tuple(levels)}")
+    x, unbatched = _batched("spatial_pyramid_pool2d", input, 2)
+    if sizes is not None and unbatched:
+        raise RuntimeError("spatial_pyramid_pool2d: sizes need a batched (N, C, H, W) input")
+    parts = []
+    for level in levels:
+        if mode == "max":
+            pooled, _ = ops.adaptive_max_pool(x, [level, level], sizes)
+        else:
+            pooled = ops.adaptive_avg_pool(x, [level, level], sizes)
+        parts.append(pooled.flatten(1))
+    return _unbatch(torch.cat(parts, dim=1), unbatched)
