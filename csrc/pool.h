@@ -115,6 +115,14 @@ C10_HOST_DEVICE inline Window window(const PoolGeometry& g, int k, int64_t o, in
   return g.adaptive ? adaptive_window(in, g.dim[k].out, o) : fixed_window(g.dim[k], o);
 }
 
+// The windows of output o (all three dims) of sample n.
+C10_HOST_DEVICE inline void windows_at(const PoolGeometry& g, int64_t n, const int64_t* o,
+                                       Window* w) {
+  for (int k = 0; k < kDims; ++k) {
+    w[k] = window(g, k, o[k], extent(g, k, n));
+  }
+}
+
 // The outputs whose windows may hold input cell i: [*lo, *hi).
 C10_HOST_DEVICE inline void covering(const PoolGeometry& g, int k, int64_t i, int64_t in,
                                      int64_t* lo, int64_t* hi) {

@@ -8,6 +8,7 @@
 // registers itself with `register_ops<Backend>(m)` in its own file.
 #pragma once
 
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <tuple>
@@ -15,6 +16,19 @@
 #include "pool_plan.h"
 
 namespace pool_ext {
+
+// Calls f(tap_t{}) with the element type of the saved taps.
+template <typename F>
+void dispatch_taps(const at::Tensor& taps, const F& f) {
+  if (taps.scalar_type() == at::kByte) {
+    f(uint8_t{});
+  } else {
+    f(int64_t{});
+  }
+}
+
+#define POOL_EXT_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
 template <class K>
 std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tensor& self) {

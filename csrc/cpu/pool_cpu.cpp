@@ -28,12 +28,6 @@ inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work_per_item, 1));
 }
 
-inline void windows_at(const PoolGeometry& g, int64_t n, const int64_t* o, Window* w) {
-  for (const auto k : c10::irange(kDims)) {
-    w[k] = window(g, k, o[k], extent(g, k, n));
-  }
-}
-
 // ---------------------------------------------------------------- forward
 
 template <typename scalar_t, typename tap_t>
@@ -360,18 +354,6 @@ void max_indices_kernel(const PoolGeometry& g, const at::Tensor& taps, const at:
 }
 
 // Calls f.template operator()<tap_t>() with the saved taps' element type.
-template <typename F>
-void dispatch_taps(const at::Tensor& taps, const F& f) {
-  if (taps.scalar_type() == at::kByte) {
-    f(uint8_t{});
-  } else {
-    f(int64_t{});
-  }
-}
-
-#define POOL_EXT_DISPATCH(TYPE, NAME, ...) \
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
-
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
