@@ -65,12 +65,14 @@ def _extension():
     rel = lambda pattern: sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))  # noqa: E731
     sources = rel("csrc/*.cpp") + rel("csrc/cpu/*.cpp")
     cxx = ["-O0", "-g"] if debug else ["-O3"]
-    cxx += ["-DPy_LIMITED_API=0x03090000"]
+    # at::parallel_for runs its tasks through OpenMP pragmas compiled into the
+    # caller: without -fopenmp the CPU kernels would run on one thread.
+    cxx += ["-DPy_LIMITED_API=0x03090000", "-fopenmp"]
     cpu_arch = os.environ.get("POOL_EXT_CPU_ARCH", "native-avx2" if _cpu_has_avx2() else "generic")
     if cpu_arch == "native-avx2":
         cxx += ["-mavx2", "-mfma", "-mf16c"]
     config = {"cuda": with_cuda, "debug": debug, "cpu_arch": cpu_arch}
-    kwargs = {"extra_compile_args": {"cxx": cxx}, "py_limited_api": True}
+    kwargs = {"extra_compile_args": {"cxx": cxx}, "extra_link_args": ["-fopenmp"], "py_limited_api": True}
     if with_cuda:
         arch = os.environ.get("POOL_EXT_CUDA_ARCH") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch

@@ -242,39 +242,57 @@ template <typename acc_t>
 C10_HOST_DEVICE inline bool max_takes(acc_t v, acc_t best) {
   // torch's rule: a larger value or any NaN replaces the max, so ties keep
   // the first tap and NaN propagates.
-  return v > best || v != v;
+  return (v > best) | (v != v);  // `|`, not `||`: no branch in the hot loop
+}
+
+// Pointer steps of a window: its first cell and the distance between taps.
+struct WindowWalk {
+  int64_t first;
+  int64_t step[kDims];
+};
+
+C10_HOST_DEVICE inline WindowWalk walk(const Window* w, const int64_t* s) {
+  return {w[0].begin * s[0] + w[1].begin * s[1] + w[2].begin * s[2],
+          {w[0].step * s[0], w[1].step * s[1], w[2].step * s[2]}};
 }
 
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
                                         const scalar_t* at, const int64_t* s, int64_t* tap) {
+  const WindowWalk k = walk(w, s);
+  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
   acc_t best = -std::numeric_limits<acc_t>::infinity();
-  *tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
-  for (int64_t td = 0; td < w[0].count; ++td) {
-    const scalar_t* pd = at + tap_position(w[0], w[0].first_tap + td) * s[0];
-    for (int64_t th = 0; th < w[1].count; ++th) {
-      const scalar_t* ph = pd + tap_position(w[1], w[1].first_tap + th) * s[1];
+  int64_t best_tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
+  const scalar_t* pd = at + k.first;
+  for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
+    const scalar_t* ph = pd;
+    for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
+      const int64_t row_tap =
+          ((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw + w[2].first_tap;
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        const acc_t v = static_cast<acc_t>(ph[(w[2].begin + tw * w[2].step) * s[2]]);
-        if (max_takes(v, best)) {
-          best = v;
-          *tap = encode_tap(g, w[0].first_tap + td, w[1].first_tap + th, w[2].first_tap + tw);
-        }
+        // Selects rather than branches: a data-dependent branch mispredicts
+        // on every new max.
+        const auto v = static_cast<acc_t>(ph[tw * k.step[2]]);
+        const bool takes = max_takes(v, best);
+        best = takes ? v : best;
+        best_tap = takes ? row_tap + tw : best_tap;
       }
     }
   }
+  *tap = best_tap;
   return best;
 }
 
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
+  const WindowWalk k = walk(w, s);
   acc_t sum = 0;
-  for (int64_t td = 0; td < w[0].count; ++td) {
-    const scalar_t* pd = at + (w[0].begin + td * w[0].step) * s[0];
-    for (int64_t th = 0; th < w[1].count; ++th) {
-      const scalar_t* ph = pd + (w[1].begin + th * w[1].step) * s[1];
+  const scalar_t* pd = at + k.first;
+  for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
+    const scalar_t* ph = pd;
+    for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        sum += static_cast<acc_t>(ph[(w[2].begin + tw * w[2].step) * s[2]]);
+        sum += static_cast<acc_t>(ph[tw * k.step[2]]);
       }
     }
   }

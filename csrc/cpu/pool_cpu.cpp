@@ -28,6 +28,38 @@ inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work_per_item, 1));
 }
 
+// The windows of every output along each dim, for one sample. Built once per
+// task and rebuilt only when the sample's extents change (variable pooling),
+// so the hot loops do no window arithmetic.
+struct WindowTable {
+  std::vector<Window> dim[kDims];
+  int64_t sample = -1;
+
+  void build(const PoolGeometry& g, int64_t n) {
+    if (sample >= 0 && (g.sizes == nullptr || sample == n)) {
+      return;
+    }
+    sample = n;
+    for (const auto k : c10::irange(kDims)) {
+      const int64_t in = extent(g, k, n);
+      dim[k].resize(g.dim[k].out);
+      for (const auto o : c10::irange(g.dim[k].out)) {
+        dim[k][o] = window(g, k, o, in);
+      }
+    }
+  }
+};
+
+// Splits a plane-row number into (n, c, d, h).
+inline void unflatten_row(int64_t r, const Layout5& v, int64_t* n, int64_t* c, int64_t* x) {
+  x[1] = r % v.size[3];
+  r /= v.size[3];
+  x[0] = r % v.size[2];
+  r /= v.size[2];
+  *c = r % v.size[1];
+  *n = r / v.size[1];
+}
+
 // ---------------------------------------------------------------- forward
 
 template <typename scalar_t, typename tap_t>
@@ -40,23 +72,21 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   auto* tap = taps.mutable_data_ptr<tap_t>();
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
+    WindowTable table;
     for (const auto r : c10::irange(begin, end)) {
-      int64_t o[kDims];
-      o[1] = r % vo.size[3];
-      o[0] = (r / vo.size[3]) % vo.size[2];
-      const int64_t c = (r / (vo.size[3] * vo.size[2])) % vo.size[1];
-      const int64_t n = r / (vo.size[3] * vo.size[2] * vo.size[1]);
-      Window w[kDims];
-      w[0] = window(g, 0, o[0], extent(g, 0, n));
-      w[1] = window(g, 1, o[1], extent(g, 1, n));
-      const int64_t in_w = extent(g, 2, n);
+      int64_t n, c, o[kDims];
+      unflatten_row(r, vo, &n, &c, o);
+      table.build(g, n);
+      Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-        w[2] = window(g, 2, o[2], in_w);
+      scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
+      tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
+      for (const auto ow : c10::irange(vo.size[4])) {
+        w[2] = table.dim[2][ow];
         int64_t t;
         const acc_t best = window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
-        dst[vo.offset(n, c, o[0], o[1], o[2])] = static_cast<scalar_t>(best);
-        tap[vt.offset(n, c, o[0], o[1], o[2])] = static_cast<tap_t>(t);
+        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best);
+        tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
       }
     }
   });
@@ -118,21 +148,18 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
+    WindowTable table;
     for (const auto r : c10::irange(begin, end)) {
-      int64_t o[kDims];
-      o[1] = r % vo.size[3];
-      o[0] = (r / vo.size[3]) % vo.size[2];
-      const int64_t c = (r / (vo.size[3] * vo.size[2])) % vo.size[1];
-      const int64_t n = r / (vo.size[3] * vo.size[2] * vo.size[1]);
-      Window w[kDims];
-      w[0] = window(g, 0, o[0], extent(g, 0, n));
-      w[1] = window(g, 1, o[1], extent(g, 1, n));
-      const int64_t in_w = extent(g, 2, n);
+      int64_t n, c, o[kDims];
+      unflatten_row(r, vo, &n, &c, o);
+      table.build(g, n);
+      Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+      scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
       for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-        w[2] = window(g, 2, o[2], in_w);
+        w[2] = table.dim[2][o[2]];
         const acc_t sum = window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
-        dst[vo.offset(n, c, o[0], o[1], o[2])] =
+        out_row[o[2] * vo.stride[4]] =
             static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
       }
     }
@@ -178,24 +205,6 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
 
 // ---------------------------------------------------------------- backward
 
-// Runs f(n, c, i) for every input cell, a plane row per task.
-template <typename F>
-void for_input_rows(const Layout5& vg, int64_t cost, const F& f) {
-  const int64_t rows = vg.size[0] * vg.size[1] * vg.size[2] * vg.size[3];
-  at::parallel_for(0, rows, grain(vg.size[4] * cost), [&](int64_t begin, int64_t end) {
-    for (const auto r : c10::irange(begin, end)) {
-      int64_t i[kDims];
-      i[1] = r % vg.size[3];
-      i[0] = (r / vg.size[3]) % vg.size[2];
-      const int64_t c = (r / (vg.size[3] * vg.size[2])) % vg.size[1];
-      const int64_t n = r / (vg.size[3] * vg.size[2] * vg.size[1]);
-      for (i[2] = 0; i[2] < vg.size[4]; ++i[2]) {
-        f(n, c, i);
-      }
-    }
-  });
-}
-
 // Windows covering one input cell overlap at most this many outputs per dim
 // on average; a rough cost for the grain size.
 inline int64_t gather_cost(const PoolGeometry& g) {
@@ -206,19 +215,96 @@ inline int64_t gather_cost(const PoolGeometry& g) {
   return cost;
 }
 
+// Planes backward. Each (n, c) plane belongs to one thread, which spreads
+// every output's gradient over the plane in output order, in acc_t: for each
+// input cell that is the sum the GPU's gather forms, in the same order, so
+// the two agree bit for bit, and no two threads touch one cell. Planes too
+// large for a scratch buffer gather cell by cell instead.
+constexpr int64_t kMaxScratchPlane = int64_t{1} << 22;
+
+template <typename scalar_t, typename Spread>
+void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
+                     const Spread& spread) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
+  const int64_t plane_size = vg.pixels();
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, vg.size[0] * vg.size[1], grain(plane_size + vo.pixels() * gather_cost(g)),
+                   [&](int64_t begin, int64_t end) {
+    WindowTable table;
+    std::vector<acc_t> sum(plane_size);
+    for (const auto p : c10::irange(begin, end)) {
+      const int64_t n = p / vg.size[1], c = p % vg.size[1];
+      table.build(g, n);
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      const scalar_t* grad_plane = grad + vo.offset(n, c, 0, 0, 0);
+      int64_t o[kDims];
+      Window w[kDims];
+      for (o[0] = 0; o[0] < vo.size[2]; ++o[0]) {
+        w[0] = table.dim[0][o[0]];
+        for (o[1] = 0; o[1] < vo.size[3]; ++o[1]) {
+          w[1] = table.dim[1][o[1]];
+          for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
+            w[2] = table.dim[2][o[2]];
+            const auto go = static_cast<acc_t>(
+                grad_plane[o[0] * vo.stride[2] + o[1] * vo.stride[3] + o[2] * vo.stride[4]]);
+            spread(n, c, o, w, go, sum.data());
+          }
+        }
+      }
+      int64_t cell = 0;
+      for (const auto d : c10::irange(vg.size[2])) {
+        for (const auto h : c10::irange(vg.size[3])) {
+          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+          for (const auto x : c10::irange(vg.size[4])) {
+            row[x * vg.stride[4]] = static_cast<scalar_t>(sum[cell++]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Gathers every input cell of the planes through f(n, c, i) (pool.h's element
+// functions, as the GPU runs them), a plane row per task.
+template <typename scalar_t, typename F>
+void gather_planes(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) {
+  const Layout5 vg = layout_of(grad_in);
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t rows = vg.size[0] * vg.size[1] * vg.size[2] * vg.size[3];
+  at::parallel_for(0, rows, grain(vg.size[4] * gather_cost(g)), [&](int64_t begin, int64_t end) {
+    for (const auto r : c10::irange(begin, end)) {
+      int64_t n, c, i[kDims];
+      unflatten_row(r, vg, &n, &c, i);
+      for (i[2] = 0; i[2] < vg.size[4]; ++i[2]) {
+        dst[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(f(n, c, i));
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename tap_t>
 void max_backward_planes(const PoolGeometry& g, const at::Tensor& grad_out,
                          const at::Tensor& taps, const at::Tensor& grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
-  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps);
   const auto* tap = taps.const_data_ptr<tap_t>();
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  for_input_rows(vg, gather_cost(g), [&](int64_t n, int64_t c, const int64_t* i) {
-    const acc_t sum = max_grad_at<scalar_t, tap_t, acc_t>(
-        g, n, i, grad + vo.offset(n, c, 0, 0, 0), vo.spatial_strides(),
-        tap + vt.offset(n, c, 0, 0, 0), vt.spatial_strides());
-    dst[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+  if (layout_of(grad_in).pixels() > kMaxScratchPlane) {
+    const auto* grad = grad_out.const_data_ptr<scalar_t>();
+    gather_planes<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
+      return max_grad_at<scalar_t, tap_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
+                                                 vo.spatial_strides(),
+                                                 tap + vt.offset(n, c, 0, 0, 0),
+                                                 vt.spatial_strides());
+    });
+    return;
+  }
+  backward_planes<scalar_t>(g, grad_out, grad_in,
+                            [&](int64_t n, int64_t c, const int64_t* o, const Window* w,
+                                acc_t go, acc_t* sum) {
+    const auto t = static_cast<int64_t>(tap[vt.offset(n, c, o[0], o[1], o[2])]);
+    sum[tap_to_index(g, w, t)] += go;
   });
 }
 
@@ -226,13 +312,29 @@ template <typename scalar_t>
 void avg_backward_planes(const PoolGeometry& g, const at::Tensor& grad_out,
                          const at::Tensor& grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
-  const auto* grad = grad_out.const_data_ptr<scalar_t>();
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  for_input_rows(vg, gather_cost(g), [&](int64_t n, int64_t c, const int64_t* i) {
-    const acc_t sum = avg_grad_at<scalar_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
-                                                   vo.spatial_strides());
-    dst[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+  if (layout_of(grad_in).pixels() > kMaxScratchPlane) {
+    const Layout5 vo = layout_of(grad_out);
+    const auto* grad = grad_out.const_data_ptr<scalar_t>();
+    gather_planes<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
+      return avg_grad_at<scalar_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
+                                          vo.spatial_strides());
+    });
+    return;
+  }
+  const int64_t plane_h = g.dim[1].in, plane_w = g.dim[2].in;
+  backward_planes<scalar_t>(g, grad_out, grad_in,
+                            [&](int64_t, int64_t, const int64_t* o, const Window* w, acc_t go,
+                                acc_t* sum) {
+    const acc_t share = go / static_cast<acc_t>(avg_divisor(g, w, o));
+    for (int64_t td = 0; td < w[0].count; ++td) {
+      for (int64_t th = 0; th < w[1].count; ++th) {
+        acc_t* row = sum + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                            th * w[1].step) * plane_w + w[2].begin;
+        for (int64_t tw = 0; tw < w[2].count; ++tw) {
+          row[tw * w[2].step] += share;
+        }
+      }
+    }
   });
 }
 
