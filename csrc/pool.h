@@ -17,6 +17,14 @@ namespace pool_ext {
 
 constexpr int kDims = 3;  // spatial dims every kernel sees: D, H, W
 
+// Marks a condition as a coin toss, so host compilers select (cmov, blend)
+// instead of branching on it.
+#if defined(__GNUC__) && !defined(__CUDA_ARCH__) && !defined(__clang__)
+#define POOL_EXT_UNPREDICTABLE(cond) __builtin_expect_with_probability(!!(cond), 1, 0.5)
+#else
+#define POOL_EXT_UNPREDICTABLE(cond) (cond)
+#endif
+
 // Floor and ceil of a / b for b > 0 and any sign of a.
 C10_HOST_DEVICE inline int64_t div_floor(int64_t a, int64_t b) {
   return a >= 0 ? a / b : -((-a + b - 1) / b);
@@ -168,15 +176,28 @@ C10_HOST_DEVICE inline int64_t tap_position(const Window& w, int64_t t) {
   return w.begin + (t - w.first_tap) * w.step;
 }
 
-// Flat index, in torch's format (into the D*H*W plane), of the saved tap of
-// window (w[0], w[1], w[2]).
-C10_HOST_DEVICE inline int64_t tap_to_index(const PoolGeometry& g, const Window* w, int64_t tap) {
+// Flat cell numbers in the (padded) D*H*W plane, torch's index format. A
+// window's tap t sits at window_origin(w) + tap_offset(t): the origin is
+// where tap 0 would be (possibly in padding), the offset depends on the tap
+// alone, so kernels can tabulate it.
+C10_HOST_DEVICE inline int64_t window_origin(const PoolGeometry& g, const Window* w) {
+  const int64_t d = w[0].begin - w[0].first_tap * w[0].step;
+  const int64_t h = w[1].begin - w[1].first_tap * w[1].step;
+  const int64_t x = w[2].begin - w[2].first_tap * w[2].step;
+  return (d * g.dim[1].in + h) * g.dim[2].in + x;
+}
+
+C10_HOST_DEVICE inline int64_t tap_offset(const PoolGeometry& g, int64_t tap) {
   const int64_t kw = g.dim[2].kernel;
   const int64_t kh = g.dim[1].kernel;
-  const int64_t pd = tap_position(w[0], tap / (kh * kw));
-  const int64_t ph = tap_position(w[1], (tap / kw) % kh);
-  const int64_t pw = tap_position(w[2], tap % kw);
-  return (pd * g.dim[1].in + ph) * g.dim[2].in + pw;
+  const int64_t td = tap / (kh * kw), th = (tap / kw) % kh, tw = tap % kw;
+  return (td * g.dim[0].dilation * g.dim[1].in + th * g.dim[1].dilation) * g.dim[2].in +
+         tw * g.dim[2].dilation;
+}
+
+// Flat index of the saved tap of window w.
+C10_HOST_DEVICE inline int64_t tap_to_index(const PoolGeometry& g, const Window* w, int64_t tap) {
+  return window_origin(g, w) + tap_offset(g, tap);
 }
 
 // The divisor of average window o: divisor_override, or the cells of the
@@ -273,7 +294,7 @@ C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
         // Selects rather than branches: a data-dependent branch mispredicts
         // on every new max.
         const auto v = static_cast<acc_t>(ph[tw * k.step[2]]);
-        const bool takes = max_takes(v, best);
+        const bool takes = POOL_EXT_UNPREDICTABLE(max_takes(v, best));
         best = takes ? v : best;
         best_tap = takes ? row_tap + tw : best_tap;
       }

@@ -204,6 +204,16 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
 }
 
 // ---------------------------------------------------------------- backward
+//
+// A task owns a block of the gradient: one (n, c) plane, or for
+// channels-last one sample's every channel. It spreads each output's
+// gradient over its window, outputs in order, into an acc_t scratch block:
+// every input cell then holds the sum the GPU's gather forms, term for term
+// in the same order, so CPU and GPU agree bit for bit and two runs do too.
+// Blocks too large for scratch gather cell by cell with pool.h's element
+// functions instead.
+
+constexpr int64_t kMaxScratch = int64_t{1} << 22;
 
 // Windows covering one input cell overlap at most this many outputs per dim
 // on average; a rough cost for the grain size.
@@ -215,30 +225,40 @@ inline int64_t gather_cost(const PoolGeometry& g) {
   return cost;
 }
 
-// Planes backward. Each (n, c) plane belongs to one thread, which spreads
-// every output's gradient over the plane in output order, in acc_t: for each
-// input cell that is the sum the GPU's gather forms, in the same order, so
-// the two agree bit for bit, and no two threads touch one cell. Planes too
-// large for a scratch buffer gather cell by cell instead.
-constexpr int64_t kMaxScratchPlane = int64_t{1} << 22;
+// tap_offset of every tap, so the hot loops do no division.
+std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
+  std::vector<int64_t> offsets(window_taps(g));
+  for (const auto t : c10::irange(window_taps(g))) {
+    offsets[t] = tap_offset(g, t);
+  }
+  return offsets;
+}
 
+bool scratch_fits(const at::Tensor& grad_in, bool channels) {
+  const Layout5 vg = layout_of(grad_in);
+  return vg.pixels() * (channels ? vg.size[1] : 1) <= kMaxScratch;
+}
+
+// spread(n, c, o, w, origin, scratch) adds output o's share to the block; in
+// a channels block cell x of channel c is scratch[x * C + c].
 template <typename scalar_t, typename Spread>
-void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
-                     const Spread& spread) {
+void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
+                     bool channels, const Spread& spread) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
-  const int64_t plane_size = vg.pixels();
-  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  const int64_t lanes = channels ? vg.size[1] : 1;
+  const int64_t block = vg.pixels() * lanes;
+  const int64_t tasks = vg.size[0] * (channels ? 1 : vg.size[1]);
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, vg.size[0] * vg.size[1], grain(plane_size + vo.pixels() * gather_cost(g)),
+  at::parallel_for(0, tasks, grain(block + vo.pixels() * lanes * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> sum(plane_size);
-    for (const auto p : c10::irange(begin, end)) {
-      const int64_t n = p / vg.size[1], c = p % vg.size[1];
+    std::vector<acc_t> scratch(block);
+    for (const auto task : c10::irange(begin, end)) {
+      const int64_t n = channels ? task : task / vg.size[1];
+      const int64_t c = channels ? 0 : task % vg.size[1];
       table.build(g, n);
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      const scalar_t* grad_plane = grad + vo.offset(n, c, 0, 0, 0);
+      std::fill(scratch.begin(), scratch.end(), acc_t(0));
       int64_t o[kDims];
       Window w[kDims];
       for (o[0] = 0; o[0] < vo.size[2]; ++o[0]) {
@@ -247,18 +267,19 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
           w[1] = table.dim[1][o[1]];
           for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
             w[2] = table.dim[2][o[2]];
-            const auto go = static_cast<acc_t>(
-                grad_plane[o[0] * vo.stride[2] + o[1] * vo.stride[3] + o[2] * vo.stride[4]]);
-            spread(n, c, o, w, go, sum.data());
+            spread(n, c, o, w, window_origin(g, w), scratch.data());
           }
         }
       }
       int64_t cell = 0;
       for (const auto d : c10::irange(vg.size[2])) {
         for (const auto h : c10::irange(vg.size[3])) {
-          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
           for (const auto x : c10::irange(vg.size[4])) {
-            row[x * vg.stride[4]] = static_cast<scalar_t>(sum[cell++]);
+            scalar_t* at = dst + vg.offset(n, c, d, h, x);
+            for (const auto lane : c10::irange(lanes)) {
+              at[lane * vg.stride[1]] = static_cast<scalar_t>(scratch[cell * lanes + lane]);
+            }
+            ++cell;
           }
         }
       }
@@ -266,10 +287,9 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   });
 }
 
-// Gathers every input cell of the planes through f(n, c, i) (pool.h's element
-// functions, as the GPU runs them), a plane row per task.
+// Gathers every input cell through f(n, c, i), a plane row per task.
 template <typename scalar_t, typename F>
-void gather_planes(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) {
+void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) {
   const Layout5 vg = layout_of(grad_in);
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t rows = vg.size[0] * vg.size[1] * vg.size[2] * vg.size[3];
@@ -285,14 +305,15 @@ void gather_planes(const PoolGeometry& g, const at::Tensor& grad_in, const F& f)
 }
 
 template <typename scalar_t, typename tap_t>
-void max_backward_planes(const PoolGeometry& g, const at::Tensor& grad_out,
-                         const at::Tensor& taps, const at::Tensor& grad_in) {
+void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& taps,
+                      const at::Tensor& grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vo = layout_of(grad_out), vt = layout_of(taps);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
-  if (layout_of(grad_in).pixels() > kMaxScratchPlane) {
-    const auto* grad = grad_out.const_data_ptr<scalar_t>();
-    gather_planes<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
+  const bool channels = channels_inner(grad_in, taps);
+  if (!scratch_fits(grad_in, channels)) {
+    gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
       return max_grad_at<scalar_t, tap_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
                                                  vo.spatial_strides(),
                                                  tap + vt.offset(n, c, 0, 0, 0),
@@ -300,139 +321,75 @@ void max_backward_planes(const PoolGeometry& g, const at::Tensor& grad_out,
     });
     return;
   }
-  backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, const int64_t* o, const Window* w,
-                                acc_t go, acc_t* sum) {
-    const auto t = static_cast<int64_t>(tap[vt.offset(n, c, o[0], o[1], o[2])]);
-    sum[tap_to_index(g, w, t)] += go;
+  const auto offsets = tap_offsets(g);
+  const int64_t* offset = offsets.data();
+  const int64_t channel_count = grad_in.size(1);
+  backward_blocks<scalar_t>(g, grad_out, grad_in, channels,
+                            [&](int64_t n, int64_t c, const int64_t* o, const Window*,
+                                int64_t origin, acc_t* scratch) {
+    const tap_t* t = tap + vt.offset(n, c, o[0], o[1], o[2]);
+    const scalar_t* gr = grad + vo.offset(n, c, o[0], o[1], o[2]);
+    if (!channels) {
+      scratch[origin + offset[static_cast<int64_t>(*t)]] += static_cast<acc_t>(*gr);
+      return;
+    }
+    for (const auto k : c10::irange(channel_count)) {
+      scratch[(origin + offset[static_cast<int64_t>(t[k])]) * channel_count + k] +=
+          static_cast<acc_t>(gr[k * vo.stride[1]]);
+    }
   });
 }
 
 template <typename scalar_t>
-void avg_backward_planes(const PoolGeometry& g, const at::Tensor& grad_out,
-                         const at::Tensor& grad_in) {
+void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
+                      const at::Tensor& grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (layout_of(grad_in).pixels() > kMaxScratchPlane) {
-    const Layout5 vo = layout_of(grad_out);
-    const auto* grad = grad_out.const_data_ptr<scalar_t>();
-    gather_planes<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
+  const Layout5 vo = layout_of(grad_out);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  const bool channels = channels_inner(grad_in, grad_in);
+  if (!scratch_fits(grad_in, channels)) {
+    gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
       return avg_grad_at<scalar_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
                                           vo.spatial_strides());
     });
     return;
   }
   const int64_t plane_h = g.dim[1].in, plane_w = g.dim[2].in;
-  backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t, int64_t, const int64_t* o, const Window* w, acc_t go,
-                                acc_t* sum) {
-    const acc_t share = go / static_cast<acc_t>(avg_divisor(g, w, o));
+  const int64_t lanes = channels ? grad_in.size(1) : 1;
+  backward_blocks<scalar_t>(g, grad_out, grad_in, channels,
+                            [&](int64_t n, int64_t c, const int64_t* o, const Window* w, int64_t,
+                                acc_t* scratch) {
+    const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+    const scalar_t* gr = grad + vo.offset(n, c, o[0], o[1], o[2]);
+    if (!channels) {
+      const acc_t share = static_cast<acc_t>(*gr) / divisor;
+      for (int64_t td = 0; td < w[0].count; ++td) {
+        for (int64_t th = 0; th < w[1].count; ++th) {
+          acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                                  th * w[1].step) * plane_w + w[2].begin;
+          for (int64_t tw = 0; tw < w[2].count; ++tw) {
+            row[tw * w[2].step] += share;
+          }
+        }
+      }
+      return;
+    }
+    thread_local std::vector<acc_t> share;
+    share.resize(lanes);
+    for (const auto k : c10::irange(lanes)) {
+      share[k] = static_cast<acc_t>(gr[k * vo.stride[1]]) / divisor;
+    }
     for (int64_t td = 0; td < w[0].count; ++td) {
       for (int64_t th = 0; th < w[1].count; ++th) {
-        acc_t* row = sum + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
-                            th * w[1].step) * plane_w + w[2].begin;
+        const int64_t row = ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                             th * w[1].step) * plane_w + w[2].begin;
         for (int64_t tw = 0; tw < w[2].count; ++tw) {
-          row[tw * w[2].step] += share;
-        }
-      }
-    }
-  });
-}
-
-// Runs f(n, i, lo, hi, in) for every input pixel, with the ranges of outputs
-// covering it.
-template <typename F>
-void for_input_pixels(const PoolGeometry& g, const Layout5& vg, int64_t cost, const F& f) {
-  at::parallel_for(0, vg.size[0] * vg.pixels(), grain(vg.size[1] * cost),
-                   [&](int64_t begin, int64_t end) {
-    for (const auto p : c10::irange(begin, end)) {
-      int64_t n, i[kDims], lo[kDims], hi[kDims], in[kDims];
-      unflatten_pixel(p, vg, &n, i);
-      for (const auto k : c10::irange(kDims)) {
-        in[k] = extent(g, k, n);
-        covering(g, k, i[k], in[k], &lo[k], &hi[k]);
-      }
-      f(n, i, lo, hi, in);
-    }
-  });
-}
-
-template <typename scalar_t, typename tap_t>
-void max_backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
-                           const at::Tensor& taps, const at::Tensor& grad_in) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
-  const int64_t channels = vg.size[1];
-  const auto* grad = grad_out.const_data_ptr<scalar_t>();
-  const auto* tap = taps.const_data_ptr<tap_t>();
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  const bool contiguous_grad = vo.stride[1] == 1;
-  for_input_pixels(g, vg, gather_cost(g), [&](int64_t n, const int64_t* i, const int64_t* lo,
-                                               const int64_t* hi, const int64_t* in) {
-    thread_local std::vector<acc_t> sum;
-    sum.assign(channels, acc_t(0));
-    for (int64_t od = lo[0]; od < hi[0]; ++od) {
-      const int64_t td = tap_of(g, 0, od, i[0], in[0]);
-      if (td < 0) continue;
-      for (int64_t oh = lo[1]; oh < hi[1]; ++oh) {
-        const int64_t th = tap_of(g, 1, oh, i[1], in[1]);
-        if (th < 0) continue;
-        for (int64_t ow = lo[2]; ow < hi[2]; ++ow) {
-          const int64_t tw = tap_of(g, 2, ow, i[2], in[2]);
-          if (tw < 0) continue;
-          const auto code = static_cast<tap_t>(encode_tap(g, td, th, tw));
-          const tap_t* t = tap + vt.offset(n, 0, od, oh, ow);
-          const scalar_t* gr = grad + vo.offset(n, 0, od, oh, ow);
-          if (contiguous_grad) {
-            for (const auto c : c10::irange(channels)) {
-              sum[c] += t[c] == code ? static_cast<acc_t>(gr[c]) : acc_t(0);
-            }
-          } else {
-            for (const auto c : c10::irange(channels)) {
-              sum[c] += t[c] == code ? static_cast<acc_t>(gr[c * vo.stride[1]]) : acc_t(0);
-            }
+          acc_t* at = scratch + (row + tw * w[2].step) * lanes;
+          for (const auto k : c10::irange(lanes)) {
+            at[k] += share[k];
           }
         }
       }
-    }
-    scalar_t* out_at = dst + vg.offset(n, 0, i[0], i[1], i[2]);
-    for (const auto c : c10::irange(channels)) {
-      out_at[c] = static_cast<scalar_t>(sum[c]);
-    }
-  });
-}
-
-template <typename scalar_t>
-void avg_backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
-                           const at::Tensor& grad_in) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
-  const int64_t channels = vg.size[1];
-  const int64_t cstride = vo.stride[1];
-  const auto* grad = grad_out.const_data_ptr<scalar_t>();
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  for_input_pixels(g, vg, gather_cost(g), [&](int64_t n, const int64_t* i, const int64_t* lo,
-                                               const int64_t* hi, const int64_t* in) {
-    thread_local std::vector<acc_t> sum;
-    sum.assign(channels, acc_t(0));
-    int64_t o[kDims];
-    Window w[kDims];
-    for (o[0] = lo[0]; o[0] < hi[0]; ++o[0]) {
-      w[0] = window(g, 0, o[0], in[0]);
-      for (o[1] = lo[1]; o[1] < hi[1]; ++o[1]) {
-        w[1] = window(g, 1, o[1], in[1]);
-        for (o[2] = lo[2]; o[2] < hi[2]; ++o[2]) {
-          w[2] = window(g, 2, o[2], in[2]);
-          const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-          const scalar_t* gr = grad + vo.offset(n, 0, o[0], o[1], o[2]);
-          for (const auto c : c10::irange(channels)) {
-            sum[c] += static_cast<acc_t>(gr[c * cstride]) / divisor;
-          }
-        }
-      }
-    }
-    scalar_t* out_at = dst + vg.offset(n, 0, i[0], i[1], i[2]);
-    for (const auto c : c10::irange(channels)) {
-      out_at[c] = static_cast<scalar_t>(sum[c]);
     }
   });
 }
@@ -475,12 +432,7 @@ struct CpuKernels {
                            const at::Tensor& taps, const at::Tensor& grad_in) {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cpu", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
-        using tap_t = decltype(tap_tag);
-        if (channels_inner(grad_in, taps)) {
-          max_backward_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
-        } else {
-          max_backward_planes<scalar_t, tap_t>(g, grad_out, taps, grad_in);
-        }
+        max_backward_cpu<scalar_t, decltype(tap_tag)>(g, grad_out, taps, grad_in);
       });
     });
   }
@@ -505,11 +457,7 @@ struct CpuKernels {
   static void avg_backward(const PoolGeometry& g, const at::Tensor& grad_out,
                            const at::Tensor& grad_in) {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cpu", [&] {
-      if (channels_inner(grad_in, grad_in)) {
-        avg_backward_channels<scalar_t>(g, grad_out, grad_in);
-      } else {
-        avg_backward_planes<scalar_t>(g, grad_out, grad_in);
-      }
+      avg_backward_cpu<scalar_t>(g, grad_out, grad_in);
     });
   }
 };
