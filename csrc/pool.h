@@ -131,6 +131,53 @@ C10_HOST_DEVICE inline void windows_at(const PoolGeometry& g, int64_t n, const i
   }
 }
 
+// Per-dim tables: the window of every output and the span of outputs
+// covering every input cell, for one sample, or for each sample of variable
+// pooling. Filled once per call from the functions above; the hot loops read
+// them and do no division.
+struct Span {
+  int64_t lo;
+  int64_t hi;
+};
+
+struct PoolTables {
+  Window* windows;  // [samples][out_total]
+  Span* covering;   // [samples][in_total]
+  int64_t out_begin[kDims];  // where dim k starts inside one sample's block
+  int64_t in_begin[kDims];
+  int64_t out_total;
+  int64_t in_total;
+  int64_t samples;
+  bool per_sample;
+};
+
+// Sizes the tables of g for a batch of n samples (pointers left to the caller).
+inline PoolTables table_layout(const PoolGeometry& g, int64_t n) {
+  PoolTables t{};
+  for (int k = 0; k < kDims; ++k) {
+    t.out_begin[k] = t.out_total;
+    t.in_begin[k] = t.in_total;
+    t.out_total += g.dim[k].out;
+    t.in_total += g.dim[k].in;
+  }
+  t.per_sample = g.sizes != nullptr;
+  t.samples = t.per_sample ? n : 1;
+  return t;
+}
+
+C10_HOST_DEVICE inline int64_t table_entries(const PoolTables& t) {
+  return t.samples * (t.out_total + t.in_total);
+}
+
+C10_HOST_DEVICE inline const Window& table_window(const PoolTables& t, int64_t n, int k,
+                                                  int64_t o) {
+  return t.windows[(t.per_sample ? n : 0) * t.out_total + t.out_begin[k] + o];
+}
+
+C10_HOST_DEVICE inline Span table_covering(const PoolTables& t, int64_t n, int k, int64_t i) {
+  return t.covering[(t.per_sample ? n : 0) * t.in_total + t.in_begin[k] + i];
+}
+
 // The outputs whose windows may hold input cell i: [*lo, *hi).
 C10_HOST_DEVICE inline void covering(const PoolGeometry& g, int k, int64_t i, int64_t in,
                                      int64_t* lo, int64_t* hi) {
@@ -148,16 +195,34 @@ C10_HOST_DEVICE inline void covering(const PoolGeometry& g, int k, int64_t i, in
   }
 }
 
-// Tap of input cell i inside window o (from `covering`), or -1 when a
-// dilated window steps over it.
-C10_HOST_DEVICE inline int64_t tap_of(const PoolGeometry& g, int k, int64_t o, int64_t i,
-                                      int64_t in) {
-  const PoolDim& d = g.dim[k];
-  if (g.adaptive) {
-    return i - (o * in) / d.out;
+// Fills entry e of the tables (0 <= e < table_entries(t)).
+C10_HOST_DEVICE inline void fill_table_entry(const PoolGeometry& g, const PoolTables& t,
+                                             int64_t e) {
+  const int64_t per_sample = t.out_total + t.in_total;
+  const int64_t n = e / per_sample;
+  int64_t r = e % per_sample;
+  if (r < t.out_total) {
+    int k = 0;
+    while (r >= t.out_begin[k] + g.dim[k].out) ++k;
+    t.windows[n * t.out_total + r] = window(g, k, r - t.out_begin[k], extent(g, k, n));
+  } else {
+    r -= t.out_total;
+    int k = 0;
+    while (r >= t.in_begin[k] + g.dim[k].in) ++k;
+    Span span;
+    covering(g, k, r - t.in_begin[k], extent(g, k, n), &span.lo, &span.hi);
+    t.covering[n * t.in_total + r] = span;
   }
-  const int64_t offset = i - (o * d.stride - d.pad);
-  return offset % d.dilation == 0 ? offset / d.dilation : -1;
+}
+
+// Tap of input cell i in window w, which covers it, or -1 when a dilated
+// window steps over it.
+C10_HOST_DEVICE inline int64_t tap_in(const Window& w, int64_t i) {
+  const int64_t offset = i - w.begin;
+  if (w.step == 1) {
+    return w.first_tap + offset;
+  }
+  return offset % w.step == 0 ? w.first_tap + offset / w.step : -1;
 }
 
 // A window's taps are numbered row-major over the per-dim tap counts; this
@@ -231,39 +296,46 @@ struct Layout5 {
   C10_HOST_DEVICE int64_t pixels() const { return size[2] * size[3] * size[4]; }
 };
 
-// Splits a flat (n, d, h, w) pixel number.
-C10_HOST_DEVICE inline void unflatten_pixel(int64_t p, const Layout5& v, int64_t* n, int64_t* x) {
-  x[2] = p % v.size[4];
-  p /= v.size[4];
-  x[1] = p % v.size[3];
-  p /= v.size[3];
-  x[0] = p % v.size[2];
-  *n = p / v.size[2];
+// Splits a flat (n, d, h, w) pixel number. index_t: int32_t where the
+// tensor allows it, as integer division is the costliest step on a GPU.
+template <typename index_t>
+C10_HOST_DEVICE inline void unflatten_pixel(index_t p, const Layout5& v, int64_t* n, int64_t* x) {
+  const auto w = static_cast<index_t>(v.size[4]);
+  const auto h = static_cast<index_t>(v.size[3]);
+  const auto d = static_cast<index_t>(v.size[2]);
+  x[2] = p % w;
+  p /= w;
+  x[1] = p % h;
+  p /= h;
+  x[0] = p % d;
+  *n = p / d;
 }
 
 // Splits a flat element number, channels fastest for channels-last layouts
 // (so neighbouring GPU threads touch neighbouring memory), else w fastest.
-C10_HOST_DEVICE inline void unflatten_element(int64_t e, const Layout5& v, bool channels_last,
+template <typename index_t>
+C10_HOST_DEVICE inline void unflatten_element(index_t e, const Layout5& v, bool channels_last,
                                               int64_t* n, int64_t* c, int64_t* x) {
+  const auto channels = static_cast<index_t>(v.size[1]);
   if (channels_last) {
-    *c = e % v.size[1];
-    unflatten_pixel(e / v.size[1], v, n, x);
+    *c = e % channels;
+    unflatten_pixel<index_t>(e / channels, v, n, x);
   } else {
-    const int64_t pixels = v.pixels();
-    const int64_t plane = e / pixels;
-    *c = plane % v.size[1];
-    unflatten_pixel((plane / v.size[1]) * pixels + e % pixels, v, n, x);
+    const auto pixels = static_cast<index_t>(v.pixels());
+    const index_t plane = e / pixels;
+    *c = plane % channels;
+    unflatten_pixel<index_t>((plane / channels) * pixels + e % pixels, v, n, x);
   }
 }
 
 // Element functions: one output of a forward, one input cell of a backward.
-// `at` is a pointer to a (D, H, W) plane and `s` its three strides.
+// `at` points at a (D, H, W) plane and `s` holds its three strides.
 
 template <typename acc_t>
 C10_HOST_DEVICE inline bool max_takes(acc_t v, acc_t best) {
   // torch's rule: a larger value or any NaN replaces the max, so ties keep
-  // the first tap and NaN propagates.
-  return (v > best) | (v != v);  // `|`, not `||`: no branch in the hot loop
+  // the first tap and NaN propagates. `|`, not `||`: no branch in the hot loop.
+  return (v > best) | (v != v);
 }
 
 // Pointer steps of a window: its first cell and the distance between taps.
@@ -323,26 +395,25 @@ C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, con
 // Gradient of max pooling at input cell i (sample n): the sum, in output
 // order, of the gradients of the outputs whose saved tap is this cell.
 template <typename scalar_t, typename tap_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t max_grad_at(const PoolGeometry& g, int64_t n, const int64_t* i,
-                                         const scalar_t* grad, const int64_t* gs,
-                                         const tap_t* taps, const int64_t* ts) {
-  int64_t in[kDims], lo[kDims], hi[kDims];
-  for (int k = 0; k < kDims; ++k) {
-    in[k] = extent(g, k, n);
-    covering(g, k, i[k], in[k], &lo[k], &hi[k]);
-  }
+C10_HOST_DEVICE inline acc_t max_grad_at(const PoolGeometry& g, const PoolTables& t, int64_t n,
+                                         const int64_t* i, const scalar_t* grad,
+                                         const int64_t* gs, const tap_t* taps,
+                                         const int64_t* ts) {
+  const Span sd = table_covering(t, n, 0, i[0]);
+  const Span sh = table_covering(t, n, 1, i[1]);
+  const Span sw = table_covering(t, n, 2, i[2]);
   acc_t sum = 0;
-  for (int64_t od = lo[0]; od < hi[0]; ++od) {
-    const int64_t td = tap_of(g, 0, od, i[0], in[0]);
+  for (int64_t od = sd.lo; od < sd.hi; ++od) {
+    const int64_t td = tap_in(table_window(t, n, 0, od), i[0]);
     if (td < 0) continue;
-    for (int64_t oh = lo[1]; oh < hi[1]; ++oh) {
-      const int64_t th = tap_of(g, 1, oh, i[1], in[1]);
+    for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
+      const int64_t th = tap_in(table_window(t, n, 1, oh), i[1]);
       if (th < 0) continue;
-      for (int64_t ow = lo[2]; ow < hi[2]; ++ow) {
-        const int64_t tw = tap_of(g, 2, ow, i[2], in[2]);
+      const int64_t row_tap = (td * g.dim[1].kernel + th) * g.dim[2].kernel;
+      for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
+        const int64_t tw = tap_in(table_window(t, n, 2, ow), i[2]);
         if (tw < 0) continue;
-        if (static_cast<int64_t>(taps[od * ts[0] + oh * ts[1] + ow * ts[2]]) ==
-            encode_tap(g, td, th, tw)) {
+        if (static_cast<int64_t>(taps[od * ts[0] + oh * ts[1] + ow * ts[2]]) == row_tap + tw) {
           sum += static_cast<acc_t>(grad[od * gs[0] + oh * gs[1] + ow * gs[2]]);
         }
       }
@@ -353,22 +424,22 @@ C10_HOST_DEVICE inline acc_t max_grad_at(const PoolGeometry& g, int64_t n, const
 
 // Gradient of average pooling at input cell i (sample n).
 template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t avg_grad_at(const PoolGeometry& g, int64_t n, const int64_t* i,
-                                         const scalar_t* grad, const int64_t* gs) {
-  int64_t in[kDims], lo[kDims], hi[kDims];
+C10_HOST_DEVICE inline acc_t avg_grad_at(const PoolGeometry& g, const PoolTables& t, int64_t n,
+                                         const int64_t* i, const scalar_t* grad,
+                                         const int64_t* gs) {
+  Span span[kDims];
   for (int k = 0; k < kDims; ++k) {
-    in[k] = extent(g, k, n);
-    covering(g, k, i[k], in[k], &lo[k], &hi[k]);
+    span[k] = table_covering(t, n, k, i[k]);
   }
   acc_t sum = 0;
   int64_t o[kDims];
   Window w[kDims];
-  for (o[0] = lo[0]; o[0] < hi[0]; ++o[0]) {
-    w[0] = window(g, 0, o[0], in[0]);
-    for (o[1] = lo[1]; o[1] < hi[1]; ++o[1]) {
-      w[1] = window(g, 1, o[1], in[1]);
-      for (o[2] = lo[2]; o[2] < hi[2]; ++o[2]) {
-        w[2] = window(g, 2, o[2], in[2]);
+  for (o[0] = span[0].lo; o[0] < span[0].hi; ++o[0]) {
+    w[0] = table_window(t, n, 0, o[0]);
+    for (o[1] = span[1].lo; o[1] < span[1].hi; ++o[1]) {
+      w[1] = table_window(t, n, 1, o[1]);
+      for (o[2] = span[2].lo; o[2] < span[2].hi; ++o[2]) {
+        w[2] = table_window(t, n, 2, o[2]);
         sum += static_cast<acc_t>(grad[o[0] * gs[0] + o[1] * gs[1] + o[2] * gs[2]]) /
                static_cast<acc_t>(avg_divisor(g, w, o));
       }

@@ -287,6 +287,23 @@ void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at
   });
 }
 
+// PoolTables in host memory, for the cell-by-cell gather.
+struct HostTables {
+  std::vector<Window> windows;
+  std::vector<Span> covering;
+  PoolTables view;
+
+  HostTables(const PoolGeometry& g, int64_t n) : view(table_layout(g, n)) {
+    windows.resize(view.samples * view.out_total);
+    covering.resize(view.samples * view.in_total);
+    view.windows = windows.data();
+    view.covering = covering.data();
+    for (const auto e : c10::irange(table_entries(view))) {
+      fill_table_entry(g, view, e);
+    }
+  }
+};
+
 // Gathers every input cell through f(n, c, i), a plane row per task.
 template <typename scalar_t, typename F>
 void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) {
@@ -313,8 +330,10 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const auto* tap = taps.const_data_ptr<tap_t>();
   const bool channels = channels_inner(grad_in, taps);
   if (!scratch_fits(grad_in, channels)) {
+    const HostTables tables(g, grad_in.size(0));
     gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
-      return max_grad_at<scalar_t, tap_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
+      return max_grad_at<scalar_t, tap_t, acc_t>(g, tables.view, n, i,
+                                                 grad + vo.offset(n, c, 0, 0, 0),
                                                  vo.spatial_strides(),
                                                  tap + vt.offset(n, c, 0, 0, 0),
                                                  vt.spatial_strides());
@@ -348,8 +367,9 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const bool channels = channels_inner(grad_in, grad_in);
   if (!scratch_fits(grad_in, channels)) {
+    const HostTables tables(g, grad_in.size(0));
     gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
-      return avg_grad_at<scalar_t, acc_t>(g, n, i, grad + vo.offset(n, c, 0, 0, 0),
+      return avg_grad_at<scalar_t, acc_t>(g, tables.view, n, i, grad + vo.offset(n, c, 0, 0, 0),
                                           vo.spatial_strides());
     });
     return;
