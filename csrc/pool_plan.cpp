@@ -86,6 +86,12 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
                   at::IntArrayRef(p), " and kernel_size=", kernel_size);
     }
   }
+  if (ndim == 3 && std::string(kind) == "avg_pool" && !same) {
+    // torch's avg_pool3d (alone) refuses inputs smaller than the kernel.
+    TORCH_CHECK(self.size(2) >= k[0] && self.size(3) >= k[1] && self.size(4) >= k[2], name,
+                ": input image of sizes ", self.sizes().slice(2),
+                " is smaller than kernel size ", kernel_size);
+  }
   TORCH_CHECK(!divisor_override.has_value() || *divisor_override != 0, name,
               ": divisor must be not zero, but got divisor_override=0");
 

@@ -54,6 +54,12 @@ def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same)
     stride = list(kernel_size) if len(stride) == 0 else expand(name, "stride", stride, ndim)
     padding = expand(name, "padding", padding, ndim)
     dilation = expand(name, "dilation", dilation, ndim)
+    if ndim == 3 and kind == "avg_pool" and not same:
+        torch._check(
+            all(size >= k for size, k in zip(x.shape[2:], kernel_size)),
+            lambda: f"{name}: input image of sizes {list(x.shape[2:])} is smaller than kernel size "
+            f"{list(kernel_size)}",
+        )
     out = []
     for size, k, s, p, d in zip(x.shape[2:], kernel_size, stride, padding, dilation):
         out.append(div_ceil(size, s) if same else pooled_size(size, k, s, p, d, ceil_mode))
@@ -68,7 +74,30 @@ def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same)
     return [x.shape[0], x.shape[1], *out], taps
 
 
-def adaptive_plan(x, output_size, variable):
+def check_sizes(name, x, sizes, ndim):
+    """The shape, dtype and device checks of variable pooling's sizes (values need data)."""
+    torch._check(
+        sizes.device == x.device,
+        lambda: f"{name}: expected sizes on the input's device {x.device}, but got sizes on {sizes.device}",
+    )
+    torch._check(
+        sizes.dtype in (torch.int64, torch.int32),
+        lambda: f"{name}: expected sizes of dtype int64 or int32, but got {sizes.dtype}",
+    )
+    lengths = ndim == 1 and sizes.dim() == 1
+    torch._check(
+        (lengths or (sizes.dim() == 2 and sizes.shape[1] == ndim)) and sizes.shape[0] == x.shape[0],
+        lambda: f"{name}: expected sizes of shape ({x.shape[0]}, {ndim}), but got sizes of shape "
+        f"{tuple(sizes.shape)}",
+    )
+
+
+def adaptive_plan(kind, x, output_size, sizes):
+    """Output shape and taps per window of an adaptive (variable, with sizes) pooling."""
+    ndim = len(output_size)
+    variable = sizes is not None
+    if variable:
+        check_sizes(f"variable_{kind}{ndim}d", x, sizes, ndim)
     taps = 1
     for size, o in zip(x.shape[2:], output_size):
         taps *= adaptive_max_window(size, o, variable) if o > 0 else 1

@@ -46,7 +46,7 @@ def _(grad_output, self, kernel_size, stride, padding, ceil_mode, same, count_in
 
 @torch.library.register_fake("pool_ext::adaptive_max_pool")
 def _(self, output_size, sizes):
-    shape, taps = geo.adaptive_plan(self, output_size, sizes is not None)
+    shape, taps = geo.adaptive_plan("max_pool", self, output_size, sizes)
     return _empty_like_plan(self, shape), _empty_like_plan(self, shape, geo.tap_dtype(taps))
 
 
@@ -57,13 +57,13 @@ def _(grad_output, self, taps, output_size, sizes):
 
 @torch.library.register_fake("pool_ext::_adaptive_max_pool_indices")
 def _(self, taps, output_size, sizes):
-    shape, _ = geo.adaptive_plan(self, output_size, sizes is not None)
+    shape, _ = geo.adaptive_plan("max_pool", self, output_size, sizes)
     return _empty_like_plan(self, shape, torch.int64)
 
 
 @torch.library.register_fake("pool_ext::adaptive_avg_pool")
 def _(self, output_size, sizes):
-    shape, _ = geo.adaptive_plan(self, output_size, sizes is not None)
+    shape, _ = geo.adaptive_plan("avg_pool", self, output_size, sizes)
     return _empty_like_plan(self, shape)
 
 

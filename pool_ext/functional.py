@@ -164,9 +164,8 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
 def _output_size(name, output_size, spatial):
     ndim = len(spatial)
+    # As torch: an int (or None) stands for every dim; a sequence needs one entry per dim.
     sizes = [output_size] * ndim if isinstance(output_size, int) or output_size is None else list(output_size)
-    if len(sizes) == 1 and ndim > 1:
-        sizes = sizes * ndim
     if len(sizes) != ndim:
         raise RuntimeError(f"{name}: output_size must have {ndim} elements, but got {list(sizes)}")
     return [s if o is None else o for o, s in zip(sizes, spatial)]
