@@ -1,0 +1,215 @@
+"""adaptive_max_pool1d/2d/3d and adaptive_avg_pool1d/2d/3d against torch.nn.functional.
+
+Randomized input and output sizes (outputs larger than the input, sizes that do
+not divide, None entries), every dtype and layout, unbatched inputs, empty
+batches, NaN/inf, indices and gradients.
+"""
+
+import pytest
+import torch
+
+from pool_testing import (
+    DEVICES, DTYPE_IDS, DTYPES, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
+    assert_equal, assert_same_format, check_max_indices, expected_max_indices, is_batched, leaf, make_rng,
+    ours, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
+)
+
+CASES_PER_SEED = 12
+SEEDS = range(5)
+MAX_SIZE = {1: 12, 2: 8, 3: 5}
+
+
+def random_adaptive_case(rng, kind, d):
+    """(input shape, output_size argument, resolved output sizes) that torch accepts."""
+    fn = torchs(f"adaptive_{kind}_pool{d}d")
+    for _ in range(200):
+        spatial = [rng.randint(1, MAX_SIZE[d]) for _ in range(d)]
+        out = [rng.randint(1, s + 3) for s in spatial]
+        r = rng.random()
+        if r < 0.2:
+            out = [out[0]] * d
+            arg = out[0]
+        elif r < 0.4 and d > 1:
+            arg = tuple(None if rng.random() < 0.5 else o for o in out)
+            out = [s if a is None else a for s, a in zip(spatial, arg)]
+        else:
+            arg = tuple(out) if rng.random() < 0.7 else list(out)
+        batch = rng.choices([(), (0,), (1,), (2,), (3,)], weights=[3, 2, 4, 6, 5])[0]
+        shape = (*batch, rng.randint(1, 3), *spatial)
+        if torch_accepts(fn, torch.zeros(shape, dtype=torch.float64), arg):
+            return shape, arg, out
+    raise AssertionError("no valid configuration drawn")
+
+
+def check_adaptive_max(d, x, output_size, out_sizes, device, rng):
+    name = f"adaptive_max_pool{d}d"
+    x_cpu = to_strided(x, device="cpu")
+    (ref_out, ref_idx), format_comparable = torch_reference(torchs(name), x_cpu, output_size, return_indices=True)
+
+    xl = leaf(x)
+    out, idx = ours(name)(xl, output_size, return_indices=True)
+    assert out.device == x.device and idx.device == x.device
+    assert_equal(out, ref_out)
+    assert_equal(ours(name)(x, output_size), ref_out)
+    if is_batched(x, d) and format_comparable and name not in TORCH_CPU_3D_CONTIGUOUS_ONLY:
+        assert_same_format(out, ref_out)
+        assert_same_format(idx, ref_idx)
+    window = adaptive_window(list(x.shape[-d:]), out_sizes)
+    check_max_indices(x_cpu, out, ref_out, idx, ref_idx, d, window)
+
+    grad_out = random_grad(rng, out)
+    (grad,) = torch.autograd.grad(out, xl, grad_out)
+    expected = scatter_grad(grad_out, expected_max_indices(ref_out, ref_idx, idx), x.shape, d)
+    assert_close_to_ref(grad, expected, x.dtype)
+
+    if x.device.type != "cpu":
+        out_cpu, idx_cpu = ours(name)(x_cpu, output_size, return_indices=True)
+        assert_equal(out, out_cpu)
+        assert_equal(idx, idx_cpu)
+
+
+def check_adaptive_avg(d, x, output_size, out_sizes, device, rng):
+    name = f"adaptive_avg_pool{d}d"
+    x64 = leaf(to_strided(x, torch.float64, "cpu"))
+    ref = torchs(name)(x64, output_size)
+
+    xl = leaf(x)
+    out = ours(name)(xl, output_size)
+    assert out.device == x.device
+    assert out.shape == ref.shape
+    assert_close_to_ref(out, ref.detach(), x.dtype)
+    if is_batched(x, d) and name not in TORCH_CPU_3D_CONTIGUOUS_ONLY:
+        assert_same_format(out, ref)
+
+    grad_out = random_grad(rng, out)
+    (grad,) = torch.autograd.grad(out, xl, grad_out)
+    (expected,) = torch.autograd.grad(ref, x64, grad_out.cpu().double())
+    assert_close_to_ref(grad, expected, x.dtype)
+
+    if x.device.type != "cpu":
+        rtol, atol = (1e-5, 1e-5) if x.dtype in (torch.float32, torch.float64) else (1e-2, 1e-2)
+        out_cpu = ours(name)(to_strided(x, device="cpu"), output_size)
+        torch.testing.assert_close(out.cpu(), out_cpu, rtol=rtol, atol=atol, equal_nan=True)
+
+
+CHECKS = {"max": check_adaptive_max, "avg": check_adaptive_avg}
+
+
+def run_case(kind, d, x, layout, output_size, out_sizes, device, rng):
+    try:
+        CHECKS[kind](d, x, output_size, out_sizes, device, rng)
+    except AssertionError as e:
+        raise AssertionError(
+            f"adaptive_{kind}_pool{d}d input {tuple(x.shape)} {x.dtype} layout={layout} strides={x.stride()} "
+            f"output_size={output_size}:\n{e}"
+        ) from e
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_against_torch(seed, kind, d, dtype, device):
+    rng = make_rng("adaptive", kind, d, dtype, seed)
+    for _ in range(CASES_PER_SEED):
+        shape, output_size, out_sizes = random_adaptive_case(rng, kind, d)
+        x, layout = random_input(rng, shape, dtype, device)
+        run_case(kind, d, x, layout, output_size, out_sizes, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_output_larger_and_not_dividing(kind, d, device):
+    rng = make_rng("larger", kind, d)
+    for in_size, out_size in ((3, 7), (5, 3), (7, 2), (4, 4), (1, 3), (6, 1)):
+        x, _ = random_input(rng, (2, 3) + (in_size,) * d, torch.float32, device, layout="contiguous", specials=0)
+        assert ours(f"adaptive_{kind}_pool{d}d")(x, out_size).shape == (2, 3) + (out_size,) * d
+        run_case(kind, d, x, "contiguous", out_size, [out_size] * d, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_none_keeps_input_size(kind, d, device):
+    rng = make_rng("none", kind, d)
+    spatial = (5, 6, 7)[:d]
+    x, _ = random_input(rng, (2, 3, *spatial), torch.float32, device, layout="contiguous", specials=0)
+    for output_size in ((None,) * d, (None, 3, 2)[:d], (2, None, 3)[:d]):
+        out_sizes = [s if o is None else o for s, o in zip(spatial, output_size)]
+        out = ours(f"adaptive_{kind}_pool{d}d")(x, output_size)
+        assert list(out.shape[2:]) == out_sizes
+        run_case(kind, d, x, "contiguous", output_size, out_sizes, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_zero_output_size(kind, d, device):
+    """torch returns an empty result for a zero output size; so must we."""
+    x = torch.randn((2, 3) + (4,) * d, device=device)
+    output_size = (0,) + (2,) * (d - 1)
+    ref = torchs(f"adaptive_{kind}_pool{d}d")(x.cpu(), output_size)
+    out = ours(f"adaptive_{kind}_pool{d}d")(leaf(x), output_size)
+    assert out.shape == ref.shape and out.numel() == 0
+    out.sum().backward()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_empty_batch_and_unbatched(kind, d, device):
+    rng = make_rng("empty", kind, d)
+    fn = ours(f"adaptive_{kind}_pool{d}d")
+    x = torch.randn((0, 3) + (5,) * d, device=device)
+    assert fn(x, 3).shape == (0, 3) + (3,) * d
+    run_case(kind, d, x, "contiguous", 3, [3] * d, device, rng)
+    x, _ = random_input(rng, (3,) + (5,) * d, torch.float32, device, layout="contiguous", specials=0)
+    assert_equal(fn(x, 2), fn(x.unsqueeze(0), 2).squeeze(0))
+    run_case(kind, d, x, "contiguous", 2, [2] * d, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_global_pooling_of_large_windows(kind, d, device):
+    """Windows of more than 256 cells (saved positions no longer fit in a byte)."""
+    rng = make_rng("global", kind, d)
+    size = {1: 300, 2: 19, 3: 7}[d]
+    for layout in ("contiguous", "channels_last") if d > 1 else ("contiguous",):
+        x, _ = random_input(rng, (2, 3) + (size,) * d, torch.float32, device, layout=layout, specials=0)
+        run_case(kind, d, x, layout, 1, [1] * d, device, rng)
+        run_case(kind, d, x, layout, 2, [2] * d, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_adaptive_max_nan_like_torch(d, dtype, device):
+    """Several NaNs per window: torch's index is the last NaN's."""
+    rng = make_rng("nan", d, dtype)
+    for layout in ("contiguous", "channels_last") if d > 1 else ("contiguous",):
+        x, _ = random_input(rng, (2, 3) + (6,) * d, dtype, device, layout=layout, specials=0.3,
+                            special_values=(NAN,))
+        for output_size in (1, 2, 4):
+            out, idx = ours(f"adaptive_max_pool{d}d")(x, output_size, return_indices=True)
+            ref_out, ref_idx = torchs(f"adaptive_max_pool{d}d")(to_strided(x, device="cpu"), output_size,
+                                                                return_indices=True)
+            assert torch.isnan(ref_out).any()
+            assert_equal(out, ref_out)
+            assert_equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_medium_inputs(kind, d, layout, dtype, device):
+    """Inputs large enough for the parallel paths, with overlapping adaptive windows."""
+    rng = make_rng("medium", kind, d, layout, dtype)
+    shape = (4, 24, 33, 35) if d == 2 else (2, 16, 9, 10, 11)
+    x, _ = random_input(rng, shape, dtype, device, layout=layout, specials=0.0)
+    for output_size in ((7, 9) if d == 2 else (4, 3, 5), (40, 20) if d == 2 else (11, 7, 12)):
+        run_case(kind, d, x, layout, output_size, list(output_size), device, rng)

@@ -1,0 +1,115 @@
+"""A small CNN built from pool_ext.nn layers under torch.compile(fullgraph=True)
+gives eager's outputs and gradients (no graph breaks through the custom ops)."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import pool_ext
+
+
+class Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.pool1 = pool_ext.nn.MaxPool2d(2, ceil_mode=True)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.pool2 = pool_ext.nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False)
+        self.pool3 = pool_ext.nn.MaxPool2d(3, stride=1, padding="same")
+        self.adaptive = pool_ext.nn.AdaptiveAvgPool2d((3, 3))
+        self.spp = pool_ext.nn.SpatialPyramidPool2d((1, 2), mode="max")
+        self.fc = nn.Linear(8 * 9 + 8 * 5, 10)
+
+    def forward(self, x):
+        x = self.pool1(torch.relu(self.conv1(x)))
+        x = self.pool2(torch.relu(self.conv2(x)))
+        x = self.pool3(x)
+        return self.fc(torch.cat([self.adaptive(x).flatten(1), self.spp(x)], dim=1))
+
+
+class VariableNet(nn.Module):
+    """Padded batch of images of different sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.pool = pool_ext.nn.VariableMaxPool2d((2, 2))
+        self.avg = pool_ext.nn.VariableAvgPool1d(1)
+        self.spp = pool_ext.nn.SpatialPyramidPool2d((1, 2), mode="avg")
+
+    def forward(self, x, sizes):
+        y = torch.relu(self.conv(x))
+        lengths = sizes[:, 0]
+        rows = self.avg(y.flatten(2), lengths * y.shape[-1]).flatten(1)
+        return torch.cat([self.pool(y, sizes).flatten(1), self.spp(y, sizes), rows], dim=1)
+
+
+def eager_and_compiled(model_cls, backend, **compile_kwargs):
+    torch.manual_seed(0)
+    eager = model_cls()
+    compiled_model = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_model, fullgraph=True, backend=backend, **compile_kwargs)
+    return eager, compiled_model, compiled
+
+
+def check_same(eager, compiled_model, compiled, *inputs, rtol=1e-5, atol=1e-5):
+    x_eager = inputs[0].clone().requires_grad_()
+    x_compiled = inputs[0].clone().requires_grad_()
+    out_eager = eager(x_eager, *inputs[1:])
+    out_compiled = compiled(x_compiled, *inputs[1:])
+    torch.testing.assert_close(out_compiled, out_eager, rtol=rtol, atol=atol)
+    grad = torch.randn_like(out_eager)
+    out_eager.backward(grad)
+    out_compiled.backward(grad)
+    torch.testing.assert_close(x_compiled.grad, x_eager.grad, rtol=rtol, atol=atol)
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled_model.parameters()):
+        torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=rtol, atol=atol, msg=name)
+        p_eager.grad = p_compiled.grad = None
+
+
+def test_cnn_aot_eager():
+    eager, compiled_model, compiled = eager_and_compiled(Net, "aot_eager")
+    for shape in ((4, 3, 16, 16), (2, 3, 16, 16)):
+        check_same(eager, compiled_model, compiled, torch.randn(shape))
+
+
+def test_cnn_aot_eager_dynamic_shapes():
+    """One graph for several input sizes: the fake kernels' shape rules hold symbolically."""
+    torch._dynamo.reset()
+    eager, compiled_model, compiled = eager_and_compiled(Net, "aot_eager", dynamic=True)
+    for shape in ((2, 3, 16, 16), (3, 3, 19, 23), (1, 3, 12, 31)):
+        check_same(eager, compiled_model, compiled, torch.randn(shape))
+
+
+def test_channels_last_cnn_aot_eager():
+    eager, compiled_model, compiled = eager_and_compiled(Net, "aot_eager")
+    eager.to(memory_format=torch.channels_last)
+    compiled_model.to(memory_format=torch.channels_last)
+    check_same(eager, compiled_model, compiled, torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last))
+
+
+def test_variable_pooling_aot_eager():
+    eager, compiled_model, compiled = eager_and_compiled(VariableNet, "aot_eager")
+    sizes = torch.tensor([[9, 11], [4, 3], [12, 12]])
+    check_same(eager, compiled_model, compiled, torch.randn(3, 3, 12, 12), sizes)
+    sizes = torch.tensor([[2, 12], [12, 1], [7, 7]])
+    check_same(eager, compiled_model, compiled, torch.randn(3, 3, 12, 12), sizes)
+
+
+def test_max_pool_with_indices_compiles():
+    def f(x):
+        out, idx = pool_ext.functional.max_pool2d(x, 2, return_indices=True)
+        return torch.nn.functional.max_unpool2d(out, idx, 2, output_size=x.shape[-2:])
+
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+@pytest.mark.slow
+def test_cnn_inductor():
+    """The default backend (inductor) as well."""
+    torch._dynamo.reset()
+    eager, compiled_model, compiled = eager_and_compiled(Net, "inductor")
+    check_same(eager, compiled_model, compiled, torch.randn(4, 3, 16, 16), rtol=1e-4, atol=1e-4)

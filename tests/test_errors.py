@@ -1,0 +1,412 @@
+"""Argument errors: every call torch rejects is rejected here too, with a message
+that names the op and the wrong value.
+
+Explicit cases check the exception type and message; a randomized sweep over
+valid and invalid arguments checks that we accept exactly what torch accepts
+(and agree with it where both accept).
+"""
+
+import functools
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pool_ext
+import pool_ext.functional as PF
+from pool_testing import HAS_CUDA, assert_equal, make_rng, ours, torchs
+
+TORCH_ERRORS = (RuntimeError, ValueError, TypeError, IndexError)
+
+
+def assert_rejected(name, call_ours, call_torch, exc_type, *patterns, torch_rejects=True):
+    """torch rejects the call (when torch_rejects), ours raises exc_type with a message
+    naming the op and matching every pattern."""
+    if torch_rejects:
+        with pytest.raises(TORCH_ERRORS):
+            call_torch()
+    with pytest.raises(exc_type) as info:
+        call_ours()
+    message = str(info.value)
+    assert name in message, f"op name {name!r} missing from: {message}"
+    for pattern in patterns:
+        assert re.search(pattern, message, re.IGNORECASE | re.DOTALL), f"{pattern!r} not in: {message}"
+
+
+def fixed_call(module, kind, d, shape, **kwargs):
+    return lambda: getattr(module, f"{kind}_pool{d}d")(torch.randn(shape), **kwargs)
+
+
+def shape_pattern(shape):
+    return re.escape(", ".join(str(s) for s in shape))
+
+
+# ---------------------------------------------------------------- fixed windows
+
+FIXED_CASES = [
+    # (id, kinds, kwargs, patterns)
+    ("kernel-0", ("max", "avg"), dict(kernel_size=0, stride=1), (r"kernel", r"\b0\b")),
+    ("kernel-negative", ("max", "avg"), dict(kernel_size=-1, stride=1), (r"kernel", r"-1")),
+    ("stride-0", ("max", "avg"), dict(kernel_size=2, stride=0), (r"stride", r"\b0\b")),
+    ("stride-negative", ("max", "avg"), dict(kernel_size=2, stride=-2), (r"stride", r"-2")),
+    ("dilation-0", ("max",), dict(kernel_size=2, dilation=0), (r"dilation", r"\b0\b")),
+    ("dilation-negative", ("max",), dict(kernel_size=2, dilation=-1), (r"dilation", r"-1")),
+    ("padding-negative", ("max", "avg"), dict(kernel_size=2, padding=-1), (r"pad", r"-1")),
+    ("padding-over-half", ("max", "avg"), dict(kernel_size=3, padding=2), (r"pad", r"half", r"\b2\b")),
+    ("padding-over-half-even", ("max", "avg"), dict(kernel_size=4, padding=3), (r"pad", r"half", r"\b3\b")),
+    # the dilated (effective) kernel would allow 2, torch still limits padding to half the kernel
+    ("padding-over-half-dilated", ("max",), dict(kernel_size=3, padding=2, dilation=2), (r"pad", r"half", r"\b2\b")),
+    # (torch's avg_pool3d reports this as an input smaller than the kernel)
+    ("output-too-small", ("max", "avg"), dict(kernel_size=7), (r"(output size|smaller than kernel)", r"\b7\b|\b0\b")),
+    ("output-too-small-dilated", ("max",), dict(kernel_size=3, dilation=3), (r"output size",)),
+    ("bad-padding-string", ("max", "avg"), dict(kernel_size=2, padding="full"), (r"padding", r"full")),
+]
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("case", FIXED_CASES, ids=[c[0] for c in FIXED_CASES])
+def test_fixed_argument_errors(case, kind, d):
+    case_id, kinds, kwargs, patterns = case
+    if kind not in kinds:
+        pytest.skip(f"{kind} pooling has no such argument")
+    shape = (2, 3) + (6,) * d
+    exc_type = ValueError if case_id == "bad-padding-string" else RuntimeError
+    assert_rejected(f"{kind}_pool{d}d", fixed_call(PF, kind, d, shape, **kwargs),
+                    fixed_call(F, kind, d, shape, **kwargs), exc_type, *patterns)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_fixed_wrong_number_of_dims(kind, d):
+    for shape in ((6,) * d, (2, 3, 2) + (6,) * d):
+        assert_rejected(f"{kind}_pool{d}d", fixed_call(PF, kind, d, shape, kernel_size=2),
+                        fixed_call(F, kind, d, shape, kernel_size=2), RuntimeError, shape_pattern(shape))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_fixed_zero_size_dims(kind, d):
+    """Only the batch may be empty: zero channels or spatial sizes are errors in torch."""
+    for shape in ((1, 2, 0) + (5,) * (d - 1), (1, 2) + (5,) * (d - 1) + (0,), (1, 0) + (5,) * d,
+                  (2, 0) + (5,) * (d - 1), (0,) + (5,) * d):
+        assert_rejected(f"{kind}_pool{d}d", fixed_call(PF, kind, d, shape, kernel_size=1),
+                        fixed_call(F, kind, d, shape, kernel_size=1), RuntimeError, shape_pattern(shape))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_fixed_wrong_tuple_length(kind, d):
+    kernel = (2,) * (d + 1)
+    shape = (1, 2) + (6,) * d
+    assert_rejected(f"{kind}_pool{d}d", fixed_call(PF, kind, d, shape, kernel_size=kernel),
+                    fixed_call(F, kind, d, shape, kernel_size=kernel), RuntimeError, r"kernel_size",
+                    shape_pattern(kernel))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+def test_avg_divisor_override_zero(d):
+    shape = (1, 2) + (6,) * d
+    assert_rejected(f"avg_pool{d}d", fixed_call(PF, "avg", d, shape, kernel_size=2, divisor_override=0),
+                    fixed_call(F, "avg", d, shape, kernel_size=2, divisor_override=0), RuntimeError,
+                    r"divisor", r"\b0\b")
+
+
+@pytest.mark.parametrize("shape,kwargs", [
+    ((1, 1, 2, 2, 2), dict(kernel_size=3, stride=1, padding=1)),
+    ((1, 1, 2, 5, 5), dict(kernel_size=3, stride=3, ceil_mode=True)),
+    ((2, 3, 6, 1, 3), dict(kernel_size=(2, 3, 1), ceil_mode=True)),
+    ((1, 3, 5, 6, 1), dict(kernel_size=(2, 2, 3), stride=(1, 3, 3), padding=(0, 0, 1), ceil_mode=True)),
+], ids=["padded", "ceil", "ceil-unpadded", "ceil-padded-one-dim"])
+def test_avg_pool3d_input_smaller_than_kernel(shape, kwargs):
+    """torch's avg_pool3d (unlike the others) rejects an input smaller than the kernel even
+    when padding or ceil_mode would give an output."""
+    assert_rejected("avg_pool3d", fixed_call(PF, "avg", 3, shape, **kwargs), fixed_call(F, "avg", 3, shape, **kwargs),
+                    RuntimeError, r"kernel", r"smaller")
+
+
+# ---------------------------------------------------------------- adaptive
+
+
+def adaptive_call(module, kind, d, shape, output_size):
+    return lambda: getattr(module, f"adaptive_{kind}_pool{d}d")(torch.randn(shape), output_size)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_errors(kind, d):
+    name = f"adaptive_{kind}_pool{d}d"
+    good = (2, 3) + (5,) * d
+    negative = (3,) * (d - 1) + (-1,)
+    assert_rejected(name, adaptive_call(PF, kind, d, good, negative), adaptive_call(F, kind, d, good, negative),
+                    RuntimeError, r"output_size", r"-1")
+    too_long = (3,) * (d + 1)
+    assert_rejected(name, adaptive_call(PF, kind, d, good, too_long), adaptive_call(F, kind, d, good, too_long),
+                    RuntimeError, r"output_size", shape_pattern(too_long))
+    for shape in ((5,) * d, (2, 3, 2) + (5,) * d):
+        assert_rejected(name, adaptive_call(PF, kind, d, shape, 2), adaptive_call(F, kind, d, shape, 2),
+                        RuntimeError, shape_pattern(shape))
+    for shape in ((1, 2, 0) + (5,) * (d - 1), (1, 2) + (5,) * (d - 1) + (0,), (2, 0) + (5,) * (d - 1)):
+        assert_rejected(name, adaptive_call(PF, kind, d, shape, 2), adaptive_call(F, kind, d, shape, 2),
+                        RuntimeError, shape_pattern(shape))
+
+
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_output_size_of_one_entry(kind, d):
+    """torch wants exactly d entries (an int is the only shorthand)."""
+    name = f"adaptive_{kind}_pool{d}d"
+    shape = (2, 3) + (5,) * d
+    assert_rejected(name, adaptive_call(PF, kind, d, shape, (3,)), adaptive_call(F, kind, d, shape, (3,)),
+                    RuntimeError, r"output_size")
+
+
+# ---------------------------------------------------------------- variable
+
+
+VARIABLE = [(kind, d) for kind in ("max", "avg") for d in (1, 2, 3)]
+
+
+def variable_call(kind, d, x, sizes):
+    return lambda: getattr(pool_ext.functional, f"variable_{kind}_pool{d}d")(x, 2, sizes)
+
+
+def never_called():
+    raise AssertionError("no torch counterpart")
+
+
+VARIABLE_IDS = [f"{k}{d}d" for k, d in VARIABLE]
+
+
+def variable_rejects(kind, d, sizes, exc_type, *patterns, x=None):
+    x = torch.randn((3, 2) + (5,) * d) if x is None else x
+    assert_rejected(f"variable_{kind}_pool{d}d", variable_call(kind, d, x, sizes), never_called, exc_type,
+                    *patterns, torch_rejects=False)
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_sizes_wrong_shape(kind, d):
+    for shape in ((3, d + 1), (4, d), (2, d), (3, d, 1)) + (((3,),) if d > 1 else ()):
+        variable_rejects(kind, d, torch.full(shape, 4), RuntimeError, r"sizes", r"shape", shape_pattern(shape))
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_sizes_wrong_dtype(kind, d):
+    for dtype, name in ((torch.float32, r"float"), (torch.int16, r"(int16|short)"), (torch.bool, r"bool")):
+        variable_rejects(kind, d, torch.full((3, d), 4, dtype=dtype), RuntimeError, r"sizes", r"dtype", name)
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_sizes_wrong_device(kind, d):
+    """sizes on another device than the input (the meta device stands in where there is no GPU)."""
+    variable_rejects(kind, d, torch.full((3, d), 4, device="meta"), RuntimeError, r"sizes", r"device", r"meta")
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_sizes_not_a_tensor(kind, d):
+    variable_rejects(kind, d, [[4] * d] * 3, TypeError, r"sizes", r"list")
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_size_out_of_range(kind, d):
+    """A size < 1 or beyond the padded extent: the message names the sample and the value."""
+    good = torch.full((3, d), 4, dtype=torch.int64)
+    for sample, value in ((1, 0), (2, -3), (0, 6), (2, 99)):
+        for dim in range(d):
+            bad = good.clone()
+            bad[sample, dim] = value
+            patterns = (rf"sizes\[{sample}\D", rf"(?<![\d-]){re.escape(str(value))}\b")
+            variable_rejects(kind, d, bad, RuntimeError, *patterns)
+            variable_rejects(kind, d, bad.int(), RuntimeError, *patterns)
+            if d == 1:
+                variable_rejects(kind, d, bad.view(3), RuntimeError, *patterns)
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_input_not_a_padded_batch(kind, d):
+    x = torch.randn((2,) + (5,) * d)  # unbatched
+    variable_rejects(kind, d, torch.full((1, d), 4), RuntimeError, shape_pattern(tuple(x.shape)), x=x)
+
+
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=[f"{k}{d}d" for k, d in VARIABLE])
+def test_variable_sizes_on_another_device(kind, d):
+    name = f"variable_{kind}_pool{d}d"
+    x = torch.randn((3, 2) + (5,) * d)
+    sizes = torch.full((3, d), 4)
+    assert_rejected(name, variable_call(kind, d, x, sizes.cuda()), never_called, RuntimeError, r"device",
+                    r"cuda", torch_rejects=False)
+    assert_rejected(name, variable_call(kind, d, x.cuda(), sizes), never_called, RuntimeError, r"device",
+                    r"cpu", torch_rejects=False)
+
+
+def test_spatial_pyramid_pool_errors():
+    x = torch.randn(2, 3, 8, 8)
+    spp = pool_ext.functional.spatial_pyramid_pool2d
+    for call, pattern in (
+        (lambda: spp(x, mode="min"), r"min"),
+        (lambda: spp(x, levels=(1, 0)), r"\b0\b"),
+        (lambda: spp(x, levels=()), r"levels"),
+    ):
+        with pytest.raises(ValueError) as info:
+            call()
+        assert "spatial_pyramid_pool2d" in str(info.value)
+        assert re.search(pattern, str(info.value))
+    with pytest.raises(ValueError, match="min"):
+        pool_ext.nn.SpatialPyramidPool2d(mode="min")
+    with pytest.raises(RuntimeError, match=r"sizes\[1\D"):
+        spp(x, sizes=torch.tensor([[8, 8], [8, 9]]))
+
+
+# ---------------------------------------------------------------- randomized: accept exactly what torch accepts
+
+
+def pick(rng, valid, invalid, p_invalid):
+    return rng.choice(invalid) if rng.random() < p_invalid else rng.choice(valid)
+
+
+def random_shape(rng, d):
+    """Mostly valid shapes: sometimes zero sizes, unbatched or the wrong number of dims."""
+    dims = d if rng.random() < 0.93 else rng.choice([d - 1, d + 1])
+    shape = [pick(rng, [1, 2, 3], [0], 0.05)] + [pick(rng, range(1, 9), [0], 0.04) for _ in range(dims)]
+    if rng.random() < 0.8:
+        shape.insert(0, rng.choice([0, 1, 2]))
+    return tuple(shape)
+
+
+def random_fixed_args(rng, kind, d):
+    def arg(values):
+        return values[0] if len(set(values)) == 1 and rng.random() < 0.5 else tuple(values)
+
+    kernel = [pick(rng, range(1, 5), [0, -1], 0.04) for _ in range(d)]
+    padding = [pick(rng, range(0, max(k, 1) // 2 + 1), [max(k, 1) // 2 + 1, -1], 0.06) for k in kernel]
+    kwargs = {"kernel_size": arg(kernel), "padding": arg(padding), "ceil_mode": rng.random() < 0.5}
+    if rng.random() < 0.8:
+        kwargs["stride"] = arg([pick(rng, range(1, 4), [0, -1], 0.04) for _ in range(d)])
+    if kind == "max":
+        kwargs["dilation"] = arg([pick(rng, [1, 1, 2, 3], [0, -1], 0.04) for _ in range(d)])
+    else:
+        kwargs["count_include_pad"] = rng.random() < 0.5
+        if d > 1 and rng.random() < 0.3:
+            kwargs["divisor_override"] = pick(rng, [1, 3], [0], 0.2)
+    return random_shape(rng, d), kwargs
+
+
+def random_adaptive_args(rng, d):
+    out = [pick(rng, range(0, 7), [-1], 0.05) for _ in range(d)]
+    output_size = out[0] if rng.random() < 0.4 else tuple(out)
+    return random_shape(rng, d), output_size
+
+
+def outcome(fn, x, *args, **kwargs):
+    try:
+        result = fn(x, *args, **kwargs)
+        return (result[0] if isinstance(result, tuple) else result), None
+    except TORCH_ERRORS as e:
+        return None, e
+
+
+def torch_quirk(name, shape, d, output_size=None):
+    """Degenerate inputs torch accepts through a side path only: zero channels (its
+    adaptive kernels check only some dims, differently per op) and the mean()
+    shortcut of adaptive_avg_pool to size 1, which returns NaN for an empty input.
+    We do not require these to be accepted (their rejection is checked elsewhere)."""
+    if len(shape) < d + 1:
+        return False
+    channels = shape[-d - 1]
+    if channels == 0 and name.startswith("adaptive"):
+        return True
+    ones = output_size == 1 or (isinstance(output_size, tuple) and set(output_size) == {1})
+    return name.startswith("adaptive_avg") and ones and 0 in shape[-d:]
+
+
+def sweep(name, d, draw, rng, count):
+    """(rejected-by-torch mismatches, accepted-by-torch mismatches, torch accept count)."""
+    missed_rejects, wrong_rejects, accepted = [], [], 0
+    for _ in range(count):
+        shape, args, kwargs = draw(rng)
+        x = torch.randn(shape, dtype=torch.float64)
+        ref, ref_err = outcome(torchs(name), x, *args, **kwargs)
+        got, err = outcome(ours(name), x, *args, **kwargs)
+        what = f"{name} input {list(shape)} args={args} kwargs={kwargs}"
+        if ref_err is not None:
+            if err is None:
+                missed_rejects.append(f"{what}: torch rejects ({str(ref_err)[:100]}), ours accepts")
+            elif isinstance(ref_err, RuntimeError) and not isinstance(err, RuntimeError):
+                missed_rejects.append(f"{what}: torch raises RuntimeError, ours {type(err).__name__}: {err}")
+            elif name not in str(err):
+                missed_rejects.append(f"{what}: message does not name the op: {err}")
+            continue
+        accepted += 1
+        if err is not None:
+            if not torch_quirk(name, shape, d, args[0] if args else None):
+                wrong_rejects.append(f"{what}: torch accepts, ours rejects: {str(err)[:160]}")
+            continue
+        try:
+            assert got.shape == ref.shape, (got.shape, ref.shape)
+            torch.testing.assert_close(got, ref, rtol=1e-6, atol=1e-6, equal_nan=True)
+        except AssertionError as e:
+            wrong_rejects.append(f"{what}: results differ: {e}")
+    assert 0.15 * count < accepted < 0.9 * count, f"sweep unbalanced: torch accepted {accepted} of {count}"
+    return missed_rejects, wrong_rejects
+
+
+@functools.lru_cache(maxsize=None)
+def sweep_results(family, kind, d):
+    """Both directions of one sweep (each test reads its half)."""
+    if family == "fixed":
+        return sweep(f"{kind}_pool{d}d", d, fixed_draw(kind, d), make_rng("sweep", kind, d), 400)
+    return sweep(f"adaptive_{kind}_pool{d}d", d, adaptive_draw(d), make_rng("sweep-a", kind, d), 300)
+
+
+def fixed_draw(kind, d):
+    def draw(rng):
+        shape, kwargs = random_fixed_args(rng, kind, d)
+        return shape, (), kwargs
+
+    return draw
+
+
+def adaptive_draw(d):
+    def draw(rng):
+        shape, output_size = random_adaptive_args(rng, d)
+        return shape, (output_size,), {}
+
+    return draw
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_fixed_rejects_what_torch_rejects(kind, d):
+    missed, _ = sweep_results("fixed", kind, d)
+    assert not missed, f"{len(missed)} calls torch rejects:\n" + "\n".join(missed[:12])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_fixed_accepts_what_torch_accepts(kind, d):
+    _, wrong = sweep_results("fixed", kind, d)
+    assert not wrong, f"{len(wrong)} calls torch accepts:\n" + "\n".join(wrong[:12])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_rejects_what_torch_rejects(kind, d):
+    missed, _ = sweep_results("adaptive", kind, d)
+    assert not missed, f"{len(missed)} calls torch rejects:\n" + "\n".join(missed[:12])
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_adaptive_accepts_what_torch_accepts(kind, d):
+    _, wrong = sweep_results("adaptive", kind, d)
+    assert not wrong, f"{len(wrong)} calls torch accepts:\n" + "\n".join(wrong[:12])
+
+
+def test_a_valid_call_after_errors_still_works():
+    """Errors leave no state behind."""
+    x = torch.randn(1, 2, 6, 6)
+    with pytest.raises(RuntimeError):
+        ours("max_pool2d")(x, 3, padding=2)
+    assert_equal(ours("max_pool2d")(x, 3, padding=1), F.max_pool2d(x, 3, padding=1))

@@ -1,0 +1,474 @@
+"""max_pool1d/2d/3d and avg_pool1d/2d/3d against torch.nn.functional.
+
+Randomized: every call is drawn from a seeded RNG (shapes, kernel, stride,
+padding, dilation, ceil_mode, count_include_pad, divisor_override, layout,
+NaN/inf, ties, unbatched and empty batches), kept only when torch accepts it
+(test_errors.py checks that the rejects match). Each case compares the output,
+its memory format, the indices (and that max_unpool accepts them) and the
+gradient of a random grad_output.
+"""
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pool_testing import (
+    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
+    assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window, is_batched, leaf,
+    make_rng, ours, random_grad, TORCH_CPU_3D_CONTIGUOUS_ONLY, random_input, scatter_grad, to_strided, torch_accepts, torchs,
+)
+
+CASES_PER_SEED = 12
+SEEDS = range(5)
+MAX_EXTRA_SIZE = {1: 9, 2: 6, 3: 3}
+
+
+def random_fixed_case(rng, kind, d):
+    """(input shape, kwargs) of a max/avg pooling call that torch accepts."""
+    fn = torchs(f"{kind}_pool{d}d")
+    for _ in range(200):
+        kernel = [rng.randint(1, 4 if d < 3 else 3) for _ in range(d)]
+        dilation = [rng.randint(1, 3) if rng.random() < 0.4 else 1 for _ in range(d)]
+        if kind == "avg":
+            dilation = [1] * d
+        padding = [rng.randint(0, k // 2) for k in kernel]
+        stride = [rng.randint(1, 4) for _ in range(d)]
+        spatial = []
+        for k, p, dil in zip(kernel, padding, dilation):
+            low = max(1, (k - 1) * dil + 1 - 2 * p)
+            spatial.append(rng.randint(low, low + MAX_EXTRA_SIZE[d]))
+        batch = rng.choices([(), (0,), (1,), (2,), (3,)], weights=[3, 2, 4, 6, 5])[0]
+        shape = (*batch, rng.randint(1, 3), *spatial)
+
+        kwargs = {"kernel_size": as_arg(rng, kernel), "padding": as_arg(rng, padding)}
+        r = rng.random()
+        if r < 0.15:
+            pass  # stride defaults to the kernel
+        elif r < 0.25:
+            kwargs["stride"] = None
+        else:
+            kwargs["stride"] = as_arg(rng, stride)
+        kwargs["ceil_mode"] = rng.random() < 0.5
+        if kind == "max":
+            kwargs["dilation"] = as_arg(rng, dilation)
+        else:
+            kwargs["count_include_pad"] = rng.random() < 0.5
+            if d > 1 and rng.random() < 0.3:
+                kwargs["divisor_override"] = rng.randint(1, 5)
+        if not torch_accepts(fn, torch.zeros(shape, dtype=torch.float64), **kwargs):
+            continue
+        # torch allows (dilated) windows that lie wholly in the padding; its
+        # indices there are garbage (and differ between its own layouts): skip.
+        out_sizes = fn(torch.zeros(shape, dtype=torch.float64), **kwargs).shape[-d:]
+        if windows_have_real_cells(spatial, out_sizes, *geometry(d, kwargs)):
+            return shape, kwargs
+    raise AssertionError("no valid configuration drawn")
+
+
+def windows_have_real_cells(in_sizes, out_sizes, kernel, stride, padding, dilation):
+    return all(
+        any(0 <= o * s - p + t * dil < size for t in range(k))
+        for size, out, k, s, p, dil in zip(in_sizes, out_sizes, kernel, stride, padding, dilation)
+        for o in range(out)
+    )
+
+
+def geometry(d, kwargs):
+    kernel = expand_arg(kwargs["kernel_size"], d)
+    stride = kwargs.get("stride")
+    stride = kernel if stride is None else expand_arg(stride, d)
+    padding = expand_arg(kwargs.get("padding", 0), d)
+    dilation = expand_arg(kwargs.get("dilation", 1), d)
+    return kernel, stride, padding, dilation
+
+
+def check_unpool(d, out, idx, ref_out, ref_idx, x, kwargs):
+    """torch's max_unpool accepts our indices and gives what it gives for torch's."""
+    if out.numel() == 0 or out.dtype not in (torch.float32, torch.float64):
+        return
+    kernel, stride, padding, _ = geometry(d, kwargs)
+    size = list(x.shape[-d:])
+    default = [(i - 1) * s + k - 2 * p for i, s, k, p in zip(out.shape[-d:], stride, kernel, padding)]
+    if all(dflt - s < i < dflt + s for i, dflt, s in zip(size, default, stride)):
+        unpool = torchs(f"max_unpool{d}d")
+        args = dict(kernel_size=kernel, stride=stride, padding=padding, output_size=size)
+        assert_equal(unpool(out.cpu(), idx.cpu(), **args), unpool(ref_out, ref_idx, **args))
+    elif d < 3:
+        # F.max_unpool rejects this output_size for the geometry; its kernel does not care
+        def unpool(o, i):
+            if d == 1:
+                return torch._C._nn.max_unpool2d(o.unsqueeze(-1), i.unsqueeze(-1), size + [1]).squeeze(-1)
+            return torch._C._nn.max_unpool2d(o, i, size)
+
+        assert_equal(unpool(out.cpu(), idx.cpu()), unpool(ref_out, ref_idx))
+
+
+def check_max(d, x, kwargs, device, rng):
+    name = f"max_pool{d}d"
+    x_cpu = to_strided(x, device="cpu")
+    try:
+        ref_out, ref_idx = torchs(name)(x_cpu, **kwargs, return_indices=True)
+        check_format = is_batched(x, d)
+    except RuntimeError as e:
+        # torch's max_pool3d takes only contiguous and channels_last_3d strides
+        assert "Unsupported memory format" in str(e)
+        ref_out, ref_idx = torchs(name)(x_cpu.contiguous(), **kwargs, return_indices=True)
+        check_format = False
+
+    xl = leaf(x)
+    out, idx = ours(name)(xl, **kwargs, return_indices=True)
+    assert out.device == x.device and idx.device == x.device
+    assert_equal(out, ref_out)
+    assert_equal(ours(name)(x, **kwargs), ref_out)
+    if check_format:
+        assert_same_format(out, ref_out)
+        assert_same_format(idx, ref_idx)
+    kernel, stride, padding, dilation = geometry(d, kwargs)
+    check_max_indices(x_cpu, out, ref_out, idx, ref_idx, d, fixed_window(kernel, stride, padding, dilation))
+    check_unpool(d, out, idx, ref_out, ref_idx, x_cpu, kwargs)
+
+    grad_out = random_grad(rng, out)
+    (grad,) = torch.autograd.grad(out, xl, grad_out)
+    expected = scatter_grad(grad_out, expected_max_indices(ref_out, ref_idx, idx), x.shape, d)
+    assert_close_to_ref(grad, expected, x.dtype)
+
+    if x.device.type != "cpu":
+        out_cpu, idx_cpu = ours(name)(x_cpu, **kwargs, return_indices=True)
+        assert_equal(out, out_cpu)
+        assert_equal(idx, idx_cpu)
+
+
+def check_avg(d, x, kwargs, device, rng):
+    name = f"avg_pool{d}d"
+    x64 = leaf(to_strided(x, torch.float64, "cpu"))
+    ref = torchs(name)(x64, **kwargs)
+
+    xl = leaf(x)
+    out = ours(name)(xl, **kwargs)
+    assert out.device == x.device
+    assert_close_to_ref(out, ref.detach(), x.dtype)
+    if is_batched(x, d) and name not in TORCH_CPU_3D_CONTIGUOUS_ONLY:
+        assert_same_format(out, ref)
+
+    grad_out = random_grad(rng, out)
+    (grad,) = torch.autograd.grad(out, xl, grad_out)
+    (expected,) = torch.autograd.grad(ref, x64, grad_out.cpu().double())
+    assert_close_to_ref(grad, expected, x.dtype)
+
+    if x.device.type != "cpu":
+        rtol, atol = (1e-5, 1e-5) if x.dtype in (torch.float32, torch.float64) else (1e-2, 1e-2)
+        out_cpu = ours(name)(to_strided(x, device="cpu"), **kwargs)
+        torch.testing.assert_close(out.cpu(), out_cpu, rtol=rtol, atol=atol, equal_nan=True)
+
+
+CHECKS = {"max": check_max, "avg": check_avg}
+
+
+def run_case(kind, d, x, layout, kwargs, device, rng):
+    try:
+        CHECKS[kind](d, x, kwargs, device, rng)
+    except AssertionError as e:
+        raise AssertionError(
+            f"{kind}_pool{d}d input {tuple(x.shape)} {x.dtype} layout={layout} strides={x.stride()} "
+            f"kwargs={kwargs}:\n{e}"
+        ) from e
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("seed", SEEDS)
+def test_random_against_torch(seed, kind, d, dtype, device):
+    rng = make_rng("fixed", kind, d, dtype, seed)
+    for _ in range(CASES_PER_SEED):
+        shape, kwargs = random_fixed_case(rng, kind, d)
+        x, layout = random_input(rng, shape, dtype, device)
+        run_case(kind, d, x, layout, kwargs, device, rng)
+
+
+# ---------------------------------------------------------------- targeted cases
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_empty_batch(kind, d, device):
+    rng = make_rng("empty", kind, d)
+    x = torch.randn((0, 3) + (6,) * d, device=device)
+    kwargs = {"kernel_size": 2, "stride": 2}
+    out = ours(f"{kind}_pool{d}d")(leaf(x), **kwargs)
+    assert out.shape == (0, 3) + (3,) * d
+    run_case(kind, d, x, "contiguous", kwargs, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_unbatched_matches_batched(kind, d, device):
+    rng = make_rng("unbatched", kind, d)
+    x, _ = random_input(rng, (3,) + (7,) * d, torch.float32, device, layout="contiguous")
+    kwargs = {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}
+    fn = ours(f"{kind}_pool{d}d")
+    assert_equal(fn(x, **kwargs), fn(x.unsqueeze(0), **kwargs).squeeze(0))
+    run_case(kind, d, x, "contiguous", kwargs, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_max_pool_ties_keep_first_index(d, dtype, device):
+    """All-equal and small-integer inputs: torch keeps the first index among equal maxima."""
+    fn, ref = ours(f"max_pool{d}d"), torchs(f"max_pool{d}d")
+    for values in (torch.zeros((2, 2) + (6,) * d), torch.randint(0, 2, (2, 2) + (6,) * d).float()):
+        x = values.to(dtype)
+        for kwargs in ({"kernel_size": 3, "stride": 1, "padding": 1}, {"kernel_size": 2, "dilation": 2}):
+            out, idx = fn(x.to(device), **kwargs, return_indices=True)
+            ref_out, ref_idx = ref(x, **kwargs, return_indices=True)
+            assert_equal(out, ref_out)
+            assert_equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_max_pool_nan_like_torch(d, dtype, device):
+    """NaN propagates, and with several NaNs in a window the index is torch's:
+    torch's kernels update the maximum on every NaN, so the last NaN wins."""
+    rng = make_rng("nan", d, dtype)
+    fn, ref = ours(f"max_pool{d}d"), torchs(f"max_pool{d}d")
+    for layout in ("contiguous", "channels_last") if d > 1 else ("contiguous",):
+        x, _ = random_input(rng, (2, 3) + (6,) * d, dtype, device, layout=layout, specials=0.3,
+                            special_values=(NAN,))
+        for kwargs in ({"kernel_size": 3, "stride": 1, "padding": 1}, {"kernel_size": 2, "stride": 2}):
+            out, idx = fn(x, **kwargs, return_indices=True)
+            ref_out, ref_idx = ref(to_strided(x, device="cpu"), **kwargs, return_indices=True)
+            assert torch.isnan(ref_out).any()
+            assert_equal(out, ref_out)
+            assert_equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_max_pool_infinities(d, device):
+    """All -inf windows (torch: the window's first real cell) and +inf maxima."""
+    shape = (1, 2) + (5,) * d
+    for fill in (-INF, INF):
+        x = torch.full(shape, fill, device=device)
+        kwargs = {"kernel_size": 3, "stride": 1, "padding": 1}
+        out, idx = ours(f"max_pool{d}d")(x, **kwargs, return_indices=True)
+        ref_out, ref_idx = torchs(f"max_pool{d}d")(x.cpu(), **kwargs, return_indices=True)
+        assert_equal(out, ref_out)
+        assert_equal(idx, ref_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_large_windows(kind, d, device):
+    """Windows of more than 256 cells (saved positions no longer fit in a byte)."""
+    rng = make_rng("large", kind, d)
+    kernel = 17 if d == 2 else 7
+    shape = (2, 2) + (kernel + 3,) * d
+    for layout in ("contiguous", "channels_last"):
+        x, _ = random_input(rng, shape, torch.float32, device, layout=layout, specials=0.0, ties=False)
+        run_case(kind, d, x, layout, {"kernel_size": kernel, "stride": 2, "padding": 1}, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_avg_pool_divisor_and_count_include_pad(d, device):
+    rng = make_rng("avg-args", d)
+    x, _ = random_input(rng, (2, 3) + (6,) * d, torch.float64, device, layout="contiguous", specials=0.0)
+    for ceil_mode in (False, True):
+        for count_include_pad in (False, True):
+            for divisor in (None, 1, 7) if d > 1 else (None,):
+                kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=ceil_mode,
+                              count_include_pad=count_include_pad)
+                if divisor is not None:
+                    kwargs["divisor_override"] = divisor
+                run_case("avg", d, x, "contiguous", kwargs, device, rng)
+
+
+# ---------------------------------------------------------------- padding="same" / "valid"
+
+
+def same_pads(in_sizes, kernel, stride, dilation):
+    """TensorFlow's rule: (before, after) per dim."""
+    pads = []
+    for size, k, s, dil in zip(in_sizes, kernel, stride, dilation):
+        out = -(-size // s)
+        total = max((out - 1) * s + (k - 1) * dil + 1 - size, 0)
+        pads.append((total // 2, total - total // 2))
+    return pads
+
+
+def f_pad_arg(pads):
+    return [p for before_after in reversed(pads) for p in before_after]
+
+
+def every_window_has_a_real_cell(in_sizes, kernel, stride, dilation):
+    for size, k, s, dil, (before, _) in zip(in_sizes, kernel, stride, dilation,
+                                            same_pads(in_sizes, kernel, stride, dilation)):
+        for o in range(-(-size // s)):
+            if not any(0 <= o * s - before + t * dil < size for t in range(k)):
+                return False
+    return True
+
+
+def reference_same_max(x64, d, kernel, stride, dilation):
+    """(out, indices into x) from torch ops: pad with -inf, pool, map indices back."""
+    in_sizes = list(x64.shape[-d:])
+    pads = same_pads(in_sizes, kernel, stride, dilation)
+    xp = F.pad(x64, f_pad_arg(pads), value=-INF).contiguous()
+    out, idx = torchs(f"max_pool{d}d")(xp, kernel, stride, 0, dilation, return_indices=True)
+    padded_sizes = list(xp.shape[-d:])
+    rest, flat = idx, torch.zeros_like(idx)
+    coords = []
+    for j in reversed(range(d)):
+        coords.append(rest % padded_sizes[j] - pads[j][0])
+        rest = rest // padded_sizes[j]
+    for j, c in zip(range(d), reversed(coords)):
+        assert ((c >= 0) & (c < in_sizes[j])).all(), "reference selected padding"
+        flat = flat * in_sizes[j] + c
+    return out, flat, pads
+
+
+def reference_same_avg(x64, d, kernel, stride):
+    """Average over the real cells of each window, from torch ops (differentiable)."""
+    pads = same_pads(list(x64.shape[-d:]), kernel, stride, [1] * d)
+    pool = torchs(f"avg_pool{d}d")
+    cells = math.prod(kernel)
+    sums = pool(F.pad(x64, f_pad_arg(pads)), kernel, stride) * cells
+    counts = pool(F.pad(torch.ones_like(x64), f_pad_arg(pads)), kernel, stride) * cells
+    return sums / counts
+
+
+def random_same_case(rng, kind, d):
+    for _ in range(200):
+        kernel = [rng.randint(1, 5 if d < 3 else 3) for _ in range(d)]
+        stride = [rng.randint(1, 3) for _ in range(d)]
+        dilation = [rng.randint(1, 2) for _ in range(d)] if kind == "max" else [1] * d
+        spatial = [rng.randint(1, 6 + MAX_EXTRA_SIZE[d]) for _ in range(d)]
+        if every_window_has_a_real_cell(spatial, kernel, stride, dilation):
+            break
+    batch = rng.choice([(), (0,), (1,), (2,)])
+    return (*batch, rng.randint(1, 3), *spatial), kernel, stride, dilation
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(2))
+def test_max_pool_same_padding(seed, d, dtype, device):
+    rng = make_rng("same-max", d, dtype, seed)
+    for _ in range(CASES_PER_SEED):
+        shape, kernel, stride, dilation = random_same_case(rng, "max", d)
+        # finite values (a real -inf would tie with the -inf padding of the reference)
+        x, layout = random_input(rng, shape, dtype, device, special_values=(NAN,))
+        x64 = to_strided(x, torch.float64, "cpu")
+        ref_out, ref_idx, pads = reference_same_max(x64, d, kernel, stride, dilation)
+
+        xl = leaf(x)
+        kwargs = dict(kernel_size=as_arg(rng, kernel), stride=as_arg(rng, stride), padding="same",
+                      dilation=as_arg(rng, dilation))
+        out, idx = ours(f"max_pool{d}d")(xl, **kwargs, return_indices=True)
+        info = f"input {shape} {dtype} {layout} {kwargs}"
+        assert out.dtype == dtype, info
+        assert_equal(out.double(), ref_out, msg=info)
+        window = fixed_window(kernel, stride, [before for before, _ in pads], dilation)
+        check_max_indices(x64, out.double(), ref_out, idx, ref_idx, d, window)
+        grad_out = random_grad(rng, out)
+        (grad,) = torch.autograd.grad(out, xl, grad_out)
+        expected = scatter_grad(grad_out, expected_max_indices(ref_out, ref_idx, idx), x.shape, d)
+        assert_close_to_ref(grad, expected, dtype, msg=info)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("seed", range(2))
+def test_avg_pool_same_padding(seed, d, dtype, device):
+    rng = make_rng("same-avg", d, dtype, seed)
+    for _ in range(CASES_PER_SEED):
+        shape, kernel, stride, _ = random_same_case(rng, "avg", d)
+        x, layout = random_input(rng, shape, dtype, device)
+        x64 = leaf(to_strided(x, torch.float64, "cpu"))
+        ref = reference_same_avg(x64, d, kernel, stride)
+
+        xl = leaf(x)
+        kwargs = dict(kernel_size=as_arg(rng, kernel), stride=as_arg(rng, stride), padding="same")
+        info = f"input {shape} {dtype} {layout} {kwargs}"
+        out = ours(f"avg_pool{d}d")(xl, **kwargs)
+        assert_close_to_ref(out, ref.detach(), dtype, msg=info)
+        # count_include_pad does not apply to "same"
+        for count_include_pad in (False, True):
+            again = ours(f"avg_pool{d}d")(x, **kwargs, count_include_pad=count_include_pad)
+            assert_equal(again, out.detach())
+        grad_out = random_grad(rng, out)
+        (grad,) = torch.autograd.grad(out, xl, grad_out)
+        (expected,) = torch.autograd.grad(ref, x64, grad_out.cpu().double())
+        assert_close_to_ref(grad, expected, dtype, msg=info)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_same_padding_keeps_channels_last(kind, d, device):
+    rng = make_rng("same-cl", kind, d)
+    x, _ = random_input(rng, (2, 4) + (7,) * d, torch.float32, device, layout="channels_last", specials=0.0)
+    out = ours(f"{kind}_pool{d}d")(x, 3, 2, "same")
+    assert out.shape == (2, 4) + (4,) * d
+    fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+    assert out.is_contiguous(memory_format=fmt) and not out.is_contiguous()
+    assert_equal(out, ours(f"{kind}_pool{d}d")(x.contiguous(), 3, 2, "same").contiguous(memory_format=fmt))
+
+
+def test_same_padding_examples():
+    """Hand-checked: in=5, kernel=4, stride=2: 3 outputs, padding 1 before and 2 after."""
+    x = torch.arange(1.0, 6.0).view(1, 1, 5)
+    assert_equal(ours("max_pool1d")(x, 4, 2, "same"), torch.tensor([[[3.0, 5.0, 5.0]]]))
+    assert_equal(ours("avg_pool1d")(x, 4, 2, "same"), torch.tensor([[[2.0, 3.5, 4.5]]]))
+    out, idx = ours("max_pool1d")(-x, 4, 2, "same", return_indices=True)
+    assert_equal(out, torch.tensor([[[-1.0, -2.0, -4.0]]]))
+    assert_equal(idx, torch.tensor([[[0, 1, 3]]]))
+    # stride 1 keeps the size; an even kernel puts the odd padding cell at the end
+    assert_equal(ours("max_pool1d")(x, 2, 1, "same"), torch.tensor([[[2.0, 3.0, 4.0, 5.0, 5.0]]]))
+    assert_equal(ours("avg_pool1d")(x, 2, 1, "same"), torch.tensor([[[1.5, 2.5, 3.5, 4.5, 5.0]]]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_valid_padding_is_zero_padding(kind, d, device):
+    rng = make_rng("valid", kind, d)
+    x, _ = random_input(rng, (2, 3) + (7,) * d, torch.float32, device, specials=0.0)
+    fn = ours(f"{kind}_pool{d}d")
+    kwargs = {"kernel_size": 3, "stride": 2, "ceil_mode": True}
+    expected = torchs(f"{kind}_pool{d}d")(to_strided(x, device="cpu"), padding=0, **kwargs)
+    assert_close_to_ref(fn(x, padding="valid", **kwargs), expected.double(), torch.float32)
+    assert_equal(fn(x, padding="valid", **kwargs), fn(x, padding=0, **kwargs))
+    if kind == "max":
+        out, idx = fn(x, padding="valid", return_indices=True, **kwargs)
+        assert_equal(idx, torchs("max_pool%dd" % d)(to_strided(x, device="cpu"), return_indices=True,
+                                                    **kwargs)[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_medium_inputs(kind, d, layout, dtype, device):
+    """Inputs large enough for the parallel paths (many planes, many pixels), with
+    overlapping windows so several outputs feed each input cell in the backward."""
+    rng = make_rng("medium", kind, d, layout, dtype)
+    shape = (4, 24, 33, 35) if d == 2 else (2, 16, 9, 10, 11)
+    x, _ = random_input(rng, shape, dtype, device, layout=layout, specials=0.0)
+    kwargs = {"kernel_size": 3, "stride": 1, "padding": 1}
+    if kind == "max":
+        kwargs["dilation"] = 2 if d == 2 else 1
+    run_case(kind, d, x, layout, kwargs, device, rng)
+    run_case(kind, d, x, layout, {"kernel_size": 2, "stride": 2, "ceil_mode": True}, device, rng)

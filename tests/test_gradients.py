@@ -1,0 +1,127 @@
+"""float64 gradcheck and gradgradcheck of every op, and deterministic backward.
+
+Max pooling is checked on inputs without ties (a scaled random permutation), so
+the finite differences never move a maximum.
+"""
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+import pool_ext.functional as PF
+from pool_testing import DEVICES, distinct_values, make_rng
+
+CL, CL3 = torch.channels_last, torch.channels_last_3d
+
+# (id, function of x, input shape, max pooling?, memory format)
+CASES = [
+    ("max1d", lambda x: PF.max_pool1d(x, 3, 2, 1, ceil_mode=True), (2, 2, 8), True, None),
+    ("max1d-dilated", lambda x: PF.max_pool1d(x, 2, 1, 1, dilation=3), (1, 2, 7), True, None),
+    ("max1d-same", lambda x: PF.max_pool1d(x, 4, 2, "same"), (2, 1, 7), True, None),
+    ("max2d", lambda x: PF.max_pool2d(x, (3, 2), (2, 1), (1, 1), (1, 2), ceil_mode=True), (1, 2, 5, 6), True, None),
+    ("max2d-cl", lambda x: PF.max_pool2d(x, 2, 1), (2, 3, 4, 4), True, CL),
+    ("max2d-same", lambda x: PF.max_pool2d(x, 3, 2, "same", dilation=2), (1, 2, 5, 6), True, None),
+    ("max2d-unbatched", lambda x: PF.max_pool2d(x, 2, 1, 1), (2, 4, 3), True, None),
+    ("max3d", lambda x: PF.max_pool3d(x, 2, 1, 1, ceil_mode=True), (1, 1, 3, 4, 3), True, None),
+    ("max3d-cl", lambda x: PF.max_pool3d(x, (2, 1, 2), (1, 1, 2), dilation=(1, 2, 1)), (1, 2, 3, 4, 4), True, CL3),
+    ("max3d-same", lambda x: PF.max_pool3d(x, 2, 2, "same"), (1, 2, 3, 3, 3), True, None),
+    ("avg1d", lambda x: PF.avg_pool1d(x, 3, 2, 1, ceil_mode=True, count_include_pad=False), (2, 2, 8), False, None),
+    ("avg1d-same", lambda x: PF.avg_pool1d(x, 4, 2, "same"), (2, 1, 7), False, None),
+    ("avg2d", lambda x: PF.avg_pool2d(x, 3, 2, 1, ceil_mode=True), (1, 2, 6, 5), False, None),
+    ("avg2d-divisor", lambda x: PF.avg_pool2d(x, 2, 1, 1, divisor_override=3), (1, 2, 4, 4), False, CL),
+    ("avg2d-same", lambda x: PF.avg_pool2d(x, (3, 2), 2, "same"), (2, 1, 5, 4), False, None),
+    ("avg3d", lambda x: PF.avg_pool3d(x, 2, 1, 1, count_include_pad=False), (1, 1, 3, 3, 4), False, None),
+    ("avg3d-cl", lambda x: PF.avg_pool3d(x, 2, 2, 1, ceil_mode=True, divisor_override=5), (1, 2, 3, 3, 3), False, CL3),
+    ("avg3d-same", lambda x: PF.avg_pool3d(x, 2, 2, "same"), (1, 2, 3, 3, 3), False, None),
+    ("adaptive-max1d", lambda x: PF.adaptive_max_pool1d(x, 5), (2, 2, 7), True, None),
+    ("adaptive-max1d-larger", lambda x: PF.adaptive_max_pool1d(x, 6), (2, 2, 4), True, None),
+    ("adaptive-max2d", lambda x: PF.adaptive_max_pool2d(x, (3, 4)), (1, 2, 5, 3), True, None),
+    ("adaptive-max2d-cl", lambda x: PF.adaptive_max_pool2d(x, (2, None)), (2, 3, 5, 3), True, CL),
+    ("adaptive-max3d", lambda x: PF.adaptive_max_pool3d(x, (2, 3, 2)), (1, 2, 3, 4, 5), True, None),
+    ("adaptive-avg1d", lambda x: PF.adaptive_avg_pool1d(x, 5), (2, 2, 7), False, None),
+    ("adaptive-avg2d", lambda x: PF.adaptive_avg_pool2d(x, (3, 4)), (1, 2, 5, 3), False, CL),
+    ("adaptive-avg3d", lambda x: PF.adaptive_avg_pool3d(x, (2, 3, 4)), (1, 2, 3, 4, 3), False, CL3),
+    ("variable-max1d", lambda x: PF.variable_max_pool1d(x, 3, torch.tensor([7, 2])), (2, 2, 7), True, None),
+    ("variable-max2d", lambda x: PF.variable_max_pool2d(x, (2, 3), torch.tensor([[5, 2], [3, 4]])),
+     (2, 2, 5, 4), True, None),
+    ("variable-max3d", lambda x: PF.variable_max_pool3d(x, 2, torch.tensor([[3, 2, 4], [1, 4, 3]])),
+     (2, 1, 3, 4, 4), True, None),
+    ("variable-avg1d", lambda x: PF.variable_avg_pool1d(x, 3, torch.tensor([[7], [2]])), (2, 2, 7), False, None),
+    ("variable-avg2d", lambda x: PF.variable_avg_pool2d(x, (2, 3), torch.tensor([[5, 2], [3, 4]], dtype=torch.int32)),
+     (2, 2, 5, 4), False, CL),
+    ("variable-avg3d", lambda x: PF.variable_avg_pool3d(x, 2, torch.tensor([[3, 2, 4], [1, 4, 3]])),
+     (2, 1, 3, 4, 4), False, None),
+    ("spp-max", lambda x: PF.spatial_pyramid_pool2d(x, (1, 2, 3), "max"), (2, 2, 5, 4), True, None),
+    ("spp-avg-sizes", lambda x: PF.spatial_pyramid_pool2d(x, (1, 2), "avg", torch.tensor([[5, 2], [3, 4]])),
+     (2, 2, 5, 4), False, None),
+    ("spp-max-sizes", lambda x: PF.spatial_pyramid_pool2d(x, (2, 3), "max", torch.tensor([[5, 2], [3, 4]])),
+     (2, 2, 5, 4), True, None),
+]
+
+
+def make_input(case_id, shape, is_max, fmt):
+    rng = make_rng("grad", case_id)
+    if is_max:
+        x = distinct_values(rng, shape)
+    else:
+        x = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    if fmt is not None:
+        x = x.contiguous(memory_format=fmt)
+    return x.requires_grad_()
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_gradcheck(case):
+    case_id, fn, shape, is_max, fmt = case
+    x = make_input(case_id, shape, is_max, fmt)
+    assert gradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_gradgradcheck(case):
+    case_id, fn, shape, is_max, fmt = case
+    x = make_input(case_id, shape, is_max, fmt)
+    assert gradgradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+
+
+def test_max_pool_return_indices_gradcheck():
+    x = make_input("indices", (1, 2, 5, 5), True, None)
+    assert gradcheck(lambda t: PF.max_pool2d(t, 2, 1, return_indices=True)[0], (x,))
+    assert gradcheck(lambda t: PF.adaptive_max_pool2d(t, 3, return_indices=True)[0], (x,))
+
+
+# ---------------------------------------------------------------- determinism
+
+DETERMINISM = [
+    ("max2d", lambda x: PF.max_pool2d(x, 3, 1, 1), 2),
+    ("max3d", lambda x: PF.max_pool3d(x, 3, 1, 1, dilation=1), 3),
+    ("avg2d", lambda x: PF.avg_pool2d(x, 3, 1, 1), 2),
+    ("avg3d", lambda x: PF.avg_pool3d(x, 3, 1, 1), 3),
+    ("adaptive-max2d", lambda x: PF.adaptive_max_pool2d(x, 11), 2),
+    ("adaptive-avg3d", lambda x: PF.adaptive_avg_pool3d(x, 7), 3),
+    ("variable-max2d", lambda x: PF.variable_max_pool2d(x, 9, torch.tensor([[8, 5], [3, 8]], device=x.device)), 2),
+    ("variable-avg2d", lambda x: PF.variable_avg_pool2d(x, 9, torch.tensor([[8, 5], [3, 8]], device=x.device)), 2),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fmt", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("case", DETERMINISM, ids=[c[0] for c in DETERMINISM])
+def test_deterministic_backward(case, fmt, device, deterministic):
+    """Overlapping windows (several outputs feed one input cell): the backward runs
+    under torch.use_deterministic_algorithms(True) and repeats bit for bit."""
+    _, fn, d = case
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn((2, 16) + (8,) * d, generator=g).to(device)
+    if fmt == "channels_last":
+        x = x.contiguous(memory_format=CL if d == 2 else CL3)
+    x.requires_grad_()
+    results = []
+    for _ in range(2):
+        out = fn(x)
+        grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(device)
+        (grad,) = torch.autograd.grad(out, x, grad_out)
+        results.append((out.detach(), grad))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+    assert results[0][1].abs().sum() > 0

@@ -1,0 +1,89 @@
+"""Output memory format: for 2d and 3d inputs in channels-last (and other) layouts,
+our results have the memory format of torch's results, for outputs, indices and
+input gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pool_ext.functional as PF
+from pool_testing import DEVICES, DTYPES, assert_same_format, make_rng, to_strided, with_layout
+
+OPS = [
+    ("max_pool2d", 2, dict(kernel_size=3, stride=2, padding=1)),
+    ("avg_pool2d", 2, dict(kernel_size=3, stride=2, padding=1)),
+    ("adaptive_max_pool2d", 2, dict(output_size=(3, 4))),
+    ("adaptive_avg_pool2d", 2, dict(output_size=(3, 4))),
+    ("max_pool3d", 3, dict(kernel_size=3, stride=2, padding=1)),
+    ("avg_pool3d", 3, dict(kernel_size=3, stride=2, padding=1)),
+    ("adaptive_max_pool3d", 3, dict(output_size=(3, 4, 2))),
+    ("adaptive_avg_pool3d", 3, dict(output_size=(3, 4, 2))),
+]
+
+
+def torch_result(name, x, kwargs):
+    """torch's output for x (its CPU kernels lack float16/bfloat16 avg_pool3d:
+    then float32 of the same strides stands in, for the layout only)."""
+    try:
+        return getattr(F, name)(x, **kwargs)
+    except (RuntimeError, NotImplementedError) as e:
+        if "not implemented for" not in str(e):
+            raise
+        return getattr(F, name)(to_strided(x, torch.float32), **kwargs)
+
+
+# torch's avg_pool3d and adaptive 3d pooling return contiguous results for
+# channels_last_3d inputs; ours keep the input's layout, as the package promises
+# for every op (README, "Supported"), so there the input is the reference.
+KEEPS_CHANNELS_LAST_3D = {"avg_pool3d", "adaptive_max_pool3d", "adaptive_avg_pool3d"}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", OPS, ids=[o[0] for o in OPS])
+def test_output_format_matches_torch(op, device):
+    """torch's result on the same device is the reference, but for the channels-last-3d
+    outputs torch drops (KEEPS_CHANNELS_LAST_3D)."""
+    name, d, kwargs = op
+    for layout in ("channels_last", "contiguous", "transposed"):
+        for dtype in DTYPES:
+            rng = make_rng("format", name, layout, dtype)
+            x = with_layout(torch.randn((2, 5) + (7,) * d, dtype=dtype, device=device), layout, rng)
+            expected = torch_result(name, x, kwargs)
+            keeps_layout = name in KEEPS_CHANNELS_LAST_3D and layout == "channels_last"
+            if keeps_layout:
+                expected = torch.empty_like(x)  # stands for the input's layout
+            got = getattr(PF, name)(x, **kwargs)
+            try:
+                assert_same_format(got, expected)
+                if "max" in name:
+                    _, idx = getattr(PF, name)(x, **kwargs, return_indices=True)
+                    _, ref_idx = getattr(F, name)(x, **kwargs, return_indices=True)
+                    assert_same_format(idx, expected if keeps_layout else ref_idx)
+            except AssertionError as e:
+                raise AssertionError(
+                    f"{name} {dtype} {layout} input strides {x.stride()}: ours {got.stride()}, "
+                    f"torch {expected.stride()}"
+                ) from e
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("op", [o for o in OPS if o[1] == 2], ids=[o[0] for o in OPS if o[1] == 2])
+def test_grad_format_matches_torch(op, device):
+    name, d, kwargs = op
+    x = torch.randn(2, 5, 7, 7).contiguous(memory_format=torch.channels_last)
+    ours_x, ref_x = x.to(device).detach().requires_grad_(), x.detach().clone().requires_grad_()
+    getattr(PF, name)(ours_x, **kwargs).sum().backward()
+    getattr(F, name)(ref_x, **kwargs).sum().backward()
+    assert_same_format(ours_x.grad, ref_x.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("d", [2, 3])
+def test_variable_pooling_keeps_layout_like_adaptive(kind, d, device):
+    """Variable pooling lays its output out as adaptive pooling does."""
+    fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+    x = torch.randn((3, 5) + (6,) * d, device=device).contiguous(memory_format=fmt)
+    sizes = torch.full((3, d), 4, device=device)
+    got = getattr(PF, f"variable_{kind}_pool{d}d")(x, 3, sizes)
+    assert_same_format(got, getattr(PF, f"adaptive_{kind}_pool{d}d")(x, 3))

@@ -1,0 +1,297 @@
+"""variable_max/avg_pool1d/2d/3d and spatial_pyramid_pool2d against per-sample torch ops.
+
+Sample n of a padded batch is pooled adaptively over input[n, :, :sizes[n, 0], ...];
+the reference slices each sample and calls torch's adaptive pooling. The padding
+is filled with NaN, infinities and the dtype's largest values, so any read of it
+shows in the results, and its gradient must be exactly zero.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import pool_ext
+from pool_testing import (
+    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TOL, assert_close_to_ref, assert_equal, leaf, make_rng, ours,
+    random_grad, random_values, scatter_grad, to_strided, with_layout,
+)
+
+MAX_EXTENT = {1: 10, 2: 7, 3: 5}
+
+
+def padding_fill(rng, shape, dtype):
+    """Values that any read of the padding would reveal."""
+    big = torch.finfo(dtype).max
+    choices = torch.tensor([NAN, INF, -INF, big, -big], dtype=torch.float64)
+    g = torch.Generator().manual_seed(rng.randrange(2**62))
+    return choices[torch.randint(0, len(choices), shape, generator=g)].to(dtype)
+
+
+def valid_mask(shape, sizes, d):
+    """True on the cells of each sample's valid region."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for n in range(shape[0]):
+        region = (n, slice(None)) + tuple(slice(0, int(s)) for s in sizes[n])
+        mask[region] = True
+    return mask
+
+
+def random_variable_input(rng, d, dtype, device, n=None, ties=None):
+    """(x, sizes as a list of per-sample tuples, layout)."""
+    n = rng.choice([1, 2, 3, 4]) if n is None else n
+    extents = [rng.randint(1, MAX_EXTENT[d]) for _ in range(d)]
+    shape = (n, rng.randint(1, 3), *extents)
+    sizes = [tuple(rng.randint(1, e) for e in extents) for _ in range(n)]
+    if n and rng.random() < 0.5:
+        sizes[rng.randrange(n)] = tuple(extents)  # one sample fills the batch's extent
+    ties = rng.random() < 0.25 if ties is None else ties
+    values = random_values(rng, shape, dtype, ties=ties)
+    values = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, dtype))
+    layout = rng.choice(["contiguous", "sliced", "transposed"] + (["channels_last"] if d > 1 else []))
+    return with_layout(values.to(device), layout, rng), sizes, layout
+
+
+def sizes_tensor(rng, sizes, d, device, n=None):
+    n = len(sizes) if n is None else n
+    dtype = rng.choice([torch.int64, torch.int32])
+    t = torch.tensor(sizes, dtype=dtype).reshape(n, d)
+    if d == 1 and rng.random() < 0.5:
+        t = t.reshape(n)  # lengths
+    return t.to(device)
+
+
+def resolve(output_size, d):
+    return [output_size] * d if isinstance(output_size, int) else list(output_size)
+
+
+def reference_variable_max(x_cpu, sizes, output_size, d):
+    """Per-sample torch adaptive max pooling; indices mapped into the padded plane."""
+    outs, idxs = [], []
+    padded = list(x_cpu.shape[2:])
+    for n, size in enumerate(sizes):
+        sample = x_cpu[(slice(n, n + 1), slice(None)) + tuple(slice(0, s) for s in size)]
+        out, idx = getattr(F, f"adaptive_max_pool{d}d")(sample, output_size, return_indices=True)
+        flat, rest = torch.zeros_like(idx), idx
+        coords = []
+        for j in reversed(range(d)):
+            coords.append(rest % size[j])
+            rest = rest // size[j]
+        for j, c in zip(range(d), reversed(coords)):
+            flat = flat * padded[j] + c
+        outs.append(out)
+        idxs.append(flat)
+    return torch.cat(outs), torch.cat(idxs)
+
+
+def reference_variable_avg(x64, sizes, output_size, d):
+    """Per-sample torch adaptive average pooling in float64 (differentiable)."""
+    outs = []
+    for n, size in enumerate(sizes):
+        sample = x64[(slice(n, n + 1), slice(None)) + tuple(slice(0, s) for s in size)]
+        outs.append(getattr(F, f"adaptive_avg_pool{d}d")(sample, output_size))
+    return torch.cat(outs)
+
+
+def random_output_size(rng, d):
+    out = [rng.randint(1, MAX_EXTENT[d] + 2) for _ in range(d)]
+    if rng.random() < 0.3:
+        return out[0]
+    return tuple(out)
+
+
+def check_variable(kind, d, x, sizes, output_size, device, rng):
+    n, c = x.shape[:2]
+    sz = sizes_tensor(rng, sizes, d, device, n)
+    mask = valid_mask(tuple(x.shape), sizes, d)
+    out_sizes = resolve(output_size, d)
+    xl = leaf(x)
+    grad_out = random_grad(rng, torch.empty((n, c, *out_sizes), dtype=x.dtype, device=device))
+    if kind == "max":
+        x_cpu = to_strided(x, device="cpu")
+        if n:
+            ref_out, ref_idx = reference_variable_max(x_cpu, sizes, output_size, d)
+        else:
+            ref_out = torch.empty((0, c, *out_sizes), dtype=x.dtype)
+            ref_idx = torch.empty((0, c, *out_sizes), dtype=torch.int64)
+        out, idx = ours(f"variable_max_pool{d}d")(xl, output_size, sz, return_indices=True)
+        assert out.device == x.device and idx.device == x.device
+        assert_equal(out, ref_out)
+        assert_equal(idx, ref_idx)
+        assert_equal(ours(f"variable_max_pool{d}d")(x, output_size, sz), ref_out)
+        (grad,) = torch.autograd.grad(out, xl, grad_out)
+        expected = scatter_grad(grad_out, ref_idx, tuple(x.shape), d)
+    else:
+        x64 = leaf(to_strided(x, torch.float64, "cpu"))
+        ref = reference_variable_avg(x64, sizes, output_size, d) if n else x64.new_zeros((0, c, *out_sizes))
+        out = ours(f"variable_avg_pool{d}d")(xl, output_size, sz)
+        assert out.device == x.device
+        assert_close_to_ref(out, ref.detach(), x.dtype)
+        (grad,) = torch.autograd.grad(out, xl, grad_out)
+        expected = torch.autograd.grad(ref, x64, grad_out.cpu().double())[0] if n else torch.zeros(x.shape)
+    assert out.shape == (n, c, *out_sizes)
+    assert not torch.isnan(out).any(), "NaN from the padding leaked into the output"
+    assert_equal(grad.cpu()[~mask], torch.zeros((~mask).sum().item(), dtype=x.dtype))
+    assert_close_to_ref(grad, expected, x.dtype)
+    if x.device.type != "cpu":
+        out_cpu = ours(f"variable_{kind}_pool{d}d")(to_strided(x, device="cpu"), output_size, sz.cpu())
+        if kind == "max":
+            assert_equal(out, out_cpu)
+        else:
+            rtol, atol = TOL[x.dtype]
+            torch.testing.assert_close(out.cpu(), out_cpu, rtol=rtol, atol=atol)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+@pytest.mark.parametrize("seed", range(5))
+def test_random_against_per_sample_torch(seed, kind, d, dtype, device):
+    rng = make_rng("variable", kind, d, dtype, seed)
+    for _ in range(10):
+        x, sizes, layout = random_variable_input(rng, d, dtype, device)
+        output_size = random_output_size(rng, d)
+        try:
+            check_variable(kind, d, x, sizes, output_size, device, rng)
+        except AssertionError as e:
+            raise AssertionError(
+                f"variable_{kind}_pool{d}d input {tuple(x.shape)} {dtype} layout={layout} sizes={sizes} "
+                f"output_size={output_size}:\n{e}"
+            ) from e
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_empty_batch(kind, d, device):
+    rng = make_rng("variable-empty", kind, d)
+    x = torch.randn((0, 2) + (4,) * d, device=device)
+    check_variable(kind, d, x, [], 2, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_full_sizes_equal_adaptive(kind, d, device):
+    """With every sample at the full extent, variable pooling is adaptive pooling."""
+    x = torch.randn((3, 2) + (6,) * d, device=device)
+    sizes = torch.full((3, d), 6, dtype=torch.int64, device=device)
+    for output_size in (1, 4, 8):
+        got = ours(f"variable_{kind}_pool{d}d")(x, output_size, sizes)
+        assert_equal(got, ours(f"adaptive_{kind}_pool{d}d")(x, output_size))
+
+
+def test_max_indices_are_flat_in_the_padded_plane():
+    x = torch.full((2, 1, 3, 4), 100.0)  # padding larger than any real value
+    x[0, 0, :2, :3] = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 5.0]])
+    x[1, 0, :3, :1] = torch.tensor([[7.0], [8.0], [6.0]])
+    sizes = torch.tensor([[2, 3], [3, 1]])
+    out, idx = pool_ext.functional.variable_max_pool2d(x, 1, sizes, return_indices=True)
+    assert_equal(out, torch.tensor([[[[9.0]]], [[[8.0]]]]))
+    assert_equal(idx, torch.tensor([[[[1 * 4 + 1]]], [[[1 * 4 + 0]]]]))
+    # torch.nn.functional.max_unpool2d puts each max back where it was
+    unpooled = F.max_unpool2d(out, idx, kernel_size=(3, 4), output_size=(3, 4))
+    assert unpooled[0, 0, 1, 1] == 9.0 and unpooled[1, 0, 1, 0] == 8.0
+
+
+def test_masked_mean_and_max_of_sequences():
+    x = torch.tensor([[[1.0, 2.0, 3.0, NAN]], [[4.0, INF, INF, INF]]])
+    lengths = torch.tensor([3, 1])
+    assert_equal(pool_ext.functional.variable_avg_pool1d(x, 1, lengths), torch.tensor([[[2.0]], [[4.0]]]))
+    assert_equal(pool_ext.functional.variable_max_pool1d(x, 1, lengths), torch.tensor([[[3.0]], [[4.0]]]))
+    assert_equal(pool_ext.functional.variable_max_pool1d(x, 1, lengths.view(2, 1)),
+                 torch.tensor([[[3.0]], [[4.0]]]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_layers_match_functional(kind, d, device):
+    rng = make_rng("variable-layer", kind, d)
+    x, sizes, _ = random_variable_input(rng, d, torch.float32, device, n=3, ties=False)
+    sz = torch.tensor(sizes, device=device)
+    cls = getattr(pool_ext.nn, f"Variable{kind.capitalize()}Pool{d}d")
+    fn = ours(f"variable_{kind}_pool{d}d")
+    assert_equal(cls(3)(x, sz), fn(x, 3, sz))
+    if kind == "max":
+        out, idx = cls(3, return_indices=True)(x, sz)
+        ref_out, ref_idx = fn(x, 3, sz, return_indices=True)
+        assert_equal(out, ref_out)
+        assert_equal(idx, ref_idx)
+
+
+# ---------------------------------------------------------------- spatial pyramid pooling
+
+
+def reference_spp(x64, levels, mode, sizes=None):
+    pool = F.adaptive_max_pool2d if mode == "max" else F.adaptive_avg_pool2d
+    if sizes is None:
+        return torch.cat([pool(x64, level).flatten(-3 if x64.dim() == 3 else 1) for level in levels], -1)
+    rows = []
+    for n, (h, w) in enumerate(sizes):
+        sample = x64[n:n + 1, :, :h, :w]
+        rows.append(torch.cat([pool(sample, level).flatten(1) for level in levels], 1))
+    return torch.cat(rows)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("with_sizes", [False, True], ids=["dense", "sizes"])
+def test_spatial_pyramid_pool2d(with_sizes, mode, dtype, device):
+    rng = make_rng("spp", mode, dtype, with_sizes)
+    for _ in range(6):
+        levels = tuple(sorted(rng.sample(range(1, 6), rng.randint(1, 3))))
+        if with_sizes:
+            x, sizes, layout = random_variable_input(rng, 2, dtype, device)
+            sz = torch.tensor(sizes, device=device)
+        else:
+            sizes = sz = None
+            shape = (rng.randint(1, 3), rng.randint(1, 3), rng.randint(1, 9), rng.randint(1, 9))
+            if rng.random() < 0.25:
+                shape = shape[1:]  # unbatched
+            layout = rng.choice(["contiguous", "channels_last", "sliced"] if len(shape) == 4 else ["contiguous"])
+            x = with_layout(random_values(rng, shape, dtype).to(device), layout, rng)
+        x64 = leaf(to_strided(x, torch.float64, "cpu"))
+        ref = reference_spp(x64, levels, mode, sizes)
+        xl = leaf(x)
+        kwargs = {} if levels == (1, 2, 4) and rng.random() < 0.5 else {"levels": levels}
+        if mode != "max" or rng.random() < 0.5:
+            kwargs["mode"] = mode
+        out = pool_ext.functional.spatial_pyramid_pool2d(xl, sizes=sz, **kwargs)
+        info = f"input {tuple(x.shape)} {layout} levels={levels} mode={mode} sizes={sizes}"
+        channels = x.shape[-3]
+        assert out.shape == x.shape[:-3] + (channels * sum(level * level for level in levels),), info
+        assert_close_to_ref(out, ref.detach(), dtype, msg=info)
+        module = pool_ext.nn.SpatialPyramidPool2d(levels, mode)
+        assert_equal(module(x, sz) if with_sizes else module(x), out.detach())
+        grad_out = random_grad(rng, out)
+        (grad,) = torch.autograd.grad(out, xl, grad_out)
+        (expected,) = torch.autograd.grad(ref, x64, grad_out.cpu().double())
+        assert_close_to_ref(grad, expected, dtype, msg=info)
+
+
+def test_spatial_pyramid_pool2d_default_levels():
+    x = torch.randn(2, 3, 9, 7)
+    out = pool_ext.functional.spatial_pyramid_pool2d(x)
+    assert out.shape == (2, 3 * (1 + 4 + 16))
+    assert_equal(out, reference_spp(x, (1, 2, 4), "max"))
+    assert_equal(pool_ext.nn.SpatialPyramidPool2d()(x), out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_medium_inputs(kind, d, layout, device):
+    """A batch large enough for the parallel paths."""
+    rng = make_rng("variable-medium", kind, d, layout)
+    extents = (30, 27) if d == 2 else (9, 10, 8)
+    n = 6
+    shape = (n, 24, *extents)
+    sizes = [tuple(rng.randint(1, e) for e in extents) for _ in range(n)]
+    values = random_values(rng, shape, torch.float32)
+    values = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, torch.float32))
+    x = with_layout(values.to(device), layout, rng)
+    for output_size in ((4, 5) if d == 2 else (2, 3, 2), (35, 9) if d == 2 else (10, 4, 9)):
+        check_variable(kind, d, x, sizes, output_size, device, rng)
