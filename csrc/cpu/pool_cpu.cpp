@@ -62,6 +62,28 @@ inline void unflatten_row(int64_t r, const Layout5& v, int64_t* n, int64_t* c, i
 
 // ---------------------------------------------------------------- forward
 
+// The outputs [lo, hi) of a row whose fixed windows along W hold all their
+// taps: there every window is begin = ow * stride - pad, so the row can be
+// swept tap by tap with the outputs innermost, a loop the compiler vectorises.
+struct Interior {
+  int64_t lo = 0;
+  int64_t hi = 0;
+};
+
+Interior full_windows(const PoolGeometry& g, const std::vector<Window>& row) {
+  Interior r;
+  if (g.adaptive || window_taps(g) > std::numeric_limits<int32_t>::max()) {
+    return r;
+  }
+  const int64_t kernel = g.dim[2].kernel;
+  int64_t ow = 0;
+  while (ow < static_cast<int64_t>(row.size()) && row[ow].count != kernel) ++ow;
+  r.lo = ow;
+  while (ow < static_cast<int64_t>(row.size()) && row[ow].count == kernel) ++ow;
+  r.hi = ow;
+  return r;
+}
+
 template <typename scalar_t, typename tap_t>
 void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                         const at::Tensor& taps) {
@@ -71,21 +93,58 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   auto* dst = out.mutable_data_ptr<scalar_t>();
   auto* tap = taps.mutable_data_ptr<tap_t>();
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
+  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
+  const int64_t step_w = g.dim[2].stride * vi.stride[4];
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
+    std::vector<acc_t> best(vo.size[4]);
+    std::vector<int32_t> best_tap(vo.size[4]);
     for (const auto r : c10::irange(begin, end)) {
       int64_t n, c, o[kDims];
       unflatten_row(r, vo, &n, &c, o);
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+      const Interior inner = full_windows(g, table.dim[2]);
+      // Outputs inside: every tap of the D and H windows, then of W, in the
+      // row-major order window_max takes them, so ties and NaN resolve alike.
+      std::fill(best.begin() + inner.lo, best.begin() + inner.hi,
+                -std::numeric_limits<acc_t>::infinity());
+      std::fill(best_tap.begin() + inner.lo, best_tap.begin() + inner.hi,
+                static_cast<int32_t>(encode_tap(g, w[0].first_tap, w[1].first_tap, 0)));
+      for (int64_t td = 0; td < w[0].count && inner.lo < inner.hi; ++td) {
+        for (int64_t th = 0; th < w[1].count; ++th) {
+          const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
+                                tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
+          const int64_t row_tap = ((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw;
+          for (int64_t tw = 0; tw < kw; ++tw) {
+            const scalar_t* at =
+                row + (tw * g.dim[2].dilation - g.dim[2].pad) * vi.stride[4];
+            const auto code = static_cast<int32_t>(row_tap + tw);
+            acc_t* b = best.data();
+            int32_t* t = best_tap.data();
+            for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+              const auto v = static_cast<acc_t>(at[ow * step_w]);
+              const bool takes = max_takes(v, b[ow]);
+              b[ow] = takes ? v : b[ow];
+              t[ow] = takes ? code : t[ow];
+            }
+          }
+        }
+      }
       scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
       tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
       for (const auto ow : c10::irange(vo.size[4])) {
-        w[2] = table.dim[2][ow];
+        acc_t value;
         int64_t t;
-        const acc_t best = window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
-        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best);
+        if (ow >= inner.lo && ow < inner.hi) {
+          value = best[ow];
+          t = best_tap[ow];
+        } else {
+          w[2] = table.dim[2][ow];
+          value = window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
+        }
+        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
         tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
       }
     }
@@ -147,20 +206,41 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
+  const int64_t kw = g.dim[2].kernel;
+  const int64_t step_w = g.dim[2].stride * vi.stride[4];
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
+    std::vector<acc_t> sum(vo.size[4]);
     for (const auto r : c10::irange(begin, end)) {
       int64_t n, c, o[kDims];
       unflatten_row(r, vo, &n, &c, o);
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+      const Interior inner = full_windows(g, table.dim[2]);
+      // Outputs inside: the taps in window_sum's order, so sums agree bit for bit.
+      std::fill(sum.begin() + inner.lo, sum.begin() + inner.hi, acc_t(0));
+      for (int64_t td = 0; td < w[0].count && inner.lo < inner.hi; ++td) {
+        for (int64_t th = 0; th < w[1].count; ++th) {
+          const scalar_t* row = plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
+                                (w[1].begin + th * w[1].step) * vi.stride[3];
+          for (int64_t tw = 0; tw < kw; ++tw) {
+            const scalar_t* at = row + (tw - g.dim[2].pad) * vi.stride[4];
+            acc_t* acc = sum.data();
+            for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+              acc[ow] += static_cast<acc_t>(at[ow * step_w]);
+            }
+          }
+        }
+      }
       scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
       for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
         w[2] = table.dim[2][o[2]];
-        const acc_t sum = window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+        const acc_t total = (o[2] >= inner.lo && o[2] < inner.hi)
+                                ? sum[o[2]]
+                                : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
         out_row[o[2] * vo.stride[4]] =
-            static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
+            static_cast<scalar_t>(total / static_cast<acc_t>(avg_divisor(g, w, o)));
       }
     }
   });
