@@ -351,16 +351,23 @@ void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at
           }
         }
       }
-      int64_t cell = 0;
+      const acc_t* from = scratch.data();
       for (const auto d : c10::irange(vg.size[2])) {
         for (const auto h : c10::irange(vg.size[3])) {
-          for (const auto x : c10::irange(vg.size[4])) {
-            scalar_t* at = dst + vg.offset(n, c, d, h, x);
-            for (const auto lane : c10::irange(lanes)) {
-              at[lane * vg.stride[1]] = static_cast<scalar_t>(scratch[cell * lanes + lane]);
+          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+          if (lanes == 1) {
+            for (const auto x : c10::irange(vg.size[4])) {
+              row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
             }
-            ++cell;
+          } else {
+            for (const auto x : c10::irange(vg.size[4])) {
+              for (const auto lane : c10::irange(lanes)) {
+                row[x * vg.stride[4] + lane * vg.stride[1]] =
+                    static_cast<scalar_t>(from[x * lanes + lane]);
+              }
+            }
           }
+          from += vg.size[4] * lanes;
         }
       }
     }
@@ -401,6 +408,59 @@ void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) 
   });
 }
 
+// Channels-last max backward: each input pixel gathers, for all channels at
+// once, the outputs covering it (from the tables, in output order, as the GPU
+// does): the saved taps of a pixel's outputs sit next to each other, where a
+// scatter would jump across the whole sample.
+template <typename scalar_t, typename tap_t>
+void max_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                                  const at::Tensor& taps, const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
+  const int64_t channels = vg.size[1];
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  const auto* tap = taps.const_data_ptr<tap_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  const HostTables tables(g, vg.size[0]);
+  const PoolTables& t = tables.view;
+  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
+  at::parallel_for(0, vg.size[0] * vg.pixels(), grain(channels * gather_cost(g)),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> sum(channels);
+    for (const auto p : c10::irange(begin, end)) {
+      int64_t n, i[kDims];
+      unflatten_pixel(p, vg, &n, i);
+      const Span sd = table_covering(t, n, 0, i[0]);
+      const Span sh = table_covering(t, n, 1, i[1]);
+      const Span sw = table_covering(t, n, 2, i[2]);
+      std::fill(sum.begin(), sum.end(), acc_t(0));
+      for (int64_t od = sd.lo; od < sd.hi; ++od) {
+        const int64_t td = tap_in(table_window(t, n, 0, od), i[0]);
+        if (td < 0) continue;
+        for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
+          const int64_t th = tap_in(table_window(t, n, 1, oh), i[1]);
+          if (th < 0) continue;
+          for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
+            const int64_t tw = tap_in(table_window(t, n, 2, ow), i[2]);
+            if (tw < 0) continue;
+            const auto code = static_cast<tap_t>((td * kh + th) * kw + tw);
+            const tap_t* tp = tap + vt.offset(n, 0, od, oh, ow);
+            const scalar_t* gp = grad + vo.offset(n, 0, od, oh, ow);
+            acc_t* acc = sum.data();
+            for (int64_t c = 0; c < channels; ++c) {
+              acc[c] += tp[c] == code ? static_cast<acc_t>(gp[c * vo.stride[1]]) : acc_t(0);
+            }
+          }
+        }
+      }
+      scalar_t* out = dst + vg.offset(n, 0, i[0], i[1], i[2]);
+      for (const auto c : c10::irange(channels)) {
+        out[c] = static_cast<scalar_t>(sum[c]);
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename tap_t>
 void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& taps,
                       const at::Tensor& grad_in) {
@@ -408,8 +468,11 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const Layout5 vo = layout_of(grad_out), vt = layout_of(taps);
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
-  const bool channels = channels_inner(grad_in, taps);
-  if (!scratch_fits(grad_in, channels)) {
+  if (channels_inner(grad_in, taps)) {
+    max_backward_gather_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+    return;
+  }
+  if (!scratch_fits(grad_in, false)) {
     const HostTables tables(g, grad_in.size(0));
     gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
       return max_grad_at<scalar_t, tap_t, acc_t>(g, tables.view, n, i,
@@ -422,20 +485,12 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   }
   const auto offsets = tap_offsets(g);
   const int64_t* offset = offsets.data();
-  const int64_t channel_count = grad_in.size(1);
-  backward_blocks<scalar_t>(g, grad_out, grad_in, channels,
+  backward_blocks<scalar_t>(g, grad_out, grad_in, false,
                             [&](int64_t n, int64_t c, const int64_t* o, const Window*,
                                 int64_t origin, acc_t* scratch) {
-    const tap_t* t = tap + vt.offset(n, c, o[0], o[1], o[2]);
-    const scalar_t* gr = grad + vo.offset(n, c, o[0], o[1], o[2]);
-    if (!channels) {
-      scratch[origin + offset[static_cast<int64_t>(*t)]] += static_cast<acc_t>(*gr);
-      return;
-    }
-    for (const auto k : c10::irange(channel_count)) {
-      scratch[(origin + offset[static_cast<int64_t>(t[k])]) * channel_count + k] +=
-          static_cast<acc_t>(gr[k * vo.stride[1]]);
-    }
+    const tap_t t = tap[vt.offset(n, c, o[0], o[1], o[2])];
+    scratch[origin + offset[static_cast<int64_t>(t)]] +=
+        static_cast<acc_t>(grad[vo.offset(n, c, o[0], o[1], o[2])]);
   });
 }
 
