@@ -28,40 +28,6 @@ inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work_per_item, 1));
 }
 
-// The windows of every output along each dim, for one sample. Built once per
-// task and rebuilt only when the sample's extents change (variable pooling),
-// so the hot loops do no window arithmetic.
-struct WindowTable {
-  std::vector<Window> dim[kDims];
-  int64_t sample = -1;
-
-  void build(const PoolGeometry& g, int64_t n) {
-    if (sample >= 0 && (g.sizes == nullptr || sample == n)) {
-      return;
-    }
-    sample = n;
-    for (const auto k : c10::irange(kDims)) {
-      const int64_t in = extent(g, k, n);
-      dim[k].resize(g.dim[k].out);
-      for (const auto o : c10::irange(g.dim[k].out)) {
-        dim[k][o] = window(g, k, o, in);
-      }
-    }
-  }
-};
-
-// Splits a plane-row number into (n, c, d, h).
-inline void unflatten_row(int64_t r, const Layout5& v, int64_t* n, int64_t* c, int64_t* x) {
-  x[1] = r % v.size[3];
-  r /= v.size[3];
-  x[0] = r % v.size[2];
-  r /= v.size[2];
-  *c = r % v.size[1];
-  *n = r / v.size[1];
-}
-
-// ---------------------------------------------------------------- forward
-
 // The outputs [lo, hi) of a row whose fixed windows along W hold all their
 // taps: there every window is begin = ow * stride - pad, so the row can be
 // swept tap by tap with the outputs innermost, a loop the compiler vectorises.
@@ -82,6 +48,89 @@ Interior full_windows(const PoolGeometry& g, const std::vector<Window>& row) {
   while (ow < static_cast<int64_t>(row.size()) && row[ow].count == kernel) ++ow;
   r.hi = ow;
   return r;
+}
+
+// Calls f(ow) for the outputs of a row outside the interior.
+template <typename F>
+inline void for_edges(Interior inner, int64_t width, const F& f) {
+  for (int64_t ow = 0; ow < inner.lo; ++ow) f(ow);
+  for (int64_t ow = inner.hi; ow < width; ++ow) f(ow);
+}
+
+// The windows of every output along each dim, for one sample. Built once per
+// task and rebuilt only when the sample's extents change (variable pooling),
+// so the hot loops do no window arithmetic.
+struct WindowTable {
+  std::vector<Window> dim[kDims];
+  Interior inner;               // the outputs along W whose windows hold every tap
+  std::vector<int64_t> origin;  // where tap 0 of each W window sits (window_origin along W)
+  int64_t sample = -1;
+
+  void build(const PoolGeometry& g, int64_t n) {
+    if (sample >= 0 && (g.sizes == nullptr || sample == n)) {
+      return;
+    }
+    sample = n;
+    for (const auto k : c10::irange(kDims)) {
+      const int64_t in = extent(g, k, n);
+      dim[k].resize(g.dim[k].out);
+      for (const auto o : c10::irange(g.dim[k].out)) {
+        dim[k][o] = window(g, k, o, in);
+      }
+    }
+    inner = full_windows(g, dim[2]);
+    origin.resize(g.dim[2].out);
+    for (const auto o : c10::irange(g.dim[2].out)) {
+      origin[o] = dim[2][o].begin - dim[2][o].first_tap * dim[2][o].step;
+    }
+  }
+};
+
+// Splits a plane-row number into (n, c, d, h).
+inline void unflatten_row(int64_t r, const Layout5& v, int64_t* n, int64_t* c, int64_t* x) {
+  x[1] = r % v.size[3];
+  r /= v.size[3];
+  x[0] = r % v.size[2];
+  r /= v.size[2];
+  *c = r % v.size[1];
+  *n = r / v.size[1];
+}
+
+// ---------------------------------------------------------------- forward
+
+// Calls f with the element step of a row sweep: a compile-time 1 or 2 for
+// the common strides, so the compiler vectorises their loads, else the value.
+template <typename F>
+inline void with_step(int64_t step, const F& f) {
+  if (step == 1) {
+    f(std::integral_constant<int64_t, 1>());
+  } else if (step == 2) {
+    f(std::integral_constant<int64_t, 2>());
+  } else {
+    f(step);
+  }
+}
+
+// One tap of the interior sweep: outputs [lo, hi) take at[ow * step] when it wins.
+template <typename scalar_t, typename Step, typename acc_t>
+inline void max_sweep(const scalar_t* __restrict__ at, Step step, Interior inner,
+                      acc_t* __restrict__ best, int32_t* __restrict__ best_tap, int32_t code) {
+  const int64_t s = step;
+  for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+    const auto v = static_cast<acc_t>(at[ow * s]);
+    const bool takes = max_takes(v, best[ow]);
+    best[ow] = takes ? v : best[ow];
+    best_tap[ow] = takes ? code : best_tap[ow];
+  }
+}
+
+template <typename scalar_t, typename Step, typename acc_t>
+inline void sum_sweep(const scalar_t* __restrict__ at, Step step, Interior inner,
+                      acc_t* __restrict__ sum) {
+  const int64_t s = step;
+  for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+    sum[ow] += static_cast<acc_t>(at[ow * s]);
+  }
 }
 
 template <typename scalar_t, typename tap_t>
@@ -105,7 +154,7 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-      const Interior inner = full_windows(g, table.dim[2]);
+      const Interior& inner = table.inner;
       // Outputs inside: every tap of the D and H windows, then of W, in the
       // row-major order window_max takes them, so ties and NaN resolve alike.
       std::fill(best.begin() + inner.lo, best.begin() + inner.hi,
@@ -121,31 +170,31 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
             const scalar_t* at =
                 row + (tw * g.dim[2].dilation - g.dim[2].pad) * vi.stride[4];
             const auto code = static_cast<int32_t>(row_tap + tw);
-            acc_t* b = best.data();
-            int32_t* t = best_tap.data();
-            for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
-              const auto v = static_cast<acc_t>(at[ow * step_w]);
-              const bool takes = max_takes(v, b[ow]);
-              b[ow] = takes ? v : b[ow];
-              t[ow] = takes ? code : t[ow];
-            }
+            with_step(step_w, [&](auto step) {
+              max_sweep(at, step, inner, best.data(), best_tap.data(), code);
+            });
           }
         }
       }
       scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
       tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
-      for (const auto ow : c10::irange(vo.size[4])) {
-        acc_t value;
+      for_edges(inner, vo.size[4], [&](int64_t ow) {
+        w[2] = table.dim[2][ow];
         int64_t t;
-        if (ow >= inner.lo && ow < inner.hi) {
-          value = best[ow];
-          t = best_tap[ow];
-        } else {
-          w[2] = table.dim[2][ow];
-          value = window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
-        }
-        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
+        out_row[ow * vo.stride[4]] =
+            static_cast<scalar_t>(window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t));
         tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
+      });
+      if (vo.stride[4] == 1 && vt.stride[4] == 1) {
+        for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+          out_row[ow] = static_cast<scalar_t>(best[ow]);
+          tap_row[ow] = static_cast<tap_t>(best_tap[ow]);
+        }
+      } else {
+        for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+          out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best[ow]);
+          tap_row[ow * vt.stride[4]] = static_cast<tap_t>(best_tap[ow]);
+        }
       }
     }
   });
@@ -217,7 +266,7 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-      const Interior inner = full_windows(g, table.dim[2]);
+      const Interior& inner = table.inner;
       // Outputs inside: the taps in window_sum's order, so sums agree bit for bit.
       std::fill(sum.begin() + inner.lo, sum.begin() + inner.hi, acc_t(0));
       for (int64_t td = 0; td < w[0].count && inner.lo < inner.hi; ++td) {
@@ -226,21 +275,29 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
                                 (w[1].begin + th * w[1].step) * vi.stride[3];
           for (int64_t tw = 0; tw < kw; ++tw) {
             const scalar_t* at = row + (tw - g.dim[2].pad) * vi.stride[4];
-            acc_t* acc = sum.data();
-            for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
-              acc[ow] += static_cast<acc_t>(at[ow * step_w]);
-            }
+            with_step(step_w, [&](auto step) { sum_sweep(at, step, inner, sum.data()); });
           }
         }
       }
       scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
-      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-        w[2] = table.dim[2][o[2]];
-        const acc_t total = (o[2] >= inner.lo && o[2] < inner.hi)
-                                ? sum[o[2]]
-                                : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
-        out_row[o[2] * vo.stride[4]] =
-            static_cast<scalar_t>(total / static_cast<acc_t>(avg_divisor(g, w, o)));
+      for_edges(inner, vo.size[4], [&](int64_t ow) {
+        o[2] = ow;
+        w[2] = table.dim[2][ow];
+        out_row[ow * vo.stride[4]] =
+            static_cast<scalar_t>(window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides()) /
+                                  static_cast<acc_t>(avg_divisor(g, w, o)));
+      });
+      if (inner.lo < inner.hi) {
+        // Inside, the W factor of the divisor is the kernel: one divisor per row.
+        o[2] = inner.lo;
+        w[2] = table.dim[2][inner.lo];
+        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+        with_step(vo.stride[4], [&](auto step) {
+          const int64_t so = step;
+          for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+            out_row[ow * so] = static_cast<scalar_t>(sum[ow] / divisor);
+          }
+        });
       }
     }
   });
@@ -281,6 +338,17 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
       }
     }
   });
+}
+
+// One tap of the inside of an average backward row: the cell of output ow
+// gets share[ow].
+template <typename Step, typename acc_t>
+inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
+                         const acc_t* __restrict__ share) {
+  const int64_t s = step;
+  for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+    at[ow * s] += share[ow];
+  }
 }
 
 // ---------------------------------------------------------------- backward
@@ -372,6 +440,52 @@ void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at
       }
     }
   });
+}
+
+// The planes backward: a task owns one (n, c) plane; spread_row(n, c, od,
+// oh, table, scratch) adds one row of outputs to the plane's scratch, and
+// rows go in output order, so every cell sums in the GPU's gather order.
+template <typename scalar_t, typename SpreadRow>
+void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
+                     const SpreadRow& spread_row) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
+  const int64_t block = vg.pixels();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
+                   [&](int64_t begin, int64_t end) {
+    WindowTable table;
+    std::vector<acc_t> scratch(block);
+    for (const auto task : c10::irange(begin, end)) {
+      const int64_t n = task / vg.size[1], c = task % vg.size[1];
+      table.build(g, n);
+      std::fill(scratch.begin(), scratch.end(), acc_t(0));
+      for (const auto od : c10::irange(vo.size[2])) {
+        for (const auto oh : c10::irange(vo.size[3])) {
+          spread_row(n, c, od, oh, table, scratch.data());
+        }
+      }
+      const acc_t* from = scratch.data();
+      for (const auto d : c10::irange(vg.size[2])) {
+        for (const auto h : c10::irange(vg.size[3])) {
+          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+          with_step(vg.stride[4], [&](auto step) {
+            const int64_t sx = step;
+            for (const auto x : c10::irange(vg.size[4])) {
+              row[x * sx] = static_cast<scalar_t>(from[x]);
+            }
+          });
+          from += vg.size[4];
+        }
+      }
+    }
+  });
+}
+
+// The plane offset of tap 0 of the D and H windows of output row (od, oh).
+inline int64_t row_origin(const PoolGeometry& g, const Window& wd, const Window& wh) {
+  return ((wd.begin - wd.first_tap * wd.step) * g.dim[1].in + wh.begin -
+          wh.first_tap * wh.step) * g.dim[2].in;
 }
 
 // PoolTables in host memory, for the cell-by-cell gather.
@@ -485,12 +599,18 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   }
   const auto offsets = tap_offsets(g);
   const int64_t* offset = offsets.data();
-  backward_blocks<scalar_t>(g, grad_out, grad_in, false,
-                            [&](int64_t n, int64_t c, const int64_t* o, const Window*,
-                                int64_t origin, acc_t* scratch) {
-    const tap_t t = tap[vt.offset(n, c, o[0], o[1], o[2])];
-    scratch[origin + offset[static_cast<int64_t>(t)]] +=
-        static_cast<acc_t>(grad[vo.offset(n, c, o[0], o[1], o[2])]);
+  backward_planes<scalar_t>(g, grad_out, grad_in,
+                            [&](int64_t n, int64_t c, int64_t od, int64_t oh,
+                                const WindowTable& table, acc_t* scratch) {
+    const tap_t* tr = tap + vt.offset(n, c, od, oh, 0);
+    const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+    acc_t* base = scratch + row_origin(g, table.dim[0][od], table.dim[1][oh]);
+    const int64_t* origin = table.origin.data();
+    const int64_t st = vt.stride[4], sg = vo.stride[4];
+    for (const auto ow : c10::irange(vo.size[4])) {
+      base[origin[ow] + offset[static_cast<int64_t>(tr[ow * st])]] +=
+          static_cast<acc_t>(gr[ow * sg]);
+    }
   });
 }
 
@@ -510,25 +630,63 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     return;
   }
   const int64_t plane_h = g.dim[1].in, plane_w = g.dim[2].in;
-  const int64_t lanes = channels ? grad_in.size(1) : 1;
-  backward_blocks<scalar_t>(g, grad_out, grad_in, channels,
+  if (!channels) {
+    const int64_t kw = g.dim[2].kernel, stride_w = g.dim[2].stride, pad_w = g.dim[2].pad;
+    backward_planes<scalar_t>(g, grad_out, grad_in,
+                              [&](int64_t n, int64_t c, int64_t od, int64_t oh,
+                                  const WindowTable& table, acc_t* scratch) {
+      thread_local std::vector<acc_t> share_row;
+      share_row.resize(vo.size[4]);
+      acc_t* share = share_row.data();
+      const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+      const Interior& inner = table.inner;
+      Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
+      int64_t o[kDims] = {od, oh, 0};
+      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
+        if (o[2] == inner.lo && inner.lo < inner.hi) {
+          // Inside, the W factor of the divisor is the kernel: one divisor.
+          w[2] = table.dim[2][o[2]];
+          const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+          for (; o[2] < inner.hi; ++o[2]) {
+            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
+          }
+          if (o[2] == vo.size[4]) break;
+        }
+        w[2] = table.dim[2][o[2]];
+        share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
+                      static_cast<acc_t>(avg_divisor(g, w, o));
+      }
+      // Each cell must sum its outputs in order along W: the left edge, then
+      // the inside with taps from the last (so outputs ascend per cell), then
+      // the right edge.
+      const auto edge = [&](acc_t* row, int64_t ow) {
+        const Window& x = table.dim[2][ow];
+        for (int64_t tw = 0; tw < x.count; ++tw) {
+          row[x.begin + tw * x.step] += share[ow];
+        }
+      };
+      for (int64_t td = 0; td < w[0].count; ++td) {
+        for (int64_t th = 0; th < w[1].count; ++th) {
+          acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                                  th * w[1].step) * plane_w;
+          for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
+          for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
+            with_step(stride_w, [&](auto step) {
+              spread_sweep(row + tw - pad_w, step, inner, share);
+            });
+          }
+          for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
+        }
+      }
+    });
+    return;
+  }
+  const int64_t lanes = grad_in.size(1);
+  backward_blocks<scalar_t>(g, grad_out, grad_in, true,
                             [&](int64_t n, int64_t c, const int64_t* o, const Window* w, int64_t,
                                 acc_t* scratch) {
     const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
     const scalar_t* gr = grad + vo.offset(n, c, o[0], o[1], o[2]);
-    if (!channels) {
-      const acc_t share = static_cast<acc_t>(*gr) / divisor;
-      for (int64_t td = 0; td < w[0].count; ++td) {
-        for (int64_t th = 0; th < w[1].count; ++th) {
-          acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
-                                  th * w[1].step) * plane_w + w[2].begin;
-          for (int64_t tw = 0; tw < w[2].count; ++tw) {
-            row[tw * w[2].step] += share;
-          }
-        }
-      }
-      return;
-    }
     thread_local std::vector<acc_t> share;
     share.resize(lanes);
     for (const auto k : c10::irange(lanes)) {
