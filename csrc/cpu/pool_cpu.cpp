@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
 
 #include <type_traits>
@@ -26,6 +27,39 @@ bool channels_inner(const at::Tensor& a, const at::Tensor& b) {
 
 inline int64_t grain(int64_t work_per_item) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(work_per_item, 1));
+}
+
+// Runs of values between scalar_t and acc_t, as plain loops the compiler
+// vectorises: bfloat16 goes by its bits, since c10's conversion defeats the
+// vectoriser (same rounding: to nearest even, NaN kept).
+template <typename scalar_t, typename acc_t>
+inline void widen(const scalar_t* __restrict__ src, acc_t* __restrict__ dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const auto* bits = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = c10::bit_cast<float>(static_cast<uint32_t>(bits[i]) << 16);
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = static_cast<acc_t>(src[i]);
+    }
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline void narrow(const acc_t* __restrict__ src, scalar_t* __restrict__ dst, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    auto* bits = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint32_t u = c10::bit_cast<uint32_t>(src[i]);
+      const auto rounded = static_cast<uint16_t>((u + ((u >> 16) & 1) + 0x7FFFu) >> 16);
+      bits[i] = src[i] != src[i] ? uint16_t{0x7FC0} : rounded;
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      dst[i] = static_cast<scalar_t>(src[i]);
+    }
+  }
 }
 
 // The outputs [lo, hi) of a row whose fixed windows along W hold all their
@@ -200,6 +234,9 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   });
 }
 
+// Channels-last: one output pixel at a time, every channel at once. The
+// first tap initialises the lanes (as window_max's start at -inf and its
+// rule would), later taps compete; low-precision runs are widened first.
 template <typename scalar_t, typename tap_t>
 void max_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
@@ -213,30 +250,44 @@ void max_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
   auto* tap = taps.mutable_data_ptr<tap_t>();
   at::parallel_for(0, vo.size[0] * vo.pixels(), grain(channels * window_taps(g)),
                    [&](int64_t begin, int64_t end) {
+    WindowTable table;
     std::vector<acc_t> best(channels);
     std::vector<lane_tap_t> best_tap(channels);
     for (const auto p : c10::irange(begin, end)) {
       int64_t n, o[kDims];
       unflatten_pixel(p, vo, &n, o);
-      Window w[kDims];
-      windows_at(g, n, o, w);
-      std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
-      std::fill(best_tap.begin(), best_tap.end(),
-                encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap));
+      table.build(g, n);
+      const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
+      bool first = true;
       for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
         for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
           for (int64_t tw = w[2].first_tap; tw < w[2].first_tap + w[2].count; ++tw) {
             const scalar_t* at = src + vi.offset(n, 0, tap_position(w[0], td),
                                                  tap_position(w[1], th), tap_position(w[2], tw));
             const auto t = static_cast<lane_tap_t>(encode_tap(g, td, th, tw));
-            for (const auto c : c10::irange(channels)) {
+            acc_t* b = best.data();
+            lane_tap_t* bt = best_tap.data();
+            if (first) {
+              for (int64_t c = 0; c < channels; ++c) {
+                b[c] = static_cast<acc_t>(at[c]);
+                bt[c] = t;
+              }
+              first = false;
+              continue;
+            }
+            for (int64_t c = 0; c < channels; ++c) {
               const auto v = static_cast<acc_t>(at[c]);
-              const bool takes = max_takes(v, best[c]);
-              best[c] = takes ? v : best[c];
-              best_tap[c] = takes ? t : best_tap[c];
+              const bool takes = max_takes(v, b[c]);
+              b[c] = takes ? v : b[c];
+              bt[c] = takes ? t : bt[c];
             }
           }
         }
+      }
+      if (first) {  // no tap: a window wholly in padding
+        std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
+        std::fill(best_tap.begin(), best_tap.end(),
+                  encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap));
       }
       scalar_t* out_at = dst + vo.offset(n, 0, o[0], o[1], o[2]);
       tap_t* tap_at = tap + vt.offset(n, 0, o[0], o[1], o[2]);
@@ -312,21 +363,23 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
   auto* dst = out.mutable_data_ptr<scalar_t>();
   at::parallel_for(0, vo.size[0] * vo.pixels(), grain(channels * window_taps(g)),
                    [&](int64_t begin, int64_t end) {
+    WindowTable table;
     std::vector<acc_t> sum(channels);
     for (const auto p : c10::irange(begin, end)) {
       int64_t n, o[kDims];
       unflatten_pixel(p, vo, &n, o);
-      Window w[kDims];
-      windows_at(g, n, o, w);
+      table.build(g, n);
+      const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
       std::fill(sum.begin(), sum.end(), acc_t(0));
+      acc_t* acc = sum.data();
       for (int64_t td = 0; td < w[0].count; ++td) {
         for (int64_t th = 0; th < w[1].count; ++th) {
           for (int64_t tw = 0; tw < w[2].count; ++tw) {
             const scalar_t* at =
                 src + vi.offset(n, 0, w[0].begin + td * w[0].step, w[1].begin + th * w[1].step,
                                 w[2].begin + tw * w[2].step);
-            for (const auto c : c10::irange(channels)) {
-              sum[c] += static_cast<acc_t>(at[c]);
+            for (int64_t c = 0; c < channels; ++c) {
+              acc[c] += static_cast<acc_t>(at[c]);
             }
           }
         }
@@ -334,7 +387,7 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
       const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
       scalar_t* out_at = dst + vo.offset(n, 0, o[0], o[1], o[2]);
       for (const auto c : c10::irange(channels)) {
-        out_at[c] = static_cast<scalar_t>(sum[c] / divisor);
+        out_at[c] = static_cast<scalar_t>(acc[c] / divisor);
       }
     }
   });
@@ -429,9 +482,13 @@ void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at
             }
           } else {
             for (const auto x : c10::irange(vg.size[4])) {
-              for (const auto lane : c10::irange(lanes)) {
-                row[x * vg.stride[4] + lane * vg.stride[1]] =
-                    static_cast<scalar_t>(from[x * lanes + lane]);
+              if (vg.stride[1] == 1) {
+                narrow(from + x * lanes, row + x * vg.stride[4], lanes);
+              } else {
+                for (const auto lane : c10::irange(lanes)) {
+                  row[x * vg.stride[4] + lane * vg.stride[1]] =
+                      static_cast<scalar_t>(from[x * lanes + lane]);
+                }
               }
             }
           }
@@ -469,12 +526,13 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
       for (const auto d : c10::irange(vg.size[2])) {
         for (const auto h : c10::irange(vg.size[3])) {
           scalar_t* row = dst + vg.offset(n, c, d, h, 0);
-          with_step(vg.stride[4], [&](auto step) {
-            const int64_t sx = step;
+          if (vg.stride[4] == 1) {
+            narrow(from, row, vg.size[4]);
+          } else {
             for (const auto x : c10::irange(vg.size[4])) {
-              row[x * sx] = static_cast<scalar_t>(from[x]);
+              row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
             }
-          });
+          }
           from += vg.size[4];
         }
       }
@@ -540,7 +598,7 @@ void max_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
   const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
   at::parallel_for(0, vg.size[0] * vg.pixels(), grain(channels * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum(channels);
+    std::vector<acc_t> sum(channels), wide(channels);
     for (const auto p : c10::irange(begin, end)) {
       int64_t n, i[kDims];
       unflatten_pixel(p, vg, &n, i);
@@ -561,16 +619,21 @@ void max_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
             const tap_t* tp = tap + vt.offset(n, 0, od, oh, ow);
             const scalar_t* gp = grad + vo.offset(n, 0, od, oh, ow);
             acc_t* acc = sum.data();
-            for (int64_t c = 0; c < channels; ++c) {
-              acc[c] += tp[c] == code ? static_cast<acc_t>(gp[c * vo.stride[1]]) : acc_t(0);
+            if (vo.stride[1] == 1) {
+              widen(gp, wide.data(), channels);
+              const acc_t* gw = wide.data();
+              for (int64_t c = 0; c < channels; ++c) {
+                acc[c] += tp[c] == code ? gw[c] : acc_t(0);
+              }
+            } else {
+              for (int64_t c = 0; c < channels; ++c) {
+                acc[c] += tp[c] == code ? static_cast<acc_t>(gp[c * vo.stride[1]]) : acc_t(0);
+              }
             }
           }
         }
       }
-      scalar_t* out = dst + vg.offset(n, 0, i[0], i[1], i[2]);
-      for (const auto c : c10::irange(channels)) {
-        out[c] = static_cast<scalar_t>(sum[c]);
-      }
+      narrow(sum.data(), dst + vg.offset(n, 0, i[0], i[1], i[2]), channels);
     }
   });
 }
@@ -689,9 +752,12 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     const scalar_t* gr = grad + vo.offset(n, c, o[0], o[1], o[2]);
     thread_local std::vector<acc_t> share;
     share.resize(lanes);
-    for (const auto k : c10::irange(lanes)) {
-      share[k] = static_cast<acc_t>(gr[k * vo.stride[1]]) / divisor;
-    }
+    with_step(vo.stride[1], [&](auto step) {
+      const int64_t sc = step;
+      for (const auto k : c10::irange(lanes)) {
+        share[k] = static_cast<acc_t>(gr[k * sc]) / divisor;
+      }
+    });
     for (int64_t td = 0; td < w[0].count; ++td) {
       for (int64_t th = 0; th < w[1].count; ++th) {
         const int64_t row = ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
