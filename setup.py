@@ -70,7 +70,8 @@ def _extension():
     cxx += ["-DPy_LIMITED_API=0x03090000", "-fopenmp"]
     cpu_arch = os.environ.get("POOL_EXT_CPU_ARCH", "native-avx2" if _cpu_has_avx2() else "generic")
     if cpu_arch == "native-avx2":
-        cxx += ["-mavx2", "-mfma", "-mf16c"]
+        # CPU_CAPABILITY selects ATen's AVX2 at::vec::Vectorized, as torch's own AVX2 kernels do.
+        cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     config = {"cuda": with_cuda, "debug": debug, "cpu_arch": cpu_arch}
     kwargs = {"extra_compile_args": {"cxx": cxx}, "extra_link_args": ["-fopenmp"], "py_limited_api": True}
     if with_cuda:

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pool_testing import (
-    DEVICES, DTYPE_IDS, DTYPES, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
+    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
     assert_equal, assert_same_format, check_max_indices, expected_max_indices, is_batched, leaf, make_rng,
     ours, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
@@ -213,3 +213,24 @@ def test_medium_inputs(kind, d, layout, dtype, device):
     x, _ = random_input(rng, shape, dtype, device, layout=layout, specials=0.0)
     for output_size in ((7, 9) if d == 2 else (4, 3, 5), (40, 20) if d == 2 else (11, 7, 12)):
         run_case(kind, d, x, layout, output_size, list(output_size), device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("specials", ["none", "ties", "nan", "inf"])
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_long_windows(kind, d, specials, dtype, device):
+    """Windows of hundreds of cells along W (global pooling above all), which the
+    CPU reduces a vector at a time: values and indices must still be torch's
+    (first max on ties, last NaN), across chunk and lane boundaries."""
+    rng = make_rng("long", kind, d, specials, dtype)
+    spatial = (613,) if d == 1 else (5, 301)
+    x, _ = random_input(rng, (2, 3, *spatial), dtype, device, layout="contiguous",
+                        specials=0.0 if specials in ("none", "ties") else 0.01,
+                        ties=specials == "ties",
+                        special_values=(NAN,) if specials == "nan" else (INF, -INF))
+    for output_size in (1, 2, 3):
+        run_case(kind, d, x, "contiguous", output_size, [output_size] * d, device, rng)
+        strided = x[..., ::2] if d == 1 else x.transpose(-1, -2)
+        run_case(kind, d, strided, "strided", output_size, [output_size] * d, device, rng)

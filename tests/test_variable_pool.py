@@ -295,3 +295,23 @@ def test_medium_inputs(kind, d, layout, device):
     x = with_layout(values.to(device), layout, rng)
     for output_size in ((4, 5) if d == 2 else (2, 3, 2), (35, 9) if d == 2 else (10, 4, 9)):
         check_variable(kind, d, x, sizes, output_size, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_long_extents(kind, d, dtype, device):
+    """Samples hundreds of cells long (masked global pooling of sequences), which the
+    CPU reduces a vector at a time: the padding must still never be read."""
+    rng = make_rng("long", kind, d, dtype)
+    padded = (611,) if d == 1 else (4, 290)
+    n = 5
+    sizes = [tuple(rng.randint(1, e) for e in padded) for _ in range(n)]
+    sizes[0] = padded
+    sizes[1] = tuple(min(e, 17) for e in padded)
+    shape = (n, 3, *padded)
+    values = random_values(rng, shape, dtype, ties=rng.random() < 0.5)
+    x = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, dtype)).to(device)
+    for output_size in (1, 2):
+        check_variable(kind, d, x, sizes, output_size, device, rng)

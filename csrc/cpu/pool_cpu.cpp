@@ -9,6 +9,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
 #include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
 
@@ -167,6 +168,165 @@ inline void sum_sweep(const scalar_t* __restrict__ at, Step step, Interior inner
   }
 }
 
+// ------------------------------------------------- long contiguous windows
+//
+// Adaptive and variable windows (global pooling above all) are runs of
+// contiguous cells along W, often long: there the element functions' one
+// cell at a time is the bottleneck, so these reduce a run a vector at a
+// time (at::vec). Max keeps window_max's rule exactly: each lane keeps its winner (its
+// last NaN, else its first max), lanes merge by the same rule, the tail
+// follows in order. Sums are reassociated (lanes, then their total), as
+// torch's vectorised CPU kernels do.
+
+// Runs of reduced-precision values are widened to acc_t a chunk at a time.
+constexpr int64_t kChunk = 256;
+constexpr int64_t kMinRun = 16;
+
+template <typename scalar_t, typename acc_t>
+inline const acc_t* widened(const scalar_t* at, int64_t n, acc_t* buffer) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return at;
+  } else {
+    widen(at, buffer, n);
+    return buffer;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  int64_t where = 0, i = 0;
+  // Lane positions ride in acc_t lanes: exact below 2^24.
+  if (len >= kMinRun && len < (int64_t{1} << 24)) {
+    acc_t buffer[kChunk];
+    Vec lane = Vec::loadu(widened(at, L, buffer));
+    Vec lane_at = Vec::arange(acc_t(0), acc_t(1));
+    Vec at_i = lane_at + Vec(acc_t(L));
+    for (i = L; i + L <= len;) {
+      const int64_t n = std::min(kChunk, (len - i) / L * L);
+      const acc_t* run = widened(at + i, n, buffer);
+      for (int64_t k = 0; k < n; k += L, at_i = at_i + Vec(acc_t(L))) {
+        const Vec v = Vec::loadu(run + k);
+        const Vec takes = (v > lane) | v.isnan();
+        lane = Vec::blendv(lane, v, takes);
+        lane_at = Vec::blendv(lane_at, at_i, takes);
+      }
+      i += n;
+    }
+    acc_t value[L], place[L];
+    lane.store(value);
+    lane_at.store(place);
+    int64_t nan_at = -1;
+    for (int64_t j = 0; j < L; ++j) {
+      if (value[j] != value[j]) nan_at = std::max(nan_at, static_cast<int64_t>(place[j]));
+    }
+    if (nan_at >= 0) {
+      best = std::numeric_limits<acc_t>::quiet_NaN();
+      where = nan_at;
+    } else {
+      best = value[0];
+      where = static_cast<int64_t>(place[0]);
+      for (int64_t j = 1; j < L; ++j) {
+        const auto p = static_cast<int64_t>(place[j]);
+        if (value[j] > best || (value[j] == best && p < where)) {
+          best = value[j];
+          where = p;
+        }
+      }
+    }
+  }
+  for (; i < len; ++i) {
+    const auto v = static_cast<acc_t>(at[i]);
+    const bool takes = max_takes(v, best);
+    best = takes ? v : best;
+    where = takes ? i : where;
+  }
+  *pos = where;
+  return best;
+}
+
+template <typename scalar_t, typename acc_t>
+inline acc_t run_sum(const scalar_t* __restrict__ at, int64_t len) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  acc_t buffer[kChunk];
+  Vec lanes(acc_t(0));
+  int64_t i = 0;
+  while (i + L <= len) {
+    const int64_t n = std::min(kChunk, (len - i) / L * L);
+    const acc_t* run = widened(at + i, n, buffer);
+    for (int64_t k = 0; k < n; k += L) {
+      lanes = lanes + Vec::loadu(run + k);
+    }
+    i += n;
+  }
+  acc_t value[L];
+  lanes.store(value);
+  acc_t sum = 0;
+  for (int64_t j = 0; j < L; ++j) sum += value[j];
+  for (; i < len; ++i) sum += static_cast<acc_t>(at[i]);
+  return sum;
+}
+
+// A window of a planes kernel as runs: calls f(run, length, td, th0) for
+// each, where th0 is the H tap the run starts at. When the W window spans
+// whole memory rows, its H rows form one run.
+struct Runs {
+  bool usable = false;
+  bool merged = false;  // H rows merged into one run
+};
+
+inline Runs runs_of(const Window* w, const Layout5& vi) {
+  Runs r;
+  if (w[2].step != 1 || vi.stride[4] != 1) return r;
+  r.merged = w[1].step == 1 && w[2].begin == 0 && vi.stride[3] == w[2].count && w[1].count > 1;
+  r.usable = (r.merged ? w[1].count * w[2].count : w[2].count) >= kMinRun;
+  return r;
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t runs_max(const PoolGeometry& g, const Window* w, const scalar_t* plane, const Layout5& vi,
+               Runs r, int64_t* tap) {
+  acc_t best = -std::numeric_limits<acc_t>::infinity();
+  int64_t best_tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
+  const int64_t rows = r.merged ? 1 : w[1].count;
+  const int64_t len = r.merged ? w[1].count * w[2].count : w[2].count;
+  for (int64_t td = 0; td < w[0].count; ++td) {
+    for (int64_t th = 0; th < rows; ++th) {
+      const scalar_t* at = plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
+                           (w[1].begin + th * w[1].step) * vi.stride[3] + w[2].begin;
+      int64_t pos;
+      const acc_t v = run_max<scalar_t, acc_t>(at, len, &pos);
+      if (max_takes(v, best)) {  // rows merge by the same rule, in order
+        best = v;
+        const int64_t h = r.merged ? pos / w[2].count : th;
+        const int64_t x = r.merged ? pos % w[2].count : pos;
+        best_tap = encode_tap(g, w[0].first_tap + td, w[1].first_tap + h, w[2].first_tap + x);
+      }
+    }
+  }
+  *tap = best_tap;
+  return best;
+}
+
+template <typename scalar_t, typename acc_t>
+acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r) {
+  acc_t sum = 0;
+  const int64_t rows = r.merged ? 1 : w[1].count;
+  const int64_t len = r.merged ? w[1].count * w[2].count : w[2].count;
+  for (int64_t td = 0; td < w[0].count; ++td) {
+    for (int64_t th = 0; th < rows; ++th) {
+      sum += run_sum<scalar_t, acc_t>(plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
+                                          (w[1].begin + th * w[1].step) * vi.stride[3] +
+                                          w[2].begin,
+                                      len);
+    }
+  }
+  return sum;
+}
+
 template <typename scalar_t, typename tap_t>
 void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                         const at::Tensor& taps) {
@@ -215,8 +375,11 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       for_edges(inner, vo.size[4], [&](int64_t ow) {
         w[2] = table.dim[2][ow];
         int64_t t;
-        out_row[ow * vo.stride[4]] =
-            static_cast<scalar_t>(window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t));
+        const Runs r = runs_of(w, vi);
+        const acc_t value = r.usable
+            ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, &t)
+            : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
+        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
         tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
       });
       if (vo.stride[4] == 1 && vt.stride[4] == 1) {
@@ -334,9 +497,11 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       for_edges(inner, vo.size[4], [&](int64_t ow) {
         o[2] = ow;
         w[2] = table.dim[2][ow];
+        const Runs r = runs_of(w, vi);
+        const acc_t sum = r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
+                                   : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
         out_row[ow * vo.stride[4]] =
-            static_cast<scalar_t>(window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides()) /
-                                  static_cast<acc_t>(avg_divisor(g, w, o)));
+            static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
       });
       if (inner.lo < inner.hi) {
         // Inside, the W factor of the divisor is the kernel: one divisor per row.
@@ -791,6 +956,130 @@ void max_indices_kernel(const PoolGeometry& g, const at::Tensor& taps, const at:
   });
 }
 
+// ---------------------------------------------------------- global pooling
+//
+// Output size 1 in every dim, the head of most CNNs: one reduction per
+// (n, c) plane over the sample's whole extent, with no window tables, and a
+// backward that writes each plane directly (the value every cell's gather
+// would form: 0 + the one output's share).
+
+inline bool is_global(const PoolGeometry& g) {
+  return g.adaptive && g.dim[0].out == 1 && g.dim[1].out == 1 && g.dim[2].out == 1;
+}
+
+// Calls f(n, c, w) for the planes of v in order, w the windows of sample n.
+template <typename F>
+void for_global_planes(const PoolGeometry& g, const Layout5& v, int64_t cost, const F& f) {
+  const int64_t channels = v.size[1];
+  at::parallel_for(0, v.size[0] * channels, grain(cost), [&](int64_t begin, int64_t end) {
+    int64_t n = begin / channels, c = begin % channels, sample = -1;
+    Window w[kDims];
+    const int64_t origin[kDims] = {0, 0, 0};
+    for (int64_t p = begin; p < end; ++p) {
+      if (n != sample) {
+        windows_at(g, n, origin, w);
+        sample = n;
+      }
+      f(n, c, w);
+      if (++c == channels) {
+        c = 0;
+        ++n;
+      }
+    }
+  });
+}
+
+template <typename scalar_t, typename tap_t>
+void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                        const at::Tensor& taps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = layout_of(taps);
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  auto* tap = taps.mutable_data_ptr<tap_t>();
+  for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
+    const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+    const Runs r = runs_of(w, vi);
+    int64_t t;
+    const acc_t value = r.usable ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, &t)
+                                 : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
+    dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(value);
+    tap[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(t);
+  });
+}
+
+template <typename scalar_t>
+void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  const int64_t origin[kDims] = {0, 0, 0};
+  for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
+    const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+    const Runs r = runs_of(w, vi);
+    const acc_t sum = r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
+                               : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+    dst[vo.offset(n, c, 0, 0, 0)] =
+        static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, origin)));
+  });
+}
+
+// Writes plane (n, c) of grad_in: value(d, h, x) inside the sample's
+// extent, zero outside it.
+template <typename scalar_t, typename Value>
+inline void write_global_plane(const Layout5& vg, scalar_t* dst, int64_t n, int64_t c,
+                               const Window* w, const Value& value) {
+  for (const auto d : c10::irange(vg.size[2])) {
+    for (const auto h : c10::irange(vg.size[3])) {
+      scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+      const bool inside = d < w[0].count && h < w[1].count;
+      const int64_t valid = inside ? w[2].count : 0;
+      for (int64_t x = 0; x < valid; ++x) {
+        row[x * vg.stride[4]] = value(d, h, x);
+      }
+      for (int64_t x = valid; x < vg.size[4]; ++x) {
+        row[x * vg.stride[4]] = scalar_t(0);
+      }
+    }
+  }
+}
+
+template <typename scalar_t, typename tap_t>
+void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
+                         const at::Tensor& taps, const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  const auto* tap = taps.const_data_ptr<tap_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
+  for_global_planes(g, vo, vg.pixels(), [&](int64_t n, int64_t c, const Window* w) {
+    const auto code = static_cast<int64_t>(tap[vt.offset(n, c, 0, 0, 0)]);
+    const auto share = static_cast<scalar_t>(acc_t(0) +
+                                             static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]));
+    write_global_plane(vg, dst, n, c, w, [&](int64_t d, int64_t h, int64_t x) {
+      return (d * kh + h) * kw + x == code ? share : scalar_t(0);
+    });
+  });
+}
+
+template <typename scalar_t>
+void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
+                         const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t origin[kDims] = {0, 0, 0};
+  for_global_planes(g, vo, vg.pixels(), [&](int64_t n, int64_t c, const Window* w) {
+    const auto share = static_cast<scalar_t>(
+        acc_t(0) + static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]) /
+                       static_cast<acc_t>(avg_divisor(g, w, origin)));
+    write_global_plane(vg, dst, n, c, w, [&](int64_t, int64_t, int64_t) { return share; });
+  });
+}
+
 // Calls f.template operator()<tap_t>() with the saved taps' element type.
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
@@ -800,6 +1089,8 @@ struct CpuKernels {
         using tap_t = decltype(tap_tag);
         if (channels_inner(in, out) && taps.stride(1) == 1) {
           max_forward_channels<scalar_t, tap_t>(g, in, out, taps);
+        } else if (is_global(g)) {
+          max_forward_global<scalar_t, tap_t>(g, in, out, taps);
         } else {
           max_forward_planes<scalar_t, tap_t>(g, in, out, taps);
         }
@@ -811,7 +1102,12 @@ struct CpuKernels {
                            const at::Tensor& taps, const at::Tensor& grad_in) {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cpu", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
-        max_backward_cpu<scalar_t, decltype(tap_tag)>(g, grad_out, taps, grad_in);
+        using tap_t = decltype(tap_tag);
+        if (is_global(g) && !channels_inner(grad_in, taps)) {
+          max_backward_global<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+        } else {
+          max_backward_cpu<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+        }
       });
     });
   }
@@ -827,6 +1123,8 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
       if (channels_inner(in, out)) {
         avg_forward_channels<scalar_t>(g, in, out);
+      } else if (is_global(g)) {
+        avg_forward_global<scalar_t>(g, in, out);
       } else {
         avg_forward_planes<scalar_t>(g, in, out);
       }
@@ -836,7 +1134,11 @@ struct CpuKernels {
   static void avg_backward(const PoolGeometry& g, const at::Tensor& grad_out,
                            const at::Tensor& grad_in) {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cpu", [&] {
-      avg_backward_cpu<scalar_t>(g, grad_out, grad_in);
+      if (is_global(g) && !channels_inner(grad_in, grad_in)) {
+        avg_backward_global<scalar_t>(g, grad_out, grad_in);
+      } else {
+        avg_backward_cpu<scalar_t>(g, grad_out, grad_in);
+      }
     });
   }
 };
