@@ -121,15 +121,31 @@ struct WindowTable {
   }
 };
 
-// Splits a plane-row number into (n, c, d, h).
-inline void unflatten_row(int64_t r, const Layout5& v, int64_t* n, int64_t* c, int64_t* x) {
-  x[1] = r % v.size[3];
-  r /= v.size[3];
-  x[0] = r % v.size[2];
-  r /= v.size[2];
-  *c = r % v.size[1];
-  *n = r / v.size[1];
-}
+// Walks plane rows (n, c, d, h) in order from row `first`: one division
+// chain up front, then increments.
+struct RowCursor {
+  const Layout5& v;
+  int64_t n, c, x[2];
+
+  RowCursor(int64_t first, const Layout5& layout) : v(layout) {
+    x[1] = first % v.size[3];
+    first /= v.size[3];
+    x[0] = first % v.size[2];
+    first /= v.size[2];
+    c = first % v.size[1];
+    n = first / v.size[1];
+  }
+
+  void next() {
+    if (++x[1] < v.size[3]) return;
+    x[1] = 0;
+    if (++x[0] < v.size[2]) return;
+    x[0] = 0;
+    if (++c < v.size[1]) return;
+    c = 0;
+    ++n;
+  }
+};
 
 // ---------------------------------------------------------------- forward
 
@@ -327,6 +343,65 @@ acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r
   return sum;
 }
 
+// The inside of a max row a vector of outputs at a time, every tap of the
+// window with the outputs held in registers: rows[r] is window row r (D and
+// H taps in order) in acc_t, row_code[r] its first tap's code. Stride S is 1
+// or 2 (two loads deinterleaved). The first tap initialises the lanes, as in
+// max_forward_channels. Returns the first output it did not do: the sweep
+// takes the rest, and blocks stop where a load would pass the row's end.
+template <int64_t S, typename acc_t>
+int64_t max_blocked(const acc_t* const* rows, const int32_t* row_code, int64_t nrows, int64_t kw,
+                    int64_t dilation, int64_t pad, int64_t width, Interior inner, acc_t* best,
+                    int32_t* best_tap) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const int64_t reach = (kw - 1) * dilation - pad + L * S;
+  acc_t codes[L];
+  int64_t ow = inner.lo;
+  bool last = false;
+  for (;; ow += L) {
+    if (ow + L > inner.hi || ow * S + reach > width) {
+      // The last block ends at the last output, overlapping the one before
+      // (outputs are recomputed, not accumulated); its final load stops at
+      // the last cell a window uses.
+      if (ow >= inner.hi || inner.hi - L < inner.lo) break;
+      ow = inner.hi - L;
+      last = true;
+    }
+    Vec b, t;
+    for (int64_t r = 0; r < nrows; ++r) {
+      const acc_t* base = rows[r] + ow * S - pad;
+      for (int64_t tw = 0; tw < kw; ++tw) {
+        const acc_t* at = base + tw * dilation;
+        Vec v;
+        if constexpr (S == 1) {
+          v = Vec::loadu(at);
+        } else {
+          v = at::vec::deinterleave2(Vec::loadu(at), last ? Vec::loadu(at + L, L - 1)
+                                                          : Vec::loadu(at + L)).first;
+        }
+        // Tap codes ride in acc_t lanes: exact, as the caller keeps them below 2^24.
+        const Vec code(static_cast<acc_t>(row_code[r] + tw));
+        if (r == 0 && tw == 0) {
+          b = v;
+          t = code;
+          continue;
+        }
+        const Vec takes = (v > b) | v.isnan();
+        b = Vec::blendv(b, v, takes);
+        t = Vec::blendv(t, code, takes);
+      }
+    }
+    b.store(best + ow);
+    t.store(codes);
+    for (int64_t j = 0; j < L; ++j) {
+      best_tap[ow + j] = static_cast<int32_t>(codes[j]);
+    }
+    if (last) return inner.hi;
+  }
+  return ow;
+}
+
 template <typename scalar_t, typename tap_t>
 void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                         const at::Tensor& taps) {
@@ -338,24 +413,55 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
   const int64_t step_w = g.dim[2].stride * vi.stride[4];
+  // Register blocking needs unit-stride rows, stride 1 or 2 along W, and tap
+  // codes exact in acc_t.
+  const bool blocked = vi.stride[4] == 1 && (g.dim[2].stride == 1 || g.dim[2].stride == 2) &&
+                       window_taps(g) < (int64_t{1} << 24);
+  const int64_t width = vi.size[4], window_rows = g.dim[0].kernel * g.dim[1].kernel;
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
     std::vector<acc_t> best(vo.size[4]);
     std::vector<int32_t> best_tap(vo.size[4]);
-    for (const auto r : c10::irange(begin, end)) {
-      int64_t n, c, o[kDims];
-      unflatten_row(r, vo, &n, &c, o);
+    std::vector<const acc_t*> window_row(blocked ? window_rows : 0);
+    std::vector<int32_t> row_code(blocked ? window_rows : 0);
+    std::vector<acc_t> wide(blocked && !std::is_same_v<scalar_t, acc_t> ? window_rows * width : 0);
+    RowCursor cursor(begin, vo);
+    for (int64_t r = begin; r < end; ++r, cursor.next()) {
+      const int64_t n = cursor.n, c = cursor.c;
+      int64_t o[kDims] = {cursor.x[0], cursor.x[1], 0};
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
       const Interior& inner = table.inner;
-      // Outputs inside: every tap of the D and H windows, then of W, in the
-      // row-major order window_max takes them, so ties and NaN resolve alike.
-      std::fill(best.begin() + inner.lo, best.begin() + inner.hi,
+      Interior rest = inner;  // the inside left to the sweep
+      if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
+        int64_t nrows = 0;
+        for (int64_t td = 0; td < w[0].count; ++td) {
+          for (int64_t th = 0; th < w[1].count; ++th, ++nrows) {
+            const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
+                                  tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
+            if constexpr (std::is_same_v<scalar_t, acc_t>) {
+              window_row[nrows] = row;
+            } else {
+              widen(row, wide.data() + nrows * width, width);
+              window_row[nrows] = wide.data() + nrows * width;
+            }
+            row_code[nrows] =
+                static_cast<int32_t>(((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw);
+          }
+        }
+        const auto block = g.dim[2].stride == 1 ? max_blocked<1, acc_t> : max_blocked<2, acc_t>;
+        rest.lo = block(window_row.data(), row_code.data(), nrows, kw, g.dim[2].dilation,
+                         g.dim[2].pad, width, inner, best.data(), best_tap.data());
+      }
+      // Outputs inside and not blocked: every tap of the D and H windows, then
+      // of W, in the row-major order window_max takes them, so ties and NaN
+      // resolve alike.
+      std::fill(best.begin() + rest.lo, best.begin() + rest.hi,
                 -std::numeric_limits<acc_t>::infinity());
-      std::fill(best_tap.begin() + inner.lo, best_tap.begin() + inner.hi,
+      std::fill(best_tap.begin() + rest.lo, best_tap.begin() + rest.hi,
                 static_cast<int32_t>(encode_tap(g, w[0].first_tap, w[1].first_tap, 0)));
-      for (int64_t td = 0; td < w[0].count && inner.lo < inner.hi; ++td) {
+      for (int64_t td = 0; td < w[0].count && rest.lo < rest.hi; ++td) {
         for (int64_t th = 0; th < w[1].count; ++th) {
           const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
                                 tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
@@ -365,7 +471,7 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
                 row + (tw * g.dim[2].dilation - g.dim[2].pad) * vi.stride[4];
             const auto code = static_cast<int32_t>(row_tap + tw);
             with_step(step_w, [&](auto step) {
-              max_sweep(at, step, inner, best.data(), best_tap.data(), code);
+              max_sweep(at, step, rest, best.data(), best_tap.data(), code);
             });
           }
         }
@@ -474,9 +580,10 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
     std::vector<acc_t> sum(vo.size[4]);
-    for (const auto r : c10::irange(begin, end)) {
-      int64_t n, c, o[kDims];
-      unflatten_row(r, vo, &n, &c, o);
+    RowCursor cursor(begin, vo);
+    for (int64_t r = begin; r < end; ++r, cursor.next()) {
+      const int64_t n = cursor.n, c = cursor.c;
+      int64_t o[kDims] = {cursor.x[0], cursor.x[1], 0};
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
@@ -735,9 +842,10 @@ void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) 
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t rows = vg.size[0] * vg.size[1] * vg.size[2] * vg.size[3];
   at::parallel_for(0, rows, grain(vg.size[4] * gather_cost(g)), [&](int64_t begin, int64_t end) {
-    for (const auto r : c10::irange(begin, end)) {
-      int64_t n, c, i[kDims];
-      unflatten_row(r, vg, &n, &c, i);
+    RowCursor cursor(begin, vg);
+    for (int64_t r = begin; r < end; ++r, cursor.next()) {
+      const int64_t n = cursor.n, c = cursor.c;
+      int64_t i[kDims] = {cursor.x[0], cursor.x[1], 0};
       for (i[2] = 0; i[2] < vg.size[4]; ++i[2]) {
         dst[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(f(n, c, i));
       }
