@@ -343,16 +343,18 @@ acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r
   return sum;
 }
 
-// The inside of a max row a vector of outputs at a time, every tap of the
+// The inside of a row a vector of outputs at a time, every tap of the
 // window with the outputs held in registers: rows[r] is window row r (D and
-// H taps in order) in acc_t, row_code[r] its first tap's code. Stride S is 1
-// or 2 (two loads deinterleaved). The first tap initialises the lanes, as in
-// max_forward_channels. Returns the first output it did not do: the sweep
-// takes the rest, and blocks stop where a load would pass the row's end.
-template <int64_t S, typename acc_t>
-int64_t max_blocked(const acc_t* const* rows, const int32_t* row_code, int64_t nrows, int64_t kw,
-                    int64_t dilation, int64_t pad, int64_t width, Interior inner, acc_t* best,
-                    int32_t* best_tap) {
+// H taps in order) in acc_t, row_code[r] its first tap's code (max only).
+// Stride S is 1 or 2 (two loads deinterleaved). Max: the first tap
+// initialises the lanes, as in max_forward_channels; sums add the taps in
+// window_sum's order, so both agree with the element functions bit for bit.
+// Returns the end of what it did: inner.hi, or inner.lo when the inside is
+// narrower than a vector (the sweep takes it).
+template <int64_t S, bool kMax, typename acc_t>
+int64_t blocked_sweep(const acc_t* const* rows, const int32_t* row_code, int64_t nrows,
+                      int64_t kw, int64_t dilation, int64_t pad, int64_t width, Interior inner,
+                      acc_t* result, int32_t* best_tap) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
   const int64_t reach = (kw - 1) * dilation - pad + L * S;
@@ -368,7 +370,7 @@ int64_t max_blocked(const acc_t* const* rows, const int32_t* row_code, int64_t n
       ow = inner.hi - L;
       last = true;
     }
-    Vec b, t;
+    Vec b(acc_t(0)), t;
     for (int64_t r = 0; r < nrows; ++r) {
       const acc_t* base = rows[r] + ow * S - pad;
       for (int64_t tw = 0; tw < kw; ++tw) {
@@ -380,26 +382,70 @@ int64_t max_blocked(const acc_t* const* rows, const int32_t* row_code, int64_t n
           v = at::vec::deinterleave2(Vec::loadu(at), last ? Vec::loadu(at + L, L - 1)
                                                           : Vec::loadu(at + L)).first;
         }
-        // Tap codes ride in acc_t lanes: exact, as the caller keeps them below 2^24.
-        const Vec code(static_cast<acc_t>(row_code[r] + tw));
-        if (r == 0 && tw == 0) {
-          b = v;
-          t = code;
-          continue;
+        if constexpr (kMax) {
+          // Tap codes ride in acc_t lanes: exact, as callers keep them below 2^24.
+          const Vec code(static_cast<acc_t>(row_code[r] + tw));
+          if (r == 0 && tw == 0) {
+            b = v;
+            t = code;
+            continue;
+          }
+          const Vec takes = (v > b) | v.isnan();
+          b = Vec::blendv(b, v, takes);
+          t = Vec::blendv(t, code, takes);
+        } else {
+          b = b + v;
         }
-        const Vec takes = (v > b) | v.isnan();
-        b = Vec::blendv(b, v, takes);
-        t = Vec::blendv(t, code, takes);
       }
     }
-    b.store(best + ow);
-    t.store(codes);
-    for (int64_t j = 0; j < L; ++j) {
-      best_tap[ow + j] = static_cast<int32_t>(codes[j]);
+    b.store(result + ow);
+    if constexpr (kMax) {
+      t.store(codes);
+      for (int64_t j = 0; j < L; ++j) {
+        best_tap[ow + j] = static_cast<int32_t>(codes[j]);
+      }
     }
     if (last) return inner.hi;
   }
   return ow;
+}
+
+// Whether a planes kernel can use blocked_sweep.
+inline bool can_block(const PoolGeometry& g, const Layout5& vi) {
+  return !g.adaptive && vi.stride[4] == 1 && (g.dim[2].stride == 1 || g.dim[2].stride == 2) &&
+         window_taps(g) < (int64_t{1} << 24);
+}
+
+// The rows of the D and H windows w[0], w[1] of a plane, in tap order, as
+// acc_t pointers (widened into `wide` for low precision), with their first
+// tap codes. Returns how many.
+template <typename scalar_t, typename acc_t>
+int64_t window_rows(const PoolGeometry& g, const Window* w, const scalar_t* plane,
+                    const Layout5& vi, std::vector<const acc_t*>& rows,
+                    std::vector<int32_t>& row_code, std::vector<acc_t>& wide) {
+  const int64_t width = vi.size[4];
+  const int64_t needed = w[0].count * w[1].count;
+  rows.resize(needed);
+  row_code.resize(needed);
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    wide.resize(needed * width);
+  }
+  int64_t r = 0;
+  for (int64_t td = 0; td < w[0].count; ++td) {
+    for (int64_t th = 0; th < w[1].count; ++th, ++r) {
+      const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
+                            tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        rows[r] = row;
+      } else {
+        widen(row, wide.data() + r * width, width);
+        rows[r] = wide.data() + r * width;
+      }
+      row_code[r] = static_cast<int32_t>(
+          encode_tap(g, w[0].first_tap + td, w[1].first_tap + th, 0));
+    }
+  }
+  return r;
 }
 
 template <typename scalar_t, typename tap_t>
@@ -413,18 +459,14 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
   const int64_t step_w = g.dim[2].stride * vi.stride[4];
-  // Register blocking needs unit-stride rows, stride 1 or 2 along W, and tap
-  // codes exact in acc_t.
-  const bool blocked = vi.stride[4] == 1 && (g.dim[2].stride == 1 || g.dim[2].stride == 2) &&
-                       window_taps(g) < (int64_t{1} << 24);
-  const int64_t width = vi.size[4], window_rows = g.dim[0].kernel * g.dim[1].kernel;
+  const bool blocked = can_block(g, vi);
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
     std::vector<acc_t> best(vo.size[4]);
     std::vector<int32_t> best_tap(vo.size[4]);
-    std::vector<const acc_t*> window_row(blocked ? window_rows : 0);
-    std::vector<int32_t> row_code(blocked ? window_rows : 0);
-    std::vector<acc_t> wide(blocked && !std::is_same_v<scalar_t, acc_t> ? window_rows * width : 0);
+    std::vector<const acc_t*> window_row;
+    std::vector<int32_t> row_code;
+    std::vector<acc_t> wide;
     RowCursor cursor(begin, vo);
     for (int64_t r = begin; r < end; ++r, cursor.next()) {
       const int64_t n = cursor.n, c = cursor.c;
@@ -435,24 +477,11 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       const Interior& inner = table.inner;
       Interior rest = inner;  // the inside left to the sweep
       if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
-        int64_t nrows = 0;
-        for (int64_t td = 0; td < w[0].count; ++td) {
-          for (int64_t th = 0; th < w[1].count; ++th, ++nrows) {
-            const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
-                                  tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
-            if constexpr (std::is_same_v<scalar_t, acc_t>) {
-              window_row[nrows] = row;
-            } else {
-              widen(row, wide.data() + nrows * width, width);
-              window_row[nrows] = wide.data() + nrows * width;
-            }
-            row_code[nrows] =
-                static_cast<int32_t>(((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw);
-          }
-        }
-        const auto block = g.dim[2].stride == 1 ? max_blocked<1, acc_t> : max_blocked<2, acc_t>;
-        rest.lo = block(window_row.data(), row_code.data(), nrows, kw, g.dim[2].dilation,
-                         g.dim[2].pad, width, inner, best.data(), best_tap.data());
+        const int64_t nrows = window_rows(g, w, plane, vi, window_row, row_code, wide);
+        const auto sweep =
+            g.dim[2].stride == 1 ? blocked_sweep<1, true, acc_t> : blocked_sweep<2, true, acc_t>;
+        rest.lo = sweep(window_row.data(), row_code.data(), nrows, kw, g.dim[2].dilation,
+                        g.dim[2].pad, vi.size[4], inner, best.data(), best_tap.data());
       }
       // Outputs inside and not blocked: every tap of the D and H windows, then
       // of W, in the row-major order window_max takes them, so ties and NaN
@@ -577,9 +606,13 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const int64_t kw = g.dim[2].kernel;
   const int64_t step_w = g.dim[2].stride * vi.stride[4];
+  const bool blocked = can_block(g, vi);
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
     std::vector<acc_t> sum(vo.size[4]);
+    std::vector<const acc_t*> window_row;
+    std::vector<int32_t> row_code;
+    std::vector<acc_t> wide;
     RowCursor cursor(begin, vo);
     for (int64_t r = begin; r < end; ++r, cursor.next()) {
       const int64_t n = cursor.n, c = cursor.c;
@@ -588,15 +621,24 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
       const Interior& inner = table.inner;
-      // Outputs inside: the taps in window_sum's order, so sums agree bit for bit.
-      std::fill(sum.begin() + inner.lo, sum.begin() + inner.hi, acc_t(0));
-      for (int64_t td = 0; td < w[0].count && inner.lo < inner.hi; ++td) {
+      Interior rest = inner;  // the inside left to the sweep
+      if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
+        const int64_t nrows = window_rows(g, w, plane, vi, window_row, row_code, wide);
+        const auto sweep =
+            g.dim[2].stride == 1 ? blocked_sweep<1, false, acc_t> : blocked_sweep<2, false, acc_t>;
+        rest.lo = sweep(window_row.data(), nullptr, nrows, kw, 1, g.dim[2].pad, vi.size[4], inner,
+                        sum.data(), nullptr);
+      }
+      // Outputs inside and not blocked: the taps in window_sum's order, so
+      // sums agree bit for bit.
+      std::fill(sum.begin() + rest.lo, sum.begin() + rest.hi, acc_t(0));
+      for (int64_t td = 0; td < w[0].count && rest.lo < rest.hi; ++td) {
         for (int64_t th = 0; th < w[1].count; ++th) {
           const scalar_t* row = plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
                                 (w[1].begin + th * w[1].step) * vi.stride[3];
           for (int64_t tw = 0; tw < kw; ++tw) {
             const scalar_t* at = row + (tw - g.dim[2].pad) * vi.stride[4];
-            with_step(step_w, [&](auto step) { sum_sweep(at, step, inner, sum.data()); });
+            with_step(step_w, [&](auto step) { sum_sweep(at, step, rest, sum.data()); });
           }
         }
       }
