@@ -399,7 +399,9 @@ int64_t blocked_sweep(const acc_t* const* rows, const int32_t* row_code, int64_t
       }
     }
     b.store(result + ow);
-    if constexpr (kMax) {
+    if constexpr (kMax && std::is_same_v<acc_t, float>) {
+      at::vec::convert_to_int_of_same_size(t).store(best_tap + ow);
+    } else if constexpr (kMax) {
       t.store(codes);
       for (int64_t j = 0; j < L; ++j) {
         best_tap[ow + j] = static_cast<int32_t>(codes[j]);
