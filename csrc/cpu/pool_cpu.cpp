@@ -825,19 +825,29 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
   const int64_t block = vg.pixels();
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  // Full-precision gradients with dense planes need no scratch: the plane
+  // itself sums, in the same order.
+  constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
+  const bool direct = exact && vg.stride[4] == 1 && vg.stride[3] == vg.size[4] &&
+                      vg.stride[2] == vg.size[3] * vg.size[4];
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> scratch(block);
+    std::vector<acc_t> scratch(direct ? 0 : block);
     for (const auto task : c10::irange(begin, end)) {
       const int64_t n = task / vg.size[1], c = task % vg.size[1];
       table.build(g, n);
-      std::fill(scratch.begin(), scratch.end(), acc_t(0));
+      acc_t* sums = scratch.data();
+      if constexpr (exact) {
+        if (direct) sums = dst + vg.offset(n, c, 0, 0, 0);
+      }
+      std::fill(sums, sums + block, acc_t(0));
       for (const auto od : c10::irange(vo.size[2])) {
         for (const auto oh : c10::irange(vo.size[3])) {
-          spread_row(n, c, od, oh, table, scratch.data());
+          spread_row(n, c, od, oh, table, sums);
         }
       }
+      if (direct) continue;
       const acc_t* from = scratch.data();
       for (const auto d : c10::irange(vg.size[2])) {
         for (const auto h : c10::irange(vg.size[3])) {
