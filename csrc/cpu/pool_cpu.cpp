@@ -450,22 +450,59 @@ int64_t window_rows(const PoolGeometry& g, const Window* w, const scalar_t* plan
   return r;
 }
 
-template <typename scalar_t, typename tap_t>
-void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
-                        const at::Tensor& taps) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = layout_of(taps);
-  const auto* src = in.const_data_ptr<scalar_t>();
-  auto* dst = out.mutable_data_ptr<scalar_t>();
-  auto* tap = taps.mutable_data_ptr<tap_t>();
-  const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
-  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
+// The inside of an output row by the row sweep (outputs innermost, tap by
+// tap in the element functions' order) from outputs rest.lo to rest.hi.
+template <bool kMax, typename scalar_t, typename acc_t>
+void sweep_inside(const PoolGeometry& g, const Window* w, const scalar_t* plane,
+                  const Layout5& vi, Interior rest, acc_t* result, int32_t* best_tap) {
+  if (rest.lo >= rest.hi) return;
+  if constexpr (kMax) {
+    std::fill(result + rest.lo, result + rest.hi, -std::numeric_limits<acc_t>::infinity());
+    std::fill(best_tap + rest.lo, best_tap + rest.hi,
+              static_cast<int32_t>(encode_tap(g, w[0].first_tap, w[1].first_tap, 0)));
+  } else {
+    std::fill(result + rest.lo, result + rest.hi, acc_t(0));
+  }
   const int64_t step_w = g.dim[2].stride * vi.stride[4];
+  for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
+    for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
+      const scalar_t* row = plane + tap_position(w[0], td) * vi.stride[2] +
+                            tap_position(w[1], th) * vi.stride[3];
+      for (int64_t tw = 0; tw < g.dim[2].kernel; ++tw) {
+        const scalar_t* at = row + (tw * g.dim[2].dilation - g.dim[2].pad) * vi.stride[4];
+        with_step(step_w, [&](auto step) {
+          if constexpr (kMax) {
+            max_sweep(at, step, rest, result, best_tap,
+                      static_cast<int32_t>(encode_tap(g, td, th, tw)));
+          } else {
+            sum_sweep(at, step, rest, result);
+          }
+        });
+      }
+    }
+  }
+}
+
+// The planes forward: output rows (n, c, od, oh) split over threads. The
+// inside of each row (outputs whose W windows hold every tap) goes into
+// result (and best_tap for max) a vector of outputs at a time where
+// blocked_sweep applies, by the row sweep elsewhere; then finish(n, c, o, w,
+// plane, table, result, best_tap) writes the row, its edges through the
+// element functions.
+template <bool kMax, typename scalar_t, typename Finish>
+void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                    const Finish& finish) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  const auto* src = in.const_data_ptr<scalar_t>();
+  const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const bool blocked = can_block(g, vi);
+  const auto block = g.dim[2].stride == 1 ? blocked_sweep<1, kMax, acc_t>
+                                          : blocked_sweep<2, kMax, acc_t>;
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> best(vo.size[4]);
-    std::vector<int32_t> best_tap(vo.size[4]);
+    std::vector<acc_t> result(vo.size[4]);
+    std::vector<int32_t> best_tap(kMax ? vo.size[4] : 0);
     std::vector<const acc_t*> window_row;
     std::vector<int32_t> row_code;
     std::vector<acc_t> wide;
@@ -477,58 +514,52 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
       const Interior& inner = table.inner;
-      Interior rest = inner;  // the inside left to the sweep
+      Interior rest = inner;  // the inside left to the row sweep
       if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
         const int64_t nrows = window_rows(g, w, plane, vi, window_row, row_code, wide);
-        const auto sweep =
-            g.dim[2].stride == 1 ? blocked_sweep<1, true, acc_t> : blocked_sweep<2, true, acc_t>;
-        rest.lo = sweep(window_row.data(), row_code.data(), nrows, kw, g.dim[2].dilation,
-                        g.dim[2].pad, vi.size[4], inner, best.data(), best_tap.data());
+        rest.lo = block(window_row.data(), row_code.data(), nrows, g.dim[2].kernel,
+                        g.dim[2].dilation, g.dim[2].pad, vi.size[4], inner, result.data(),
+                        best_tap.data());
       }
-      // Outputs inside and not blocked: every tap of the D and H windows, then
-      // of W, in the row-major order window_max takes them, so ties and NaN
-      // resolve alike.
-      std::fill(best.begin() + rest.lo, best.begin() + rest.hi,
-                -std::numeric_limits<acc_t>::infinity());
-      std::fill(best_tap.begin() + rest.lo, best_tap.begin() + rest.hi,
-                static_cast<int32_t>(encode_tap(g, w[0].first_tap, w[1].first_tap, 0)));
-      for (int64_t td = 0; td < w[0].count && rest.lo < rest.hi; ++td) {
-        for (int64_t th = 0; th < w[1].count; ++th) {
-          const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
-                                tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
-          const int64_t row_tap = ((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw;
-          for (int64_t tw = 0; tw < kw; ++tw) {
-            const scalar_t* at =
-                row + (tw * g.dim[2].dilation - g.dim[2].pad) * vi.stride[4];
-            const auto code = static_cast<int32_t>(row_tap + tw);
-            with_step(step_w, [&](auto step) {
-              max_sweep(at, step, rest, best.data(), best_tap.data(), code);
-            });
-          }
-        }
+      sweep_inside<kMax>(g, w, plane, vi, rest, result.data(), best_tap.data());
+      finish(n, c, o, w, plane, table, result.data(), best_tap.data());
+    }
+  });
+}
+
+template <typename scalar_t, typename tap_t>
+void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                        const at::Tensor& taps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = layout_of(taps);
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  auto* tap = taps.mutable_data_ptr<tap_t>();
+  forward_planes<true, scalar_t>(g, in, out, [&](int64_t n, int64_t c, const int64_t* o,
+                                                 Window* w, const scalar_t* plane,
+                                                 const WindowTable& table, const acc_t* best,
+                                                 const int32_t* best_tap) {
+    const Interior& inner = table.inner;
+    scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
+    tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
+    for_edges(inner, vo.size[4], [&](int64_t ow) {
+      w[2] = table.dim[2][ow];
+      int64_t t;
+      const Runs r = runs_of(w, vi);
+      const acc_t value = r.usable
+          ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, &t)
+          : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
+      out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
+      tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
+    });
+    if (vo.stride[4] == 1 && vt.stride[4] == 1) {
+      for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+        out_row[ow] = static_cast<scalar_t>(best[ow]);
+        tap_row[ow] = static_cast<tap_t>(best_tap[ow]);
       }
-      scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
-      tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
-      for_edges(inner, vo.size[4], [&](int64_t ow) {
-        w[2] = table.dim[2][ow];
-        int64_t t;
-        const Runs r = runs_of(w, vi);
-        const acc_t value = r.usable
-            ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, &t)
-            : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
-        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
-        tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
-      });
-      if (vo.stride[4] == 1 && vt.stride[4] == 1) {
-        for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
-          out_row[ow] = static_cast<scalar_t>(best[ow]);
-          tap_row[ow] = static_cast<tap_t>(best_tap[ow]);
-        }
-      } else {
-        for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
-          out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best[ow]);
-          tap_row[ow * vt.stride[4]] = static_cast<tap_t>(best_tap[ow]);
-        }
+    } else {
+      for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+        out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best[ow]);
+        tap_row[ow * vt.stride[4]] = static_cast<tap_t>(best_tap[ow]);
       }
     }
   });
@@ -603,69 +634,33 @@ template <typename scalar_t>
 void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vi = layout_of(in), vo = layout_of(out);
-  const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
-  const int64_t kw = g.dim[2].kernel;
-  const int64_t step_w = g.dim[2].stride * vi.stride[4];
-  const bool blocked = can_block(g, vi);
-  at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
-    WindowTable table;
-    std::vector<acc_t> sum(vo.size[4]);
-    std::vector<const acc_t*> window_row;
-    std::vector<int32_t> row_code;
-    std::vector<acc_t> wide;
-    RowCursor cursor(begin, vo);
-    for (int64_t r = begin; r < end; ++r, cursor.next()) {
-      const int64_t n = cursor.n, c = cursor.c;
-      int64_t o[kDims] = {cursor.x[0], cursor.x[1], 0};
-      table.build(g, n);
-      Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
-      const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-      const Interior& inner = table.inner;
-      Interior rest = inner;  // the inside left to the sweep
-      if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
-        const int64_t nrows = window_rows(g, w, plane, vi, window_row, row_code, wide);
-        const auto sweep =
-            g.dim[2].stride == 1 ? blocked_sweep<1, false, acc_t> : blocked_sweep<2, false, acc_t>;
-        rest.lo = sweep(window_row.data(), nullptr, nrows, kw, 1, g.dim[2].pad, vi.size[4], inner,
-                        sum.data(), nullptr);
-      }
-      // Outputs inside and not blocked: the taps in window_sum's order, so
-      // sums agree bit for bit.
-      std::fill(sum.begin() + rest.lo, sum.begin() + rest.hi, acc_t(0));
-      for (int64_t td = 0; td < w[0].count && rest.lo < rest.hi; ++td) {
-        for (int64_t th = 0; th < w[1].count; ++th) {
-          const scalar_t* row = plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
-                                (w[1].begin + th * w[1].step) * vi.stride[3];
-          for (int64_t tw = 0; tw < kw; ++tw) {
-            const scalar_t* at = row + (tw - g.dim[2].pad) * vi.stride[4];
-            with_step(step_w, [&](auto step) { sum_sweep(at, step, rest, sum.data()); });
-          }
-        }
-      }
-      scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
-      for_edges(inner, vo.size[4], [&](int64_t ow) {
-        o[2] = ow;
-        w[2] = table.dim[2][ow];
-        const Runs r = runs_of(w, vi);
-        const acc_t sum = r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
+  forward_planes<false, scalar_t>(g, in, out, [&](int64_t n, int64_t c, int64_t* o, Window* w,
+                                                  const scalar_t* plane,
+                                                  const WindowTable& table, const acc_t* sum,
+                                                  const int32_t*) {
+    const Interior& inner = table.inner;
+    scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
+    for_edges(inner, vo.size[4], [&](int64_t ow) {
+      o[2] = ow;
+      w[2] = table.dim[2][ow];
+      const Runs r = runs_of(w, vi);
+      const acc_t total = r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
                                    : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
-        out_row[ow * vo.stride[4]] =
-            static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
+      out_row[ow * vo.stride[4]] =
+          static_cast<scalar_t>(total / static_cast<acc_t>(avg_divisor(g, w, o)));
+    });
+    if (inner.lo < inner.hi) {
+      // Inside, the W factor of the divisor is the kernel: one divisor per row.
+      o[2] = inner.lo;
+      w[2] = table.dim[2][inner.lo];
+      const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+      with_step(vo.stride[4], [&](auto step) {
+        const int64_t so = step;
+        for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+          out_row[ow * so] = static_cast<scalar_t>(sum[ow] / divisor);
+        }
       });
-      if (inner.lo < inner.hi) {
-        // Inside, the W factor of the divisor is the kernel: one divisor per row.
-        o[2] = inner.lo;
-        w[2] = table.dim[2][inner.lo];
-        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-        with_step(vo.stride[4], [&](auto step) {
-          const int64_t so = step;
-          for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
-            out_row[ow * so] = static_cast<scalar_t>(sum[ow] / divisor);
-          }
-        });
-      }
     }
   });
 }
