@@ -343,6 +343,23 @@ acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r
   return sum;
 }
 
+// A window of a planes kernel: by runs where they are long, else through
+// the element functions.
+template <typename scalar_t, typename acc_t>
+inline acc_t plane_window_max(const PoolGeometry& g, const Window* w, const scalar_t* plane,
+                              const Layout5& vi, int64_t* tap) {
+  const Runs r = runs_of(w, vi);
+  return r.usable ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, tap)
+                  : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), tap);
+}
+
+template <typename scalar_t, typename acc_t>
+inline acc_t plane_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
+  const Runs r = runs_of(w, vi);
+  return r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
+                  : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+}
+
 // The inside of a row a vector of outputs at a time, every tap of the
 // window with the outputs held in registers: rows[r] is window row r (D and
 // H taps in order) in acc_t, row_code[r] its first tap's code (max only).
@@ -544,10 +561,7 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       w[2] = table.dim[2][ow];
       int64_t t;
-      const Runs r = runs_of(w, vi);
-      const acc_t value = r.usable
-          ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, &t)
-          : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
+      const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, &t);
       out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
       tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
     });
@@ -644,9 +658,7 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       o[2] = ow;
       w[2] = table.dim[2][ow];
-      const Runs r = runs_of(w, vi);
-      const acc_t total = r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
-                                   : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+      const acc_t total = plane_window_sum<scalar_t, acc_t>(w, plane, vi);
       out_row[ow * vo.stride[4]] =
           static_cast<scalar_t>(total / static_cast<acc_t>(avg_divisor(g, w, o)));
     });
@@ -1156,10 +1168,8 @@ void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   auto* tap = taps.mutable_data_ptr<tap_t>();
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-    const Runs r = runs_of(w, vi);
     int64_t t;
-    const acc_t value = r.usable ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, &t)
-                                 : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), &t);
+    const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, &t);
     dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(value);
     tap[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(t);
   });
@@ -1174,9 +1184,7 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   const int64_t origin[kDims] = {0, 0, 0};
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-    const Runs r = runs_of(w, vi);
-    const acc_t sum = r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
-                               : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+    const acc_t sum = plane_window_sum<scalar_t, acc_t>(w, plane, vi);
     dst[vo.offset(n, c, 0, 0, 0)] =
         static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, origin)));
   });
