@@ -1,11 +1,17 @@
 // CPU kernels. Two layouts:
 //  - planes (contiguous and strided inputs): one (n, c) plane row of outputs
-//    at a time, each output through the element functions of pool.h;
+//    at a time. Where every tap of a fixed window is a real cell (the
+//    inside of the row) a vector of outputs is computed at once, all taps in
+//    registers; the edges, and adaptive windows, go through the element
+//    functions of pool.h, or reduce long contiguous runs with at::vec.
+//    Global pooling (output size 1) is one reduction per plane;
 //  - channels (channels-last inputs): one pixel at a time, the same window
 //    for every channel, with the channel loop innermost and contiguous so the
 //    compiler vectorises it.
-// Backward kernels gather: each input cell sums the outputs that cover it,
-// so no two threads write one cell and gradients are bit-identical run to run.
+// Backward kernels give each input cell the sum, in output order, of the
+// outputs that cover it: the GPU's gather, term for term. A task owns whole
+// planes (or a sample's channels), so no two threads write one cell and
+// gradients are bit-identical run to run, and match the GPU's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
