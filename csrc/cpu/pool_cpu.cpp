@@ -920,60 +920,81 @@ void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) 
   });
 }
 
-// Channels-last max backward: each input pixel gathers, for all channels at
-// once, the outputs covering it (from the tables, in output order, as the GPU
-// does): the saved taps of a pixel's outputs sit next to each other, where a
-// scatter would jump across the whole sample.
+// Channels-last max backward, a task per (sample, block of channels): each
+// output pixel, in order, adds its gradient to the saved tap's cell of each
+// channel. Per cell that is the gather's sum, term for term. float32 and
+// float64 gradients of dense channels-last tensors sum in place; others in
+// an acc_t scratch block, written out after.
 template <typename scalar_t, typename tap_t>
-void max_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_out,
-                                  const at::Tensor& taps, const at::Tensor& grad_in) {
+void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                                   const at::Tensor& taps, const at::Tensor& grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
-  const int64_t channels = vg.size[1];
+  const int64_t channels = vg.size[1], pixels = vg.pixels();
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  const HostTables tables(g, vg.size[0]);
-  const PoolTables& t = tables.view;
-  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
-  at::parallel_for(0, vg.size[0] * vg.pixels(), grain(channels * gather_cost(g)),
+  constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
+  const bool direct = exact && vg.stride[4] == channels && vg.stride[3] == vg.size[4] * channels &&
+                      vg.stride[2] == vg.size[3] * vg.size[4] * channels;
+  // Channel blocks: enough tasks for the threads, scratch within kMaxScratch.
+  int64_t block = channels;
+  while (block > 16 && (vg.size[0] * ((channels + block - 1) / block) < 2 * at::get_num_threads() ||
+                        pixels * block > kMaxScratch)) {
+    block = (block + 1) / 2;
+  }
+  const int64_t blocks = (channels + block - 1) / block;
+  const auto offsets = tap_offsets(g);
+  const int64_t* offset = offsets.data();
+  at::parallel_for(0, vg.size[0] * blocks, grain(pixels * block * 2),
                    [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> sum(channels), wide(channels);
-    for (const auto p : c10::irange(begin, end)) {
-      int64_t n, i[kDims];
-      unflatten_pixel(p, vg, &n, i);
-      const Span sd = table_covering(t, n, 0, i[0]);
-      const Span sh = table_covering(t, n, 1, i[1]);
-      const Span sw = table_covering(t, n, 2, i[2]);
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      for (int64_t od = sd.lo; od < sd.hi; ++od) {
-        const int64_t td = tap_in(table_window(t, n, 0, od), i[0]);
-        if (td < 0) continue;
-        for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
-          const int64_t th = tap_in(table_window(t, n, 1, oh), i[1]);
-          if (th < 0) continue;
-          for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
-            const int64_t tw = tap_in(table_window(t, n, 2, ow), i[2]);
-            if (tw < 0) continue;
-            const auto code = static_cast<tap_t>((td * kh + th) * kw + tw);
-            const tap_t* tp = tap + vt.offset(n, 0, od, oh, ow);
-            const scalar_t* gp = grad + vo.offset(n, 0, od, oh, ow);
-            acc_t* acc = sum.data();
-            if (vo.stride[1] == 1) {
-              widen(gp, wide.data(), channels);
-              const acc_t* gw = wide.data();
-              for (int64_t c = 0; c < channels; ++c) {
-                acc[c] += tp[c] == code ? gw[c] : acc_t(0);
-              }
-            } else {
-              for (int64_t c = 0; c < channels; ++c) {
-                acc[c] += tp[c] == code ? static_cast<acc_t>(gp[c * vo.stride[1]]) : acc_t(0);
-              }
+    WindowTable table;
+    std::vector<acc_t> scratch(direct ? 0 : pixels * block);
+    for (const auto task : c10::irange(begin, end)) {
+      const int64_t n = task / blocks, c0 = (task % blocks) * block;
+      const int64_t width = std::min(block, channels - c0);
+      table.build(g, n);
+      // Cell x of channel c0 + k is sums[x * step + k].
+      acc_t* sums = scratch.data();
+      int64_t step = width;
+      if constexpr (exact) {
+        if (direct) {
+          sums = dst + vg.offset(n, c0, 0, 0, 0);
+          step = channels;
+        }
+      }
+      for (const auto x : c10::irange(pixels)) {
+        std::fill(sums + x * step, sums + x * step + width, acc_t(0));
+      }
+      for (const auto od : c10::irange(vo.size[2])) {
+        for (const auto oh : c10::irange(vo.size[3])) {
+          const int64_t base = row_origin(g, table.dim[0][od], table.dim[1][oh]);
+          for (const auto ow : c10::irange(vo.size[4])) {
+            const int64_t origin = base + table.origin[ow];
+            const tap_t* tp = tap + vt.offset(n, c0, od, oh, ow);
+            const scalar_t* gp = grad + vo.offset(n, c0, od, oh, ow);
+            for (int64_t k = 0; k < width; ++k) {
+              const int64_t cell = origin + offset[static_cast<int64_t>(tp[k * vt.stride[1]])];
+              sums[cell * step + k] += static_cast<acc_t>(gp[k * vo.stride[1]]);
             }
           }
         }
       }
-      narrow(sum.data(), dst + vg.offset(n, 0, i[0], i[1], i[2]), channels);
+      if (direct) continue;
+      for (const auto x : c10::irange(pixels)) {
+        int64_t i[kDims];
+        i[2] = x % vg.size[4];
+        i[1] = (x / vg.size[4]) % vg.size[3];
+        i[0] = x / (vg.size[4] * vg.size[3]);
+        scalar_t* out = dst + vg.offset(n, c0, i[0], i[1], i[2]);
+        if (vg.stride[1] == 1) {
+          narrow(sums + x * width, out, width);
+        } else {
+          for (int64_t k = 0; k < width; ++k) {
+            out[k * vg.stride[1]] = static_cast<scalar_t>(sums[x * width + k]);
+          }
+        }
+      }
     }
   });
 }
@@ -986,7 +1007,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
   if (channels_inner(grad_in, taps)) {
-    max_backward_gather_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+    max_backward_scatter_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
     return;
   }
   if (!scratch_fits(grad_in, false)) {
