@@ -735,13 +735,13 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 
 // ---------------------------------------------------------------- backward
 //
-// A task owns a block of the gradient: one (n, c) plane, or for
-// channels-last one sample's every channel. It spreads each output's
-// gradient over its window, outputs in order, into an acc_t scratch block:
-// every input cell then holds the sum the GPU's gather forms, term for term
-// in the same order, so CPU and GPU agree bit for bit and two runs do too.
-// Blocks too large for scratch gather cell by cell with pool.h's element
-// functions instead.
+// A task owns a block of the gradient: (n, c) planes, or for channels-last
+// a sample's channels. It spreads each output's gradient over its window
+// (max: onto the saved tap), outputs in order, into an acc_t block (the
+// gradient itself for dense float32/float64): every input cell then holds
+// the sum the GPU's gather forms, term for term in the same order, so CPU
+// and GPU agree bit for bit and two runs do too. Blocks too large for
+// scratch gather cell by cell with pool.h's element functions instead.
 
 constexpr int64_t kMaxScratch = int64_t{1} << 22;
 
@@ -772,23 +772,29 @@ bool scratch_fits(const at::Tensor& grad_in, bool channels) {
 // spread(n, c, o, w, origin, scratch) adds output o's share to the block; in
 // a channels block cell x of channel c is scratch[x * C + c].
 template <typename scalar_t, typename Spread>
-void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
-                     bool channels, const Spread& spread) {
+void backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                       const at::Tensor& grad_in, const Spread& spread) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
-  const int64_t lanes = channels ? vg.size[1] : 1;
+  const int64_t lanes = vg.size[1];
   const int64_t block = vg.pixels() * lanes;
-  const int64_t tasks = vg.size[0] * (channels ? 1 : vg.size[1]);
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, tasks, grain(block + vo.pixels() * lanes * gather_cost(g)),
+  // float32/float64 gradients of dense channels-last samples sum in place.
+  constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
+  const bool direct = exact && vg.stride[1] == 1 && vg.stride[4] == lanes &&
+                      vg.stride[3] == vg.size[4] * lanes &&
+                      vg.stride[2] == vg.size[3] * vg.size[4] * lanes;
+  at::parallel_for(0, vg.size[0], grain(block + vo.pixels() * lanes * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> scratch(block);
-    for (const auto task : c10::irange(begin, end)) {
-      const int64_t n = channels ? task : task / vg.size[1];
-      const int64_t c = channels ? 0 : task % vg.size[1];
+    std::vector<acc_t> scratch(direct ? 0 : block);
+    for (const auto n : c10::irange(begin, end)) {
       table.build(g, n);
-      std::fill(scratch.begin(), scratch.end(), acc_t(0));
+      acc_t* sums = scratch.data();
+      if constexpr (exact) {
+        if (direct) sums = dst + vg.offset(n, 0, 0, 0, 0);
+      }
+      std::fill(sums, sums + block, acc_t(0));
       int64_t o[kDims];
       Window w[kDims];
       for (o[0] = 0; o[0] < vo.size[2]; ++o[0]) {
@@ -797,27 +803,22 @@ void backward_blocks(const PoolGeometry& g, const at::Tensor& grad_out, const at
           w[1] = table.dim[1][o[1]];
           for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
             w[2] = table.dim[2][o[2]];
-            spread(n, c, o, w, window_origin(g, w), scratch.data());
+            spread(n, o, w, sums);
           }
         }
       }
+      if (direct) continue;
       const acc_t* from = scratch.data();
       for (const auto d : c10::irange(vg.size[2])) {
         for (const auto h : c10::irange(vg.size[3])) {
-          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
-          if (lanes == 1) {
-            for (const auto x : c10::irange(vg.size[4])) {
-              row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
-            }
-          } else {
-            for (const auto x : c10::irange(vg.size[4])) {
-              if (vg.stride[1] == 1) {
-                narrow(from + x * lanes, row + x * vg.stride[4], lanes);
-              } else {
-                for (const auto lane : c10::irange(lanes)) {
-                  row[x * vg.stride[4] + lane * vg.stride[1]] =
-                      static_cast<scalar_t>(from[x * lanes + lane]);
-                }
+          scalar_t* row = dst + vg.offset(n, 0, d, h, 0);
+          for (const auto x : c10::irange(vg.size[4])) {
+            if (vg.stride[1] == 1) {
+              narrow(from + x * lanes, row + x * vg.stride[4], lanes);
+            } else {
+              for (const auto lane : c10::irange(lanes)) {
+                row[x * vg.stride[4] + lane * vg.stride[1]] =
+                    static_cast<scalar_t>(from[x * lanes + lane]);
               }
             }
           }
@@ -1106,11 +1107,10 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     return;
   }
   const int64_t lanes = grad_in.size(1);
-  backward_blocks<scalar_t>(g, grad_out, grad_in, true,
-                            [&](int64_t n, int64_t c, const int64_t* o, const Window* w, int64_t,
-                                acc_t* scratch) {
+  backward_channels<scalar_t>(g, grad_out, grad_in,
+                              [&](int64_t n, const int64_t* o, const Window* w, acc_t* scratch) {
     const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-    const scalar_t* gr = grad + vo.offset(n, c, o[0], o[1], o[2]);
+    const scalar_t* gr = grad + vo.offset(n, 0, o[0], o[1], o[2]);
     thread_local std::vector<acc_t> share;
     share.resize(lanes);
     with_step(vo.stride[1], [&](auto step) {
