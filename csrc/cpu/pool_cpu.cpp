@@ -936,11 +936,13 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool direct = exact && vg.stride[4] == channels && vg.stride[3] == vg.size[4] * channels &&
-                      vg.stride[2] == vg.size[3] * vg.size[4] * channels;
-  // Channel blocks: enough tasks for the threads, scratch within kMaxScratch.
+  const bool dense = vg.stride[1] == 1 && vg.stride[4] == channels &&
+                     vg.stride[3] == vg.size[4] * channels &&
+                     vg.stride[2] == vg.size[3] * vg.size[4] * channels;
+  const bool direct = exact && dense;
+  // Channel blocks: a task for every thread, scratch within kMaxScratch.
   int64_t block = channels;
-  while (block > 16 && (vg.size[0] * ((channels + block - 1) / block) < 2 * at::get_num_threads() ||
+  while (block > 16 && (vg.size[0] * ((channels + block - 1) / block) < at::get_num_threads() ||
                         pixels * block > kMaxScratch)) {
     block = (block + 1) / 2;
   }
@@ -964,8 +966,12 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
           step = channels;
         }
       }
-      for (const auto x : c10::irange(pixels)) {
-        std::fill(sums + x * step, sums + x * step + width, acc_t(0));
+      if (width == step) {
+        std::fill(sums, sums + pixels * width, acc_t(0));
+      } else {
+        for (const auto x : c10::irange(pixels)) {
+          std::fill(sums + x * step, sums + x * step + width, acc_t(0));
+        }
       }
       for (const auto od : c10::irange(vo.size[2])) {
         for (const auto oh : c10::irange(vo.size[3])) {
@@ -974,14 +980,21 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
             const int64_t origin = base + table.origin[ow];
             const tap_t* tp = tap + vt.offset(n, c0, od, oh, ow);
             const scalar_t* gp = grad + vo.offset(n, c0, od, oh, ow);
-            for (int64_t k = 0; k < width; ++k) {
-              const int64_t cell = origin + offset[static_cast<int64_t>(tp[k * vt.stride[1]])];
-              sums[cell * step + k] += static_cast<acc_t>(gp[k * vo.stride[1]]);
-            }
+            with_step(vo.stride[1] == 1 && vt.stride[1] == 1 ? 1 : 0, [&](auto unit) {
+              const int64_t st = unit ? 1 : vt.stride[1], sg = unit ? 1 : vo.stride[1];
+              for (int64_t k = 0; k < width; ++k) {
+                const int64_t cell = origin + offset[static_cast<int64_t>(tp[k * st])];
+                sums[cell * step + k] += static_cast<acc_t>(gp[k * sg]);
+              }
+            });
           }
         }
       }
       if (direct) continue;
+      if (dense && width == channels) {
+        narrow(sums, dst + vg.offset(n, 0, 0, 0, 0), pixels * channels);
+        continue;
+      }
       for (const auto x : c10::irange(pixels)) {
         int64_t i[kDims];
         i[2] = x % vg.size[4];
