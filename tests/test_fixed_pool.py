@@ -472,3 +472,18 @@ def test_medium_inputs(kind, d, layout, dtype, device):
         kwargs["dilation"] = 2 if d == 2 else 1
     run_case(kind, d, x, layout, kwargs, device, rng)
     run_case(kind, d, x, layout, {"kernel_size": 2, "stride": 2, "ceil_mode": True}, device, rng)
+
+
+def test_max_backward_of_a_window_with_no_cell():
+    """Dilation can step a window over the whole input: its output has no cell to
+    send its gradient to, and the backward must not write one (it once wrote past
+    the plane, into the next one)."""
+    x = torch.randn(2, 1, 2, dtype=torch.float64, requires_grad=True)
+    out = ours("max_pool1d")(x, 2, padding=1, dilation=3)
+    assert out.shape == (2, 1, 1)
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert_equal(grad, torch.zeros_like(x))
+    x = torch.randn(1, 2, 1, 2).contiguous(memory_format=torch.channels_last).requires_grad_()
+    out = ours("max_pool2d")(x, (1, 2), padding=(0, 1), dilation=(1, 3))
+    (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
+    assert_equal(grad, torch.zeros_like(x))

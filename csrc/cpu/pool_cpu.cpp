@@ -975,8 +975,11 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
       }
       for (const auto od : c10::irange(vo.size[2])) {
         for (const auto oh : c10::irange(vo.size[3])) {
+          // A dilated window can hold no cell at all: its saved tap is no cell either.
+          if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
           const int64_t base = row_origin(g, table.dim[0][od], table.dim[1][oh]);
           for (const auto ow : c10::irange(vo.size[4])) {
+            if (table.dim[2][ow].count == 0) continue;
             const int64_t origin = base + table.origin[ow];
             const tap_t* tp = tap + vt.offset(n, c0, od, oh, ow);
             const scalar_t* gp = grad + vo.offset(n, c0, od, oh, ow);
@@ -1021,8 +1024,16 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
   if (channels_inner(grad_in, taps)) {
-    max_backward_scatter_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
-    return;
+    // In place for dense float32/float64; otherwise while a 16-channel
+    // scratch block fits, else the cell-by-cell gather below.
+    const Layout5 vg = layout_of(grad_in);
+    const bool in_place = std::is_same_v<scalar_t, acc_t> && vg.stride[4] == vg.size[1] &&
+                          vg.stride[3] == vg.size[4] * vg.size[1] &&
+                          vg.stride[2] == vg.size[3] * vg.size[4] * vg.size[1];
+    if (in_place || vg.pixels() * std::min<int64_t>(16, vg.size[1]) <= kMaxScratch) {
+      max_backward_scatter_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+      return;
+    }
   }
   if (!scratch_fits(grad_in, false)) {
     const HostTables tables(g, grad_in.size(0));
@@ -1040,12 +1051,15 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   backward_planes<scalar_t>(g, grad_out, grad_in,
                             [&](int64_t n, int64_t c, int64_t od, int64_t oh,
                                 const WindowTable& table, acc_t* scratch) {
+    // A dilated window can hold no cell at all: its saved tap is no cell either.
+    if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) return;
     const tap_t* tr = tap + vt.offset(n, c, od, oh, 0);
     const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
     acc_t* base = scratch + row_origin(g, table.dim[0][od], table.dim[1][oh]);
     const int64_t* origin = table.origin.data();
     const int64_t st = vt.stride[4], sg = vo.stride[4];
     for (const auto ow : c10::irange(vo.size[4])) {
+      if (table.dim[2][ow].count == 0) continue;
       base[origin[ow] + offset[static_cast<int64_t>(tr[ow * st])]] +=
           static_cast<acc_t>(gr[ow * sg]);
     }
