@@ -764,6 +764,18 @@ std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
   return offsets;
 }
 
+// Dense layouts, where a backward can sum in the gradient itself: each
+// (n, c) plane packed with W fastest, or each sample packed channels-last.
+inline bool dense_planes(const Layout5& v) {
+  return v.stride[4] == 1 && v.stride[3] == v.size[4] && v.stride[2] == v.size[3] * v.size[4];
+}
+
+inline bool dense_channels_last(const Layout5& v) {
+  const int64_t c = v.size[1];
+  return v.stride[1] == 1 && v.stride[4] == c && v.stride[3] == v.size[4] * c &&
+         v.stride[2] == v.size[3] * v.size[4] * c;
+}
+
 bool scratch_fits(const at::Tensor& grad_in, bool channels) {
   const Layout5 vg = layout_of(grad_in);
   return vg.pixels() * (channels ? vg.size[1] : 1) <= kMaxScratch;
@@ -781,9 +793,7 @@ void backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   // float32/float64 gradients of dense channels-last samples sum in place.
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool direct = exact && vg.stride[1] == 1 && vg.stride[4] == lanes &&
-                      vg.stride[3] == vg.size[4] * lanes &&
-                      vg.stride[2] == vg.size[3] * vg.size[4] * lanes;
+  const bool direct = exact && dense_channels_last(vg);
   at::parallel_for(0, vg.size[0], grain(block + vo.pixels() * lanes * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
@@ -842,8 +852,7 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   // Full-precision gradients with dense planes need no scratch: the plane
   // itself sums, in the same order.
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool direct = exact && vg.stride[4] == 1 && vg.stride[3] == vg.size[4] &&
-                      vg.stride[2] == vg.size[3] * vg.size[4];
+  const bool direct = exact && dense_planes(vg);
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
@@ -936,9 +945,7 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool dense = vg.stride[1] == 1 && vg.stride[4] == channels &&
-                     vg.stride[3] == vg.size[4] * channels &&
-                     vg.stride[2] == vg.size[3] * vg.size[4] * channels;
+  const bool dense = dense_channels_last(vg);
   const bool direct = exact && dense;
   // Channel blocks: a task for every thread, scratch within kMaxScratch.
   int64_t block = channels;
@@ -999,10 +1006,8 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
         continue;
       }
       for (const auto x : c10::irange(pixels)) {
-        int64_t i[kDims];
-        i[2] = x % vg.size[4];
-        i[1] = (x / vg.size[4]) % vg.size[3];
-        i[0] = x / (vg.size[4] * vg.size[3]);
+        int64_t sample, i[kDims];
+        unflatten_pixel(n * pixels + x, vg, &sample, i);
         scalar_t* out = dst + vg.offset(n, c0, i[0], i[1], i[2]);
         if (vg.stride[1] == 1) {
           narrow(sums + x * width, out, width);
@@ -1027,9 +1032,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
     // In place for dense float32/float64; otherwise while a 16-channel
     // scratch block fits, else the cell-by-cell gather below.
     const Layout5 vg = layout_of(grad_in);
-    const bool in_place = std::is_same_v<scalar_t, acc_t> && vg.stride[4] == vg.size[1] &&
-                          vg.stride[3] == vg.size[4] * vg.size[1] &&
-                          vg.stride[2] == vg.size[3] * vg.size[4] * vg.size[1];
+    const bool in_place = std::is_same_v<scalar_t, acc_t> && dense_channels_last(vg);
     if (in_place || vg.pixels() * std::min<int64_t>(16, vg.size[1]) <= kMaxScratch) {
       max_backward_scatter_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
       return;
