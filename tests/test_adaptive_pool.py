@@ -234,3 +234,26 @@ def test_long_windows(kind, d, specials, dtype, device):
         run_case(kind, d, x, "contiguous", output_size, [output_size] * d, device, rng)
         strided = x[..., ::2] if d == 1 else x.transpose(-1, -2)
         run_case(kind, d, strided, "strided", output_size, [output_size] * d, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("specials", ["none", "ties", "nan", "inf"])
+@pytest.mark.parametrize("channels", [3, 20], ids=["few_channels", "many_channels"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_short_windows_of_small_planes(kind, d, channels, specials, dtype, device):
+    """Short overlapping adaptive windows over small contiguous planes, which the CPU
+    reduces by columns (few channels) or transposed to channels-last (many channels):
+    values and indices must still be torch's (first max on ties, last NaN)."""
+    rng = make_rng("short", kind, d, channels, specials, dtype)
+    spatial = (13, 11) if d == 2 else (5, 7, 6)
+    x, _ = random_input(rng, (2, channels, *spatial), dtype, device, layout="contiguous",
+                        specials=0.0 if specials in ("none", "ties") else 0.1,
+                        ties=specials == "ties",
+                        special_values=(NAN,) if specials == "nan" else (INF, -INF))
+    for output_size in ((6, 4), (13, 5)) if d == 2 else ((2, 3, 4), (5, 2, 6)):
+        run_case(kind, d, x, "contiguous", output_size, list(output_size), device, rng)
+        strided = x.transpose(-1, -2)
+        run_case(kind, d, strided, "strided", output_size[::-1], list(output_size[::-1]),
+                 device, rng)

@@ -315,3 +315,22 @@ def test_long_extents(kind, d, dtype, device):
     x = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, dtype)).to(device)
     for output_size in (1, 2):
         check_variable(kind, d, x, sizes, output_size, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_small_planes_many_channels(kind, d, dtype, device):
+    """Small padded planes with many channels, which the CPU pools transposed to
+    channels-last: the padding must still never be read."""
+    rng = make_rng("small", kind, d, dtype)
+    padded = (9, 12) if d == 2 else (4, 5, 6)
+    n = 4
+    sizes = [tuple(rng.randint(1, e) for e in padded) for _ in range(n)]
+    sizes[0] = padded
+    shape = (n, 24, *padded)
+    values = random_values(rng, shape, dtype, ties=True)
+    x = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, dtype)).to(device)
+    for output_size in (2, 3):
+        check_variable(kind, d, x, sizes, output_size, device, rng)

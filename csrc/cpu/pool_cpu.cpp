@@ -105,6 +105,7 @@ struct WindowTable {
   std::vector<Window> dim[kDims];
   Interior inner;               // the outputs along W whose windows hold every tap
   std::vector<int64_t> origin;  // where tap 0 of each W window sits (window_origin along W)
+  int64_t widest = 0;           // the most cells of a W window
   int64_t sample = -1;
 
   void build(const PoolGeometry& g, int64_t n) {
@@ -120,11 +121,38 @@ struct WindowTable {
       }
     }
     inner = full_windows(g, dim[2]);
+    widest = 0;
+    for (const auto& w : dim[2]) widest = std::max(widest, w.count);
     origin.resize(g.dim[2].out);
     for (const auto o : c10::irange(g.dim[2].out)) {
       origin[o] = dim[2][o].begin - dim[2][o].first_tap * dim[2][o].step;
     }
   }
+
+  // window_origin of every output of the sample, row-major (negative where
+  // tap 0 is in padding), or kNoCell where the window holds no cell (dilated
+  // windows in padding). Built on first use.
+  static constexpr int64_t kNoCell = std::numeric_limits<int64_t>::min();
+  const int64_t* cells(const PoolGeometry& g) {
+    if (cell_sample != sample) {
+      cell_sample = sample;
+      cell.clear();
+      for (const auto& wd : dim[0]) {
+        for (const auto& wh : dim[1]) {
+          for (const auto& ww : dim[2]) {
+            const Window w[kDims] = {wd, wh, ww};
+            const bool empty = wd.count == 0 || wh.count == 0 || ww.count == 0;
+            cell.push_back(empty ? kNoCell : window_origin(g, w));
+          }
+        }
+      }
+    }
+    return cell.data();
+  }
+
+ private:
+  std::vector<int64_t> cell;
+  int64_t cell_sample = -1;
 };
 
 // Walks plane rows (n, c, d, h) in order from row `first`: one division
@@ -442,13 +470,12 @@ inline bool can_block(const PoolGeometry& g, const Layout5& vi) {
 }
 
 // The rows of the D and H windows w[0], w[1] of a plane, in tap order, as
-// acc_t pointers (widened into `wide` for low precision), with their first
-// tap codes. Returns how many.
+// acc_t pointers (their first `width` cells widened into `wide` for low
+// precision), with their first tap codes. Returns how many.
 template <typename scalar_t, typename acc_t>
 int64_t window_rows(const PoolGeometry& g, const Window* w, const scalar_t* plane,
-                    const Layout5& vi, std::vector<const acc_t*>& rows,
+                    const Layout5& vi, int64_t width, std::vector<const acc_t*>& rows,
                     std::vector<int32_t>& row_code, std::vector<acc_t>& wide) {
-  const int64_t width = vi.size[4];
   const int64_t needed = w[0].count * w[1].count;
   rows.resize(needed);
   row_code.resize(needed);
@@ -506,12 +533,83 @@ void sweep_inside(const PoolGeometry& g, const Window* w, const scalar_t* plane,
   }
 }
 
+// takes ? a : b by masks: compilers turn the plain select of a scalar loop
+// into a branch, which mispredicts on every new max.
+template <typename T>
+inline T select(bool takes, T a, T b) {
+  using bits_t = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  static_assert(sizeof(T) == sizeof(bits_t));
+  const bits_t mask = bits_t{0} - static_cast<bits_t>(takes);
+  return c10::bit_cast<T>((c10::bit_cast<bits_t>(a) & mask) | (c10::bit_cast<bits_t>(b) & ~mask));
+}
+
+// Adaptive windows of a row by columns, where they are short along W: each
+// column's D and H taps reduced first, a vector of columns at a time (the
+// row sweep over whole rows), then each output over its W window's columns.
+// Max merges columns by window_max's rule over the taps' order (the last
+// NaN, else the first max), so it picks the element functions' tap; sums
+// are reassociated (columns, then across), as torch's vectorised kernels do.
+template <bool kMax, typename acc_t>
+void columns_row(const acc_t* const* rows, const int32_t* row_code, int64_t nrows,
+                 const std::vector<Window>& wx, acc_t* column, int32_t* column_code,
+                 acc_t* result, int32_t* best_tap) {
+  const int64_t width = wx.back().begin + wx.back().count;
+  const Interior all{0, width};
+  if constexpr (kMax) {
+    std::copy(rows[0], rows[0] + width, column);
+    std::fill(column_code, column_code + width, row_code[0]);
+  } else {
+    std::copy(rows[0], rows[0] + width, column);
+  }
+  const std::integral_constant<int64_t, 1> one;
+  for (int64_t r = 1; r < nrows; ++r) {
+    if constexpr (kMax) {
+      max_sweep(rows[r], one, all, column, column_code, row_code[r]);
+    } else {
+      sum_sweep(rows[r], one, all, column);
+    }
+  }
+  for (const auto ow : c10::irange(static_cast<int64_t>(wx.size()))) {
+    const acc_t* v = column + wx[ow].begin;
+    if constexpr (kMax) {
+      const int32_t* code = column_code + wx[ow].begin;
+      acc_t best = v[0];
+      int32_t tap = code[0];
+      for (int64_t x = 1; x < wx[ow].count; ++x) {
+        // Bitwise, not branches: data-dependent branches mispredict.
+        const int32_t t = code[x] + static_cast<int32_t>(x);
+        const bool nan = v[x] != v[x];
+        const bool takes = POOL_EXT_UNPREDICTABLE(
+            (v[x] > best) | ((v[x] == best) & (t < tap)) | (nan & ((best == best) | (t > tap))));
+        best = select(takes, v[x], best);
+        tap = select(takes, t, tap);
+      }
+      result[ow] = best;
+      best_tap[ow] = tap;
+    } else {
+      acc_t sum = 0;
+      for (int64_t x = 0; x < wx[ow].count; ++x) sum += v[x];
+      result[ow] = sum;
+    }
+  }
+}
+
+// Whether a row of adaptive windows goes by columns_row: contiguous rows,
+// more than one of them per window, W windows short (long ones reduce as
+// runs), tap codes that fit an int32.
+inline bool by_columns(const PoolGeometry& g, const Layout5& vi, const Window* w,
+                       const WindowTable& table) {
+  return g.adaptive && vi.stride[4] == 1 && w[0].count * w[1].count > 1 &&
+         !table.dim[2].empty() && table.widest < 64 && window_taps(g) < (int64_t{1} << 24);
+}
+
 // The planes forward: output rows (n, c, od, oh) split over threads. The
 // inside of each row (outputs whose W windows hold every tap) goes into
 // result (and best_tap for max) a vector of outputs at a time where
-// blocked_sweep applies, by the row sweep elsewhere; then finish(n, c, o, w,
-// plane, table, result, best_tap) writes the row, its edges through the
-// element functions.
+// blocked_sweep applies, by the row sweep elsewhere; short adaptive windows
+// by columns_row. Then finish(n, c, o, w, plane, table, done, result,
+// best_tap) writes the row: outputs in `done` from result, the others
+// through the element functions.
 template <bool kMax, typename scalar_t, typename Finish>
 void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                     const Finish& finish) {
@@ -528,7 +626,8 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
     std::vector<int32_t> best_tap(kMax ? vo.size[4] : 0);
     std::vector<const acc_t*> window_row;
     std::vector<int32_t> row_code;
-    std::vector<acc_t> wide;
+    std::vector<acc_t> wide, column;
+    std::vector<int32_t> column_code;
     RowCursor cursor(begin, vo);
     for (int64_t r = begin; r < end; ++r, cursor.next()) {
       const int64_t n = cursor.n, c = cursor.c;
@@ -536,16 +635,29 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
       table.build(g, n);
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
       const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+      if (by_columns(g, vi, w, table)) {
+        const std::vector<Window>& wx = table.dim[2];
+        const int64_t width = wx.back().begin + wx.back().count;
+        const int64_t nrows = window_rows(g, w, plane, vi, width, window_row, row_code, wide);
+        column.resize(width);
+        column_code.resize(kMax ? width : 0);
+        columns_row<kMax>(window_row.data(), row_code.data(), nrows, wx, column.data(),
+                          column_code.data(), result.data(), best_tap.data());
+        finish(n, c, o, w, plane, table, Interior{0, vo.size[4]}, result.data(),
+               best_tap.data());
+        continue;
+      }
       const Interior& inner = table.inner;
       Interior rest = inner;  // the inside left to the row sweep
       if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
-        const int64_t nrows = window_rows(g, w, plane, vi, window_row, row_code, wide);
+        const int64_t nrows =
+            window_rows(g, w, plane, vi, vi.size[4], window_row, row_code, wide);
         rest.lo = block(window_row.data(), row_code.data(), nrows, g.dim[2].kernel,
                         g.dim[2].dilation, g.dim[2].pad, vi.size[4], inner, result.data(),
                         best_tap.data());
       }
       sweep_inside<kMax>(g, w, plane, vi, rest, result.data(), best_tap.data());
-      finish(n, c, o, w, plane, table, result.data(), best_tap.data());
+      finish(n, c, o, w, plane, table, inner, result.data(), best_tap.data());
     }
   });
 }
@@ -559,9 +671,8 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   auto* tap = taps.mutable_data_ptr<tap_t>();
   forward_planes<true, scalar_t>(g, in, out, [&](int64_t n, int64_t c, const int64_t* o,
                                                  Window* w, const scalar_t* plane,
-                                                 const WindowTable& table, const acc_t* best,
-                                                 const int32_t* best_tap) {
-    const Interior& inner = table.inner;
+                                                 const WindowTable& table, Interior inner,
+                                                 const acc_t* best, const int32_t* best_tap) {
     scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
     tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
     for_edges(inner, vo.size[4], [&](int64_t ow) {
@@ -657,9 +768,8 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   auto* dst = out.mutable_data_ptr<scalar_t>();
   forward_planes<false, scalar_t>(g, in, out, [&](int64_t n, int64_t c, int64_t* o, Window* w,
                                                   const scalar_t* plane,
-                                                  const WindowTable& table, const acc_t* sum,
-                                                  const int32_t*) {
-    const Interior& inner = table.inner;
+                                                  const WindowTable& table, Interior inner,
+                                                  const acc_t* sum, const int32_t*) {
     scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       o[2] = ow;
@@ -668,7 +778,14 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       out_row[ow * vo.stride[4]] =
           static_cast<scalar_t>(total / static_cast<acc_t>(avg_divisor(g, w, o)));
     });
-    if (inner.lo < inner.hi) {
+    if (g.adaptive) {
+      for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+        o[2] = ow;
+        w[2] = table.dim[2][ow];
+        out_row[ow * vo.stride[4]] =
+            static_cast<scalar_t>(sum[ow] / static_cast<acc_t>(avg_divisor(g, w, o)));
+      }
+    } else if (inner.lo < inner.hi) {
       // Inside, the W factor of the divisor is the kernel: one divisor per row.
       o[2] = inner.lo;
       w[2] = table.dim[2][inner.lo];
@@ -839,12 +956,15 @@ void backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
-// The planes backward: a task owns one (n, c) plane; spread_row(n, c, od,
-// oh, table, scratch) adds one row of outputs to the plane's scratch, and
-// rows go in output order, so every cell sums in the GPU's gather order.
-template <typename scalar_t, typename SpreadRow>
+// The planes backward: a task owns one (n, c) plane; spread(n, c, table,
+// scratch) adds the plane's outputs to its scratch in output order, so every
+// cell sums in the GPU's gather order.
+// Small planes are zeroed a group at a time before any is summed: a load
+// right behind the zeroing's wide stores stalls on store forwarding (2 ms,
+// not 0.5, for 8192 planes of 13x13 here).
+template <typename scalar_t, typename Spread>
 void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
-                     const SpreadRow& spread_row) {
+                     const Spread& spread) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
   const int64_t block = vg.pixels();
@@ -853,36 +973,43 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   // itself sums, in the same order.
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
   const bool direct = exact && dense_planes(vg);
+  const int64_t group = std::max<int64_t>(1, 4096 / std::max<int64_t>(block, 1));
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> scratch(direct ? 0 : block);
-    for (const auto task : c10::irange(begin, end)) {
-      const int64_t n = task / vg.size[1], c = task % vg.size[1];
-      table.build(g, n);
-      acc_t* sums = scratch.data();
-      if constexpr (exact) {
-        if (direct) sums = dst + vg.offset(n, c, 0, 0, 0);
-      }
-      std::fill(sums, sums + block, acc_t(0));
-      for (const auto od : c10::irange(vo.size[2])) {
-        for (const auto oh : c10::irange(vo.size[3])) {
-          spread_row(n, c, od, oh, table, sums);
-        }
-      }
-      if (direct) continue;
-      const acc_t* from = scratch.data();
-      for (const auto d : c10::irange(vg.size[2])) {
-        for (const auto h : c10::irange(vg.size[3])) {
-          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
-          if (vg.stride[4] == 1) {
-            narrow(from, row, vg.size[4]);
-          } else {
-            for (const auto x : c10::irange(vg.size[4])) {
-              row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
-            }
+    const int64_t planes = std::min(group, end - begin);
+    std::vector<acc_t> scratch(direct ? 0 : block * planes);
+    std::vector<acc_t*> sums(planes);
+    for (int64_t first = begin; first < end; first += planes) {
+      const int64_t count = std::min(planes, end - first);
+      for (const auto k : c10::irange(count)) {
+        sums[k] = scratch.data() + k * block;
+        if constexpr (exact) {
+          if (direct) {
+            const int64_t task = first + k;
+            sums[k] = dst + vg.offset(task / vg.size[1], task % vg.size[1], 0, 0, 0);
           }
-          from += vg.size[4];
+        }
+        std::fill(sums[k], sums[k] + block, acc_t(0));
+      }
+      for (const auto k : c10::irange(count)) {
+        const int64_t n = (first + k) / vg.size[1], c = (first + k) % vg.size[1];
+        table.build(g, n);
+        spread(n, c, table, sums[k]);
+        if (direct) continue;
+        const acc_t* from = sums[k];
+        for (const auto d : c10::irange(vg.size[2])) {
+          for (const auto h : c10::irange(vg.size[3])) {
+            scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+            if (vg.stride[4] == 1) {
+              narrow(from, row, vg.size[4]);
+            } else {
+              for (const auto x : c10::irange(vg.size[4])) {
+                row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
+              }
+            }
+            from += vg.size[4];
+          }
         }
       }
     }
@@ -1021,6 +1148,35 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
   });
 }
 
+// One row of a planes max backward: output ow's gradient onto its saved
+// tap. Restrict-qualified so the loop keeps its pointers in registers rather
+// than reloading them after every store.
+template <typename scalar_t, typename tap_t, typename acc_t>
+inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table,
+                        const int64_t* __restrict__ offset, const tap_t* __restrict__ tap,
+                        int64_t st, const scalar_t* __restrict__ grad, int64_t sg, int64_t width) {
+  const Window* __restrict__ w = table.dim[2].data();
+  const int64_t* __restrict__ origin = table.origin.data();
+  for (int64_t ow = 0; ow < width; ++ow) {
+    if (w[ow].count == 0) continue;
+    base[origin[ow] + offset[static_cast<int64_t>(tap[ow * st])]] +=
+        static_cast<acc_t>(grad[ow * sg]);
+  }
+}
+
+// A whole plane of a max backward when outputs and taps are dense planes:
+// output o's gradient onto its saved tap, cell[o] its window's origin
+// (WindowTable::cells).
+template <typename scalar_t, typename tap_t, typename acc_t>
+inline void scatter_plane(acc_t* __restrict__ base, const int64_t* __restrict__ cell,
+                          const int64_t* __restrict__ offset, const tap_t* __restrict__ tap,
+                          const scalar_t* __restrict__ grad, int64_t outputs) {
+  for (int64_t o = 0; o < outputs; ++o) {
+    if (cell[o] == WindowTable::kNoCell) continue;
+    base[cell[o] + offset[static_cast<int64_t>(tap[o])]] += static_cast<acc_t>(grad[o]);
+  }
+}
+
 template <typename scalar_t, typename tap_t>
 void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& taps,
                       const at::Tensor& grad_in) {
@@ -1051,20 +1207,23 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   }
   const auto offsets = tap_offsets(g);
   const int64_t* offset = offsets.data();
+  const bool flat = dense_planes(vo) && dense_planes(vt);
   backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, int64_t od, int64_t oh,
-                                const WindowTable& table, acc_t* scratch) {
-    // A dilated window can hold no cell at all: its saved tap is no cell either.
-    if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) return;
-    const tap_t* tr = tap + vt.offset(n, c, od, oh, 0);
-    const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
-    acc_t* base = scratch + row_origin(g, table.dim[0][od], table.dim[1][oh]);
-    const int64_t* origin = table.origin.data();
-    const int64_t st = vt.stride[4], sg = vo.stride[4];
-    for (const auto ow : c10::irange(vo.size[4])) {
-      if (table.dim[2][ow].count == 0) continue;
-      base[origin[ow] + offset[static_cast<int64_t>(tr[ow * st])]] +=
-          static_cast<acc_t>(gr[ow * sg]);
+                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
+    const tap_t* tp = tap + vt.offset(n, c, 0, 0, 0);
+    const scalar_t* gp = grad + vo.offset(n, c, 0, 0, 0);
+    if (flat) {
+      scatter_plane(scratch, table.cells(g), offset, tp, gp, vo.pixels());
+      return;
+    }
+    for (const auto od : c10::irange(vo.size[2])) {
+      for (const auto oh : c10::irange(vo.size[3])) {
+        // A dilated window can hold no cell at all: its saved tap is no cell either.
+        if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
+        scatter_row(scratch + row_origin(g, table.dim[0][od], table.dim[1][oh]), table, offset,
+                    tp + od * vt.stride[2] + oh * vt.stride[3], vt.stride[4],
+                    gp + od * vo.stride[2] + oh * vo.stride[3], vo.stride[4], vo.size[4]);
+      }
     }
   });
 }
@@ -1088,49 +1247,52 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   if (!channels) {
     const int64_t kw = g.dim[2].kernel, stride_w = g.dim[2].stride, pad_w = g.dim[2].pad;
     backward_planes<scalar_t>(g, grad_out, grad_in,
-                              [&](int64_t n, int64_t c, int64_t od, int64_t oh,
-                                  const WindowTable& table, acc_t* scratch) {
-      thread_local std::vector<acc_t> share_row;
-      share_row.resize(vo.size[4]);
-      acc_t* share = share_row.data();
-      const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
-      const Interior& inner = table.inner;
-      Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
-      int64_t o[kDims] = {od, oh, 0};
-      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-        if (o[2] == inner.lo && inner.lo < inner.hi) {
-          // Inside, the W factor of the divisor is the kernel: one divisor.
-          w[2] = table.dim[2][o[2]];
-          const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-          for (; o[2] < inner.hi; ++o[2]) {
-            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
+                              [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
+      for (const auto od : c10::irange(vo.size[2])) {
+        for (const auto oh : c10::irange(vo.size[3])) {
+          thread_local std::vector<acc_t> share_row;
+          share_row.resize(vo.size[4]);
+          acc_t* share = share_row.data();
+          const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+          const Interior& inner = table.inner;
+          Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
+          int64_t o[kDims] = {od, oh, 0};
+          for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
+            if (o[2] == inner.lo && inner.lo < inner.hi) {
+              // Inside, the W factor of the divisor is the kernel: one divisor.
+              w[2] = table.dim[2][o[2]];
+              const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+              for (; o[2] < inner.hi; ++o[2]) {
+                share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
+              }
+              if (o[2] == vo.size[4]) break;
+            }
+            w[2] = table.dim[2][o[2]];
+            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
+                          static_cast<acc_t>(avg_divisor(g, w, o));
           }
-          if (o[2] == vo.size[4]) break;
-        }
-        w[2] = table.dim[2][o[2]];
-        share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
-                      static_cast<acc_t>(avg_divisor(g, w, o));
-      }
-      // Each cell must sum its outputs in order along W: the left edge, then
-      // the inside with taps from the last (so outputs ascend per cell), then
-      // the right edge.
-      const auto edge = [&](acc_t* row, int64_t ow) {
-        const Window& x = table.dim[2][ow];
-        for (int64_t tw = 0; tw < x.count; ++tw) {
-          row[x.begin + tw * x.step] += share[ow];
-        }
-      };
-      for (int64_t td = 0; td < w[0].count; ++td) {
-        for (int64_t th = 0; th < w[1].count; ++th) {
-          acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
-                                  th * w[1].step) * plane_w;
-          for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
-          for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
-            with_step(stride_w, [&](auto step) {
-              spread_sweep(row + tw - pad_w, step, inner, share);
-            });
+          // Each cell must sum its outputs in order along W: the left edge, then
+          // the inside with taps from the last (so outputs ascend per cell), then
+          // the right edge.
+          const auto edge = [&](acc_t* row, int64_t ow) {
+            const Window& x = table.dim[2][ow];
+            for (int64_t tw = 0; tw < x.count; ++tw) {
+              row[x.begin + tw * x.step] += share[ow];
+            }
+          };
+          for (int64_t td = 0; td < w[0].count; ++td) {
+            for (int64_t th = 0; th < w[1].count; ++th) {
+              acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                                      th * w[1].step) * plane_w;
+              for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
+              for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
+                with_step(stride_w, [&](auto step) {
+                  spread_sweep(row + tw - pad_w, step, inner, share);
+                });
+              }
+              for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
+            }
           }
-          for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
         }
       }
     });
@@ -1302,6 +1464,32 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
+// ------------------------------------------------ small adaptive planes
+//
+// Adaptive windows over small planes (7x7, 13x13: the heads of CNNs) leave
+// a planes forward a few cells per row, and per-row overhead dominates; the
+// channels kernels take every channel of a pixel at once. There the input
+// is transposed to channels innermost, pooled, and the (smaller) output
+// copied back: 2-4x faster (13x13 -> 6x6, 256 channels, here). Backwards
+// stay on planes: torch's copy of a gradient back from channels-last costs
+// more than it saves.
+
+inline bool via_channels(const PoolGeometry& g, const at::Tensor& t) {
+  return g.adaptive && !is_global(g) && t.size(1) >= 16 &&
+         t.size(2) * t.size(3) * t.size(4) <= 256 && t.stride(1) != 1;
+}
+
+inline at::Tensor empty_channels_inner(const at::Tensor& like) {
+  return at::empty({like.size(0), like.size(2), like.size(3), like.size(4), like.size(1)},
+                   like.options())
+      .permute({0, 4, 1, 2, 3});
+}
+
+// A copy of a 5-d tensor with channels innermost.
+inline at::Tensor channels_inner_copy(const at::Tensor& t) {
+  return t.permute({0, 2, 3, 4, 1}).contiguous().permute({0, 4, 1, 2, 3});
+}
+
 // Calls f.template operator()<tap_t>() with the saved taps' element type.
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
@@ -1311,6 +1499,11 @@ struct CpuKernels {
         using tap_t = decltype(tap_tag);
         if (channels_inner(in, out) && taps.stride(1) == 1) {
           max_forward_channels<scalar_t, tap_t>(g, in, out, taps);
+        } else if (via_channels(g, in)) {
+          const at::Tensor out_c = empty_channels_inner(out), taps_c = empty_channels_inner(taps);
+          max_forward_channels<scalar_t, tap_t>(g, channels_inner_copy(in), out_c, taps_c);
+          out.copy_(out_c);
+          taps.copy_(taps_c);
         } else if (is_global(g)) {
           max_forward_global<scalar_t, tap_t>(g, in, out, taps);
         } else {
@@ -1345,6 +1538,10 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
       if (channels_inner(in, out)) {
         avg_forward_channels<scalar_t>(g, in, out);
+      } else if (via_channels(g, in)) {
+        const at::Tensor out_c = empty_channels_inner(out);
+        avg_forward_channels<scalar_t>(g, channels_inner_copy(in), out_c);
+        out.copy_(out_c);
       } else if (is_global(g)) {
         avg_forward_global<scalar_t>(g, in, out);
       } else {
