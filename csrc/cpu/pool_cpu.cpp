@@ -959,9 +959,6 @@ void backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
 // The planes backward: a task owns one (n, c) plane; spread(n, c, table,
 // scratch) adds the plane's outputs to its scratch in output order, so every
 // cell sums in the GPU's gather order.
-// Small planes are zeroed a group at a time before any is summed: a load
-// right behind the zeroing's wide stores stalls on store forwarding (2 ms,
-// not 0.5, for 8192 planes of 13x13 here).
 template <typename scalar_t, typename Spread>
 void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
                      const Spread& spread) {
@@ -973,43 +970,32 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   // itself sums, in the same order.
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
   const bool direct = exact && dense_planes(vg);
-  const int64_t group = std::max<int64_t>(1, 4096 / std::max<int64_t>(block, 1));
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    const int64_t planes = std::min(group, end - begin);
-    std::vector<acc_t> scratch(direct ? 0 : block * planes);
-    std::vector<acc_t*> sums(planes);
-    for (int64_t first = begin; first < end; first += planes) {
-      const int64_t count = std::min(planes, end - first);
-      for (const auto k : c10::irange(count)) {
-        sums[k] = scratch.data() + k * block;
-        if constexpr (exact) {
-          if (direct) {
-            const int64_t task = first + k;
-            sums[k] = dst + vg.offset(task / vg.size[1], task % vg.size[1], 0, 0, 0);
-          }
-        }
-        std::fill(sums[k], sums[k] + block, acc_t(0));
+    std::vector<acc_t> scratch(direct ? 0 : block);
+    for (const auto task : c10::irange(begin, end)) {
+      const int64_t n = task / vg.size[1], c = task % vg.size[1];
+      table.build(g, n);
+      acc_t* sums = scratch.data();
+      if constexpr (exact) {
+        if (direct) sums = dst + vg.offset(n, c, 0, 0, 0);
       }
-      for (const auto k : c10::irange(count)) {
-        const int64_t n = (first + k) / vg.size[1], c = (first + k) % vg.size[1];
-        table.build(g, n);
-        spread(n, c, table, sums[k]);
-        if (direct) continue;
-        const acc_t* from = sums[k];
-        for (const auto d : c10::irange(vg.size[2])) {
-          for (const auto h : c10::irange(vg.size[3])) {
-            scalar_t* row = dst + vg.offset(n, c, d, h, 0);
-            if (vg.stride[4] == 1) {
-              narrow(from, row, vg.size[4]);
-            } else {
-              for (const auto x : c10::irange(vg.size[4])) {
-                row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
-              }
+      std::fill(sums, sums + block, acc_t(0));
+      spread(n, c, table, sums);
+      if (direct) continue;
+      const acc_t* from = scratch.data();
+      for (const auto d : c10::irange(vg.size[2])) {
+        for (const auto h : c10::irange(vg.size[3])) {
+          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+          if (vg.stride[4] == 1) {
+            narrow(from, row, vg.size[4]);
+          } else {
+            for (const auto x : c10::irange(vg.size[4])) {
+              row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
             }
-            from += vg.size[4];
           }
+          from += vg.size[4];
         }
       }
     }
