@@ -551,15 +551,12 @@ inline T select(bool takes, T a, T b) {
 // are reassociated (columns, then across), as torch's vectorised kernels do.
 template <bool kMax, typename acc_t>
 void columns_row(const acc_t* const* rows, const int32_t* row_code, int64_t nrows,
-                 const std::vector<Window>& wx, acc_t* column, int32_t* column_code,
-                 acc_t* result, int32_t* best_tap) {
-  const int64_t width = wx.back().begin + wx.back().count;
+                 const std::vector<Window>& wx, int64_t width, acc_t* column,
+                 int32_t* column_code, acc_t* result, int32_t* best_tap) {
   const Interior all{0, width};
+  std::copy(rows[0], rows[0] + width, column);
   if constexpr (kMax) {
-    std::copy(rows[0], rows[0] + width, column);
     std::fill(column_code, column_code + width, row_code[0]);
-  } else {
-    std::copy(rows[0], rows[0] + width, column);
   }
   const std::integral_constant<int64_t, 1> one;
   for (int64_t r = 1; r < nrows; ++r) {
@@ -641,7 +638,7 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
         const int64_t nrows = window_rows(g, w, plane, vi, width, window_row, row_code, wide);
         column.resize(width);
         column_code.resize(kMax ? width : 0);
-        columns_row<kMax>(window_row.data(), row_code.data(), nrows, wx, column.data(),
+        columns_row<kMax>(window_row.data(), row_code.data(), nrows, wx, width, column.data(),
                           column_code.data(), result.data(), best_tap.data());
         finish(n, c, o, w, plane, table, Interior{0, vo.size[4]}, result.data(),
                best_tap.data());
@@ -1232,53 +1229,58 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   const int64_t plane_h = g.dim[1].in, plane_w = g.dim[2].in;
   if (!channels) {
     const int64_t kw = g.dim[2].kernel, stride_w = g.dim[2].stride, pad_w = g.dim[2].pad;
+    // One row of outputs (od, oh) into the plane's scratch.
+    const auto spread_row = [&](int64_t n, int64_t c, int64_t od, int64_t oh,
+                                const WindowTable& table, acc_t* scratch) {
+      thread_local std::vector<acc_t> share_row;
+      share_row.resize(vo.size[4]);
+      acc_t* share = share_row.data();
+      const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+      const Interior& inner = table.inner;
+      Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
+      int64_t o[kDims] = {od, oh, 0};
+      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
+        if (o[2] == inner.lo && inner.lo < inner.hi) {
+          // Inside, the W factor of the divisor is the kernel: one divisor.
+          w[2] = table.dim[2][o[2]];
+          const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+          for (; o[2] < inner.hi; ++o[2]) {
+            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
+          }
+          if (o[2] == vo.size[4]) break;
+        }
+        w[2] = table.dim[2][o[2]];
+        share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
+                      static_cast<acc_t>(avg_divisor(g, w, o));
+      }
+      // Each cell must sum its outputs in order along W: the left edge, then
+      // the inside with taps from the last (so outputs ascend per cell), then
+      // the right edge.
+      const auto edge = [&](acc_t* row, int64_t ow) {
+        const Window& x = table.dim[2][ow];
+        for (int64_t tw = 0; tw < x.count; ++tw) {
+          row[x.begin + tw * x.step] += share[ow];
+        }
+      };
+      for (int64_t td = 0; td < w[0].count; ++td) {
+        for (int64_t th = 0; th < w[1].count; ++th) {
+          acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                                  th * w[1].step) * plane_w;
+          for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
+          for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
+            with_step(stride_w, [&](auto step) {
+              spread_sweep(row + tw - pad_w, step, inner, share);
+            });
+          }
+          for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
+        }
+      }
+    };
     backward_planes<scalar_t>(g, grad_out, grad_in,
                               [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
       for (const auto od : c10::irange(vo.size[2])) {
         for (const auto oh : c10::irange(vo.size[3])) {
-          thread_local std::vector<acc_t> share_row;
-          share_row.resize(vo.size[4]);
-          acc_t* share = share_row.data();
-          const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
-          const Interior& inner = table.inner;
-          Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
-          int64_t o[kDims] = {od, oh, 0};
-          for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-            if (o[2] == inner.lo && inner.lo < inner.hi) {
-              // Inside, the W factor of the divisor is the kernel: one divisor.
-              w[2] = table.dim[2][o[2]];
-              const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-              for (; o[2] < inner.hi; ++o[2]) {
-                share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
-              }
-              if (o[2] == vo.size[4]) break;
-            }
-            w[2] = table.dim[2][o[2]];
-            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
-                          static_cast<acc_t>(avg_divisor(g, w, o));
-          }
-          // Each cell must sum its outputs in order along W: the left edge, then
-          // the inside with taps from the last (so outputs ascend per cell), then
-          // the right edge.
-          const auto edge = [&](acc_t* row, int64_t ow) {
-            const Window& x = table.dim[2][ow];
-            for (int64_t tw = 0; tw < x.count; ++tw) {
-              row[x.begin + tw * x.step] += share[ow];
-            }
-          };
-          for (int64_t td = 0; td < w[0].count; ++td) {
-            for (int64_t th = 0; th < w[1].count; ++th) {
-              acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
-                                      th * w[1].step) * plane_w;
-              for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
-              for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
-                with_step(stride_w, [&](auto step) {
-                  spread_sweep(row + tw - pad_w, step, inner, share);
-                });
-              }
-              for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
-            }
-          }
+          spread_row(n, c, od, oh, table, scratch);
         }
       }
     });
