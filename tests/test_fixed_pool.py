@@ -474,6 +474,40 @@ def test_medium_inputs(kind, d, layout, dtype, device):
     run_case(kind, d, x, layout, {"kernel_size": 2, "stride": 2, "ceil_mode": True}, device, rng)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_channels_last_whole_channel_blocks(kind, d, dtype, device):
+    """Channels-last inputs with channels in whole register blocks and a rest
+    (40 = 32 + 8; the random cases have 1 or 2): against torch with NaN, inf and
+    ties, padding, dilation and ceil_mode, forward and backward; and the same
+    values laid out contiguous give bit-identical outputs, indices and gradients."""
+    rng = make_rng("channel-blocks", kind, d, dtype)
+    shape = (2, 40, 9, 10) if d == 2 else (2, 40, 5, 6, 7)
+    second = {"kernel_size": 2, "stride": 1, "dilation": 2} if kind == "max" else \
+        {"kernel_size": 2, "stride": 1, "padding": 1, "count_include_pad": False}
+    cases = ({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True}, second)
+    name = f"{kind}_pool{d}d"
+    for specials, ties in ((0.05, False), (0.0, True)):
+        x, _ = random_input(rng, shape, dtype, device, layout="channels_last", specials=specials, ties=ties)
+        for kwargs in cases:
+            run_case(kind, d, x, "channels_last", kwargs, device, rng)
+            results = []
+            for layout in (x, x.contiguous()):
+                xl = leaf(layout)
+                if kind == "max":
+                    out, idx = ours(name)(xl, **kwargs, return_indices=True)
+                else:
+                    out, idx = ours(name)(xl, **kwargs), None
+                grad_out = torch.linspace(-3, 3, out.numel(), device=device).reshape(out.shape).to(dtype)
+                (grad,) = torch.autograd.grad(out, xl, grad_out)
+                results.append((out, idx, grad))
+            for ours_cl, ours_planes in zip(*results):
+                if ours_cl is not None:
+                    assert_equal(ours_cl, ours_planes)
+
+
 def test_max_backward_of_a_window_with_no_cell():
     """Dilation can step a window over the whole input: its output has no cell to
     send its gradient to, and the backward must not write one (it once wrote past

@@ -6,12 +6,14 @@
 //    functions of pool.h, or reduce long contiguous runs with at::vec.
 //    Global pooling (output size 1) is one reduction per plane;
 //  - channels (channels-last inputs): one pixel at a time, the same window
-//    for every channel, with the channel loop innermost and contiguous so the
-//    compiler vectorises it.
+//    for every channel, a block of channels in vector registers over all
+//    the window's taps (or, for wide windows, each tap streamed over every
+//    channel).
 // Backward kernels give each input cell the sum, in output order, of the
-// outputs that cover it: the GPU's gather, term for term. A task owns whole
-// planes (or a sample's channels), so no two threads write one cell and
-// gradients are bit-identical run to run, and match the GPU's.
+// outputs that cover it: the GPU's gather, term for term. Planes backwards
+// spread outputs into planes a task owns; channels-last ones gather each
+// input pixel's channels. No two threads write one cell, and gradients are
+// bit-identical run to run, and match the GPU's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -19,6 +21,7 @@
 #include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
 
+#include <memory>
 #include <type_traits>
 #include <vector>
 
@@ -30,6 +33,13 @@ namespace {
 // The channels path applies when channels are the innermost dim of both sides.
 bool channels_inner(const at::Tensor& a, const at::Tensor& b) {
   return a.size(1) > 1 && a.stride(1) == 1 && b.stride(1) == 1;
+}
+
+// t with channels innermost and every dim packed ((N, D, H, W, C) order):
+// t itself when it is already so.
+at::Tensor channels_inner_dense(const at::Tensor& t) {
+  const auto packed = t.permute({0, 2, 3, 4, 1});
+  return packed.is_contiguous() ? packed : packed.contiguous();
 }
 
 inline int64_t grain(int64_t work_per_item) {
@@ -106,6 +116,7 @@ struct WindowTable {
   Interior inner;               // the outputs along W whose windows hold every tap
   std::vector<int64_t> origin;  // where tap 0 of each W window sits (window_origin along W)
   int64_t widest = 0;           // the most cells of a W window
+  std::vector<Span> cover[kDims];  // the outputs whose windows may hold each input cell
   int64_t sample = -1;
 
   void build(const PoolGeometry& g, int64_t n) {
@@ -118,6 +129,10 @@ struct WindowTable {
       dim[k].resize(g.dim[k].out);
       for (const auto o : c10::irange(g.dim[k].out)) {
         dim[k][o] = window(g, k, o, in);
+      }
+      cover[k].resize(g.dim[k].in);
+      for (const auto i : c10::irange(g.dim[k].in)) {
+        covering(g, k, i, in, &cover[k][i].lo, &cover[k][i].hi);
       }
     }
     inner = full_windows(g, dim[2]);
@@ -693,67 +708,175 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   });
 }
 
-// Channels-last: one output pixel at a time, every channel at once. The
+// Channels-last: one output pixel at a time, every channel at once, a
+// block of channels in registers where the channels allow it. Max: the
 // first tap initialises the lanes (as window_max's start at -inf and its
-// rule would), later taps compete; low-precision runs are widened first.
+// rule would), later taps compete; average: taps add in window_sum's order.
+// So values and taps are the element functions' exactly.
+
+// A vector of acc_t lanes from scalar_t values (bfloat16 and half widened).
+template <typename acc_t, typename scalar_t>
+inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return at::vec::Vectorized<acc_t>::loadu(at);
+  } else {
+    at::vec::Vectorized<float> v;
+    at::vec::load_to_float(at, v);
+    return v;
+  }
+}
+
+// A cell of an output's window (channel 0) with its tap code.
+template <typename scalar_t>
+struct ChannelTap {
+  const scalar_t* at;
+  int64_t code;
+};
+
+constexpr int64_t kChannelBlock = 32;
+constexpr int64_t kL1Bytes = 32 * 1024;  // L1 data cache of current x86 cores
+
+// Channels [c0, c0 + kChannelBlock) of one output over its taps: value and
+// (max) the winning code per channel, in acc_t lanes (codes exact there).
+template <bool kMax, typename scalar_t, typename acc_t>
+inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int64_t c0,
+                           acc_t* value, acc_t* code) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size(), kVecs = kChannelBlock / kLanes;
+  Vec best[kVecs], best_code[kVecs];
+  for (int64_t j = 0; j < kVecs; ++j) {
+    const Vec v = load_acc<acc_t>(taps[0].at + c0 + j * kLanes);
+    best[j] = kMax ? v : Vec(acc_t(0)) + v;
+    best_code[j] = Vec(static_cast<acc_t>(taps[0].code));
+  }
+  for (int64_t t = 1; t < count; ++t) {
+    const scalar_t* x = taps[t].at + c0;
+    const Vec tap_code(static_cast<acc_t>(taps[t].code));
+    for (int64_t j = 0; j < kVecs; ++j) {
+      const Vec v = load_acc<acc_t>(x + j * kLanes);
+      if constexpr (kMax) {
+        // max_takes, lane-wise: a larger value or a NaN.
+        const Vec takes = (v > best[j]) | (v != v);
+        best[j] = Vec::blendv(best[j], v, takes);
+        best_code[j] = Vec::blendv(best_code[j], tap_code, takes);
+      } else {
+        best[j] += v;
+      }
+    }
+  }
+  for (int64_t j = 0; j < kVecs; ++j) {
+    best[j].store(value + j * kLanes);
+    if constexpr (kMax) best_code[j].store(code + j * kLanes);
+  }
+}
+
+// The channels forward: finish(n, o, w, c0, width, value, code, count)
+// writes channels [c0, c0 + width) of output pixel (n, o) from its window's
+// reduction (value: max, or the sum; code: max's winning taps, in acc_t or
+// int64_t), count the taps of the window (none: a window wholly in padding).
+template <bool kMax, typename scalar_t, typename code_t, typename Finish>
+void forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                      const Finish& finish) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  const int64_t channels = vo.size[1];
+  const auto* src = in.const_data_ptr<scalar_t>();
+  // Blocks carry tap codes in acc_t lanes: exact below 2^24 (float).
+  const bool by_blocks = window_taps(g) < (int64_t{1} << 24);
+  const int64_t rows = vo.size[0] * vo.size[2] * vo.size[3];
+  at::parallel_for(0, rows, grain(vo.size[4] * channels * window_taps(g)),
+                   [&](int64_t begin, int64_t end) {
+    WindowTable table;
+    std::vector<ChannelTap<scalar_t>> row_taps, taps;
+    std::vector<acc_t> value(channels), code(kChannelBlock);
+    std::vector<code_t> rest_code(channels);
+    for (const auto r : c10::irange(begin, end)) {
+      int64_t n, o[kDims];
+      o[1] = r % vo.size[3];
+      o[0] = (r / vo.size[3]) % vo.size[2];
+      n = r / (vo.size[3] * vo.size[2]);
+      table.build(g, n);
+      Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
+      // The window's rows (D and H taps) at W position 0, in tap order.
+      row_taps.clear();
+      for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
+        for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
+          row_taps.push_back({src + vi.offset(n, 0, tap_position(w[0], td),
+                                              tap_position(w[1], th), 0),
+                              encode_tap(g, td, th, 0)});
+        }
+      }
+      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
+        w[2] = table.dim[2][o[2]];
+        taps.clear();
+        for (const auto& row : row_taps) {
+          for (int64_t tw = w[2].first_tap; tw < w[2].first_tap + w[2].count; ++tw) {
+            taps.push_back({row.at + tap_position(w[2], tw) * vi.stride[4], row.code + tw});
+          }
+        }
+        const auto count = static_cast<int64_t>(taps.size());
+        int64_t c0 = 0;
+        // Blocks re-read the window once per block: only while it stays in L1.
+        if (count > 0 && by_blocks && count * channels * sizeof(scalar_t) <= kL1Bytes) {
+          for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
+            channels_block<kMax>(taps.data(), count, c0, value.data(), code.data());
+            finish(n, o, w, c0, kChannelBlock, value.data(), code.data(), count);
+          }
+        }
+        if (c0 == channels) continue;  // next output
+        // The other channels tap by tap, each tap's channels streamed into
+        // value (and rest_code), in the same order.
+        acc_t* __restrict__ v = value.data();
+        code_t* __restrict__ k = rest_code.data();
+        const int64_t width = channels - c0;
+        if (count == 0) {
+          std::fill(v, v + width, kMax ? -std::numeric_limits<acc_t>::infinity() : acc_t(0));
+          const int64_t first = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
+          std::fill(k, k + width, static_cast<code_t>(first));
+        } else {
+          widen(taps[0].at + c0, v, width);
+          if constexpr (!kMax) {
+            for (int64_t c = 0; c < width; ++c) v[c] = acc_t(0) + v[c];
+          }
+          std::fill(k, k + width, static_cast<code_t>(taps[0].code));
+        }
+        for (int64_t t = 1; t < count; ++t) {
+          const scalar_t* __restrict__ at = taps[t].at + c0;
+          const auto tap_code = static_cast<code_t>(taps[t].code);
+          for (int64_t c = 0; c < width; ++c) {
+            const auto x = static_cast<acc_t>(at[c]);
+            if constexpr (kMax) {
+              const bool takes = max_takes(x, v[c]);
+              v[c] = takes ? x : v[c];
+              k[c] = takes ? tap_code : k[c];
+            } else {
+              v[c] += x;
+            }
+          }
+        }
+        finish(n, o, w, c0, width, v, k, count);
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename tap_t>
 void max_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
   using acc_t = at::opmath_type<scalar_t>;
-  // int32 taps while the channel loop runs keep its lanes as wide as float's.
-  using lane_tap_t = std::conditional_t<sizeof(tap_t) == 1, int32_t, int64_t>;
-  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = layout_of(taps);
-  const int64_t channels = vo.size[1];
-  const auto* src = in.const_data_ptr<scalar_t>();
+  const Layout5 vo = layout_of(out), vt = layout_of(taps);
   auto* dst = out.mutable_data_ptr<scalar_t>();
   auto* tap = taps.mutable_data_ptr<tap_t>();
-  at::parallel_for(0, vo.size[0] * vo.pixels(), grain(channels * window_taps(g)),
-                   [&](int64_t begin, int64_t end) {
-    WindowTable table;
-    std::vector<acc_t> best(channels);
-    std::vector<lane_tap_t> best_tap(channels);
-    for (const auto p : c10::irange(begin, end)) {
-      int64_t n, o[kDims];
-      unflatten_pixel(p, vo, &n, o);
-      table.build(g, n);
-      const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
-      bool first = true;
-      for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
-        for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
-          for (int64_t tw = w[2].first_tap; tw < w[2].first_tap + w[2].count; ++tw) {
-            const scalar_t* at = src + vi.offset(n, 0, tap_position(w[0], td),
-                                                 tap_position(w[1], th), tap_position(w[2], tw));
-            const auto t = static_cast<lane_tap_t>(encode_tap(g, td, th, tw));
-            acc_t* b = best.data();
-            lane_tap_t* bt = best_tap.data();
-            if (first) {
-              for (int64_t c = 0; c < channels; ++c) {
-                b[c] = static_cast<acc_t>(at[c]);
-                bt[c] = t;
-              }
-              first = false;
-              continue;
-            }
-            for (int64_t c = 0; c < channels; ++c) {
-              const auto v = static_cast<acc_t>(at[c]);
-              const bool takes = max_takes(v, b[c]);
-              b[c] = takes ? v : b[c];
-              bt[c] = takes ? t : bt[c];
-            }
-          }
-        }
-      }
-      if (first) {  // no tap: a window wholly in padding
-        std::fill(best.begin(), best.end(), -std::numeric_limits<acc_t>::infinity());
-        std::fill(best_tap.begin(), best_tap.end(),
-                  encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap));
-      }
-      scalar_t* out_at = dst + vo.offset(n, 0, o[0], o[1], o[2]);
-      tap_t* tap_at = tap + vt.offset(n, 0, o[0], o[1], o[2]);
-      for (const auto c : c10::irange(channels)) {
-        out_at[c] = static_cast<scalar_t>(best[c]);
-        tap_at[c] = static_cast<tap_t>(best_tap[c]);
-      }
+  // int32 codes while the channel loop runs keep its lanes as wide as float's.
+  using code_t = std::conditional_t<sizeof(tap_t) == 1, int32_t, int64_t>;
+  forward_channels<true, scalar_t, code_t>(g, in, out, [&](int64_t n, const int64_t* o,
+                                                           const Window*, int64_t c0,
+                                                           int64_t width, const acc_t* value,
+                                                           const auto* code, int64_t) {
+    narrow(value, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
+    tap_t* tap_at = tap + vt.offset(n, c0, o[0], o[1], o[2]);
+    for (int64_t c = 0; c < width; ++c) {
+      tap_at[c] = static_cast<tap_t>(code[c]);
     }
   });
 }
@@ -800,39 +923,17 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
 template <typename scalar_t>
 void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vi = layout_of(in), vo = layout_of(out);
-  const int64_t channels = vo.size[1];
-  const auto* src = in.const_data_ptr<scalar_t>();
+  const Layout5 vo = layout_of(out);
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, vo.size[0] * vo.pixels(), grain(channels * window_taps(g)),
-                   [&](int64_t begin, int64_t end) {
-    WindowTable table;
-    std::vector<acc_t> sum(channels);
-    for (const auto p : c10::irange(begin, end)) {
-      int64_t n, o[kDims];
-      unflatten_pixel(p, vo, &n, o);
-      table.build(g, n);
-      const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
-      std::fill(sum.begin(), sum.end(), acc_t(0));
-      acc_t* acc = sum.data();
-      for (int64_t td = 0; td < w[0].count; ++td) {
-        for (int64_t th = 0; th < w[1].count; ++th) {
-          for (int64_t tw = 0; tw < w[2].count; ++tw) {
-            const scalar_t* at =
-                src + vi.offset(n, 0, w[0].begin + td * w[0].step, w[1].begin + th * w[1].step,
-                                w[2].begin + tw * w[2].step);
-            for (int64_t c = 0; c < channels; ++c) {
-              acc[c] += static_cast<acc_t>(at[c]);
-            }
-          }
-        }
-      }
-      const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-      scalar_t* out_at = dst + vo.offset(n, 0, o[0], o[1], o[2]);
-      for (const auto c : c10::irange(channels)) {
-        out_at[c] = static_cast<scalar_t>(acc[c] / divisor);
-      }
+  forward_channels<false, scalar_t, int32_t>(g, in, out, [&](int64_t n, const int64_t* o,
+                                                             const Window* w, int64_t c0,
+                                                             int64_t width, acc_t* sum,
+                                                             const auto*, int64_t) {
+    const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+    for (int64_t c = 0; c < width; ++c) {
+      sum[c] /= divisor;
     }
+    narrow(sum, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
   });
 }
 
@@ -849,15 +950,16 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 
 // ---------------------------------------------------------------- backward
 //
-// A task owns a block of the gradient: (n, c) planes, or for channels-last
-// a sample's channels. It spreads each output's gradient over its window
-// (max: onto the saved tap), outputs in order, into an acc_t block (the
-// gradient itself for dense float32/float64): every input cell then holds
-// the sum the GPU's gather forms, term for term in the same order, so CPU
-// and GPU agree bit for bit and two runs do too. Blocks too large for
-// scratch gather cell by cell with pool.h's element functions instead.
+// Planes: a task owns (n, c) planes and spreads each output's gradient
+// over its window (max: onto the saved tap), outputs in order, into an
+// acc_t block (the gradient itself for dense float32/float64 planes): every
+// input cell then holds the sum the GPU's gather forms, term for term in
+// the same order, so CPU and GPU agree bit for bit and two runs do too.
+// Planes too large for scratch gather cell by cell with pool.h's element
+// functions instead. Channels-last gathers a pixel's channels at once.
 
 constexpr int64_t kMaxScratch = int64_t{1} << 22;
+constexpr int64_t kGatherBlock = 32;
 
 // Windows covering one input cell overlap at most this many outputs per dim
 // on average; a rough cost for the grain size.
@@ -878,79 +980,14 @@ std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
   return offsets;
 }
 
-// Dense layouts, where a backward can sum in the gradient itself: each
-// (n, c) plane packed with W fastest, or each sample packed channels-last.
+// Dense planes, where a backward can sum in the gradient itself: each
+// (n, c) plane packed with W fastest.
 inline bool dense_planes(const Layout5& v) {
   return v.stride[4] == 1 && v.stride[3] == v.size[4] && v.stride[2] == v.size[3] * v.size[4];
 }
 
-inline bool dense_channels_last(const Layout5& v) {
-  const int64_t c = v.size[1];
-  return v.stride[1] == 1 && v.stride[4] == c && v.stride[3] == v.size[4] * c &&
-         v.stride[2] == v.size[3] * v.size[4] * c;
-}
-
-bool scratch_fits(const at::Tensor& grad_in, bool channels) {
-  const Layout5 vg = layout_of(grad_in);
-  return vg.pixels() * (channels ? vg.size[1] : 1) <= kMaxScratch;
-}
-
-// spread(n, c, o, w, origin, scratch) adds output o's share to the block; in
-// a channels block cell x of channel c is scratch[x * C + c].
-template <typename scalar_t, typename Spread>
-void backward_channels(const PoolGeometry& g, const at::Tensor& grad_out,
-                       const at::Tensor& grad_in, const Spread& spread) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
-  const int64_t lanes = vg.size[1];
-  const int64_t block = vg.pixels() * lanes;
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  // float32/float64 gradients of dense channels-last samples sum in place.
-  constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool direct = exact && dense_channels_last(vg);
-  at::parallel_for(0, vg.size[0], grain(block + vo.pixels() * lanes * gather_cost(g)),
-                   [&](int64_t begin, int64_t end) {
-    WindowTable table;
-    std::vector<acc_t> scratch(direct ? 0 : block);
-    for (const auto n : c10::irange(begin, end)) {
-      table.build(g, n);
-      acc_t* sums = scratch.data();
-      if constexpr (exact) {
-        if (direct) sums = dst + vg.offset(n, 0, 0, 0, 0);
-      }
-      std::fill(sums, sums + block, acc_t(0));
-      int64_t o[kDims];
-      Window w[kDims];
-      for (o[0] = 0; o[0] < vo.size[2]; ++o[0]) {
-        w[0] = table.dim[0][o[0]];
-        for (o[1] = 0; o[1] < vo.size[3]; ++o[1]) {
-          w[1] = table.dim[1][o[1]];
-          for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-            w[2] = table.dim[2][o[2]];
-            spread(n, o, w, sums);
-          }
-        }
-      }
-      if (direct) continue;
-      const acc_t* from = scratch.data();
-      for (const auto d : c10::irange(vg.size[2])) {
-        for (const auto h : c10::irange(vg.size[3])) {
-          scalar_t* row = dst + vg.offset(n, 0, d, h, 0);
-          for (const auto x : c10::irange(vg.size[4])) {
-            if (vg.stride[1] == 1) {
-              narrow(from + x * lanes, row + x * vg.stride[4], lanes);
-            } else {
-              for (const auto lane : c10::irange(lanes)) {
-                row[x * vg.stride[4] + lane * vg.stride[1]] =
-                    static_cast<scalar_t>(from[x * lanes + lane]);
-              }
-            }
-          }
-          from += vg.size[4] * lanes;
-        }
-      }
-    }
-  });
+bool scratch_fits(const at::Tensor& grad_in) {
+  return layout_of(grad_in).pixels() <= kMaxScratch;
 }
 
 // The planes backward: a task owns one (n, c) plane; spread(n, c, table,
@@ -970,18 +1007,19 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> scratch(direct ? 0 : block);
+    // Uninitialised: each task zeroes what it uses.
+    const std::unique_ptr<acc_t[]> scratch(new acc_t[direct ? 0 : block]);
     for (const auto task : c10::irange(begin, end)) {
       const int64_t n = task / vg.size[1], c = task % vg.size[1];
       table.build(g, n);
-      acc_t* sums = scratch.data();
+      acc_t* sums = scratch.get();
       if constexpr (exact) {
         if (direct) sums = dst + vg.offset(n, c, 0, 0, 0);
       }
       std::fill(sums, sums + block, acc_t(0));
       spread(n, c, table, sums);
       if (direct) continue;
-      const acc_t* from = scratch.data();
+      const acc_t* from = scratch.get();
       for (const auto d : c10::irange(vg.size[2])) {
         for (const auto h : c10::irange(vg.size[3])) {
           scalar_t* row = dst + vg.offset(n, c, d, h, 0);
@@ -1040,95 +1078,176 @@ void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) 
   });
 }
 
-// Channels-last max backward, a task per (sample, block of channels): each
-// output pixel, in order, adds its gradient to the saved tap's cell of each
-// channel. Per cell that is the gather's sum, term for term. float32 and
-// float64 gradients of dense channels-last tensors sum in place; others in
-// an acc_t scratch block, written out after.
-template <typename scalar_t, typename tap_t>
-void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad_out,
-                                   const at::Tensor& taps, const at::Tensor& grad_in) {
-  using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
-  const int64_t channels = vg.size[1], pixels = vg.pixels();
-  const auto* grad = grad_out.const_data_ptr<scalar_t>();
-  const auto* tap = taps.const_data_ptr<tap_t>();
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool dense = dense_channels_last(vg);
-  const bool direct = exact && dense;
-  // Channel blocks: a task for every thread, scratch within kMaxScratch.
-  int64_t block = channels;
-  while (block > 16 && (vg.size[0] * ((channels + block - 1) / block) < at::get_num_threads() ||
-                        pixels * block > kMaxScratch)) {
-    block = (block + 1) / 2;
+// Channels-last backward by gather: each input pixel sums, channel by
+// channel, the outputs covering it in output order (pool.h's covering and
+// tap_in, as max_grad_at and avg_grad_at do on the GPU), a block of
+// channels at a time in registers, and writes its cells once: no zero fill,
+// no read-modify-write, no scratch, any split of pixels over threads.
+//
+// A term is one covering output: its values (max: the gradient; average:
+// its share, gradient / divisor) at channel 0, and for max its saved taps
+// and the code that selects this cell.
+template <typename value_t, typename tap_t>
+struct GatherTerm {
+  const value_t* value;
+  const tap_t* taps;
+  tap_t code;
+};
+
+// Channels [c0, c0 + kGatherBlock) of one cell: the sum of its terms into
+// sum, in registers. Values and tap codes are widened to acc_t first; a tap
+// mask keeps a value or makes it +0, which leaves the sum as skipping it would.
+template <bool kMax, typename acc_t, typename value_t, typename tap_t>
+inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
+                         acc_t* sum) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size(), kVecs = kGatherBlock / kLanes;
+  Vec a[kVecs];
+  for (auto& v : a) v = Vec(acc_t(0));
+  for (int64_t t = 0; t < count; ++t) {
+    const value_t* x = terms[t].value + c0;
+    if constexpr (kMax) {
+      alignas(64) acc_t codes[kGatherBlock];
+      widen(terms[t].taps + c0, codes, kGatherBlock);
+      const Vec code(static_cast<acc_t>(terms[t].code));
+      for (int64_t j = 0; j < kVecs; ++j) {
+        a[j] += load_acc<acc_t>(x + j * kLanes) & (Vec::loadu(codes + j * kLanes) == code);
+      }
+    } else {
+      for (int64_t j = 0; j < kVecs; ++j) {
+        a[j] += load_acc<acc_t>(x + j * kLanes);
+      }
+    }
   }
-  const int64_t blocks = (channels + block - 1) / block;
-  const auto offsets = tap_offsets(g);
-  const int64_t* offset = offsets.data();
-  at::parallel_for(0, vg.size[0] * blocks, grain(pixels * block * 2),
+  for (int64_t j = 0; j < kVecs; ++j) a[j].store(sum + j * kLanes);
+}
+
+// The same for `width` (<= kGatherBlock) channels, one at a time.
+template <bool kMax, typename acc_t, typename value_t, typename tap_t>
+inline void gather_tail(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
+                        int64_t width, acc_t* sum) {
+  std::fill(sum, sum + width, acc_t(0));
+  for (int64_t t = 0; t < count; ++t) {
+    for (int64_t k = 0; k < width; ++k) {
+      if (!kMax || terms[t].taps[c0 + k] == terms[t].code) {
+        sum[k] += static_cast<acc_t>(terms[t].value[c0 + k]);
+      }
+    }
+  }
+}
+
+// values (and taps) are dense channels-last blocks shaped like the output.
+template <bool kMax, typename scalar_t, typename value_t, typename tap_t>
+void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const value_t* values,
+                     const tap_t* taps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vg = layout_of(grad_in);
+  const int64_t channels = vg.size[1];
+  const int64_t out_h = g.dim[1].out, out_w = g.dim[2].out;
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  // Blocks compare tap codes in acc_t lanes: exact for byte taps.
+  constexpr bool by_blocks = !kMax || sizeof(tap_t) == 1;
+  const int64_t rows = vg.size[0] * vg.size[2] * vg.size[3];
+  at::parallel_for(0, rows, grain(vg.size[4] * channels * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
-    std::vector<acc_t> scratch(direct ? 0 : pixels * block);
-    for (const auto task : c10::irange(begin, end)) {
-      const int64_t n = task / blocks, c0 = (task % blocks) * block;
-      const int64_t width = std::min(block, channels - c0);
+    std::vector<GatherTerm<value_t, tap_t>> row_terms, terms;
+    acc_t sum[kGatherBlock];
+    for (const auto r : c10::irange(begin, end)) {
+      const int64_t h = r % vg.size[3], d = (r / vg.size[3]) % vg.size[2];
+      const int64_t n = r / (vg.size[3] * vg.size[2]);
       table.build(g, n);
-      // Cell x of channel c0 + k is sums[x * step + k].
-      acc_t* sums = scratch.data();
-      int64_t step = width;
-      if constexpr (exact) {
-        if (direct) {
-          sums = dst + vg.offset(n, c0, 0, 0, 0);
-          step = channels;
+      // The covering output rows (od, oh), at ow = 0, with the D and H part of the tap.
+      row_terms.clear();
+      const Span sd = table.cover[0][d], sh = table.cover[1][h];
+      for (int64_t od = sd.lo; od < sd.hi; ++od) {
+        const int64_t td = tap_in(table.dim[0][od], d);
+        if (td < 0) continue;
+        for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
+          const int64_t th = tap_in(table.dim[1][oh], h);
+          if (th < 0) continue;
+          const int64_t at = ((n * g.dim[0].out + od) * out_h + oh) * out_w * channels;
+          row_terms.push_back({values + at, kMax ? taps + at : nullptr,
+                               static_cast<tap_t>(encode_tap(g, td, th, 0))});
         }
       }
-      if (width == step) {
-        std::fill(sums, sums + pixels * width, acc_t(0));
-      } else {
-        for (const auto x : c10::irange(pixels)) {
-          std::fill(sums + x * step, sums + x * step + width, acc_t(0));
-        }
-      }
-      for (const auto od : c10::irange(vo.size[2])) {
-        for (const auto oh : c10::irange(vo.size[3])) {
-          // A dilated window can hold no cell at all: its saved tap is no cell either.
-          if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
-          const int64_t base = row_origin(g, table.dim[0][od], table.dim[1][oh]);
-          for (const auto ow : c10::irange(vo.size[4])) {
-            if (table.dim[2][ow].count == 0) continue;
-            const int64_t origin = base + table.origin[ow];
-            const tap_t* tp = tap + vt.offset(n, c0, od, oh, ow);
-            const scalar_t* gp = grad + vo.offset(n, c0, od, oh, ow);
-            with_step(vo.stride[1] == 1 && vt.stride[1] == 1 ? 1 : 0, [&](auto unit) {
-              const int64_t st = unit ? 1 : vt.stride[1], sg = unit ? 1 : vo.stride[1];
-              for (int64_t k = 0; k < width; ++k) {
-                const int64_t cell = origin + offset[static_cast<int64_t>(tp[k * st])];
-                sums[cell * step + k] += static_cast<acc_t>(gp[k * sg]);
-              }
-            });
+      for (const auto x : c10::irange(vg.size[4])) {
+        terms.clear();
+        const Span sw = table.cover[2][x];
+        for (const auto& row : row_terms) {
+          for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
+            const int64_t tw = tap_in(table.dim[2][ow], x);
+            if (tw < 0) continue;
+            terms.push_back({row.value + ow * channels, kMax ? row.taps + ow * channels : nullptr,
+                             static_cast<tap_t>(row.code + tw)});
           }
         }
-      }
-      if (direct) continue;
-      if (dense && width == channels) {
-        narrow(sums, dst + vg.offset(n, 0, 0, 0, 0), pixels * channels);
-        continue;
-      }
-      for (const auto x : c10::irange(pixels)) {
-        int64_t sample, i[kDims];
-        unflatten_pixel(n * pixels + x, vg, &sample, i);
-        scalar_t* out = dst + vg.offset(n, c0, i[0], i[1], i[2]);
-        if (vg.stride[1] == 1) {
-          narrow(sums + x * width, out, width);
-        } else {
-          for (int64_t k = 0; k < width; ++k) {
-            out[k * vg.stride[1]] = static_cast<scalar_t>(sums[x * width + k]);
+        const auto* term = terms.data();
+        const auto count = static_cast<int64_t>(terms.size());
+        scalar_t* cell = dst + vg.offset(n, 0, d, h, x);
+        int64_t c0 = 0;
+        for (; by_blocks && c0 + kGatherBlock <= channels; c0 += kGatherBlock) {
+          gather_block<kMax>(term, count, c0, sum);
+          if (vg.stride[1] == 1) {
+            narrow(sum, cell + c0, kGatherBlock);
+          } else {
+            for (const auto k : c10::irange(kGatherBlock)) {
+              cell[(c0 + k) * vg.stride[1]] = static_cast<scalar_t>(sum[k]);
+            }
+          }
+        }
+        for (; c0 < channels; c0 += kGatherBlock) {
+          const int64_t width = std::min(kGatherBlock, channels - c0);
+          gather_tail<kMax>(term, count, c0, width, sum);
+          for (const auto k : c10::irange(width)) {
+            cell[(c0 + k) * vg.stride[1]] = static_cast<scalar_t>(sum[k]);
           }
         }
       }
     }
   });
+}
+
+template <typename scalar_t, typename tap_t>
+void max_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                                  const at::Tensor& taps, const at::Tensor& grad_in) {
+  const auto g_c = channels_inner_dense(grad_out), t_c = channels_inner_dense(taps);
+  gather_channels<true, scalar_t>(g, grad_in, g_c.template const_data_ptr<scalar_t>(),
+                                  t_c.template const_data_ptr<tap_t>());
+}
+
+// Average: each output's share (gradient / divisor, as avg_grad_at forms
+// it) once, then the gather sums shares.
+template <typename scalar_t>
+void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                                  const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out);
+  const int64_t channels = vo.size[1];
+  const at::Tensor shares =
+      at::empty({vo.size[0], vo.size[2], vo.size[3], vo.size[4], channels},
+                grad_out.options().dtype(c10::CppTypeToScalarType<acc_t>::value));
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  auto* share = shares.mutable_data_ptr<acc_t>();
+  at::parallel_for(0, vo.size[0] * vo.pixels(), grain(channels), [&](int64_t begin, int64_t end) {
+    WindowTable table;
+    for (const auto p : c10::irange(begin, end)) {
+      int64_t n, o[kDims];
+      unflatten_pixel(p, vo, &n, o);
+      table.build(g, n);
+      const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
+      const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+      const scalar_t* gr = grad + vo.offset(n, 0, o[0], o[1], o[2]);
+      acc_t* sh = share + p * channels;
+      with_step(vo.stride[1], [&](auto step) {
+        const int64_t sc = step;
+        for (int64_t c = 0; c < channels; ++c) {
+          sh[c] = static_cast<acc_t>(gr[c * sc]) / divisor;
+        }
+      });
+    }
+  });
+  gather_channels<false, scalar_t>(g, grad_in, share, static_cast<const uint8_t*>(nullptr));
 }
 
 // One row of a planes max backward: output ow's gradient onto its saved
@@ -1168,16 +1287,10 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
   if (channels_inner(grad_in, taps)) {
-    // In place for dense float32/float64; otherwise while a 16-channel
-    // scratch block fits, else the cell-by-cell gather below.
-    const Layout5 vg = layout_of(grad_in);
-    const bool in_place = std::is_same_v<scalar_t, acc_t> && dense_channels_last(vg);
-    if (in_place || vg.pixels() * std::min<int64_t>(16, vg.size[1]) <= kMaxScratch) {
-      max_backward_scatter_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
-      return;
-    }
+    max_backward_gather_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+    return;
   }
-  if (!scratch_fits(grad_in, false)) {
+  if (!scratch_fits(grad_in)) {
     const HostTables tables(g, grad_in.size(0));
     gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
       return max_grad_at<scalar_t, tap_t, acc_t>(g, tables.view, n, i,
@@ -1217,8 +1330,11 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vo = layout_of(grad_out);
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
-  const bool channels = channels_inner(grad_in, grad_in);
-  if (!scratch_fits(grad_in, channels)) {
+  if (channels_inner(grad_in, grad_in)) {
+    avg_backward_gather_channels<scalar_t>(g, grad_out, grad_in);
+    return;
+  }
+  if (!scratch_fits(grad_in)) {
     const HostTables tables(g, grad_in.size(0));
     gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
       return avg_grad_at<scalar_t, acc_t>(g, tables.view, n, i, grad + vo.offset(n, c, 0, 0, 0),
@@ -1227,88 +1343,59 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     return;
   }
   const int64_t plane_h = g.dim[1].in, plane_w = g.dim[2].in;
-  if (!channels) {
-    const int64_t kw = g.dim[2].kernel, stride_w = g.dim[2].stride, pad_w = g.dim[2].pad;
-    // One row of outputs (od, oh) into the plane's scratch.
-    const auto spread_row = [&](int64_t n, int64_t c, int64_t od, int64_t oh,
-                                const WindowTable& table, acc_t* scratch) {
-      thread_local std::vector<acc_t> share_row;
-      share_row.resize(vo.size[4]);
-      acc_t* share = share_row.data();
-      const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
-      const Interior& inner = table.inner;
-      Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
-      int64_t o[kDims] = {od, oh, 0};
-      for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-        if (o[2] == inner.lo && inner.lo < inner.hi) {
-          // Inside, the W factor of the divisor is the kernel: one divisor.
-          w[2] = table.dim[2][o[2]];
-          const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-          for (; o[2] < inner.hi; ++o[2]) {
-            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
-          }
-          if (o[2] == vo.size[4]) break;
-        }
+  const int64_t kw = g.dim[2].kernel, stride_w = g.dim[2].stride, pad_w = g.dim[2].pad;
+  // One row of outputs (od, oh) into the plane's scratch.
+  const auto spread_row = [&](int64_t n, int64_t c, int64_t od, int64_t oh,
+                              const WindowTable& table, acc_t* scratch) {
+    thread_local std::vector<acc_t> share_row;
+    share_row.resize(vo.size[4]);
+    acc_t* share = share_row.data();
+    const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+    const Interior& inner = table.inner;
+    Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
+    int64_t o[kDims] = {od, oh, 0};
+    for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
+      if (o[2] == inner.lo && inner.lo < inner.hi) {
+        // Inside, the W factor of the divisor is the kernel: one divisor.
         w[2] = table.dim[2][o[2]];
-        share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
-                      static_cast<acc_t>(avg_divisor(g, w, o));
+        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+        for (; o[2] < inner.hi; ++o[2]) {
+          share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
+        }
+        if (o[2] == vo.size[4]) break;
       }
-      // Each cell must sum its outputs in order along W: the left edge, then
-      // the inside with taps from the last (so outputs ascend per cell), then
-      // the right edge.
-      const auto edge = [&](acc_t* row, int64_t ow) {
-        const Window& x = table.dim[2][ow];
-        for (int64_t tw = 0; tw < x.count; ++tw) {
-          row[x.begin + tw * x.step] += share[ow];
-        }
-      };
-      for (int64_t td = 0; td < w[0].count; ++td) {
-        for (int64_t th = 0; th < w[1].count; ++th) {
-          acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
-                                  th * w[1].step) * plane_w;
-          for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
-          for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
-            with_step(stride_w, [&](auto step) {
-              spread_sweep(row + tw - pad_w, step, inner, share);
-            });
-          }
-          for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
-        }
+      w[2] = table.dim[2][o[2]];
+      share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
+                    static_cast<acc_t>(avg_divisor(g, w, o));
+    }
+    // Each cell must sum its outputs in order along W: the left edge, then
+    // the inside with taps from the last (so outputs ascend per cell), then
+    // the right edge.
+    const auto edge = [&](acc_t* row, int64_t ow) {
+      const Window& x = table.dim[2][ow];
+      for (int64_t tw = 0; tw < x.count; ++tw) {
+        row[x.begin + tw * x.step] += share[ow];
       }
     };
-    backward_planes<scalar_t>(g, grad_out, grad_in,
-                              [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
-      for (const auto od : c10::irange(vo.size[2])) {
-        for (const auto oh : c10::irange(vo.size[3])) {
-          spread_row(n, c, od, oh, table, scratch);
-        }
-      }
-    });
-    return;
-  }
-  const int64_t lanes = grad_in.size(1);
-  backward_channels<scalar_t>(g, grad_out, grad_in,
-                              [&](int64_t n, const int64_t* o, const Window* w, acc_t* scratch) {
-    const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-    const scalar_t* gr = grad + vo.offset(n, 0, o[0], o[1], o[2]);
-    thread_local std::vector<acc_t> share;
-    share.resize(lanes);
-    with_step(vo.stride[1], [&](auto step) {
-      const int64_t sc = step;
-      for (const auto k : c10::irange(lanes)) {
-        share[k] = static_cast<acc_t>(gr[k * sc]) / divisor;
-      }
-    });
     for (int64_t td = 0; td < w[0].count; ++td) {
       for (int64_t th = 0; th < w[1].count; ++th) {
-        const int64_t row = ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
-                             th * w[1].step) * plane_w + w[2].begin;
-        for (int64_t tw = 0; tw < w[2].count; ++tw) {
-          acc_t* at = scratch + (row + tw * w[2].step) * lanes;
-          for (const auto k : c10::irange(lanes)) {
-            at[k] += share[k];
-          }
+        acc_t* row = scratch + ((w[0].begin + td * w[0].step) * plane_h + w[1].begin +
+                                th * w[1].step) * plane_w;
+        for (int64_t ow = 0; ow < inner.lo; ++ow) edge(row, ow);
+        for (int64_t tw = kw - 1; tw >= 0 && inner.lo < inner.hi; --tw) {
+          with_step(stride_w, [&](auto step) {
+            spread_sweep(row + tw - pad_w, step, inner, share);
+          });
         }
+        for (int64_t ow = inner.hi; ow < vo.size[4]; ++ow) edge(row, ow);
+      }
+    }
+  };
+  backward_planes<scalar_t>(g, grad_out, grad_in,
+                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
+    for (const auto od : c10::irange(vo.size[2])) {
+      for (const auto oh : c10::irange(vo.size[3])) {
+        spread_row(n, c, od, oh, table, scratch);
       }
     }
   });
