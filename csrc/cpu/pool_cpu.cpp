@@ -312,25 +312,32 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
   return best;
 }
 
+// Two vector accumulators and a pairwise fold of the lanes keep the chain
+// of dependent adds short: short runs (7x7 planes) are latency-bound.
 template <typename scalar_t, typename acc_t>
 inline acc_t run_sum(const scalar_t* __restrict__ at, int64_t len) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
   acc_t buffer[kChunk];
-  Vec lanes(acc_t(0));
+  Vec even(acc_t(0)), odd(acc_t(0));
   int64_t i = 0;
   while (i + L <= len) {
     const int64_t n = std::min(kChunk, (len - i) / L * L);
     const acc_t* run = widened(at + i, n, buffer);
-    for (int64_t k = 0; k < n; k += L) {
-      lanes = lanes + Vec::loadu(run + k);
+    int64_t k = 0;
+    for (; k + 2 * L <= n; k += 2 * L) {
+      even = even + Vec::loadu(run + k);
+      odd = odd + Vec::loadu(run + k + L);
     }
+    if (k < n) even = even + Vec::loadu(run + k);
     i += n;
   }
   acc_t value[L];
-  lanes.store(value);
-  acc_t sum = 0;
-  for (int64_t j = 0; j < L; ++j) sum += value[j];
+  (even + odd).store(value);
+  for (int64_t width = L / 2; width > 0; width /= 2) {
+    for (int64_t j = 0; j < width; ++j) value[j] += value[j + width];
+  }
+  acc_t sum = value[0];
   for (; i < len; ++i) sum += static_cast<acc_t>(at[i]);
   return sum;
 }
