@@ -743,13 +743,14 @@ struct ChannelTap {
 constexpr int64_t kChannelBlock = 32;
 constexpr int64_t kL1Bytes = 32 * 1024;  // L1 data cache of current x86 cores
 
-// Channels [c0, c0 + kChannelBlock) of one output over its taps: value and
-// (max) the winning code per channel, in acc_t lanes (codes exact there).
-template <bool kMax, typename scalar_t, typename acc_t>
+// Channels [c0, c0 + kWidth) of one output over its taps (kWidth a whole
+// number of vectors) into value[0, kWidth) and (max) the winning codes into
+// code[0, kWidth), in acc_t lanes (codes exact there).
+template <int64_t kWidth, bool kMax, typename scalar_t, typename acc_t>
 inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int64_t c0,
                            acc_t* value, acc_t* code) {
   using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size(), kVecs = kChannelBlock / kLanes;
+  constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
   Vec best[kVecs], best_code[kVecs];
   for (int64_t j = 0; j < kVecs; ++j) {
     const Vec v = load_acc<acc_t>(taps[0].at + c0 + j * kLanes);
@@ -795,7 +796,7 @@ void forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Ten
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
     std::vector<ChannelTap<scalar_t>> row_taps, taps;
-    std::vector<acc_t> value(channels), code(kChannelBlock);
+    std::vector<acc_t> value(channels), code(channels);
     std::vector<code_t> rest_code(channels);
     for (const auto r : c10::irange(begin, end)) {
       int64_t n, o[kDims];
@@ -826,14 +827,21 @@ void forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Ten
         // Blocks re-read the window once per block: only while it stays in L1.
         if (count > 0 && by_blocks && count * channels * sizeof(scalar_t) <= kL1Bytes) {
           for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
-            channels_block<kMax>(taps.data(), count, c0, value.data(), code.data());
-            finish(n, o, w, c0, kChannelBlock, value.data(), code.data(), count);
+            channels_block<kChannelBlock, kMax>(taps.data(), count, c0, value.data() + c0,
+                                                code.data() + c0);
           }
+          // The rest a vector at a time.
+          constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
+          for (; c0 + kLanes <= channels; c0 += kLanes) {
+            channels_block<kLanes, kMax>(taps.data(), count, c0, value.data() + c0,
+                                         code.data() + c0);
+          }
+          if (c0 > 0) finish(n, o, w, 0, c0, value.data(), code.data(), count);
         }
         if (c0 == channels) continue;  // next output
         // The other channels tap by tap, each tap's channels streamed into
         // value (and rest_code), in the same order.
-        acc_t* __restrict__ v = value.data();
+        acc_t* __restrict__ v = value.data() + c0;
         code_t* __restrict__ k = rest_code.data();
         const int64_t width = channels - c0;
         if (count == 0) {
