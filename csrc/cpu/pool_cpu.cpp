@@ -1109,24 +1109,41 @@ struct GatherTerm {
   tap_t code;
 };
 
-// Channels [c0, c0 + kGatherBlock) of one cell: the sum of its terms into
-// sum, in registers. Values and tap codes are widened to acc_t first; a tap
-// mask keeps a value or makes it +0, which leaves the sum as skipping it would.
-template <bool kMax, typename acc_t, typename value_t, typename tap_t>
+// Channels [c0, c0 + kWidth) of one cell (kWidth a whole number of
+// vectors): the sum of its terms into sum, in registers. Values and tap
+// codes are widened to acc_t; a tap mask keeps a value or makes it +0,
+// which leaves the sum as skipping it would.
+// The tap codes of a vector of channels as acc_t lanes: bytes to float in
+// two conversions where at::vec has them (a plain widening loop of eight
+// compiles to scalar conversions), else by a widening loop.
+template <typename acc_t, typename tap_t>
+inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<tap_t, uint8_t> &&
+                Vec::size() * 4 == at::vec::Vectorized<uint8_t>::size()) {
+    const auto bytes = at::vec::Vectorized<uint8_t>::loadu_one_fourth(at);
+    return at::vec::convert<float>(at::vec::convert<int32_t>(bytes));
+  } else {
+    alignas(64) acc_t codes[Vec::size()];
+    widen(at, codes, Vec::size());
+    return Vec::loadu(codes);
+  }
+}
+
+template <int64_t kWidth, bool kMax, typename acc_t, typename value_t, typename tap_t>
 inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
                          acc_t* sum) {
   using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t kLanes = Vec::size(), kVecs = kGatherBlock / kLanes;
+  constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
   Vec a[kVecs];
   for (auto& v : a) v = Vec(acc_t(0));
   for (int64_t t = 0; t < count; ++t) {
     const value_t* x = terms[t].value + c0;
     if constexpr (kMax) {
-      alignas(64) acc_t codes[kGatherBlock];
-      widen(terms[t].taps + c0, codes, kGatherBlock);
+      const tap_t* taps = terms[t].taps + c0;
       const Vec code(static_cast<acc_t>(terms[t].code));
       for (int64_t j = 0; j < kVecs; ++j) {
-        a[j] += load_acc<acc_t>(x + j * kLanes) & (Vec::loadu(codes + j * kLanes) == code);
+        a[j] += load_acc<acc_t>(x + j * kLanes) & (load_codes<acc_t>(taps + j * kLanes) == code);
       }
     } else {
       for (int64_t j = 0; j < kVecs; ++j) {
@@ -1200,23 +1217,32 @@ void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const val
         const auto* term = terms.data();
         const auto count = static_cast<int64_t>(terms.size());
         scalar_t* cell = dst + vg.offset(n, 0, d, h, x);
-        int64_t c0 = 0;
-        for (; by_blocks && c0 + kGatherBlock <= channels; c0 += kGatherBlock) {
-          gather_block<kMax>(term, count, c0, sum);
+        const auto store = [&](int64_t c0, int64_t width) {
           if (vg.stride[1] == 1) {
-            narrow(sum, cell + c0, kGatherBlock);
+            narrow(sum, cell + c0, width);
           } else {
-            for (const auto k : c10::irange(kGatherBlock)) {
+            for (const auto k : c10::irange(width)) {
               cell[(c0 + k) * vg.stride[1]] = static_cast<scalar_t>(sum[k]);
             }
+          }
+        };
+        int64_t c0 = 0;
+        if constexpr (by_blocks) {
+          for (; c0 + kGatherBlock <= channels; c0 += kGatherBlock) {
+            gather_block<kGatherBlock, kMax>(term, count, c0, sum);
+            store(c0, kGatherBlock);
+          }
+          // The rest a vector at a time.
+          constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
+          for (; c0 + kLanes <= channels; c0 += kLanes) {
+            gather_block<kLanes, kMax>(term, count, c0, sum);
+            store(c0, kLanes);
           }
         }
         for (; c0 < channels; c0 += kGatherBlock) {
           const int64_t width = std::min(kGatherBlock, channels - c0);
           gather_tail<kMax>(term, count, c0, width, sum);
-          for (const auto k : c10::irange(width)) {
-            cell[(c0 + k) * vg.stride[1]] = static_cast<scalar_t>(sum[k]);
-          }
+          store(c0, width);
         }
       }
     }
