@@ -35,11 +35,10 @@ bool channels_inner(const at::Tensor& a, const at::Tensor& b) {
   return a.size(1) > 1 && a.stride(1) == 1 && b.stride(1) == 1;
 }
 
-// t with channels innermost and every dim packed ((N, D, H, W, C) order):
-// t itself when it is already so.
+// t with channels innermost and every dim packed, in (N, D, H, W, C) order
+// (a view of t when it is already so).
 at::Tensor channels_inner_dense(const at::Tensor& t) {
-  const auto packed = t.permute({0, 2, 3, 4, 1});
-  return packed.is_contiguous() ? packed : packed.contiguous();
+  return t.permute({0, 2, 3, 4, 1}).contiguous();
 }
 
 inline int64_t grain(int64_t work_per_item) {
@@ -116,7 +115,6 @@ struct WindowTable {
   Interior inner;               // the outputs along W whose windows hold every tap
   std::vector<int64_t> origin;  // where tap 0 of each W window sits (window_origin along W)
   int64_t widest = 0;           // the most cells of a W window
-  std::vector<Span> cover[kDims];  // the outputs whose windows may hold each input cell
   int64_t sample = -1;
 
   void build(const PoolGeometry& g, int64_t n) {
@@ -129,10 +127,6 @@ struct WindowTable {
       dim[k].resize(g.dim[k].out);
       for (const auto o : c10::irange(g.dim[k].out)) {
         dim[k][o] = window(g, k, o, in);
-      }
-      cover[k].resize(g.dim[k].in);
-      for (const auto i : c10::irange(g.dim[k].in)) {
-        covering(g, k, i, in, &cover[k][i].lo, &cover[k][i].hi);
       }
     }
     inner = full_windows(g, dim[2]);
@@ -165,9 +159,27 @@ struct WindowTable {
     return cell.data();
   }
 
+  // The outputs whose windows may hold each input cell, per dim, for the
+  // sample. Built on first use.
+  const std::vector<Span>* cover(const PoolGeometry& g) {
+    if (cover_sample != sample) {
+      cover_sample = sample;
+      for (const auto k : c10::irange(kDims)) {
+        const int64_t in = extent(g, k, sample);
+        spans[k].resize(g.dim[k].in);
+        for (const auto i : c10::irange(g.dim[k].in)) {
+          covering(g, k, i, in, &spans[k][i].lo, &spans[k][i].hi);
+        }
+      }
+    }
+    return spans;
+  }
+
  private:
   std::vector<int64_t> cell;
   int64_t cell_sample = -1;
+  std::vector<Span> spans[kDims];
+  int64_t cover_sample = -1;
 };
 
 // Walks plane rows (n, c, d, h) in order from row `first`: one division
@@ -974,7 +986,6 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 // functions instead. Channels-last gathers a pixel's channels at once.
 
 constexpr int64_t kMaxScratch = int64_t{1} << 22;
-constexpr int64_t kGatherBlock = 32;
 
 // Windows covering one input cell overlap at most this many outputs per dim
 // on average; a rough cost for the grain size.
@@ -1109,10 +1120,6 @@ struct GatherTerm {
   tap_t code;
 };
 
-// Channels [c0, c0 + kWidth) of one cell (kWidth a whole number of
-// vectors): the sum of its terms into sum, in registers. Values and tap
-// codes are widened to acc_t; a tap mask keeps a value or makes it +0,
-// which leaves the sum as skipping it would.
 // The tap codes of a vector of channels as acc_t lanes: bytes to float in
 // two conversions where at::vec has them (a plain widening loop of eight
 // compiles to scalar conversions), else by a widening loop.
@@ -1130,6 +1137,10 @@ inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at) {
   }
 }
 
+// Channels [c0, c0 + kWidth) of one cell (kWidth a whole number of
+// vectors): the sum of its terms into sum, in registers. Values and tap
+// codes are widened to acc_t; a tap mask keeps a value or makes it +0,
+// which leaves the sum as skipping it would.
 template <int64_t kWidth, bool kMax, typename acc_t, typename value_t, typename tap_t>
 inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
                          acc_t* sum) {
@@ -1154,7 +1165,7 @@ inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count,
   for (int64_t j = 0; j < kVecs; ++j) a[j].store(sum + j * kLanes);
 }
 
-// The same for `width` (<= kGatherBlock) channels, one at a time.
+// The same for `width` (<= kChannelBlock) channels, one at a time.
 template <bool kMax, typename acc_t, typename value_t, typename tap_t>
 inline void gather_tail(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
                         int64_t width, acc_t* sum) {
@@ -1184,14 +1195,15 @@ void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const val
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
     std::vector<GatherTerm<value_t, tap_t>> row_terms, terms;
-    acc_t sum[kGatherBlock];
+    acc_t sum[kChannelBlock];
     for (const auto r : c10::irange(begin, end)) {
       const int64_t h = r % vg.size[3], d = (r / vg.size[3]) % vg.size[2];
       const int64_t n = r / (vg.size[3] * vg.size[2]);
       table.build(g, n);
+      const std::vector<Span>* cover = table.cover(g);
       // The covering output rows (od, oh), at ow = 0, with the D and H part of the tap.
       row_terms.clear();
-      const Span sd = table.cover[0][d], sh = table.cover[1][h];
+      const Span sd = cover[0][d], sh = cover[1][h];
       for (int64_t od = sd.lo; od < sd.hi; ++od) {
         const int64_t td = tap_in(table.dim[0][od], d);
         if (td < 0) continue;
@@ -1205,7 +1217,7 @@ void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const val
       }
       for (const auto x : c10::irange(vg.size[4])) {
         terms.clear();
-        const Span sw = table.cover[2][x];
+        const Span sw = cover[2][x];
         for (const auto& row : row_terms) {
           for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
             const int64_t tw = tap_in(table.dim[2][ow], x);
@@ -1228,9 +1240,9 @@ void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const val
         };
         int64_t c0 = 0;
         if constexpr (by_blocks) {
-          for (; c0 + kGatherBlock <= channels; c0 += kGatherBlock) {
-            gather_block<kGatherBlock, kMax>(term, count, c0, sum);
-            store(c0, kGatherBlock);
+          for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
+            gather_block<kChannelBlock, kMax>(term, count, c0, sum);
+            store(c0, kChannelBlock);
           }
           // The rest a vector at a time.
           constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
@@ -1239,8 +1251,8 @@ void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const val
             store(c0, kLanes);
           }
         }
-        for (; c0 < channels; c0 += kGatherBlock) {
-          const int64_t width = std::min(kGatherBlock, channels - c0);
+        for (; c0 < channels; c0 += kChannelBlock) {
+          const int64_t width = std::min(kChannelBlock, channels - c0);
           gather_tail<kMax>(term, count, c0, width, sum);
           store(c0, width);
         }
@@ -1601,9 +1613,9 @@ inline at::Tensor empty_channels_inner(const at::Tensor& like) {
       .permute({0, 4, 1, 2, 3});
 }
 
-// A copy of a 5-d tensor with channels innermost.
+// A copy of a 5-d tensor with channels innermost, in (N, C, D, H, W) order.
 inline at::Tensor channels_inner_copy(const at::Tensor& t) {
-  return t.permute({0, 2, 3, 4, 1}).contiguous().permute({0, 4, 1, 2, 3});
+  return channels_inner_dense(t).permute({0, 4, 1, 2, 3});
 }
 
 // Calls f.template operator()<tap_t>() with the saved taps' element type.
