@@ -257,3 +257,36 @@ def test_short_windows_of_small_planes(kind, d, channels, specials, dtype, devic
         strided = x.transpose(-1, -2)
         run_case(kind, d, strided, "strided", output_size[::-1], list(output_size[::-1]),
                  device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_small_planes_in_channel_groups(kind, d, dtype, device):
+    """Small planes with channels over several groups (70 = 64 + 6: the CPU pools
+    and gathers such planes 64 channels of a sample at a time, transposed to
+    channels-last), from planes with gaps between samples and between channels:
+    against torch, and bit-identical to the same values laid out channels-last
+    (outputs, indices, gradients)."""
+    rng = make_rng("channel-groups", kind, d, dtype)
+    spatial = (13, 11) if d == 2 else (5, 7, 6)
+    base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
+    name = f"adaptive_{kind}_pool{d}d"
+    output_size = (6, 4) if d == 2 else (2, 3, 4)
+    channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
+    for x in (base[:3, :70], base[::2, ::2]):
+        run_case(kind, d, x, "strided", output_size, list(output_size), device, rng)
+        results = []
+        for layout in (x, x.contiguous(memory_format=channels_last)):
+            xl = leaf(layout)
+            if kind == "max":
+                out, idx = ours(name)(xl, output_size, return_indices=True)
+            else:
+                out, idx = ours(name)(xl, output_size), None
+            grad_out = torch.linspace(-3, 3, out.numel(), device=device).reshape(out.shape).to(dtype)
+            (grad,) = torch.autograd.grad(out, xl, grad_out)
+            results.append((out, idx, grad))
+        for planes, channels in zip(*results):
+            if planes is not None:
+                assert_equal(planes, channels)
