@@ -1767,23 +1767,37 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   });
 }
 
-// Writes plane (n, c) of grad_in: value(d, h, x) inside the sample's
-// extent, zero outside it.
-template <typename scalar_t, typename Value>
-inline void write_global_plane(const Layout5& vg, scalar_t* dst, int64_t n, int64_t c,
-                               const Window* w, const Value& value) {
-  for (const auto d : c10::irange(vg.size[2])) {
+// Writes plane (n, c) of grad_in: `value` in every cell of the sample's
+// extent (average), or in the one cell of tap `code` (max, code >= 0), zero
+// elsewhere; whole rows at once where they are contiguous.
+template <typename scalar_t>
+inline void write_global_plane(const PoolGeometry& g, const Layout5& vg, scalar_t* dst,
+                               int64_t n, int64_t c, const Window* w, scalar_t value,
+                               int64_t code) {
+  const bool whole = w[0].count == vg.size[2] && w[1].count == vg.size[3] &&
+                     w[2].count == vg.size[4] && dense_planes(vg);
+  if (whole) {
+    scalar_t* plane = dst + vg.offset(n, c, 0, 0, 0);
+    std::fill(plane, plane + vg.pixels(), code < 0 ? value : scalar_t(0));
+  }
+  for (const auto d : c10::irange(whole ? 0 : vg.size[2])) {
     for (const auto h : c10::irange(vg.size[3])) {
       scalar_t* row = dst + vg.offset(n, c, d, h, 0);
-      const bool inside = d < w[0].count && h < w[1].count;
+      const bool inside = code < 0 && d < w[0].count && h < w[1].count;
       const int64_t valid = inside ? w[2].count : 0;
-      for (int64_t x = 0; x < valid; ++x) {
-        row[x * vg.stride[4]] = value(d, h, x);
+      if (vg.stride[4] == 1) {
+        std::fill(row, row + valid, value);
+        std::fill(row + valid, row + vg.size[4], scalar_t(0));
+        continue;
       }
-      for (int64_t x = valid; x < vg.size[4]; ++x) {
-        row[x * vg.stride[4]] = scalar_t(0);
+      for (const auto x : c10::irange(vg.size[4])) {
+        row[x * vg.stride[4]] = x < valid ? value : scalar_t(0);
       }
     }
+  }
+  if (code >= 0) {
+    const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
+    dst[vg.offset(n, c, code / (kh * kw), code / kw % kh, code % kw)] = value;
   }
 }
 
@@ -1795,14 +1809,11 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
   for_global_planes(g, vo, vg.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const auto code = static_cast<int64_t>(tap[vt.offset(n, c, 0, 0, 0)]);
     const auto share = static_cast<scalar_t>(acc_t(0) +
                                              static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]));
-    write_global_plane(vg, dst, n, c, w, [&](int64_t d, int64_t h, int64_t x) {
-      return (d * kh + h) * kw + x == code ? share : scalar_t(0);
-    });
+    write_global_plane(g, vg, dst, n, c, w, share, code);
   });
 }
 
@@ -1818,7 +1829,7 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
     const auto share = static_cast<scalar_t>(
         acc_t(0) + static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]) /
                        static_cast<acc_t>(avg_divisor(g, w, origin)));
-    write_global_plane(vg, dst, n, c, w, [&](int64_t, int64_t, int64_t) { return share; });
+    write_global_plane(g, vg, dst, n, c, w, share, -1);
   });
 }
 
