@@ -21,7 +21,9 @@
 #include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
 
+#include <cstdlib>
 #include <memory>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -1833,19 +1835,25 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
-// A fresh output the kernel is about to fill, large: on Linux, ask for
-// transparent huge pages over it (they come only on request where the
-// system's THP mode is madvise, the common default), as torch's CPU
-// allocator does under THP_MEM_ALLOC_ENABLE=1. A 2 MB page faults in once
-// where 512 small ones would: the page faults of a fresh 64 MB gradient
-// are most of its backward.
+// A fresh gradient the kernel is about to fill, of 32 MB or more (what
+// glibc maps anew on every allocation): on Linux, ask for transparent huge
+// pages over it (given only on request where the system's THP mode is
+// madvise, the common default), as torch's CPU allocator does under
+// THP_MEM_ALLOC_ENABLE=1. A 2 MB page faults in once where 512 small ones
+// would: the page faults of a fresh 64 MB gradient are most of its
+// backward. POOL_EXT_HUGE_PAGES=0 turns this off (where THP defrag makes
+// such faults wait for compaction).
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t kHuge = uintptr_t{1} << 21;
+  static const bool enabled = [] {
+    const char* env = std::getenv("POOL_EXT_HUGE_PAGES");
+    return env == nullptr || std::string(env) != "0";
+  }();
+  constexpr uintptr_t kHuge = uintptr_t{1} << 21, kLarge = uintptr_t{1} << 25;
   const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
   const uintptr_t end = begin + static_cast<uintptr_t>(t.numel()) * t.element_size();
   const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1), last = end & ~(kHuge - 1);
-  if (last >= first + 2 * kHuge) {
+  if (enabled && end - begin >= kLarge) {
     madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // advice: may fail
   }
 #endif
