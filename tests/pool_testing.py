@@ -146,6 +146,19 @@ def leaf(x):
     return x.detach().requires_grad_()
 
 
+def outputs_and_grad(fn, x, *args, return_indices=False, **kwargs):
+    """fn on a leaf of x: (output, indices or None, gradient for a fixed ramp of output
+    gradients), for comparing the same values in two layouts bit for bit."""
+    xl = leaf(x)
+    if return_indices:
+        out, idx = fn(xl, *args, return_indices=True, **kwargs)
+    else:
+        out, idx = fn(xl, *args, **kwargs), None
+    grad_out = torch.linspace(-3, 3, out.numel(), device=x.device).reshape(out.shape).to(x.dtype)
+    (grad,) = torch.autograd.grad(out, xl, grad_out)
+    return out, idx, grad
+
+
 def random_grad(rng, like):
     return random_values(rng, tuple(like.shape), like.dtype).to(like.device)
 

@@ -11,7 +11,7 @@ import torch
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
     assert_equal, assert_same_format, check_max_indices, expected_max_indices, is_batched, leaf, make_rng,
-    ours, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
+    ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
 
 CASES_PER_SEED = 12
@@ -277,16 +277,8 @@ def test_small_planes_in_channel_groups(kind, d, dtype, device):
     channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
     for x in (base[:3, :70], base[::2, ::2]):
         run_case(kind, d, x, "strided", output_size, list(output_size), device, rng)
-        results = []
-        for layout in (x, x.contiguous(memory_format=channels_last)):
-            xl = leaf(layout)
-            if kind == "max":
-                out, idx = ours(name)(xl, output_size, return_indices=True)
-            else:
-                out, idx = ours(name)(xl, output_size), None
-            grad_out = torch.linspace(-3, 3, out.numel(), device=device).reshape(out.shape).to(dtype)
-            (grad,) = torch.autograd.grad(out, xl, grad_out)
-            results.append((out, idx, grad))
+        results = [outputs_and_grad(ours(name), layout, output_size, return_indices=kind == "max")
+                   for layout in (x, x.contiguous(memory_format=channels_last))]
         for planes, channels in zip(*results):
             if planes is not None:
                 assert_equal(planes, channels)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
     assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window, is_batched, leaf,
-    make_rng, ours, random_grad, TORCH_CPU_3D_CONTIGUOUS_ONLY, random_input, scatter_grad, to_strided, torch_accepts, torchs,
+    make_rng, ours, outputs_and_grad, random_grad, TORCH_CPU_3D_CONTIGUOUS_ONLY, random_input, scatter_grad, to_strided, torch_accepts, torchs,
 )
 
 CASES_PER_SEED = 12
@@ -494,16 +494,8 @@ def test_channels_last_whole_channel_blocks(kind, d, dtype, device):
         x, _ = random_input(rng, shape, dtype, device, layout="channels_last", specials=specials, ties=ties)
         for kwargs in cases:
             run_case(kind, d, x, "channels_last", kwargs, device, rng)
-            results = []
-            for layout in (x, x.contiguous()):
-                xl = leaf(layout)
-                if kind == "max":
-                    out, idx = ours(name)(xl, **kwargs, return_indices=True)
-                else:
-                    out, idx = ours(name)(xl, **kwargs), None
-                grad_out = torch.linspace(-3, 3, out.numel(), device=device).reshape(out.shape).to(dtype)
-                (grad,) = torch.autograd.grad(out, xl, grad_out)
-                results.append((out, idx, grad))
+            results = [outputs_and_grad(ours(name), layout, return_indices=kind == "max", **kwargs)
+                       for layout in (x, x.contiguous())]
             for ours_cl, ours_planes in zip(*results):
                 if ours_cl is not None:
                     assert_equal(ours_cl, ours_planes)
