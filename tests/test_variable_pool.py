@@ -321,16 +321,19 @@ def test_long_extents(kind, d, dtype, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_small_planes_many_channels(kind, d, dtype, device):
-    """Small padded planes with many channels, which the CPU pools transposed to
-    channels-last: the padding must still never be read."""
-    rng = make_rng("small", kind, d, dtype)
-    padded = (9, 12) if d == 2 else (4, 5, 6)
+@pytest.mark.parametrize("channels", [24, 70])
+def test_small_planes_many_channels(kind, d, channels, dtype, device):
+    """Small padded planes with many channels (70: two groups of the CPU's
+    transposed path, 64 + 6), which the CPU pools and gathers transposed to
+    channels-last (padding cells copied along, never used): padding cells must
+    still never change an output or get a gradient. The 3-d planes' windows span up to 400 taps (saved as int64)."""
+    rng = make_rng("small", kind, d, channels, dtype)
+    padded = (9, 12) if d == 2 else (8, 8, 4)
     n = 4
     sizes = [tuple(rng.randint(1, e) for e in padded) for _ in range(n)]
     sizes[0] = padded
-    shape = (n, 24, *padded)
+    shape = (n, channels, *padded)
     values = random_values(rng, shape, dtype, ties=True)
     x = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, dtype)).to(device)
-    for output_size in (2, 3):
+    for output_size in (2, 3) if d == 2 else ((1, 1, 2), 3):
         check_variable(kind, d, x, sizes, output_size, device, rng)

@@ -5,14 +5,15 @@
 //    registers; the edges, and adaptive windows, go through the element
 //    functions of pool.h, or reduce long contiguous runs with at::vec.
 //    Global pooling (output size 1) is one reduction per plane;
-//  - channels (channels-last inputs): one pixel at a time, the same window
-//    for every channel, a block of channels in vector registers over all
-//    the window's taps (or, for wide windows, each tap streamed over every
-//    channel).
+//  - channels (channels-last inputs, and small adaptive planes transposed
+//    to channels-last a group of channels at a time): one pixel at a time,
+//    the same window for every channel, a block of channels in vector
+//    registers over all the window's taps (or, for wide windows, each tap
+//    streamed over every channel).
 // Backward kernels give each input cell the sum, in output order, of the
 // outputs that cover it: the GPU's gather, term for term. Planes backwards
-// spread outputs into planes a task owns; channels-last ones gather each
-// input pixel's channels. No two threads write one cell, and gradients are
+// spread outputs into planes a task owns; channels ones gather each input
+// pixel's channels. No two threads write one cell, and gradients are
 // bit-identical run to run, and match the GPU's.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -877,7 +878,7 @@ inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int6
   }
 }
 
-// Per-thread state of the channels forward.
+// State of the channels forward, one per task of a parallel loop.
 template <typename scalar_t, typename code_t>
 struct ChannelScratch {
   using acc_t = at::opmath_type<scalar_t>;
@@ -986,13 +987,16 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
 // kernels take every channel of a pixel at once. There a planes tensor goes
 // through them one sample and group of channels at a time: transposed to
 // channels-last into a buffer that stays in cache, pooled or gathered, and
-// transposed back. (Whole tensors transposed through memory cost more than
-// the pooling: the cache misses of the strided side.)
+// transposed back. (The input transposed whole, through memory, cost more
+// than the pooling: the cache misses of its strided side. The backward
+// still transposes the output-sized gradient and taps whole.) Small means
+// at most 256 pixels in and out, so that the buffers stay in L2.
 constexpr int64_t kGroup = 64;
 
 inline bool via_channels(const PoolGeometry& g, const Layout5& v) {
+  const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
   return g.adaptive && !is_global(g) && v.size[1] >= 16 && v.pixels() <= 256 &&
-         v.stride[1] != 1 && dense_planes(v);
+         outputs <= 256 && v.stride[1] != 1 && dense_planes(v);
 }
 
 // Channels [c0, c0 + width) of one sample of a planes tensor, channels-last,
@@ -1377,7 +1381,7 @@ inline void gather_tail(const GatherTerm<value_t, tap_t>* terms, int64_t count, 
   }
 }
 
-// Per-thread state of the channels gather.
+// State of the channels gather, one per task of a parallel loop.
 template <typename value_t, typename tap_t>
 struct GatherScratch {
   WindowTable table;
@@ -1797,7 +1801,7 @@ inline void write_global_plane(const PoolGeometry& g, const Layout5& vg, scalar_
       }
     }
   }
-  if (code >= 0) {
+  if (code >= 0 && code < window_taps(g)) {  // a tap from our forward always is
     const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
     dst[vg.offset(n, c, code / (kh * kw), code / kw % kh, code % kw)] = value;
   }
@@ -1835,14 +1839,15 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
-// A fresh gradient the kernel is about to fill, of 32 MB or more (what
-// glibc maps anew on every allocation): on Linux, ask for transparent huge
-// pages over it (given only on request where the system's THP mode is
-// madvise, the common default), as torch's CPU allocator does under
-// THP_MEM_ALLOC_ENABLE=1. A 2 MB page faults in once where 512 small ones
-// would: the page faults of a fresh 64 MB gradient are most of its
-// backward. POOL_EXT_HUGE_PAGES=0 turns this off (where THP defrag makes
-// such faults wait for compaction).
+// A fresh gradient the kernel is about to fill, of 32 MB or more (sizes
+// glibc normally maps anew on every allocation): on Linux, ask for
+// transparent huge pages over it (given only on request where the system's
+// THP mode is madvise, the common default), as torch's CPU allocator does
+// under THP_MEM_ALLOC_ENABLE=1. A 2 MB page faults in once where 512 small
+// ones would: the page faults of a fresh 64 MB gradient are most of its
+// backward. Under THP defrag "madvise" (the default) such a fault may wait
+// for memory compaction where memory is fragmented; POOL_EXT_HUGE_PAGES=0
+// turns the advice off.
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool enabled = [] {
@@ -1859,7 +1864,8 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-// Calls f.template operator()<tap_t>() with the saved taps' element type.
+// The CPU backend of pool_ops.h: each op picks its kernel by layout and
+// geometry.
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
