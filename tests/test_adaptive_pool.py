@@ -282,3 +282,18 @@ def test_small_planes_in_channel_groups(kind, d, dtype, device):
         for planes, channels in zip(*results):
             if planes is not None:
                 assert_equal(planes, channels)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("spatial", [(7, 7), (2, 4), (3, 5), (2, 3, 5)], ids=str)
+def test_global_average_of_many_planes(spatial, dtype, device):
+    """Global average pooling of planes with many channels (19: two groups of eight,
+    which the CPU sums eight planes at a time, and three more), planes of a whole
+    number of vectors or with cells past them, planes with gaps between channels,
+    NaN and inf: against torch."""
+    d = len(spatial)
+    rng = make_rng("global-eight", spatial, dtype)
+    base, _ = random_input(rng, (3, 38, *spatial), dtype, device, layout="contiguous", specials=0.05)
+    for x in (base[:, :19], base[:, ::2]):
+        run_case("avg", d, x, "strided", 1, [1] * d, device, rng)
