@@ -1063,7 +1063,7 @@ void forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Ten
   auto* dst = out.mutable_data_ptr<scalar_t>();
   tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
   const int64_t cost = vo.size[4] * vo.size[1] * window_taps(g);
-  if (!via_channels(g, vi)) {
+  if (vi.stride[1] == 1) {
     const auto finish = make_finish(dst, vo, tap, vt);
     at::parallel_for(0, vo.size[0] * vo.size[2] * vo.size[3], grain(cost),
                      [&](int64_t begin, int64_t end) {
@@ -1191,7 +1191,8 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 // input cell then holds the sum the GPU's gather forms, term for term in
 // the same order, so CPU and GPU agree bit for bit and two runs do too.
 // Planes too large for scratch gather cell by cell with pool.h's element
-// functions instead. Channels-last gathers a pixel's channels at once.
+// functions instead. Channels-last (and small adaptive planes, through
+// channels-last buffers) gathers a pixel's channels at once.
 
 constexpr int64_t kMaxScratch = int64_t{1} << 22;
 
