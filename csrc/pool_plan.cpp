@@ -20,13 +20,19 @@ std::vector<int64_t> expand(const std::string& name, const char* arg, at::IntArr
   return v.size() == 1 ? std::vector<int64_t>(ndim, v[0]) : v.vec();
 }
 
-void check_input(const std::string& name, const at::Tensor& self, int64_t ndim) {
+// Fixed pooling needs channels; adaptive pooling takes an empty channel dim,
+// as torch's does for an unbatched input (whose channels lead, as a batch).
+void check_input(const std::string& name, const at::Tensor& self, int64_t ndim,
+                 bool empty_channels) {
   TORCH_CHECK(self.dim() == ndim + 2, name, ": expected a ", ndim + 2,
               "D (N, C, *spatial) input, but got one of sizes ", self.sizes());
-  for (const auto k : c10::irange(1, self.dim())) {
+  TORCH_CHECK(empty_channels || self.size(1) > 0, name,
+              ": expected input with non-zero channels and spatial sizes (only the batch may be "
+              "empty), but got input of sizes ",
+              self.sizes());
+  for (const auto k : c10::irange(2, self.dim())) {
     TORCH_CHECK(self.size(k) > 0, name,
-                ": expected input with non-zero channels and spatial sizes (only the batch may "
-                "be empty), but got input of sizes ",
+                ": expected input with non-zero spatial sizes, but got input of sizes ",
                 self.sizes());
   }
   const auto t = self.scalar_type();
@@ -66,7 +72,7 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
   TORCH_CHECK(ndim >= 1 && ndim <= kDims, kind,
               ": kernel_size must have 1 to 3 elements, but got ", kernel_size);
   const auto name = op_name(kind, ndim);
-  check_input(name, self, ndim);
+  check_input(name, self, ndim, false);
   const auto k = kernel_size.vec();
   const auto s = stride.empty() ? k : expand(name, "stride", stride, ndim);
   const auto p = expand(name, "padding", padding, ndim);
@@ -133,7 +139,7 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
   TORCH_CHECK(ndim >= 1 && ndim <= kDims, family, kind,
               ": output_size must have 1 to 3 elements, but got ", output_size);
   const auto name = op_name((family + kind).c_str(), ndim);
-  check_input(name, self, ndim);
+  check_input(name, self, ndim, true);
   for (const auto o : output_size) {
     TORCH_CHECK(o >= 0, name, ": output_size must be non-negative, but got output_size=",
                 output_size);

@@ -171,9 +171,22 @@ def _output_size(name, output_size, spatial):
     return [s if o is None else o for o, s in zip(sizes, spatial)]
 
 
+def _check_channels(name, x, unbatched):
+    # torch (CPU) pools an empty channel dim only where it leads (an unbatched
+    # input) or in adaptive_avg_pool1d/2d; our ops take it everywhere.
+    if x.shape[1] == 0 and not unbatched and name.startswith("adaptive_") and name not in (
+        "adaptive_avg_pool1d", "adaptive_avg_pool2d"
+    ):
+        raise RuntimeError(
+            f"{name}: expected input with non-zero channels and spatial sizes (only the batch may be "
+            f"empty), but got input of sizes {list(x.shape)}"
+        )
+
+
 def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     name = f"{kind}_max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
+    _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, x.shape[2:])
     out, taps = ops.adaptive_max_pool(x, size, sizes)
     if return_indices:
@@ -184,6 +197,7 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
 def _adaptive_avg(ndim, kind, input, output_size, sizes):
     name = f"{kind}_avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
+    _check_channels(name, x, unbatched)
     return _unbatch(ops.adaptive_avg_pool(x, _output_size(name, output_size, x.shape[2:]), sizes), unbatched)
 
 

@@ -173,6 +173,27 @@ def test_empty_batch_and_unbatched(kind, d, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
+def test_empty_channels(kind, d, device):
+    """torch pools an empty channel dim where it leads (unbatched) and, batched, in
+    adaptive_avg_pool1d/2d; elsewhere it raises. So do we, and our backward runs."""
+    name = f"adaptive_{kind}_pool{d}d"
+    for shape in ((0,) + (5,) * d, (2, 0) + (5,) * d):
+        try:
+            ref = torchs(name)(torch.randn(shape), 3)
+        except RuntimeError:
+            with pytest.raises(RuntimeError, match=name):
+                ours(name)(torch.randn(shape, device=device), 3)
+            continue
+        x = leaf(torch.randn(shape, device=device))
+        out = ours(name)(x, 3)
+        assert out.shape == ref.shape and out.device == x.device
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
 def test_global_pooling_of_large_windows(kind, d, device):
     """Windows of more than 256 cells (saved positions no longer fit in a byte)."""
     rng = make_rng("global", kind, d)

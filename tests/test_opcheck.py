@@ -72,6 +72,7 @@ ADAPTIVE = [
     ("3d", (1, 2, 4, 5, 5), torch.float64, None, [2, 3, 2], None),
     ("2d-global-large", (1, 2, 20, 20), torch.float32, None, [1, 1], None),
     ("2d-empty-batch", (0, 3, 6, 6), torch.float32, None, [2, 2], None),
+    ("2d-empty-channels", (2, 0, 6, 6), torch.float32, None, [2, 2], None),
     ("1d-variable", (3, 2, 9), torch.float32, None, [3], [[9], [4], [1]]),
     ("2d-variable-cl", (2, 3, 6, 7), torch.bfloat16, torch.channels_last, [2, 3], [[6, 2], [3, 7]]),
     ("3d-variable", (2, 2, 4, 5, 3), torch.float32, None, [2, 2, 2], [[4, 5, 3], [1, 2, 2]]),
