@@ -21,6 +21,7 @@
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
+#include <c10/util/llvmMathExtras.h>
 
 #include <cstdlib>
 #include <memory>
@@ -357,59 +358,62 @@ inline const acc_t* widened(const scalar_t* at, int64_t n, acc_t* buffer) {
   }
 }
 
+// Max in two passes, both at vector throughput: the value (four
+// accumulators, NaN propagating), then where it first is (or, for NaN,
+// where the last NaN is). One pass that carries positions through blends is
+// bound by the blends' latency, three times slower. Same winner as
+// max_takes over the run in order; its value is read back from the run, so
+// that -0 and 0 come out as the one-pass rule would give them. len >= 1.
 template <typename scalar_t, typename acc_t>
 inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
-  acc_t best = -std::numeric_limits<acc_t>::infinity();
-  int64_t where = 0, i = 0;
-  // Lane positions ride in acc_t lanes: exact below 2^24.
-  if (len >= kMinRun && len < (int64_t{1} << 24)) {
-    acc_t buffer[kChunk];
-    Vec lane = Vec::loadu(widened(at, L, buffer));
-    Vec lane_at = Vec::arange(acc_t(0), acc_t(1));
-    Vec at_i = lane_at + Vec(acc_t(L));
-    for (i = L; i + L <= len;) {
-      const int64_t n = std::min(kChunk, (len - i) / L * L);
-      const acc_t* run = widened(at + i, n, buffer);
-      for (int64_t k = 0; k < n; k += L, at_i = at_i + Vec(acc_t(L))) {
-        const Vec v = Vec::loadu(run + k);
-        const Vec takes = (v > lane) | v.isnan();
-        lane = Vec::blendv(lane, v, takes);
-        lane_at = Vec::blendv(lane_at, at_i, takes);
-      }
-      i += n;
+  acc_t buffer[kChunk];
+  Vec m0(-std::numeric_limits<acc_t>::infinity()), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  while (i + L <= len) {
+    const int64_t n = std::min(kChunk, (len - i) / L * L);
+    const acc_t* run = widened(at + i, n, buffer);
+    int64_t k = 0;
+    for (; k + 4 * L <= n; k += 4 * L) {
+      m0 = at::vec::maximum(m0, Vec::loadu(run + k));
+      m1 = at::vec::maximum(m1, Vec::loadu(run + k + L));
+      m2 = at::vec::maximum(m2, Vec::loadu(run + k + 2 * L));
+      m3 = at::vec::maximum(m3, Vec::loadu(run + k + 3 * L));
     }
-    acc_t value[L], place[L];
-    lane.store(value);
-    lane_at.store(place);
-    int64_t nan_at = -1;
-    for (int64_t j = 0; j < L; ++j) {
-      if (value[j] != value[j]) nan_at = std::max(nan_at, static_cast<int64_t>(place[j]));
-    }
-    if (nan_at >= 0) {
-      best = std::numeric_limits<acc_t>::quiet_NaN();
-      where = nan_at;
-    } else {
-      best = value[0];
-      where = static_cast<int64_t>(place[0]);
-      for (int64_t j = 1; j < L; ++j) {
-        const auto p = static_cast<int64_t>(place[j]);
-        if (value[j] > best || (value[j] == best && p < where)) {
-          best = value[j];
-          where = p;
-        }
-      }
-    }
+    for (; k < n; k += L) m0 = at::vec::maximum(m0, Vec::loadu(run + k));
+    i += n;
   }
-  for (; i < len; ++i) {
-    const auto v = static_cast<acc_t>(at[i]);
-    const bool takes = max_takes(v, best);
-    best = takes ? v : best;
-    where = takes ? i : where;
+  acc_t lane[L];
+  at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3)).store(lane);
+  const auto fold = [](acc_t a, acc_t b) {
+    return (a != a || b != b) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(a, b);
+  };
+  acc_t best = lane[0];
+  for (int64_t j = 1; j < L; ++j) best = fold(best, lane[j]);
+  for (int64_t j = i; j < len; ++j) best = fold(best, static_cast<acc_t>(at[j]));
+  if (best != best) {
+    int64_t j = len - 1;
+    while (!std::isnan(static_cast<acc_t>(at[j]))) --j;
+    *pos = j;
+    return best;
   }
-  *pos = where;
-  return best;
+  const Vec target(best);
+  for (i = 0; i + L <= len;) {
+    const int64_t n = std::min(kChunk, (len - i) / L * L);
+    const acc_t* run = widened(at + i, n, buffer);
+    for (int64_t k = 0; k < n; k += L) {
+      const int hit = ~(Vec::loadu(run + k) == target).zero_mask() & ((1 << L) - 1);
+      if (hit != 0) {
+        *pos = i + k + c10::llvm::countTrailingZeros(static_cast<uint32_t>(hit));
+        return static_cast<acc_t>(at[*pos]);
+      }
+    }
+    i += n;
+  }
+  while (static_cast<acc_t>(at[i]) != best) ++i;
+  *pos = i;
+  return static_cast<acc_t>(at[i]);
 }
 
 // Two vector accumulators and a pairwise fold of the lanes keep the chain
