@@ -476,6 +476,28 @@ def test_medium_inputs(kind, d, layout, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_wide_rows(kind, d, dtype, device):
+    """Rows wide enough for the CPU's vector blocks along W (stride 1 and 2; at
+    stride 2 one deinterleaved pair of loads serves two taps), over kernels, pads,
+    ceil_mode, NaN/inf and ties, with the last block overlapping the one before."""
+    rng = make_rng("wide", kind, d, dtype)
+    lead = lambda v: (2,) * (d - 1) + (v,)  # H: 2 rows of each window
+    for _ in range(6):
+        kernel = rng.randint(2, 6)
+        kwargs = {"kernel_size": lead(kernel), "stride": lead(rng.choice([1, 2, 2])),
+                  "padding": (0,) * (d - 1) + (rng.randint(0, kernel // 2),), "ceil_mode": rng.random() < 0.5}
+        if kind == "max" and rng.random() < 0.3:
+            kwargs["dilation"] = (1,) * (d - 1) + (2,)
+        shape = (2, 3) + (5,) * (d - 1) + (rng.randint(20, 70),)
+        x, layout = random_input(rng, shape, dtype, device, layout="contiguous", specials=0.02,
+                                 ties=rng.random() < 0.3)
+        run_case(kind, d, x, layout, kwargs, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_channels_last_whole_channel_blocks(kind, d, dtype, device):

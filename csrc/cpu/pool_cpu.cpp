@@ -547,7 +547,11 @@ int64_t blocked_sweep(const acc_t* const* rows, const int32_t* row_code, int64_t
       ow = inner.hi - L;
       last = true;
     }
-    Vec b(acc_t(0)), t;
+    Vec b(acc_t(0)), t, odd;
+    // Stride 2, no dilation: a deinterleaved pair of loads holds tap tw's
+    // cells (evens) and tap tw + 1's (odds). (Not in the last block, whose
+    // shortened load stops before tap tw + 1's last cell.)
+    const bool pairs = S == 2 && dilation == 1 && !last;
     for (int64_t r = 0; r < nrows; ++r) {
       const acc_t* base = rows[r] + ow * S - pad;
       for (int64_t tw = 0; tw < kw; ++tw) {
@@ -555,9 +559,13 @@ int64_t blocked_sweep(const acc_t* const* rows, const int32_t* row_code, int64_t
         Vec v;
         if constexpr (S == 1) {
           v = Vec::loadu(at);
+        } else if (pairs && tw % 2 == 1) {
+          v = odd;
         } else {
-          v = at::vec::deinterleave2(Vec::loadu(at), last ? Vec::loadu(at + L, L - 1)
-                                                          : Vec::loadu(at + L)).first;
+          const auto pair = at::vec::deinterleave2(
+              Vec::loadu(at), last ? Vec::loadu(at + L, L - 1) : Vec::loadu(at + L));
+          v = pair.first;
+          odd = pair.second;
         }
         if constexpr (kMax) {
           // Tap codes ride in acc_t lanes: exact, as callers keep them below 2^24.
