@@ -523,6 +523,37 @@ def test_channels_last_whole_channel_blocks(kind, d, dtype, device):
                     assert_equal(ours_cl, ours_planes)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_small_planes_in_channel_groups(kind, d, dtype, device):
+    """Small planes with channels over several groups (70 = 64 + 6: the CPU forward
+    pools such planes 64 channels of a sample at a time, transposed to channels-last),
+    from planes with gaps between samples and between channels, over padding,
+    dilation, ceil_mode, divisor and "same": against torch, and bit-identical to the
+    same values laid out channels-last (outputs, indices, gradients)."""
+    rng = make_rng("channel-groups", kind, d, dtype)
+    spatial = (13, 11) if d == 2 else (5, 7, 6)
+    base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
+    name = f"{kind}_pool{d}d"
+    channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
+    extra = {"dilation": 2} if kind == "max" else {"count_include_pad": False}
+    if kind == "avg" and d == 3:
+        extra["divisor_override"] = 5
+    cases = [{"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+             {"kernel_size": 2, "stride": 1, **extra}]
+    for x in (base[:3, :70], base[::2, ::2]):
+        for kwargs in cases:
+            run_case(kind, d, x, "strided", kwargs, device, rng)
+        for kwargs in cases + [{"kernel_size": 3, "stride": 2, "padding": "same"}]:
+            results = [outputs_and_grad(ours(name), layout, return_indices=kind == "max", **kwargs)
+                       for layout in (x, x.contiguous(memory_format=channels_last))]
+            for planes, channels in zip(*results):
+                if planes is not None:
+                    assert_equal(planes, channels)
+
+
 def test_max_backward_of_a_window_with_no_cell():
     """Dilation can step a window over the whole input: its output has no cell to
     send its gradient to, and the backward must not write one (it once wrote past
