@@ -358,6 +358,22 @@ inline const acc_t* widened(const scalar_t* at, int64_t n, acc_t* buffer) {
   }
 }
 
+// Calls f(run, start, n) on the whole vectors of at[0, len) in chunks of
+// at most kChunk cells, widened to acc_t, while f returns true. Returns
+// where the chunks it went through end: the tail's start when all went.
+template <typename acc_t, typename scalar_t, typename F>
+inline int64_t for_chunks(const scalar_t* __restrict__ at, int64_t len, const F& f) {
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  acc_t buffer[kChunk];
+  int64_t i = 0;
+  while (i + L <= len) {
+    const int64_t n = std::min(kChunk, (len - i) / L * L);
+    if (!f(widened(at + i, n, buffer), i, n)) break;
+    i += n;
+  }
+  return i;
+}
+
 // Max in two passes, both at vector throughput: the value (four
 // accumulators, NaN propagating), then where it first is (or, for NaN,
 // where the last NaN is). One pass that carries positions through blends is
@@ -368,12 +384,8 @@ template <typename scalar_t, typename acc_t>
 inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
-  acc_t buffer[kChunk];
   Vec m0(-std::numeric_limits<acc_t>::infinity()), m1 = m0, m2 = m0, m3 = m0;
-  int64_t i = 0;
-  while (i + L <= len) {
-    const int64_t n = std::min(kChunk, (len - i) / L * L);
-    const acc_t* run = widened(at + i, n, buffer);
+  const int64_t tail = for_chunks<acc_t>(at, len, [&](const acc_t* run, int64_t, int64_t n) {
     int64_t k = 0;
     for (; k + 4 * L <= n; k += 4 * L) {
       m0 = at::vec::maximum(m0, Vec::loadu(run + k));
@@ -382,8 +394,8 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
       m3 = at::vec::maximum(m3, Vec::loadu(run + k + 3 * L));
     }
     for (; k < n; k += L) m0 = at::vec::maximum(m0, Vec::loadu(run + k));
-    i += n;
-  }
+    return true;
+  });
   acc_t lane[L];
   at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3)).store(lane);
   const auto fold = [](acc_t a, acc_t b) {
@@ -391,7 +403,7 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
   };
   acc_t best = lane[0];
   for (int64_t j = 1; j < L; ++j) best = fold(best, lane[j]);
-  for (int64_t j = i; j < len; ++j) best = fold(best, static_cast<acc_t>(at[j]));
+  for (int64_t j = tail; j < len; ++j) best = fold(best, static_cast<acc_t>(at[j]));
   if (best != best) {
     int64_t j = len - 1;
     while (!std::isnan(static_cast<acc_t>(at[j]))) --j;
@@ -399,21 +411,23 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     return best;
   }
   const Vec target(best);
-  for (i = 0; i + L <= len;) {
-    const int64_t n = std::min(kChunk, (len - i) / L * L);
-    const acc_t* run = widened(at + i, n, buffer);
+  int64_t found = -1;
+  const int64_t searched = for_chunks<acc_t>(at, len, [&](const acc_t* run, int64_t i, int64_t n) {
     for (int64_t k = 0; k < n; k += L) {
       const int hit = ~(Vec::loadu(run + k) == target).zero_mask() & ((1 << L) - 1);
       if (hit != 0) {
-        *pos = i + k + c10::llvm::countTrailingZeros(static_cast<uint32_t>(hit));
-        return static_cast<acc_t>(at[*pos]);
+        found = i + k + c10::llvm::countTrailingZeros(static_cast<uint32_t>(hit));
+        return false;
       }
     }
-    i += n;
+    return true;
+  });
+  if (found < 0) {
+    found = searched;
+    while (static_cast<acc_t>(at[found]) != best) ++found;
   }
-  while (static_cast<acc_t>(at[i]) != best) ++i;
-  *pos = i;
-  return static_cast<acc_t>(at[i]);
+  *pos = found;
+  return static_cast<acc_t>(at[found]);
 }
 
 // Two vector accumulators and a pairwise fold of the lanes keep the chain
@@ -422,27 +436,23 @@ template <typename scalar_t, typename acc_t>
 inline acc_t run_sum(const scalar_t* __restrict__ at, int64_t len) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
-  acc_t buffer[kChunk];
   Vec even(acc_t(0)), odd(acc_t(0));
-  int64_t i = 0;
-  while (i + L <= len) {
-    const int64_t n = std::min(kChunk, (len - i) / L * L);
-    const acc_t* run = widened(at + i, n, buffer);
+  const int64_t tail = for_chunks<acc_t>(at, len, [&](const acc_t* run, int64_t, int64_t n) {
     int64_t k = 0;
     for (; k + 2 * L <= n; k += 2 * L) {
       even = even + Vec::loadu(run + k);
       odd = odd + Vec::loadu(run + k + L);
     }
     if (k < n) even = even + Vec::loadu(run + k);
-    i += n;
-  }
+    return true;
+  });
   acc_t value[L];
   (even + odd).store(value);
   for (int64_t width = L / 2; width > 0; width /= 2) {
     for (int64_t j = 0; j < width; ++j) value[j] += value[j + width];
   }
   acc_t sum = value[0];
-  for (; i < len; ++i) sum += static_cast<acc_t>(at[i]);
+  for (int64_t i = tail; i < len; ++i) sum += static_cast<acc_t>(at[i]);
   return sum;
 }
 
