@@ -257,6 +257,20 @@ def test_long_windows(kind, d, specials, dtype, device):
         run_case(kind, d, strided, "strided", output_size, [output_size] * d, device, rng)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_long_window_max_returns_the_nan_it_found(dtype):
+    """A NaN wins the max with its own bits (sign), as torch returns it: the CPU's
+    long-run max reads the winning NaN back from the input."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.finfo(dtype).bits // 8]
+    x = torch.randn(2, 3, 100, dtype=dtype)
+    x[0, 1, 37] = x[1, 2, 80] = -torch.tensor(NAN, dtype=dtype)
+    x[1, 2, 10] = NAN
+    for output_size in (1, 2):
+        ref = torchs("adaptive_max_pool1d")(x, output_size)
+        out = ours("adaptive_max_pool1d")(x, output_size)
+        assert torch.equal(out.view(bits), ref.view(bits))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("specials", ["none", "ties", "nan", "inf"])

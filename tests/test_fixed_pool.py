@@ -525,24 +525,26 @@ def test_channels_last_whole_channel_blocks(kind, d, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("spatial", [(13, 11), (30, 31), (5, 7, 6)], ids=str)
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_small_planes_in_channel_groups(kind, d, dtype, device):
+def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     """Small planes with channels over several groups (70 = 64 + 6: the CPU forward
     pools such planes 64 channels of a sample at a time, transposed to channels-last),
     from planes with gaps between samples and between channels, over padding,
     dilation, ceil_mode, divisor and "same": against torch, and bit-identical to the
-    same values laid out channels-last (outputs, indices, gradients)."""
-    rng = make_rng("channel-groups", kind, d, dtype)
-    spatial = (13, 11) if d == 2 else (5, 7, 6)
+    same values laid out channels-last (outputs, indices, gradients). 30x31 planes:
+    the average backward goes through planes there, the forward through groups."""
+    d = len(spatial)
+    rng = make_rng("channel-groups", kind, spatial, dtype)
     base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
     name = f"{kind}_pool{d}d"
     channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
     extra = {"dilation": 2} if kind == "max" else {"count_include_pad": False}
     if kind == "avg" and d == 3:
         extra["divisor_override"] = 5
+    # (the third: more output pixels than input pixels)
     cases = [{"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
-             {"kernel_size": 2, "stride": 1, **extra}]
+             {"kernel_size": 2, "stride": 1, **extra}, {"kernel_size": 2, "stride": 1, "padding": 1}]
     for x in (base[:3, :70], base[::2, ::2]):
         for kwargs in cases:
             run_case(kind, d, x, "strided", kwargs, device, rng)

@@ -408,7 +408,7 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     int64_t j = len - 1;
     while (!std::isnan(static_cast<acc_t>(at[j]))) --j;
     *pos = j;
-    return best;
+    return static_cast<acc_t>(at[j]);  // that NaN, sign and payload, as torch returns it
   }
   const Vec target(best);
   int64_t found = -1;
@@ -1023,6 +1023,9 @@ enum class Pass { kForward, kMaxBackward, kAvgBackward };
 
 inline bool via_channels(const PoolGeometry& g, const Layout5& v, Pass pass) {
   if (is_global(g) || v.size[1] < 16 || v.stride[1] == 1 || !dense_planes(v)) return false;
+  // A task per sample and group: too few of them (one image, 64 channels)
+  // would leave threads idle that the planes kernels keep busy.
+  if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads()) return false;
   const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
   const int64_t most = g.adaptive                   ? 256
                        : g.ndim == 1                ? 0
