@@ -5,8 +5,8 @@
 //    registers; the edges, and adaptive windows, go through the element
 //    functions of pool.h, or reduce long contiguous runs with at::vec.
 //    Global pooling (output size 1) is one reduction per plane;
-//  - channels (channels-last inputs, and small adaptive planes transposed
-//    to channels-last a group of channels at a time): one pixel at a time,
+//  - channels (channels-last inputs, and small planes transposed to
+//    channels-last a group of channels at a time): one pixel at a time,
 //    the same window for every channel, a block of channels in vector
 //    registers over all the window's taps (or, for wide windows, each tap
 //    streamed over every channel).
@@ -1035,6 +1035,16 @@ inline bool via_channels(const PoolGeometry& g, const Layout5& v, Pass pass) {
   return v.pixels() <= most && outputs <= most;
 }
 
+// Whether a forward runs the channels kernels: channels-last input and
+// outputs (taps: the max's), or small planes through the channel groups,
+// which write whole dense planes.
+inline bool forward_by_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                                const at::Tensor* taps) {
+  if (channels_inner(in, out) && (taps == nullptr || taps->stride(1) == 1)) return true;
+  return via_channels(g, layout_of(in), Pass::kForward) && dense_planes(layout_of(out)) &&
+         (taps == nullptr || dense_planes(layout_of(*taps)));
+}
+
 // Channels [c0, c0 + width) of one sample of a planes tensor, channels-last,
 // with the layout that addresses them for any sample (batch stride 0). The
 // planes side moves eight whole planes per step, memory read or written in
@@ -1230,8 +1240,8 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 // input cell then holds the sum the GPU's gather forms, term for term in
 // the same order, so CPU and GPU agree bit for bit and two runs do too.
 // Planes too large for scratch gather cell by cell with pool.h's element
-// functions instead. Channels-last (and small adaptive planes, through
-// channels-last buffers) gathers a pixel's channels at once.
+// functions instead. Channels-last (and small planes, through
+// channels-last buffers: see via_channels) gathers a pixel's channels at once.
 
 constexpr int64_t kMaxScratch = int64_t{1} << 22;
 
@@ -1968,9 +1978,7 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cpu", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        if ((channels_inner(in, out) && taps.stride(1) == 1) ||
-            (via_channels(g, layout_of(in), Pass::kForward) && dense_planes(layout_of(out)) &&
-             dense_planes(layout_of(taps)))) {
+        if (forward_by_channels(g, in, out, &taps)) {
           max_forward_channels<scalar_t, tap_t>(g, in, out, taps);
         } else if (is_global(g)) {
           max_forward_global<scalar_t, tap_t>(g, in, out, taps);
@@ -2005,8 +2013,7 @@ struct CpuKernels {
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
-      if (channels_inner(in, out) ||
-          (via_channels(g, layout_of(in), Pass::kForward) && dense_planes(layout_of(out)))) {
+      if (forward_by_channels(g, in, out, nullptr)) {
         avg_forward_channels<scalar_t>(g, in, out);
       } else if (is_global(g)) {
         avg_forward_global<scalar_t>(g, in, out);
