@@ -34,6 +34,9 @@
 #ifdef __linux__
 #include <sys/mman.h>
 #endif
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace pool_ext {
 namespace {
@@ -53,10 +56,67 @@ inline bool dense_planes(const Layout5& v) {
 }
 
 // Moves between planes (cell c * plane_ld + p) and channels-last (cell
-// p * pixel_ld + c), to channels-last or back, by 8x8 tiles: at::vec's
-// register transpose for float, loops at the edges and for other types.
-// Tile (c, p): channels [c, c + 8) of pixels [p, p + 8).
+// p * pixel_ld + c), to channels-last or back, by 8x8 tiles in registers,
+// loops at the edges. Tile (c, p): channels [c, c + 8) of pixels [p, p + 8).
 constexpr int kTile = 8;
+
+// One whole tile, row i of src to column i of dst. Cells are moved as bits:
+// at::vec's transpose for 4-byte cells, SSE2 unpacks for 2- and 1-byte
+// ones (bfloat16 and half values, tap codes), which ATen's generic
+// transpose moves one cell at a time, 3-4x slower.
+template <typename T>
+inline void transpose_whole_tile(const T* src, int64_t src_ld, T* dst, int64_t dst_ld) {
+#if defined(__SSE2__)
+  if constexpr (sizeof(T) == 2) {
+    __m128i r[kTile], a[kTile];
+    for (int i = 0; i < kTile; ++i) {
+      r[i] = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i * src_ld));
+    }
+    // Pairs of rows, then quads, then all eight, interleaved column by column.
+    for (int i = 0; i < kTile; i += 2) {
+      a[i] = _mm_unpacklo_epi16(r[i], r[i + 1]);
+      a[i + 1] = _mm_unpackhi_epi16(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < kTile; i += 4) {
+      r[i] = _mm_unpacklo_epi32(a[i], a[i + 2]);
+      r[i + 1] = _mm_unpackhi_epi32(a[i], a[i + 2]);
+      r[i + 2] = _mm_unpacklo_epi32(a[i + 1], a[i + 3]);
+      r[i + 3] = _mm_unpackhi_epi32(a[i + 1], a[i + 3]);
+    }
+    for (int i = 0; i < 4; ++i) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + 2 * i * dst_ld),
+                       _mm_unpacklo_epi64(r[i], r[i + 4]));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + (2 * i + 1) * dst_ld),
+                       _mm_unpackhi_epi64(r[i], r[i + 4]));
+    }
+    return;
+  } else if constexpr (sizeof(T) == 1) {
+    __m128i r[kTile], a[4];
+    for (int i = 0; i < kTile; ++i) {
+      r[i] = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(src + i * src_ld));
+    }
+    for (int i = 0; i < 4; ++i) a[i] = _mm_unpacklo_epi8(r[2 * i], r[2 * i + 1]);
+    const __m128i b[4] = {_mm_unpacklo_epi16(a[0], a[1]), _mm_unpackhi_epi16(a[0], a[1]),
+                          _mm_unpacklo_epi16(a[2], a[3]), _mm_unpackhi_epi16(a[2], a[3])};
+    for (int i = 0; i < 2; ++i) {
+      const __m128i lo = _mm_unpacklo_epi32(b[i], b[i + 2]);
+      const __m128i hi = _mm_unpackhi_epi32(b[i], b[i + 2]);
+      T* at = dst + 4 * i * dst_ld;
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(at), lo);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(at + dst_ld), _mm_unpackhi_epi64(lo, lo));
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(at + 2 * dst_ld), hi);
+      _mm_storel_epi64(reinterpret_cast<__m128i*>(at + 3 * dst_ld), _mm_unpackhi_epi64(hi, hi));
+    }
+    return;
+  }
+#endif
+  if constexpr (sizeof(T) == 4) {
+    at::vec::transpose_mxn<float, kTile, kTile>(reinterpret_cast<const float*>(src), src_ld,
+                                                reinterpret_cast<float*>(dst), dst_ld);
+  } else {
+    at::vec::transpose_mxn<T>(src, src_ld, dst, dst_ld, kTile, kTile);
+  }
+}
 
 template <bool kToChannels, typename T>
 inline void transpose_tile(const T* src, T* dst, int64_t plane_ld, int64_t pixel_ld,
@@ -69,7 +129,7 @@ inline void transpose_tile(const T* src, T* dst, int64_t plane_ld, int64_t pixel
   const auto height = static_cast<int>(std::min<int64_t>(kTile, channels - c));
   const auto width = static_cast<int>(std::min<int64_t>(kTile, pixels - p));
   if (height == kTile && width == kTile) {
-    at::vec::transpose_mxn<T, kTile, kTile>(s, src_ld, d, dst_ld);
+    transpose_whole_tile(s, src_ld, d, dst_ld);
   } else {
     at::vec::transpose_mxn<T>(s, src_ld, d, dst_ld, kToChannels ? height : width,
                               kToChannels ? width : height);
