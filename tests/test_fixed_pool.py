@@ -498,6 +498,27 @@ def test_wide_rows(kind, d, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_cells_past_the_row_never_reach_an_output(kind, d, dtype, device):
+    """Stride-2 rows whose last window ends at the row's last cell (the CPU's last
+    vector block there loads a pair reaching one cell further): rows cut from wider
+    ones whose extra cells are NaN, and the same values alone in a tensor of their
+    own (where that cell is past the end of the input): both as torch gives."""
+    rng = make_rng("past-the-row", kind, d, dtype)
+    for width, kernel in ((36, 2), (37, 3), (51, 3), (64, 2), (35, 5)):
+        kwargs = {"kernel_size": (2,) * (d - 1) + (kernel,), "stride": (2,) * d}
+        shape = (2, 3) + (4,) * (d - 1) + (width,)
+        wide, _ = random_input(rng, shape[:-1] + (width + 3,), dtype, device, layout="contiguous",
+                               specials=0.0)
+        wide[..., width:] = NAN
+        x = wide[..., :width]
+        run_case(kind, d, x, "strided", kwargs, device, rng)
+        run_case(kind, d, x.contiguous(), "contiguous", kwargs, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_channels_last_whole_channel_blocks(kind, d, dtype, device):
