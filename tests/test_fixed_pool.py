@@ -546,7 +546,7 @@ def test_channels_last_whole_channel_blocks(kind, d, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("spatial", [(13, 11), (30, 31), (5, 7, 6)], ids=str)
+@pytest.mark.parametrize("spatial", [(13, 11), (30, 31), (45, 50), (5, 7, 6)], ids=str)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     """Small planes with channels over several groups (70 = 64 + 6: the CPU forward
@@ -554,7 +554,8 @@ def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     from planes with gaps between samples and between channels, over padding,
     dilation, ceil_mode, divisor and "same": against torch, and bit-identical to the
     same values laid out channels-last (outputs, indices, gradients). 30x31 planes:
-    the average backward goes through planes there, the forward through groups."""
+    the average backward goes through planes there, the forward through groups;
+    45x50: the forward through groups for 2-byte values only."""
     d = len(spatial)
     rng = make_rng("channel-groups", kind, spatial, dtype)
     base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)

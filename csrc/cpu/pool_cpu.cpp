@@ -1182,22 +1182,27 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
 // The backward still transposes the output-sized gradient and taps whole.)
 // Measured on 2 cores: adaptive windows gain up to 256 pixels in and out;
 // fixed windows' forwards over 2d and 3d planes up to 2048 pixels (28x28,
-// 35x35, 8x14x14: 1.5-4x; 44x44 even; 1d rows lose), and their average
+// 35x35, 8x14x14: 1.5-4x; 44x44 even; 1d rows lose; 2-byte values up to
+// 16384: 56x56-128x128 1.1-2x), and their average
 // backward up to 512 (7x7 2.6x, 17x17 1.3x, 35x35 0.85x); the fixed max
 // backward gathers faster through planes (0.7-0.9x through the transposes).
 constexpr int64_t kGroup = 64;
 
 enum class Pass { kForward, kMaxBackward, kAvgBackward };
 
-inline bool via_channels(const PoolGeometry& g, const Layout5& v, Pass pass) {
+inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) {
+  const Layout5 v = layout_of(t);
   if (is_global(g) || v.size[1] < 16 || v.stride[1] == 1 || !dense_planes(v)) return false;
   // A task per sample and group: too few of them (one image, 64 channels)
   // would leave threads idle that the planes kernels keep busy.
   if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads()) return false;
   const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
+  // 2-byte values go further forward: their planes kernels widen every
+  // load, their transposes move half the bytes (3d 16x56x56 planes lose
+  // again); their backwards gain nothing from groups.
   const int64_t most = g.adaptive                   ? 256
                        : g.ndim == 1                ? 0
-                       : pass == Pass::kForward     ? 2048
+                       : pass == Pass::kForward     ? (t.element_size() == 2 ? 16384 : 2048)
                        : pass == Pass::kAvgBackward ? 512
                                                     : 0;
   return v.pixels() <= most && outputs <= most;
@@ -1209,7 +1214,7 @@ inline bool via_channels(const PoolGeometry& g, const Layout5& v, Pass pass) {
 inline bool forward_by_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                                 const at::Tensor* taps) {
   if (channels_inner(in, out) && (taps == nullptr || taps->stride(1) == 1)) return true;
-  return via_channels(g, layout_of(in), Pass::kForward) && dense_planes(layout_of(out)) &&
+  return via_channels(g, in, Pass::kForward) && dense_planes(layout_of(out)) &&
          (taps == nullptr || dense_planes(layout_of(*taps)));
 }
 
@@ -1798,7 +1803,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
   if (channels_inner(grad_in, taps) ||
-      via_channels(g, layout_of(grad_in), Pass::kMaxBackward)) {
+      via_channels(g, grad_in, Pass::kMaxBackward)) {
     max_backward_gather_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
     return;
   }
@@ -1843,7 +1848,7 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   const Layout5 vo = layout_of(grad_out);
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   if (channels_inner(grad_in, grad_in) ||
-      via_channels(g, layout_of(grad_in), Pass::kAvgBackward)) {
+      via_channels(g, grad_in, Pass::kAvgBackward)) {
     avg_backward_gather_channels<scalar_t>(g, grad_out, grad_in);
     return;
   }
