@@ -1563,12 +1563,14 @@ inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at) {
 }
 
 // Channels [c0, c0 + kWidth) of one cell (kWidth a whole number of
-// vectors): the sum of its terms into sum, in registers. Values and tap
-// codes are widened to acc_t; a tap mask keeps a value or makes it +0,
-// which leaves the sum as skipping it would.
-template <int64_t kWidth, bool kMax, typename acc_t, typename value_t, typename tap_t>
+// vectors): the sum of its terms, in registers, into sum (acc_t, or the
+// cell's own scalar_t channels, narrowed). Values and tap codes are
+// widened to acc_t; a tap mask keeps a value or makes it +0, which leaves
+// the sum as skipping it would.
+template <int64_t kWidth, bool kMax, typename acc_t, typename value_t, typename tap_t,
+          typename sum_t>
 inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
-                         acc_t* sum) {
+                         sum_t* sum) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
   Vec a[kVecs];
@@ -1587,7 +1589,13 @@ inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count,
       }
     }
   }
-  for (int64_t j = 0; j < kVecs; ++j) a[j].store(sum + j * kLanes);
+  if constexpr (std::is_same_v<sum_t, acc_t>) {
+    for (int64_t j = 0; j < kVecs; ++j) a[j].store(sum + j * kLanes);
+  } else {
+    acc_t wide[kWidth];
+    for (int64_t j = 0; j < kVecs; ++j) a[j].store(wide + j * kLanes);
+    narrow(wide, sum, kWidth);
+  }
 }
 
 // The same for `width` (<= kChannelBlock) channels, one at a time.
@@ -1670,14 +1678,24 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
       };
       int64_t c0 = 0;
       if constexpr (by_blocks) {
+        // Dense channels: blocks go straight to the cell.
+        const bool dense = vg.stride[1] == 1;
         for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
-          gather_block<kChannelBlock, kMax>(term, count, c0, sum);
+          if (dense) {
+            gather_block<kChannelBlock, kMax, acc_t>(term, count, c0, cell + c0);
+            continue;
+          }
+          gather_block<kChannelBlock, kMax, acc_t>(term, count, c0, sum);
           store(c0, kChannelBlock);
         }
         // The rest a vector at a time.
         constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
         for (; c0 + kLanes <= channels; c0 += kLanes) {
-          gather_block<kLanes, kMax>(term, count, c0, sum);
+          if (dense) {
+            gather_block<kLanes, kMax, acc_t>(term, count, c0, cell + c0);
+            continue;
+          }
+          gather_block<kLanes, kMax, acc_t>(term, count, c0, sum);
           store(c0, kLanes);
         }
       }
