@@ -1386,10 +1386,17 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
         return [&g, dst, vo](int64_t n, const int64_t* o, const Window* w, int64_t c0,
                              int64_t width, acc_t* sum, const auto*, int64_t) {
           const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+          scalar_t* __restrict__ at = dst + vo.offset(n, c0, o[0], o[1], o[2]);
+          if constexpr (std::is_same_v<scalar_t, acc_t>) {  // divided as stored: one pass
+            for (int64_t c = 0; c < width; ++c) {
+              at[c] = static_cast<scalar_t>(sum[c] / divisor);
+            }
+            return;
+          }
           for (int64_t c = 0; c < width; ++c) {
             sum[c] /= divisor;
           }
-          narrow(sum, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
+          narrow(sum, at, width);
         };
       });
 }
