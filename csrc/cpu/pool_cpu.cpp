@@ -762,12 +762,13 @@ auto blocked_sweep_for(const PoolGeometry& g) {
 // it, instead of once per row.
 class RowPlans {
  public:
-  explicit RowPlans(const Layout5& vo) : out_h_(vo.size[3]), first_(vo.size[2] * vo.size[3], -1) {}
+  explicit RowPlans(const Layout5& vo) : out_d_(vo.size[2]), out_h_(vo.size[3]) {}
 
   // The rows of output row (od, oh), whose D and H windows are w[0], w[1];
   // returns how many, and sets offset and code to them.
   int64_t get(const PoolGeometry& g, const Window* w, const Layout5& vi, const int64_t* o,
               const int64_t** offset, const int32_t** code) {
+    if (first_.empty()) first_.assign(out_d_ * out_h_, -1);  // on first use
     int64_t& first = first_[o[0] * out_h_ + o[1]];
     if (first < 0) {
       first = static_cast<int64_t>(offset_.size());
@@ -785,7 +786,7 @@ class RowPlans {
   }
 
  private:
-  int64_t out_h_;
+  int64_t out_d_, out_h_;
   std::vector<int64_t> first_, offset_;
   std::vector<int32_t> code_;
 };
