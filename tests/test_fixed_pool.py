@@ -502,12 +502,18 @@ def test_wide_rows(kind, d, dtype, device):
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_cells_past_the_row_never_reach_an_output(kind, d, dtype, device):
     """Stride-2 rows whose last window ends at the row's last cell (the CPU's last
-    vector block there loads a pair reaching one cell further): rows cut from wider
-    ones whose extra cells are NaN, and the same values alone in a tensor of their
-    own (where that cell is past the end of the input): both as torch gives."""
+    vector block there loads pairs reaching one cell past a tap's last: past the row
+    for odd kernels and dilated taps): rows cut from wider ones whose extra cells
+    are NaN, and the same values alone in a tensor of their own (where that cell is
+    past the end of the input): both as torch gives."""
     rng = make_rng("past-the-row", kind, d, dtype)
-    for width, kernel in ((36, 2), (37, 3), (51, 3), (64, 2), (35, 5)):
+    cases = [(36, 2, 1), (37, 3, 1), (51, 3, 1), (64, 2, 1), (35, 5, 1), (37, 1, 1)]
+    if kind == "max":
+        cases += [(37, 2, 2), (39, 3, 2)]
+    for width, kernel, dilation in cases:
         kwargs = {"kernel_size": (2,) * (d - 1) + (kernel,), "stride": (2,) * d}
+        if dilation > 1:
+            kwargs["dilation"] = (1,) * (d - 1) + (dilation,)
         shape = (2, 3) + (4,) * (d - 1) + (width,)
         wide, _ = random_input(rng, shape[:-1] + (width + 3,), dtype, device, layout="contiguous",
                                specials=0.0)
@@ -556,6 +562,16 @@ def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     same values laid out channels-last (outputs, indices, gradients). 30x31 planes:
     the average backward goes through planes there, the forward through groups;
     45x50: the forward through groups for 2-byte values only."""
+    # The groups need a (sample, group) task per thread: 6 tasks here.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    try:
+        run_small_planes_in_channel_groups(kind, spatial, dtype, device)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run_small_planes_in_channel_groups(kind, spatial, dtype, device):
     d = len(spatial)
     rng = make_rng("channel-groups", kind, spatial, dtype)
     base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)

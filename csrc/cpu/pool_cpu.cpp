@@ -56,8 +56,8 @@ inline bool dense_planes(const Layout5& v) {
 }
 
 // Moves between planes (cell c * plane_ld + p) and channels-last (cell
-// p * pixel_ld + c), to channels-last or back, by 8x8 tiles in registers,
-// loops at the edges. Tile (c, p): channels [c, c + 8) of pixels [p, p + 8).
+// p * pixel_ld + c), to channels-last or back, by 8x8 tiles (1-, 2- and
+// 4-byte cells in registers), loops at the edges. Tile (c, p): channels [c, c + 8) of pixels [p, p + 8).
 constexpr int kTile = 8;
 
 // One whole tile, row i of src to column i of dst. Cells are moved as bits:
@@ -640,15 +640,15 @@ inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
 // blends (two: 8% faster on 3x3 stride-1 max, even elsewhere). `last`: the
 // block ends at the row's last full window, where a stride-2 pair reaches
 // one cell past the last a window uses, read only while inside the input
-// (`end`, its last cell).
+// (up to last_cell, its last cell).
 template <int64_t U, int64_t S, int64_t KW, bool kMax, typename scalar_t, typename acc_t>
 inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
-                         int64_t nrows, int64_t kw_, int64_t dilation, int64_t pad,
-                         const scalar_t* end, int64_t ow, bool last, acc_t* result,
+                         int64_t nrows, int64_t kernel_w, int64_t dilation, int64_t pad,
+                         const scalar_t* last_cell, int64_t ow, bool last, acc_t* result,
                          int32_t* best_tap) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
-  const int64_t kw = KW > 0 ? KW : kw_;
+  const int64_t kw = KW > 0 ? KW : kernel_w;
   Vec b[U], t[U], odd[U];
   for (int64_t u = 0; u < U; ++u) b[u] = Vec(acc_t(0));
   // Stride 2, no dilation: a deinterleaved pair holds tap tw's cells
@@ -658,7 +658,7 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
     const scalar_t* base = plane + offset[r] + ow * S - pad;
     for (int64_t tw = 0; tw < kw; ++tw) {
       const bool reuse = S == 2 && dilation == 1 && tw % 2 == 1 && odd_whole;
-      if (S == 2 && !reuse) odd_whole = !last || base + tw * dilation + 2 * L - 1 <= end;
+      if (S == 2 && !reuse) odd_whole = !last || base + tw * dilation + 2 * L - 1 <= last_cell;
       for (int64_t u = 0; u < U; ++u) {
         const scalar_t* at = base + tw * dilation + u * L * S;
         Vec v;
@@ -713,25 +713,25 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
 template <int64_t S, int64_t KW, bool kMax, typename scalar_t, typename acc_t>
 int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                       int64_t nrows, int64_t kw, int64_t dilation, int64_t pad, int64_t width,
-                      const scalar_t* end, Interior inner, acc_t* result, int32_t* best_tap) {
+                      const scalar_t* last_cell, Interior inner, acc_t* result, int32_t* best_tap) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
-  // Cells a block's loads span past its first output's window start.
+  // One past the last cell a block reads, counted from ow * S.
   const int64_t reach = ((KW > 0 ? KW : kw) - 1) * dilation - pad + L * S;
   const auto fits = [&](int64_t ow, int64_t blocks) {
     return ow + blocks * L <= inner.hi && (ow + (blocks - 1) * L) * S + reach <= width;
   };
   int64_t ow = inner.lo;
   for (; fits(ow, 2); ow += 2 * L) {
-    sweep_blocks<2, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, end, ow,
+    sweep_blocks<2, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
                                  false, result, best_tap);
   }
   if (fits(ow, 1)) {
-    sweep_blocks<1, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, end, ow,
+    sweep_blocks<1, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
                                  false, result, best_tap);
     ow += L;
   }
   if (ow >= inner.hi || inner.hi - L < inner.lo) return ow;
-  sweep_blocks<1, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, end,
+  sweep_blocks<1, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell,
                                inner.hi - L, true, result, best_tap);
   return inner.hi;
 }
@@ -1184,8 +1184,9 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
 // Measured on 2 cores: adaptive windows gain up to 256 pixels in and out;
 // fixed windows' forwards over 2d and 3d planes up to 2048 pixels (28x28,
 // 35x35, 8x14x14: 1.5-4x; 44x44 even; 1d rows lose; 2-byte values up to
-// 16384: 56x56-128x128 1.1-2x), and their average
-// backward up to 512 (7x7 2.6x, 17x17 1.3x, 35x35 0.85x); the fixed max
+// 16384: 56x56-128x128 1.1-2x, though a 2 MB buffer is out of L2 there;
+// 2d only measured), and their average backward up to 512 (7x7 2.6x,
+// 17x17 1.3x, 35x35 0.85x); the fixed max
 // backward gathers faster through planes (0.7-0.9x through the transposes).
 constexpr int64_t kGroup = 64;
 
