@@ -57,7 +57,8 @@ inline bool dense_planes(const Layout5& v) {
 
 // Moves between planes (cell c * plane_ld + p) and channels-last (cell
 // p * pixel_ld + c), to channels-last or back, by 8x8 tiles (1-, 2- and
-// 4-byte cells in registers), loops at the edges. Tile (c, p): channels [c, c + 8) of pixels [p, p + 8).
+// 4-byte cells in registers), loops at the edges. Tile (c, p): channels
+// [c, c + 8) of pixels [p, p + 8).
 constexpr int kTile = 8;
 
 // One whole tile, row i of src to column i of dst. Cells are moved as bits:
@@ -1572,14 +1573,14 @@ inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at) {
 }
 
 // Channels [c0, c0 + kWidth) of one cell (kWidth a whole number of
-// vectors): the sum of its terms, in registers, into sum (acc_t, or the
-// cell's own scalar_t channels, narrowed). Values and tap codes are
+// vectors): the sum of its terms, in registers, into out (the cell's
+// channels from c0, narrowed to scalar_t). Values and tap codes are
 // widened to acc_t; a tap mask keeps a value or makes it +0, which leaves
 // the sum as skipping it would.
 template <int64_t kWidth, bool kMax, typename acc_t, typename value_t, typename tap_t,
-          typename sum_t>
+          typename scalar_t>
 inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
-                         sum_t* sum) {
+                         scalar_t* out) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
   Vec a[kVecs];
@@ -1598,12 +1599,12 @@ inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count,
       }
     }
   }
-  if constexpr (std::is_same_v<sum_t, acc_t>) {
-    for (int64_t j = 0; j < kVecs; ++j) a[j].store(sum + j * kLanes);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    for (int64_t j = 0; j < kVecs; ++j) a[j].store(out + j * kLanes);
   } else {
     acc_t wide[kWidth];
     for (int64_t j = 0; j < kVecs; ++j) a[j].store(wide + j * kLanes);
-    narrow(wide, sum, kWidth);
+    narrow(wide, out, kWidth);
   }
 }
 
@@ -1629,14 +1630,16 @@ struct GatherScratch {
 };
 
 // Input rows [begin, end), rows (n, d, h) of vg (whose channel count is
-// vg.size[1]), into dst laid out as vg. values (and taps) are channels-last
-// blocks shaped like the output, `ld` apart from pixel to pixel.
+// vg.size[1]), into dst laid out as vg, channels at stride 1 (a
+// channels-last gradient, or a group buffer). values (and taps) are
+// channels-last blocks shaped like the output, `ld` apart from pixel to pixel.
 template <bool kMax, typename scalar_t, typename value_t, typename tap_t>
 void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap_t* taps,
                          int64_t ld, scalar_t* dst, const Layout5& vg, int64_t begin,
                          int64_t end, GatherScratch<value_t, tap_t>& s) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t channels = vg.size[1];
+  TORCH_INTERNAL_ASSERT_DEBUG_ONLY(vg.stride[1] == 1);
   const int64_t out_h = g.dim[1].out, out_w = g.dim[2].out;
   // Blocks compare tap codes in acc_t lanes: exact for byte taps.
   constexpr bool by_blocks = !kMax || sizeof(tap_t) == 1;
@@ -1676,42 +1679,22 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
       const auto* term = terms.data();
       const auto count = static_cast<int64_t>(terms.size());
       scalar_t* cell = dst + vg.offset(n, 0, d, h, x);
-      const auto store = [&](int64_t c0, int64_t width) {
-        if (vg.stride[1] == 1) {
-          narrow(sum, cell + c0, width);
-        } else {
-          for (const auto k : c10::irange(width)) {
-            cell[(c0 + k) * vg.stride[1]] = static_cast<scalar_t>(sum[k]);
-          }
-        }
-      };
       int64_t c0 = 0;
       if constexpr (by_blocks) {
-        // Dense channels: blocks go straight to the cell.
-        const bool dense = vg.stride[1] == 1;
+        // Blocks go straight to the cell's channels.
         for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
-          if (dense) {
-            gather_block<kChannelBlock, kMax, acc_t>(term, count, c0, cell + c0);
-            continue;
-          }
-          gather_block<kChannelBlock, kMax, acc_t>(term, count, c0, sum);
-          store(c0, kChannelBlock);
+          gather_block<kChannelBlock, kMax, acc_t>(term, count, c0, cell + c0);
         }
         // The rest a vector at a time.
         constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
         for (; c0 + kLanes <= channels; c0 += kLanes) {
-          if (dense) {
-            gather_block<kLanes, kMax, acc_t>(term, count, c0, cell + c0);
-            continue;
-          }
-          gather_block<kLanes, kMax, acc_t>(term, count, c0, sum);
-          store(c0, kLanes);
+          gather_block<kLanes, kMax, acc_t>(term, count, c0, cell + c0);
         }
       }
       for (; c0 < channels; c0 += kChannelBlock) {
         const int64_t width = std::min(kChannelBlock, channels - c0);
         gather_tail<kMax>(term, count, c0, width, sum);
-        store(c0, width);
+        narrow(sum, cell + c0, width);
       }
     }
   }
