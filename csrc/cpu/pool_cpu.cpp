@@ -792,30 +792,20 @@ class RowPlans {
   std::vector<int32_t> code_;
 };
 
-// The rows of the D and H windows w[0], w[1] of a plane, in tap order, as
-// acc_t pointers (their first `width` cells widened into `wide` for low
-// precision), with their first tap codes. Returns how many.
-template <typename scalar_t, typename acc_t>
+// The rows of the D and H windows w[0], w[1] of a plane, in tap order, with
+// their first tap codes. Returns how many.
+template <typename scalar_t>
 int64_t window_rows(const PoolGeometry& g, const Window* w, const scalar_t* plane,
-                    const Layout5& vi, int64_t width, std::vector<const acc_t*>& rows,
-                    std::vector<int32_t>& row_code, std::vector<acc_t>& wide) {
+                    const Layout5& vi, std::vector<const scalar_t*>& rows,
+                    std::vector<int32_t>& row_code) {
   const int64_t needed = w[0].count * w[1].count;
   rows.resize(needed);
   row_code.resize(needed);
-  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
-    wide.resize(needed * width);
-  }
   int64_t r = 0;
   for (int64_t td = 0; td < w[0].count; ++td) {
     for (int64_t th = 0; th < w[1].count; ++th, ++r) {
-      const scalar_t* row = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
-                            tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        rows[r] = row;
-      } else {
-        widen(row, wide.data() + r * width, width);
-        rows[r] = wide.data() + r * width;
-      }
+      rows[r] = plane + tap_position(w[0], w[0].first_tap + td) * vi.stride[2] +
+                tap_position(w[1], w[1].first_tap + th) * vi.stride[3];
       row_code[r] = static_cast<int32_t>(
           encode_tap(g, w[0].first_tap + td, w[1].first_tap + th, 0));
     }
@@ -867,37 +857,68 @@ inline T select(bool takes, T a, T b) {
 }
 
 // Adaptive windows of a row by columns, where they are short along W: each
-// column's D and H taps reduced first, a vector of columns at a time (the
-// row sweep over whole rows), then each output over its W window's columns.
-// Max merges columns by window_max's rule over the taps' order (the last
-// NaN, else the first max), so it picks the element functions' tap; sums
-// are reassociated (columns, then across), as torch's vectorised kernels do.
-template <bool kMax, typename acc_t>
-void columns_row(const acc_t* const* rows, const int32_t* row_code, int64_t nrows,
+// column's D and H taps reduced first, a vector of columns at a time over
+// all the window's rows in registers (low precision widened as loaded), then
+// each output over its W window's columns. Max merges columns by
+// window_max's rule over the taps' order (the last NaN, else the first max),
+// so it picks the element functions' tap; its codes ride in acc_t lanes
+// (exact: by_columns keeps them under 2^24). Sums are reassociated
+// (columns, then across), as torch's vectorised kernels do.
+template <bool kMax, typename scalar_t, typename acc_t>
+void columns_row(const scalar_t* const* rows, const int32_t* row_code, int64_t nrows,
                  const std::vector<Window>& wx, int64_t width, acc_t* column,
-                 int32_t* column_code, acc_t* result, int32_t* best_tap) {
-  const Interior all{0, width};
-  std::copy(rows[0], rows[0] + width, column);
-  if constexpr (kMax) {
-    std::fill(column_code, column_code + width, row_code[0]);
-  }
-  const std::integral_constant<int64_t, 1> one;
-  for (int64_t r = 1; r < nrows; ++r) {
-    if constexpr (kMax) {
-      max_sweep(rows[r], one, all, column, column_code, row_code[r]);
-    } else {
-      sum_sweep(rows[r], one, all, column);
+                 acc_t* column_code, acc_t* result, int32_t* best_tap) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t kLanes = Vec::size();
+  // Columns [x, x + kLanes): the first row initialises, later ones compete
+  // (max_takes, lane-wise) or add.
+  const auto block = [&](int64_t x) {
+    Vec best = load_acc<acc_t>(rows[0] + x);
+    Vec code(static_cast<acc_t>(row_code[0]));
+    for (int64_t r = 1; r < nrows; ++r) {
+      const Vec v = load_acc<acc_t>(rows[r] + x);
+      if constexpr (kMax) {
+        const Vec takes = (v > best) | (v != v);
+        best = Vec::blendv(best, v, takes);
+        code = Vec::blendv(code, Vec(static_cast<acc_t>(row_code[r])), takes);
+      } else {
+        best += v;
+      }
+    }
+    best.store(column + x);
+    if constexpr (kMax) code.store(column_code + x);
+  };
+  if (width >= kLanes) {
+    int64_t x = 0;
+    for (; x + kLanes <= width; x += kLanes) block(x);
+    if (x < width) block(width - kLanes);  // overlaps the last: recomputed, not accumulated
+  } else {
+    for (int64_t x = 0; x < width; ++x) {
+      acc_t best = static_cast<acc_t>(rows[0][x]);
+      int32_t code = row_code[0];
+      for (int64_t r = 1; r < nrows; ++r) {
+        const auto v = static_cast<acc_t>(rows[r][x]);
+        if constexpr (kMax) {
+          const bool takes = max_takes(v, best);
+          best = select(takes, v, best);
+          code = select(takes, row_code[r], code);
+        } else {
+          best += v;
+        }
+      }
+      column[x] = best;
+      if constexpr (kMax) column_code[x] = static_cast<acc_t>(code);
     }
   }
   for (const auto ow : c10::irange(static_cast<int64_t>(wx.size()))) {
     const acc_t* v = column + wx[ow].begin;
     if constexpr (kMax) {
-      const int32_t* code = column_code + wx[ow].begin;
+      const acc_t* code = column_code + wx[ow].begin;
       acc_t best = v[0];
-      int32_t tap = code[0];
+      acc_t tap = code[0];
       for (int64_t x = 1; x < wx[ow].count; ++x) {
         // Bitwise, not branches: data-dependent branches mispredict.
-        const int32_t t = code[x] + static_cast<int32_t>(x);
+        const acc_t t = code[x] + static_cast<acc_t>(x);
         const bool nan = v[x] != v[x];
         const bool takes = POOL_EXT_UNPREDICTABLE(
             (v[x] > best) | ((v[x] == best) & (t < tap)) | (nan & ((best == best) | (t > tap))));
@@ -905,7 +926,7 @@ void columns_row(const acc_t* const* rows, const int32_t* row_code, int64_t nrow
         tap = select(takes, t, tap);
       }
       result[ow] = best;
-      best_tap[ow] = tap;
+      best_tap[ow] = static_cast<int32_t>(tap);
     } else {
       acc_t sum = 0;
       for (int64_t x = 0; x < wx[ow].count; ++x) sum += v[x];
@@ -945,10 +966,9 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
     WindowTable table;
     std::vector<acc_t> result(vo.size[4]);
     std::vector<int32_t> best_tap(kMax ? vo.size[4] : 0);
-    std::vector<const acc_t*> window_row;
+    std::vector<const scalar_t*> window_row;
     std::vector<int32_t> row_code;
-    std::vector<acc_t> wide, column;
-    std::vector<int32_t> column_code;
+    std::vector<acc_t> column, column_code;
     RowPlans plans(vo);
     RowCursor cursor(begin, vo);
     for (int64_t r = begin; r < end; ++r, cursor.next()) {
@@ -960,7 +980,7 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
       if (by_columns(g, vi, w, table)) {
         const std::vector<Window>& wx = table.dim[2];
         const int64_t width = wx.back().begin + wx.back().count;
-        const int64_t nrows = window_rows(g, w, plane, vi, width, window_row, row_code, wide);
+        const int64_t nrows = window_rows(g, w, plane, vi, window_row, row_code);
         column.resize(width);
         column_code.resize(kMax ? width : 0);
         columns_row<kMax>(window_row.data(), row_code.data(), nrows, wx, width, column.data(),
