@@ -1026,10 +1026,11 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
       tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
     });
     if (vo.stride[4] == 1 && vt.stride[4] == 1) {
-      for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
-        out_row[ow] = static_cast<scalar_t>(best[ow]);
-        tap_row[ow] = static_cast<tap_t>(best_tap[ow]);
-      }
+      // Values and taps in two loops over restrict pointers: byte stores may
+      // alias anything, and in one plain loop kept it scalar (a third of a
+      // max_pool1d forward).
+      narrow(best + inner.lo, out_row + inner.lo, inner.hi - inner.lo);
+      narrow(best_tap + inner.lo, tap_row + inner.lo, inner.hi - inner.lo);
     } else {
       for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
         out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best[ow]);
@@ -1354,10 +1355,7 @@ void max_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
         return [=](int64_t n, const int64_t* o, const Window*, int64_t c0, int64_t width,
                    const acc_t* value, const auto* code, int64_t) {
           narrow(value, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
-          tap_t* tap_at = tap + vt.offset(n, c0, o[0], o[1], o[2]);
-          for (int64_t c = 0; c < width; ++c) {
-            tap_at[c] = static_cast<tap_t>(code[c]);
-          }
+          narrow(code, tap + vt.offset(n, c0, o[0], o[1], o[2]), width);
         };
       });
 }
