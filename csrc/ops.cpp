@@ -5,6 +5,8 @@
 // the output and its `taps`: the position of each max inside its window
 // (uint8 when windows have at most 256 taps, else int64), which is all its
 // backward needs; `_*_indices` turns taps into torch's flat indices.
+// `_max_pool_values` is the inference forward: the values alone, with no
+// taps to find or write (functional.py takes it when no gradient is needed).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -19,6 +21,9 @@ TORCH_LIBRARY(pool_ext, m) {
   m.def(
       "max_pool(Tensor self, int[] kernel_size, int[] stride, int[] padding, int[] dilation, "
       "bool ceil_mode, bool same) -> (Tensor, Tensor)");
+  m.def(
+      "_max_pool_values(Tensor self, int[] kernel_size, int[] stride, int[] padding, "
+      "int[] dilation, bool ceil_mode, bool same) -> Tensor");
   m.def(
       "_max_pool_backward(Tensor grad_output, Tensor self, Tensor taps, int[] kernel_size, "
       "int[] stride, int[] padding, int[] dilation, bool ceil_mode, bool same) -> Tensor");

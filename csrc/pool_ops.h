@@ -1,5 +1,5 @@
 // The ops, written once over a backend's kernels. A backend is a struct with
-//   static void max_forward(const PoolGeometry&, in, out, taps);
+//   static void max_forward(const PoolGeometry&, in, out, taps);  // taps undefined: values only
 //   static void max_backward(const PoolGeometry&, grad_out, taps, grad_in);
 //   static void max_indices(const PoolGeometry&, taps, indices);
 //   static void avg_forward(const PoolGeometry&, in, out);
@@ -17,10 +17,11 @@
 
 namespace pool_ext {
 
-// Calls f(tap_t{}) with the element type of the saved taps.
+// Calls f(tap_t{}) with the element type of the saved taps (uint8_t, unused,
+// when there are none).
 template <typename F>
 void dispatch_taps(const at::Tensor& taps, const F& f) {
-  if (taps.scalar_type() == at::kByte) {
+  if (!taps.defined() || taps.scalar_type() == at::kByte) {
     f(uint8_t{});
   } else {
     f(int64_t{});
@@ -39,6 +40,15 @@ std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tenso
     K::max_forward(plan.geom, as_5d(self), as_5d(out), as_5d(taps));
   }
   return {out, taps};
+}
+
+template <class K>
+at::Tensor run_max_values(const PoolPlan& plan, const at::Tensor& self) {
+  auto out = at::empty(plan.out_shape, self.options().memory_format(plan.format));
+  if (out.numel() > 0) {
+    K::max_forward(plan.geom, as_5d(self), as_5d(out), at::Tensor());
+  }
+  return out;
 }
 
 template <class K>
@@ -102,6 +112,15 @@ std::tuple<at::Tensor, at::Tensor> max_pool(const at::Tensor& self, at::IntArray
   return run_max<K>(plan_fixed("max_pool", self, kernel_size, stride, padding, dilation,
                                ceil_mode, same, false, std::nullopt),
                     self);
+}
+
+template <class K>
+at::Tensor max_pool_values(const at::Tensor& self, at::IntArrayRef kernel_size,
+                           at::IntArrayRef stride, at::IntArrayRef padding,
+                           at::IntArrayRef dilation, bool ceil_mode, bool same) {
+  return run_max_values<K>(plan_fixed("max_pool", self, kernel_size, stride, padding, dilation,
+                                      ceil_mode, same, false, std::nullopt),
+                           self);
 }
 
 template <class K>
@@ -184,6 +203,7 @@ at::Tensor adaptive_avg_pool_backward(const at::Tensor& grad_output, const at::T
 template <class K>
 void register_ops(torch::Library& m) {
   m.impl("max_pool", TORCH_FN(max_pool<K>));
+  m.impl("_max_pool_values", TORCH_FN(max_pool_values<K>));
   m.impl("_max_pool_backward", TORCH_FN(max_pool_backward<K>));
   m.impl("_max_pool_indices", TORCH_FN(max_pool_indices<K>));
   m.impl("avg_pool", TORCH_FN(avg_pool<K>));

@@ -22,6 +22,12 @@ def _(self, kernel_size, stride, padding, dilation, ceil_mode, same):
     return _empty_like_plan(self, shape), _empty_like_plan(self, shape, geo.tap_dtype(taps))
 
 
+@torch.library.register_fake("pool_ext::_max_pool_values")
+def _(self, kernel_size, stride, padding, dilation, ceil_mode, same):
+    shape, _ = geo.fixed_plan("max_pool", self, kernel_size, stride, padding, dilation, ceil_mode, same)
+    return _empty_like_plan(self, shape)
+
+
 @torch.library.register_fake("pool_ext::_max_pool_backward")
 def _(grad_output, self, taps, kernel_size, stride, padding, dilation, ceil_mode, same):
     return _empty_like_plan(self, self.shape)

@@ -86,6 +86,9 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
+    if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
+        # Inference: the values alone, with no taps found or kept for a backward.
+        return _unbatch(ops._max_pool_values(x, *args), unbatched)
     out, taps = ops.max_pool(x, *args)
     if return_indices:
         return _unbatch((out, ops._max_pool_indices(x, taps, *args)), unbatched)

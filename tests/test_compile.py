@@ -83,6 +83,14 @@ def test_cnn_aot_eager_dynamic_shapes():
         check_same(eager, compiled_model, compiled, torch.randn(shape))
 
 
+def test_cnn_inference_aot_eager():
+    """Under torch.no_grad, max pooling takes its values-only op: it compiles too."""
+    eager, _, compiled = eager_and_compiled(Net, "aot_eager")
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+
+
 def test_channels_last_cnn_aot_eager():
     eager, compiled_model, compiled = eager_and_compiled(Net, "aot_eager")
     eager.to(memory_format=torch.channels_last)

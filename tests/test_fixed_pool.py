@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
     assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window, is_batched, leaf,
-    make_rng, ours, outputs_and_grad, random_grad, TORCH_CPU_3D_CONTIGUOUS_ONLY, random_input, scatter_grad, to_strided, torch_accepts, torchs,
+    layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
+    to_strided, torch_accepts, torchs, TORCH_CPU_3D_CONTIGUOUS_ONLY,
 )
 
 CASES_PER_SEED = 12
@@ -521,6 +522,37 @@ def test_cells_past_the_row_never_reach_an_output(kind, d, dtype, device):
         x = wide[..., :width]
         run_case(kind, d, x, "strided", kwargs, device, rng)
         run_case(kind, d, x.contiguous(), "contiguous", kwargs, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_max_pool_inference_forward(d, dtype, device):
+    """With no gradient to keep (an input that does not require grad, or grad mode
+    off), max pooling runs its values-only op, which finds and writes no taps: the
+    same bits as the training forward (NaN, infinities, ties; rows long enough for
+    the CPU's vector blocks; every layout), and a training forward still gets its
+    graph."""
+    rng = make_rng("inference", d, dtype)
+    name = f"max_pool{d}d"
+    shape = (2, 20) + (7, 9, 37)[3 - d:]
+    cases = ({"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 2},
+             {"kernel_size": 3, "stride": 1, "dilation": 2, "ceil_mode": True})
+    for layout in layouts_for(len(shape)):
+        for specials, ties in ((0.05, False), (0.0, True)):
+            x, _ = random_input(rng, shape, dtype, device, layout=layout, specials=specials, ties=ties)
+            for kwargs in cases:
+                expected, _ = ours(name)(x, **kwargs, return_indices=True)
+                assert_equal(ours(name)(x, **kwargs), expected)
+                xl = leaf(x)
+                with torch.no_grad():
+                    assert_equal(ours(name)(xl, **kwargs), expected)
+                out = ours(name)(xl, **kwargs)
+                assert out.grad_fn is not None
+                assert_equal(out.detach(), expected)
+    args = ([3] * d, [2] * d, [1] * d, [1] * d, False, False)
+    x = random_values(rng, shape, dtype).to(device)
+    assert_equal(torch.ops.pool_ext._max_pool_values(x, *args), torch.ops.pool_ext.max_pool(x, *args)[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -12,7 +12,7 @@ from pool_testing import DEVICES
 ops = torch.ops.pool_ext
 
 OP_NAMES = {
-    "max_pool", "_max_pool_backward", "_max_pool_indices",
+    "max_pool", "_max_pool_values", "_max_pool_backward", "_max_pool_indices",
     "avg_pool", "_avg_pool_backward",
     "adaptive_max_pool", "_adaptive_max_pool_backward", "_adaptive_max_pool_indices",
     "adaptive_avg_pool", "_adaptive_avg_pool_backward",
@@ -54,6 +54,8 @@ def fixed_samples(device, requires_grad):
         out, taps = ops.max_pool(x, *max_args)
         grad = randn(out.shape, device, dtype, fmt, seed=1)
         yield case_id, ops.max_pool, (x.clone().requires_grad_(requires_grad), *max_args)
+        # The inference forward has no autograd by design: never given an input that requires grad.
+        yield case_id, ops._max_pool_values, (x, *max_args)
         yield case_id, ops._max_pool_backward, (grad.requires_grad_(requires_grad), x, taps, *max_args)
         yield case_id, ops._max_pool_indices, (x, taps, *max_args)
         for count_include_pad, divisor in ((True, None), (False, 3)):

@@ -642,7 +642,7 @@ inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
 // block ends at the row's last full window, where a stride-2 pair reaches
 // one cell past the last a window uses, read only while inside the input
 // (up to last_cell, its last cell).
-template <int64_t U, int64_t S, int64_t KW, bool kMax, typename scalar_t, typename acc_t>
+template <int64_t U, int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
 inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                          int64_t nrows, int64_t kernel_w, int64_t dilation, int64_t pad,
                          const scalar_t* last_cell, int64_t ow, bool last, acc_t* result,
@@ -685,7 +685,7 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
           }
           const Vec takes = (v > b[u]) | v.isnan();
           b[u] = Vec::blendv(b[u], v, takes);
-          t[u] = Vec::blendv(t[u], code, takes);
+          if constexpr (kTaps) t[u] = Vec::blendv(t[u], code, takes);
         } else {
           b[u] = b[u] + v;
         }
@@ -694,9 +694,9 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
   }
   for (int64_t u = 0; u < U; ++u) {
     b[u].store(result + ow + u * L);
-    if constexpr (kMax && std::is_same_v<acc_t, float>) {
+    if constexpr (kTaps && std::is_same_v<acc_t, float>) {
       at::vec::convert_to_int_of_same_size(t[u]).store(best_tap + ow + u * L);
-    } else if constexpr (kMax) {
+    } else if constexpr (kTaps) {
       acc_t codes[L];
       t[u].store(codes);
       for (int64_t j = 0; j < L; ++j) {
@@ -711,7 +711,7 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
 // the one before (outputs are recomputed, not accumulated). Returns the end
 // of what it did: inner.hi, or inner.lo when the inside is narrower than a
 // vector (the sweep takes it).
-template <int64_t S, int64_t KW, bool kMax, typename scalar_t, typename acc_t>
+template <int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
 int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                       int64_t nrows, int64_t kw, int64_t dilation, int64_t pad, int64_t width,
                       const scalar_t* last_cell, Interior inner, acc_t* result, int32_t* best_tap) {
@@ -723,16 +723,16 @@ int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_
   };
   int64_t ow = inner.lo;
   for (; fits(ow, 2); ow += 2 * L) {
-    sweep_blocks<2, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
+    sweep_blocks<2, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
                                  false, result, best_tap);
   }
   if (fits(ow, 1)) {
-    sweep_blocks<1, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
+    sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
                                  false, result, best_tap);
     ow += L;
   }
   if (ow >= inner.hi || inner.hi - L < inner.lo) return ow;
-  sweep_blocks<1, S, KW, kMax>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell,
+  sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell,
                                inner.hi - L, true, result, best_tap);
   return inner.hi;
 }
@@ -744,17 +744,17 @@ inline bool can_block(const PoolGeometry& g, const Layout5& vi) {
 }
 
 // blocked_sweep's instance for a geometry's W stride and kernel.
-template <bool kMax, typename scalar_t, typename acc_t>
+template <bool kMax, bool kTaps, typename scalar_t, typename acc_t>
 auto blocked_sweep_for(const PoolGeometry& g) {
   const int64_t kw = g.dim[2].kernel;
   if (g.dim[2].stride == 1) {
-    return kw == 2   ? blocked_sweep<1, 2, kMax, scalar_t, acc_t>
-           : kw == 3 ? blocked_sweep<1, 3, kMax, scalar_t, acc_t>
-                     : blocked_sweep<1, 0, kMax, scalar_t, acc_t>;
+    return kw == 2   ? blocked_sweep<1, 2, kMax, kTaps, scalar_t, acc_t>
+           : kw == 3 ? blocked_sweep<1, 3, kMax, kTaps, scalar_t, acc_t>
+                     : blocked_sweep<1, 0, kMax, kTaps, scalar_t, acc_t>;
   }
-  return kw == 2   ? blocked_sweep<2, 2, kMax, scalar_t, acc_t>
-         : kw == 3 ? blocked_sweep<2, 3, kMax, scalar_t, acc_t>
-                   : blocked_sweep<2, 0, kMax, scalar_t, acc_t>;
+  return kw == 2   ? blocked_sweep<2, 2, kMax, kTaps, scalar_t, acc_t>
+         : kw == 3 ? blocked_sweep<2, 3, kMax, kTaps, scalar_t, acc_t>
+                   : blocked_sweep<2, 0, kMax, kTaps, scalar_t, acc_t>;
 }
 
 // The D and H window rows of each output row (od, oh) of a fixed geometry:
@@ -950,8 +950,9 @@ inline bool by_columns(const PoolGeometry& g, const Layout5& vi, const Window* w
 // blocked_sweep applies, by the row sweep elsewhere; short adaptive windows
 // by columns_row. Then finish(n, c, o, w, plane, table, done, result,
 // best_tap) writes the row: outputs in `done` from result, the others
-// through the element functions.
-template <bool kMax, typename scalar_t, typename Finish>
+// through the element functions. Without kTaps (max's values alone) the
+// vector blocks keep no tap codes.
+template <bool kMax, typename scalar_t, bool kTaps = kMax, typename Finish>
 void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                     const Finish& finish) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -959,7 +960,7 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
   const auto* src = in.const_data_ptr<scalar_t>();
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const bool blocked = can_block(g, vi);
-  const auto block = blocked_sweep_for<kMax, scalar_t, acc_t>(g);
+  const auto block = blocked_sweep_for<kMax, kTaps, scalar_t, acc_t>(g);
   const scalar_t* last_cell = src;
   for (const auto k : c10::irange(5)) last_cell += (vi.size[k] - 1) * vi.stride[k];
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
@@ -1005,39 +1006,43 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
   });
 }
 
+// taps: null for the values alone (the inference forward).
 template <typename scalar_t, typename tap_t>
 void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
-                        const at::Tensor& taps) {
+                        const at::Tensor* taps) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = layout_of(taps);
+  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = taps ? layout_of(*taps) : vo;
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  auto* tap = taps.mutable_data_ptr<tap_t>();
-  forward_planes<true, scalar_t>(g, in, out, [&](int64_t n, int64_t c, const int64_t* o,
-                                                 Window* w, const scalar_t* plane,
-                                                 const WindowTable& table, Interior inner,
-                                                 const acc_t* best, const int32_t* best_tap) {
+  tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
+  const auto finish = [&](int64_t n, int64_t c, const int64_t* o, Window* w,
+                          const scalar_t* plane, const WindowTable& table, Interior inner,
+                          const acc_t* best, const int32_t* best_tap) {
     scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
-    tap_t* tap_row = tap + vt.offset(n, c, o[0], o[1], 0);
+    tap_t* tap_row = tap ? tap + vt.offset(n, c, o[0], o[1], 0) : nullptr;
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       w[2] = table.dim[2][ow];
       int64_t t;
       const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, &t);
       out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
-      tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
+      if (tap_row) tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
     });
     if (vo.stride[4] == 1 && vt.stride[4] == 1) {
       // Values and taps in two loops over restrict pointers: byte stores may
-      // alias anything, and in one plain loop kept it scalar (a third of a
-      // max_pool1d forward).
+      // alias anything, and one plain loop of both stayed scalar.
       narrow(best + inner.lo, out_row + inner.lo, inner.hi - inner.lo);
-      narrow(best_tap + inner.lo, tap_row + inner.lo, inner.hi - inner.lo);
+      if (tap_row) narrow(best_tap + inner.lo, tap_row + inner.lo, inner.hi - inner.lo);
     } else {
       for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
         out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best[ow]);
-        tap_row[ow * vt.stride[4]] = static_cast<tap_t>(best_tap[ow]);
+        if (tap_row) tap_row[ow * vt.stride[4]] = static_cast<tap_t>(best_tap[ow]);
       }
     }
-  });
+  };
+  if (taps) {
+    forward_planes<true, scalar_t>(g, in, out, finish);
+  } else {
+    forward_planes<true, scalar_t, false>(g, in, out, finish);
+  }
 }
 
 // Channels-last: one output pixel at a time, every channel at once, a
@@ -1346,16 +1351,16 @@ void forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Ten
 
 template <typename scalar_t, typename tap_t>
 void max_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
-                          const at::Tensor& taps) {
+                          const at::Tensor* taps) {
   using acc_t = at::opmath_type<scalar_t>;
   // int32 codes while the channel loop runs keep its lanes as wide as float's.
   using code_t = std::conditional_t<sizeof(tap_t) == 1, int32_t, int64_t>;
   forward_channels<true, scalar_t, code_t, tap_t>(
-      g, in, out, &taps, [](scalar_t* dst, const Layout5& vo, tap_t* tap, const Layout5& vt) {
+      g, in, out, taps, [](scalar_t* dst, const Layout5& vo, tap_t* tap, const Layout5& vt) {
         return [=](int64_t n, const int64_t* o, const Window*, int64_t c0, int64_t width,
                    const acc_t* value, const auto* code, int64_t) {
           narrow(value, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
-          narrow(code, tap + vt.offset(n, c0, o[0], o[1], o[2]), width);
+          if (tap) narrow(code, tap + vt.offset(n, c0, o[0], o[1], o[2]), width);
         };
       });
 }
@@ -1996,18 +2001,18 @@ void for_global_planes(const PoolGeometry& g, const Layout5& v, int64_t cost, co
 
 template <typename scalar_t, typename tap_t>
 void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
-                        const at::Tensor& taps) {
+                        const at::Tensor* taps) {
   using acc_t = at::opmath_type<scalar_t>;
-  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = layout_of(taps);
+  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = taps ? layout_of(*taps) : vo;
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  auto* tap = taps.mutable_data_ptr<tap_t>();
+  tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
     int64_t t;
     const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, &t);
     dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(value);
-    tap[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(t);
+    if (tap) tap[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(t);
   });
 }
 
@@ -2176,15 +2181,16 @@ void advise_huge_pages(const at::Tensor& t) {
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
+    const at::Tensor* saved = taps.defined() ? &taps : nullptr;  // none: values only
     POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cpu", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        if (forward_by_channels(g, in, out, &taps)) {
-          max_forward_channels<scalar_t, tap_t>(g, in, out, taps);
+        if (forward_by_channels(g, in, out, saved)) {
+          max_forward_channels<scalar_t, tap_t>(g, in, out, saved);
         } else if (is_global(g)) {
-          max_forward_global<scalar_t, tap_t>(g, in, out, taps);
+          max_forward_global<scalar_t, tap_t>(g, in, out, saved);
         } else {
-          max_forward_planes<scalar_t, tap_t>(g, in, out, taps);
+          max_forward_planes<scalar_t, tap_t>(g, in, out, saved);
         }
       });
     });

@@ -109,7 +109,9 @@ __global__ void max_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Lay
     const acc_t best = window_max<scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0),
                                                    vi.spatial_strides(), &tap);
     out[vo.offset(n, c, o[0], o[1], o[2])] = static_cast<scalar_t>(best);
-    taps[vt.offset(n, c, o[0], o[1], o[2])] = static_cast<tap_t>(tap);
+    if (taps != nullptr) {  // none for the inference forward
+      taps[vt.offset(n, c, o[0], o[1], o[2])] = static_cast<tap_t>(tap);
+    }
   }
 }
 
@@ -187,10 +189,12 @@ struct CudaKernels {
         dispatch_index(total, [&](auto index_tag) {
           using tap_t = decltype(tap_tag);
           using index_t = decltype(index_tag);
+          const bool values_only = !taps.defined();
           max_forward_kernel<scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-              g, tables.view, layout_of(in), layout_of(out), layout_of(taps), channels_last(out),
-              static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
-              out.mutable_data_ptr<scalar_t>(), taps.mutable_data_ptr<tap_t>());
+              g, tables.view, layout_of(in), layout_of(out), layout_of(values_only ? out : taps),
+              channels_last(out), static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+              out.mutable_data_ptr<scalar_t>(),
+              values_only ? nullptr : taps.mutable_data_ptr<tap_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         });
       });
