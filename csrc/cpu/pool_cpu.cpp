@@ -632,20 +632,23 @@ inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
 // Blocks of U * L outputs of a row from ow (L a vector's lanes), every tap
 // of the window with the outputs held in registers: window row r (D and H
 // taps in order) starts at plane + offset[r], row_code[r] its first tap's
-// code (max only). Low precision widens as it loads. Stride S is 1 or 2 (a
-// pair of vectors deinterleaved); KW is the W kernel when fixed at compile
-// time (0: kw), so that the common windows' taps unroll. Max: the first tap
+// code (max with kTaps only; the inference forward keeps no codes). Low
+// precision widens as it loads. Stride S is 1 or 2 (a pair of vectors
+// deinterleaved); KW is the W kernel when fixed at compile time (0: kw), so
+// that the common windows' taps unroll. Max: the first tap
 // initialises the lanes, as in max_forward_channels, later ones compete;
 // sums add the taps in window_sum's order: both agree with the element
 // functions bit for bit. U blocks are U independent chains of compares and
 // blends (two: 8% faster on 3x3 stride-1 max, even elsewhere). `last`: the
 // block ends at the row's last full window, where a stride-2 pair reaches
 // one cell past the last a window uses, read only while inside the input
-// (up to last_cell, its last cell).
-template <int64_t U, int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
+// (up to last_cell, its last cell, counted from plane: offsets, not
+// pointers, which past the allocation would be undefined).
+template <int64_t U, int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t,
+          typename acc_t>
 inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                          int64_t nrows, int64_t kernel_w, int64_t dilation, int64_t pad,
-                         const scalar_t* last_cell, int64_t ow, bool last, acc_t* result,
+                         int64_t last_cell, int64_t ow, bool last, acc_t* result,
                          int32_t* best_tap) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
@@ -656,10 +659,11 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
   // (evens) and tap tw + 1's (odds), when it was loaded whole.
   bool odd_whole = false;
   for (int64_t r = 0; r < nrows; ++r) {
-    const scalar_t* base = plane + offset[r] + ow * S - pad;
+    const int64_t first = offset[r] + ow * S - pad;  // tap 0 of the block's first output
+    const scalar_t* base = plane + first;
     for (int64_t tw = 0; tw < kw; ++tw) {
       const bool reuse = S == 2 && dilation == 1 && tw % 2 == 1 && odd_whole;
-      if (S == 2 && !reuse) odd_whole = !last || base + tw * dilation + 2 * L - 1 <= last_cell;
+      if (S == 2 && !reuse) odd_whole = !last || first + tw * dilation + 2 * L - 1 <= last_cell;
       for (int64_t u = 0; u < U; ++u) {
         const scalar_t* at = base + tw * dilation + u * L * S;
         Vec v;
@@ -714,7 +718,7 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
 template <int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
 int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                       int64_t nrows, int64_t kw, int64_t dilation, int64_t pad, int64_t width,
-                      const scalar_t* last_cell, Interior inner, acc_t* result, int32_t* best_tap) {
+                      int64_t last_cell, Interior inner, acc_t* result, int32_t* best_tap) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
   // One past the last cell a block reads, counted from ow * S.
   const int64_t reach = ((KW > 0 ? KW : kw) - 1) * dilation - pad + L * S;
@@ -723,17 +727,17 @@ int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_
   };
   int64_t ow = inner.lo;
   for (; fits(ow, 2); ow += 2 * L) {
-    sweep_blocks<2, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
-                                 false, result, best_tap);
+    sweep_blocks<2, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad,
+                                        last_cell, ow, false, result, best_tap);
   }
   if (fits(ow, 1)) {
-    sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell, ow,
-                                 false, result, best_tap);
+    sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad,
+                                        last_cell, ow, false, result, best_tap);
     ow += L;
   }
   if (ow >= inner.hi || inner.hi - L < inner.lo) return ow;
-  sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad, last_cell,
-                               inner.hi - L, true, result, best_tap);
+  sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad,
+                                      last_cell, inner.hi - L, true, result, best_tap);
   return inner.hi;
 }
 
@@ -961,7 +965,7 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const bool blocked = can_block(g, vi);
   const auto block = blocked_sweep_for<kMax, kTaps, scalar_t, acc_t>(g);
-  const scalar_t* last_cell = src;
+  int64_t last_cell = 0;  // the input's last cell
   for (const auto k : c10::irange(5)) last_cell += (vi.size[k] - 1) * vi.stride[k];
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable table;
@@ -997,8 +1001,8 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
         const int32_t* code;
         const int64_t nrows = plans.get(g, w, vi, o, &offset, &code);
         rest.lo = block(plane, offset, code, nrows, g.dim[2].kernel, g.dim[2].dilation,
-                        g.dim[2].pad, vi.size[4], last_cell, inner, result.data(),
-                        best_tap.data());
+                        g.dim[2].pad, vi.size[4], last_cell - vi.offset(n, c, 0, 0, 0), inner,
+                        result.data(), best_tap.data());
       }
       sweep_inside<kMax>(g, w, plane, vi, rest, result.data(), best_tap.data());
       finish(n, c, o, w, plane, table, inner, result.data(), best_tap.data());
