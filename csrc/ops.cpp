@@ -5,8 +5,9 @@
 // the output and its `taps`: the position of each max inside its window
 // (uint8 when windows have at most 256 taps, else int64), which is all its
 // backward needs; `_*_indices` turns taps into torch's flat indices.
-// `_max_pool_values` is the inference forward: the values alone, with no
-// taps to find or write (functional.py takes it when no gradient is needed).
+// `_max_pool_values` and `_adaptive_max_pool_values` are the inference
+// forwards: the values alone, with no taps to find or write (functional.py
+// takes them when no gradient is needed).
 #include <Python.h>
 #include <torch/library.h>
 
@@ -38,6 +39,7 @@ TORCH_LIBRARY(pool_ext, m) {
       "int[] padding, bool ceil_mode, bool same, bool count_include_pad, "
       "int? divisor_override) -> Tensor");
   m.def("adaptive_max_pool(Tensor self, int[] output_size, Tensor? sizes) -> (Tensor, Tensor)");
+  m.def("_adaptive_max_pool_values(Tensor self, int[] output_size, Tensor? sizes) -> Tensor");
   m.def(
       "_adaptive_max_pool_backward(Tensor grad_output, Tensor self, Tensor taps, "
       "int[] output_size, Tensor? sizes) -> Tensor");

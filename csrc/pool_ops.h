@@ -172,6 +172,12 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
 }
 
 template <class K>
+at::Tensor adaptive_max_pool_values(const at::Tensor& self, at::IntArrayRef output_size,
+                                    const std::optional<at::Tensor>& sizes) {
+  return run_max_values<K>(plan_adaptive("max_pool", self, output_size, sizes), self);
+}
+
+template <class K>
 at::Tensor adaptive_max_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
                                       const at::Tensor& taps, at::IntArrayRef output_size,
                                       const std::optional<at::Tensor>& sizes) {
@@ -209,6 +215,7 @@ void register_ops(torch::Library& m) {
   m.impl("avg_pool", TORCH_FN(avg_pool<K>));
   m.impl("_avg_pool_backward", TORCH_FN(avg_pool_backward<K>));
   m.impl("adaptive_max_pool", TORCH_FN(adaptive_max_pool<K>));
+  m.impl("_adaptive_max_pool_values", TORCH_FN(adaptive_max_pool_values<K>));
   m.impl("_adaptive_max_pool_backward", TORCH_FN(adaptive_max_pool_backward<K>));
   m.impl("_adaptive_max_pool_indices", TORCH_FN(adaptive_max_pool_indices<K>));
   m.impl("adaptive_avg_pool", TORCH_FN(adaptive_avg_pool<K>));

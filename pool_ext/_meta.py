@@ -56,6 +56,12 @@ def _(self, output_size, sizes):
     return _empty_like_plan(self, shape), _empty_like_plan(self, shape, geo.tap_dtype(taps))
 
 
+@torch.library.register_fake("pool_ext::_adaptive_max_pool_values")
+def _(self, output_size, sizes):
+    shape, _ = geo.adaptive_plan("max_pool", self, output_size, sizes)
+    return _empty_like_plan(self, shape)
+
+
 @torch.library.register_fake("pool_ext::_adaptive_max_pool_backward")
 def _(grad_output, self, taps, output_size, sizes):
     return _empty_like_plan(self, self.shape)

@@ -191,6 +191,9 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, x.shape[2:])
+    if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
+        # Inference: the values alone, with no taps found or kept for a backward.
+        return _unbatch(ops._adaptive_max_pool_values(x, size, sizes), unbatched)
     out, taps = ops.adaptive_max_pool(x, size, sizes)
     if return_indices:
         return _unbatch((out, ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)

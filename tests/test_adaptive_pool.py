@@ -271,6 +271,32 @@ def test_long_window_max_returns_the_nan_it_found(dtype):
         assert torch.equal(out.view(bits), ref.view(bits))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2])
+def test_max_inference_forward_keeps_the_winning_zero(d, dtype):
+    """With no gradient to keep, adaptive max pooling runs its values-only op, whose
+    long-run max skips the search for where the max is, but not for a zero or NaN
+    winner, whose bits depend on the cell: -0 and 0 tie and the first counts, as in
+    torch and in the training forward (which the same values, requiring grad, take)."""
+    rng = make_rng("inference-zeros", d, dtype)
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.finfo(dtype).bits // 8]
+    name = f"adaptive_max_pool{d}d"
+    spatial = (300,) if d == 1 else (20, 30)
+    for first_sign in (-1.0, 1.0):
+        x = -1 - torch.rand((2, 3, *spatial), generator=torch.Generator().manual_seed(rng.randrange(1 << 30)))
+        flat = x.view(6, -1)
+        for plane in range(6):
+            i, j = sorted(rng.sample(range(flat.shape[1]), 2))
+            flat[plane, i], flat[plane, j] = first_sign * 0.0, -first_sign * 0.0
+        x = x.to(dtype)
+        for output_size in (1, 2):
+            ref = torchs(name)(x, output_size)
+            out = ours(name)(x, output_size)
+            assert torch.equal(out.view(bits), ref.view(bits))
+            trained = ours(name)(x.clone().requires_grad_(), output_size)
+            assert torch.equal(trained.detach().view(bits), ref.view(bits))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("specials", ["none", "ties", "nan", "inf"])

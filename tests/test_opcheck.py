@@ -14,7 +14,7 @@ ops = torch.ops.pool_ext
 OP_NAMES = {
     "max_pool", "_max_pool_values", "_max_pool_backward", "_max_pool_indices",
     "avg_pool", "_avg_pool_backward",
-    "adaptive_max_pool", "_adaptive_max_pool_backward", "_adaptive_max_pool_indices",
+    "adaptive_max_pool", "_adaptive_max_pool_values", "_adaptive_max_pool_backward", "_adaptive_max_pool_indices",
     "adaptive_avg_pool", "_adaptive_avg_pool_backward",
 }
 
@@ -88,6 +88,7 @@ def adaptive_samples(device, requires_grad):
         out, taps = ops.adaptive_max_pool(x, output_size, sizes)
         grad = randn(out.shape, device, dtype, fmt, seed=1)
         yield case_id, ops.adaptive_max_pool, (x.clone().requires_grad_(requires_grad), output_size, sizes)
+        yield case_id, ops._adaptive_max_pool_values, (x, output_size, sizes)  # inference: never requires grad
         yield case_id, ops._adaptive_max_pool_backward, (grad.requires_grad_(requires_grad), x, taps, output_size,
                                                          sizes)
         yield case_id, ops._adaptive_max_pool_indices, (x, taps, output_size, sizes)

@@ -441,6 +441,8 @@ inline int64_t for_chunks(const scalar_t* __restrict__ at, int64_t len, const F&
 // bound by the blends' latency, three times slower. Same winner as
 // max_takes over the run in order; its value is read back from the run, so
 // that -0 and 0 come out as the one-pass rule would give them. len >= 1.
+// pos null (the value alone): no second pass but where a zero or NaN wins,
+// whose bits depend on which cell it is.
 template <typename scalar_t, typename acc_t>
 inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos) {
   using Vec = at::vec::Vectorized<acc_t>;
@@ -468,9 +470,10 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
   if (best != best) {
     int64_t j = len - 1;
     while (!std::isnan(static_cast<acc_t>(at[j]))) --j;
-    *pos = j;
+    if (pos) *pos = j;
     return static_cast<acc_t>(at[j]);  // that NaN, sign and payload, as torch returns it
   }
+  if (pos == nullptr && best != acc_t(0)) return best;
   const Vec target(best);
   int64_t found = -1;
   const int64_t searched = for_chunks<acc_t>(at, len, [&](const acc_t* run, int64_t i, int64_t n) {
@@ -487,7 +490,7 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     found = searched;
     while (static_cast<acc_t>(at[found]) != best) ++found;
   }
-  *pos = found;
+  if (pos) *pos = found;
   return static_cast<acc_t>(at[found]);
 }
 
@@ -545,16 +548,17 @@ acc_t runs_max(const PoolGeometry& g, const Window* w, const scalar_t* plane, co
       const scalar_t* at = plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
                            (w[1].begin + th * w[1].step) * vi.stride[3] + w[2].begin;
       int64_t pos;
-      const acc_t v = run_max<scalar_t, acc_t>(at, len, &pos);
+      const acc_t v = run_max<scalar_t, acc_t>(at, len, tap ? &pos : nullptr);
       if (max_takes(v, best)) {  // rows merge by the same rule, in order
         best = v;
+        if (!tap) continue;
         const int64_t h = r.merged ? pos / w[2].count : th;
         const int64_t x = r.merged ? pos % w[2].count : pos;
         best_tap = encode_tap(g, w[0].first_tap + td, w[1].first_tap + h, w[2].first_tap + x);
       }
     }
   }
-  *tap = best_tap;
+  if (tap) *tap = best_tap;
   return best;
 }
 
@@ -575,13 +579,15 @@ acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r
 }
 
 // A window of a planes kernel: by runs where they are long, else through
-// the element functions.
+// the element functions. tap null: the value alone.
 template <typename scalar_t, typename acc_t>
 inline acc_t plane_window_max(const PoolGeometry& g, const Window* w, const scalar_t* plane,
                               const Layout5& vi, int64_t* tap) {
   const Runs r = runs_of(w, vi);
+  int64_t unused;
   return r.usable ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, tap)
-                  : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), tap);
+                  : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(),
+                                                tap ? tap : &unused);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -1026,7 +1032,8 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       w[2] = table.dim[2][ow];
       int64_t t;
-      const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, &t);
+      const acc_t value =
+          plane_window_max<scalar_t, acc_t>(g, w, plane, vi, tap_row ? &t : nullptr);
       out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
       if (tap_row) tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
     });
@@ -2014,7 +2021,7 @@ void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
     int64_t t;
-    const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, &t);
+    const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, tap ? &t : nullptr);
     dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(value);
     if (tap) tap[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(t);
   });
