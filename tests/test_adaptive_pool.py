@@ -260,7 +260,8 @@ def test_long_windows(kind, d, specials, dtype, device):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_long_window_max_returns_the_nan_it_found(dtype):
     """A NaN wins the max with its own bits (sign), as torch returns it: the CPU's
-    long-run max reads the winning NaN back from the input."""
+    long-run max reads the winning NaN back from the input (training and inference
+    forwards both)."""
     bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.finfo(dtype).bits // 8]
     x = torch.randn(2, 3, 100, dtype=dtype)
     x[0, 1, 37] = x[1, 2, 80] = -torch.tensor(NAN, dtype=dtype)
@@ -269,6 +270,8 @@ def test_long_window_max_returns_the_nan_it_found(dtype):
         ref = torchs("adaptive_max_pool1d")(x, output_size)
         out = ours("adaptive_max_pool1d")(x, output_size)
         assert torch.equal(out.view(bits), ref.view(bits))
+        trained = ours("adaptive_max_pool1d")(x.clone().requires_grad_(), output_size)
+        assert torch.equal(trained.detach().view(bits), ref.view(bits))
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)

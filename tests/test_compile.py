@@ -84,7 +84,8 @@ def test_cnn_aot_eager_dynamic_shapes():
 
 
 def test_cnn_inference_aot_eager():
-    """Under torch.no_grad, max pooling takes its values-only op: it compiles too."""
+    """Under torch.no_grad, max pooling takes its values-only op: a compile smoke
+    test (the ops' equality with the training forward is test_fixed_pool's)."""
     eager, _, compiled = eager_and_compiled(Net, "aot_eager")
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():

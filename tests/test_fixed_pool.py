@@ -18,7 +18,7 @@ from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
     assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window, is_batched, leaf,
     layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
-    to_strided, torch_accepts, torchs, TORCH_CPU_3D_CONTIGUOUS_ONLY,
+    to_strided, torch_accepts, torch_generator, torchs, with_layout, TORCH_CPU_3D_CONTIGUOUS_ONLY,
 )
 
 CASES_PER_SEED = 12
@@ -532,27 +532,41 @@ def test_max_pool_inference_forward(d, dtype, device):
     off), max pooling runs its values-only op, which finds and writes no taps: the
     same bits as the training forward (NaN, infinities, ties; rows long enough for
     the CPU's vector blocks; every layout), and a training forward still gets its
-    graph."""
+    graph. Small planes with many channels (64 of 14x14) go, with few threads,
+    through the CPU's channel groups."""
     rng = make_rng("inference", d, dtype)
     name = f"max_pool{d}d"
-    shape = (2, 20) + (7, 9, 37)[3 - d:]
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.finfo(dtype).bits // 8]
+
+    def same_bits(actual, expected):  # -0 against 0 and NaN payloads too
+        assert torch.equal(actual.detach().cpu().view(bits), expected.detach().cpu().view(bits))
+
     cases = ({"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 2},
              {"kernel_size": 3, "stride": 1, "dilation": 2, "ceil_mode": True})
-    for layout in layouts_for(len(shape)):
-        for specials, ties in ((0.05, False), (0.0, True)):
-            x, _ = random_input(rng, shape, dtype, device, layout=layout, specials=specials, ties=ties)
-            for kwargs in cases:
-                expected, _ = ours(name)(x, **kwargs, return_indices=True)
-                assert_equal(ours(name)(x, **kwargs), expected)
-                xl = leaf(x)
-                with torch.no_grad():
-                    assert_equal(ours(name)(xl, **kwargs), expected)
-                out = ours(name)(xl, **kwargs)
-                assert out.grad_fn is not None
-                assert_equal(out.detach(), expected)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(min(threads, 2))
+    try:
+        for shape in ((2, 20) + (7, 9, 37)[3 - d:], (8, 64) + (5, 14, 14)[3 - d:]):
+            for layout in layouts_for(len(shape)):
+                for specials, ties in ((0.05, False), (0.0, True)):
+                    values = random_values(rng, shape, dtype, specials=specials, ties=ties)
+                    signs = torch.rand(shape, generator=torch_generator(rng)) < 0.5
+                    values[(values == 0) & signs] = -0.0  # zeros of both signs tie
+                    x = with_layout(values.to(device), layout, rng)
+                    for kwargs in cases:
+                        expected, _ = ours(name)(x, **kwargs, return_indices=True)
+                        same_bits(ours(name)(x, **kwargs), expected)
+                        xl = leaf(x)
+                        with torch.no_grad():
+                            same_bits(ours(name)(xl, **kwargs), expected)
+                        out = ours(name)(xl, **kwargs)
+                        assert out.grad_fn is not None
+                        same_bits(out, expected)
+    finally:
+        torch.set_num_threads(threads)
     args = ([3] * d, [2] * d, [1] * d, [1] * d, False, False)
-    x = random_values(rng, shape, dtype).to(device)
-    assert_equal(torch.ops.pool_ext._max_pool_values(x, *args), torch.ops.pool_ext.max_pool(x, *args)[0])
+    x = random_values(rng, (2, 20) + (7, 9, 37)[3 - d:], dtype).to(device)
+    same_bits(torch.ops.pool_ext._max_pool_values(x, *args), torch.ops.pool_ext.max_pool(x, *args)[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)
