@@ -25,6 +25,7 @@
 
 #include <cstdlib>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -649,13 +650,18 @@ inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
 // block ends at the row's last full window, where a stride-2 pair reaches
 // one cell past the last a window uses, read only while inside the input
 // (up to last_cell, its last cell, counted from plane: offsets, not
-// pointers, which past the allocation would be undefined).
+// pointers, which past the allocation would be undefined). `direct`, for
+// float and double values alone: the outputs go straight to that output
+// row (unit stride), sums divided by `divisor`, rather than into result for
+// a second pass: over short rows (28 outputs) that pass was a quarter of
+// the time.
 template <int64_t U, int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t,
           typename acc_t>
-inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
-                         int64_t nrows, int64_t kernel_w, int64_t dilation, int64_t pad,
-                         int64_t last_cell, int64_t ow, bool last, acc_t* result,
-                         int32_t* best_tap) {
+C10_ALWAYS_INLINE void sweep_blocks(const scalar_t* plane, const int64_t* offset,
+                                    const int32_t* row_code, int64_t nrows, int64_t kernel_w,
+                                    int64_t dilation, int64_t pad, int64_t last_cell, int64_t ow,
+                                    bool last, acc_t* result, int32_t* best_tap,
+                                    scalar_t* direct, acc_t divisor) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
   const int64_t kw = KW > 0 ? KW : kernel_w;
@@ -702,6 +708,14 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
       }
     }
   }
+  if constexpr (!kTaps && std::is_same_v<scalar_t, acc_t>) {
+    if (direct != nullptr) {
+      for (int64_t u = 0; u < U; ++u) {
+        (kMax ? b[u] : b[u] / Vec(divisor)).store(direct + ow + u * L);
+      }
+      return;
+    }
+  }
   for (int64_t u = 0; u < U; ++u) {
     b[u].store(result + ow + u * L);
     if constexpr (kTaps && std::is_same_v<acc_t, float>) {
@@ -720,11 +734,12 @@ inline void sweep_blocks(const scalar_t* plane, const int64_t* offset, const int
 // fit, then one, then a last block ending at the last output, overlapping
 // the one before (outputs are recomputed, not accumulated). Returns the end
 // of what it did: inner.hi, or inner.lo when the inside is narrower than a
-// vector (the sweep takes it).
+// vector (the sweep takes it). direct, divisor: as for sweep_blocks.
 template <int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
 int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                       int64_t nrows, int64_t kw, int64_t dilation, int64_t pad, int64_t width,
-                      int64_t last_cell, Interior inner, acc_t* result, int32_t* best_tap) {
+                      int64_t last_cell, Interior inner, acc_t* result, int32_t* best_tap,
+                      scalar_t* direct, acc_t divisor) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
   // One past the last cell a block reads, counted from ow * S.
   const int64_t reach = ((KW > 0 ? KW : kw) - 1) * dilation - pad + L * S;
@@ -734,16 +749,19 @@ int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_
   int64_t ow = inner.lo;
   for (; fits(ow, 2); ow += 2 * L) {
     sweep_blocks<2, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad,
-                                        last_cell, ow, false, result, best_tap);
+                                        last_cell, ow, false, result, best_tap, direct,
+                                        divisor);
   }
   if (fits(ow, 1)) {
     sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad,
-                                        last_cell, ow, false, result, best_tap);
+                                        last_cell, ow, false, result, best_tap, direct,
+                                        divisor);
     ow += L;
   }
   if (ow >= inner.hi || inner.hi - L < inner.lo) return ow;
   sweep_blocks<1, S, KW, kMax, kTaps>(plane, offset, row_code, nrows, kw, dilation, pad,
-                                      last_cell, inner.hi - L, true, result, best_tap);
+                                      last_cell, inner.hi - L, true, result, best_tap,
+                                      direct, divisor);
   return inner.hi;
 }
 
@@ -768,37 +786,47 @@ auto blocked_sweep_for(const PoolGeometry& g) {
 }
 
 // The D and H window rows of each output row (od, oh) of a fixed geometry:
-// where each starts in the plane, and its first tap's code. The same for
-// every plane, so a task works out each (od, oh) once, when it first meets
-// it, instead of once per row.
+// where each starts in the plane, and its first tap's code; and the
+// average's divisor inside the row. The same for every plane and sample, so
+// they are worked out once per call, before the threads start, and a row
+// looks its plan up.
 class RowPlans {
  public:
-  explicit RowPlans(const Layout5& vo) : out_d_(vo.size[2]), out_h_(vo.size[3]) {}
+  struct Plan {
+    int64_t first;    // into offsets() and codes()
+    int64_t nrows;    // 0: a window with no cell (wholly in padding)
+    int64_t divisor;  // avg_divisor of the windows inside the row
+  };
 
-  // The rows of output row (od, oh), whose D and H windows are w[0], w[1];
-  // returns how many, and sets offset and code to them.
-  int64_t get(const PoolGeometry& g, const Window* w, const Layout5& vi, const int64_t* o,
-              const int64_t** offset, const int32_t** code) {
-    if (first_.empty()) first_.assign(out_d_ * out_h_, -1);  // on first use
-    int64_t& first = first_[o[0] * out_h_ + o[1]];
-    if (first < 0) {
-      first = static_cast<int64_t>(offset_.size());
-      for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
-        for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
-          offset_.push_back(tap_position(w[0], td) * vi.stride[2] +
-                            tap_position(w[1], th) * vi.stride[3]);
-          code_.push_back(static_cast<int32_t>(encode_tap(g, td, th, 0)));
+  RowPlans(const PoolGeometry& g, const WindowTable& table, const Layout5& vi) {
+    const int64_t out_d = table.dim[0].size(), out_h = table.dim[1].size();
+    plan_.reserve(out_d * out_h);
+    const Interior inner = table.inner;
+    for (const auto od : c10::irange(out_d)) {
+      for (const auto oh : c10::irange(out_h)) {
+        const Window w[kDims] = {table.dim[0][od], table.dim[1][oh],
+                                 inner.lo < inner.hi ? table.dim[2][inner.lo] : Window{}};
+        const int64_t o[kDims] = {od, oh, inner.lo};
+        plan_.push_back({static_cast<int64_t>(offset_.size()), w[0].count * w[1].count,
+                         inner.lo < inner.hi ? avg_divisor(g, w, o) : 1});
+        for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
+          for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
+            offset_.push_back(tap_position(w[0], td) * vi.stride[2] +
+                              tap_position(w[1], th) * vi.stride[3]);
+            code_.push_back(static_cast<int32_t>(encode_tap(g, td, th, 0)));
+          }
         }
       }
     }
-    *offset = offset_.data() + first;
-    *code = code_.data() + first;
-    return w[0].count * w[1].count;
   }
 
+  const Plan& operator[](int64_t row) const { return plan_[row]; }
+  const int64_t* offsets() const { return offset_.data(); }
+  const int32_t* codes() const { return code_.data(); }
+
  private:
-  int64_t out_d_, out_h_;
-  std::vector<int64_t> first_, offset_;
+  std::vector<Plan> plan_;
+  std::vector<int64_t> offset_;
   std::vector<int32_t> code_;
 };
 
@@ -958,10 +986,11 @@ inline bool by_columns(const PoolGeometry& g, const Layout5& vi, const Window* w
 // inside of each row (outputs whose W windows hold every tap) goes into
 // result (and best_tap for max) a vector of outputs at a time where
 // blocked_sweep applies, by the row sweep elsewhere; short adaptive windows
-// by columns_row. Then finish(n, c, o, w, plane, table, done, result,
-// best_tap) writes the row: outputs in `done` from result, the others
-// through the element functions. Without kTaps (max's values alone) the
-// vector blocks keep no tap codes.
+// by columns_row. Then finish(n, c, o, w, plane, table, inner, from,
+// result, best_tap) writes the row: outputs [from, inner.hi) from result,
+// those outside `inner` through the element functions (outputs [inner.lo,
+// from) the blocks wrote to the output row directly). Without kTaps (max's
+// values alone) the vector blocks keep no tap codes.
 template <bool kMax, typename scalar_t, bool kTaps = kMax, typename Finish>
 void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                     const Finish& finish) {
@@ -971,23 +1000,48 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const bool blocked = can_block(g, vi);
   const auto block = blocked_sweep_for<kMax, kTaps, scalar_t, acc_t>(g);
+  // Blocks write float and double outputs (values alone) straight to a unit-stride row.
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  const bool direct = !kTaps && std::is_same_v<scalar_t, acc_t> && vo.stride[4] == 1;
   int64_t last_cell = 0;  // the input's last cell
   for (const auto k : c10::irange(5)) last_cell += (vi.size[k] - 1) * vi.stride[k];
+  // Windows the same for every sample (all but variable pooling): one table
+  // and one set of row plans for all threads.
+  WindowTable shared;
+  if (g.sizes == nullptr) shared.build(g, 0);
+  const std::optional<RowPlans> plans =
+      blocked ? std::make_optional<RowPlans>(g, shared, vi) : std::nullopt;
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
-    WindowTable table;
+    WindowTable own;
+    WindowTable& table = g.sizes == nullptr ? shared : own;
     std::vector<acc_t> result(vo.size[4]);
     std::vector<int32_t> best_tap(kMax ? vo.size[4] : 0);
     std::vector<const scalar_t*> window_row;
     std::vector<int32_t> row_code;
     std::vector<acc_t> column, column_code;
-    RowPlans plans(vo);
     RowCursor cursor(begin, vo);
     for (int64_t r = begin; r < end; ++r, cursor.next()) {
       const int64_t n = cursor.n, c = cursor.c;
       int64_t o[kDims] = {cursor.x[0], cursor.x[1], 0};
-      table.build(g, n);
+      if (g.sizes != nullptr) table.build(g, n);
+      const int64_t plane_at = vi.offset(n, c, 0, 0, 0);
+      const scalar_t* plane = src + plane_at;
+      const Interior& inner = table.inner;
+      Interior rest = inner;  // the inside left to the row sweep
+      // Fixed windows: the blocks first (adaptive ones never block).
+      if (blocked && inner.lo < inner.hi) {
+        const RowPlans::Plan& plan = (*plans)[o[0] * vo.size[3] + o[1]];
+        if (plan.nrows > 0) {
+          scalar_t* row = direct ? dst + vo.offset(n, c, o[0], o[1], 0) : nullptr;
+          rest.lo = block(plane, plans->offsets() + plan.first, plans->codes() + plan.first,
+                          plan.nrows, g.dim[2].kernel, g.dim[2].dilation, g.dim[2].pad,
+                          vi.size[4], last_cell - plane_at, inner, result.data(),
+                          best_tap.data(), row, static_cast<acc_t>(plan.divisor));
+          // A row the blocks wrote whole: nothing left for finish.
+          if (direct && rest.lo == vo.size[4] && inner.lo == 0) continue;
+        }
+      }
       Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], {}};
-      const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
       if (by_columns(g, vi, w, table)) {
         const std::vector<Window>& wx = table.dim[2];
         const int64_t width = wx.back().begin + wx.back().count;
@@ -996,22 +1050,13 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
         column_code.resize(kMax ? width : 0);
         columns_row<kMax>(window_row.data(), row_code.data(), nrows, wx, width, column.data(),
                           column_code.data(), result.data(), best_tap.data());
-        finish(n, c, o, w, plane, table, Interior{0, vo.size[4]}, result.data(),
+        finish(n, c, o, w, plane, table, Interior{0, vo.size[4]}, 0, result.data(),
                best_tap.data());
         continue;
       }
-      const Interior& inner = table.inner;
-      Interior rest = inner;  // the inside left to the row sweep
-      if (blocked && inner.lo < inner.hi && w[0].count > 0 && w[1].count > 0) {
-        const int64_t* offset;
-        const int32_t* code;
-        const int64_t nrows = plans.get(g, w, vi, o, &offset, &code);
-        rest.lo = block(plane, offset, code, nrows, g.dim[2].kernel, g.dim[2].dilation,
-                        g.dim[2].pad, vi.size[4], last_cell - vi.offset(n, c, 0, 0, 0), inner,
-                        result.data(), best_tap.data());
-      }
       sweep_inside<kMax>(g, w, plane, vi, rest, result.data(), best_tap.data());
-      finish(n, c, o, w, plane, table, inner, result.data(), best_tap.data());
+      finish(n, c, o, w, plane, table, inner, direct ? rest.lo : inner.lo, result.data(),
+             best_tap.data());
     }
   });
 }
@@ -1026,7 +1071,7 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
   const auto finish = [&](int64_t n, int64_t c, const int64_t* o, Window* w,
                           const scalar_t* plane, const WindowTable& table, Interior inner,
-                          const acc_t* best, const int32_t* best_tap) {
+                          int64_t from, const acc_t* best, const int32_t* best_tap) {
     scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
     tap_t* tap_row = tap ? tap + vt.offset(n, c, o[0], o[1], 0) : nullptr;
     for_edges(inner, vo.size[4], [&](int64_t ow) {
@@ -1040,10 +1085,10 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
     if (vo.stride[4] == 1 && vt.stride[4] == 1) {
       // Values and taps in two loops over restrict pointers: byte stores may
       // alias anything, and one plain loop of both stayed scalar.
-      narrow(best + inner.lo, out_row + inner.lo, inner.hi - inner.lo);
-      if (tap_row) narrow(best_tap + inner.lo, tap_row + inner.lo, inner.hi - inner.lo);
+      narrow(best + from, out_row + from, inner.hi - from);
+      if (tap_row) narrow(best_tap + from, tap_row + from, inner.hi - from);
     } else {
-      for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+      for (int64_t ow = from; ow < inner.hi; ++ow) {
         out_row[ow * vo.stride[4]] = static_cast<scalar_t>(best[ow]);
         if (tap_row) tap_row[ow * vt.stride[4]] = static_cast<tap_t>(best_tap[ow]);
       }
@@ -1384,7 +1429,8 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
   forward_planes<false, scalar_t>(g, in, out, [&](int64_t n, int64_t c, int64_t* o, Window* w,
                                                   const scalar_t* plane,
                                                   const WindowTable& table, Interior inner,
-                                                  const acc_t* sum, const int32_t*) {
+                                                  int64_t from, const acc_t* sum,
+                                                  const int32_t*) {
     scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       o[2] = ow;
@@ -1394,20 +1440,20 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
           static_cast<scalar_t>(total / static_cast<acc_t>(avg_divisor(g, w, o)));
     });
     if (g.adaptive) {
-      for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+      for (int64_t ow = from; ow < inner.hi; ++ow) {
         o[2] = ow;
         w[2] = table.dim[2][ow];
         out_row[ow * vo.stride[4]] =
             static_cast<scalar_t>(sum[ow] / static_cast<acc_t>(avg_divisor(g, w, o)));
       }
-    } else if (inner.lo < inner.hi) {
+    } else if (from < inner.hi) {
       // Inside, the W factor of the divisor is the kernel: one divisor per row.
       o[2] = inner.lo;
       w[2] = table.dim[2][inner.lo];
       const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
       with_step(vo.stride[4], [&](auto step) {
         const int64_t so = step;
-        for (int64_t ow = inner.lo; ow < inner.hi; ++ow) {
+        for (int64_t ow = from; ow < inner.hi; ++ow) {
           out_row[ow * so] = static_cast<scalar_t>(sum[ow] / divisor);
         }
       });
