@@ -570,6 +570,36 @@ def test_max_pool_inference_forward(d, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_avg_pool_low_precision_is_float_rounded(d, dtype, device):
+    """bfloat16 and float16 average pooling sums and divides in float, then rounds
+    once to nearest even: bit for bit our float32 result of the same values
+    rounded by torch (infinities, zeros of both signs; NaN where it is NaN, as
+    torch's own roundings disagree on NaN's bits), over rows long enough for the
+    CPU's vector blocks, which round in registers (W windows whole, with and
+    without padding and strides along W)."""
+    rng = make_rng("avg-rounding", d, dtype)
+    name = f"avg_pool{d}d"
+    shape = (2, 20) + (3, 6, 70)[3 - d:]
+    cases = ({"kernel_size": 2}, {"kernel_size": 3, "stride": 1},
+             {"kernel_size": 3, "stride": 2, "padding": 1},
+             {"kernel_size": [1] * (d - 1) + [3], "stride": [1] * (d - 1) + [2]})
+    values = random_values(rng, shape, dtype, specials=0.05)
+    signs = torch.rand(shape, generator=torch_generator(rng)) < 0.5
+    values[(values == 0) & signs] = -0.0
+    x = values.to(device)
+    for kwargs in cases:
+        for grad in (False, True):
+            got = ours(name)(leaf(x) if grad else x, **kwargs).detach()
+            expected = ours(name)(x.float(), **kwargs).to(dtype)
+            got, expected = got.cpu(), expected.cpu()
+            nan = expected.isnan()
+            assert torch.equal(got.isnan(), nan), kwargs
+            assert torch.equal(got[~nan].view(torch.int16), expected[~nan].view(torch.int16)), kwargs
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
