@@ -601,6 +601,44 @@ def test_avg_pool_low_precision_is_float_rounded(d, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_avg_pool_backward_planes_gather_order(d, dtype, device):
+    """The average backward of planes (few channels, wide rows: the CPU's vector
+    gather, W strides 1 and 2, both parities of padding, partial vectors at both
+    ends) gives each cell the sum of its outputs' shares in output order, as the
+    channels-last gather does: bit-identical gradients from the two layouts, NaN
+    and inf in the output gradient included; and close to torch."""
+    rng = make_rng("avg-backward-planes", d, dtype)
+    name = f"avg_pool{d}d"
+    shape = (2, 3) + (4, 5, 45)[3 - d:]
+    cases = ({"kernel_size": 3, "stride": 1, "padding": 1},
+             {"kernel_size": 2},
+             {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "count_include_pad": False},
+             {"kernel_size": [2] * (d - 1) + [4], "stride": [1] * (d - 1) + [2], "padding": [0] * (d - 1) + [1]},
+             {"kernel_size": [1] * (d - 1) + [5], "stride": [2] * (d - 1) + [1], "padding": [0] * (d - 1) + [2],
+              "ceil_mode": True})
+    x = random_values(rng, shape, dtype).to(device)
+    x_cl = x.permute(0, *range(2, d + 2), 1).contiguous().permute(0, d + 1, *range(1, d + 1))
+    for kwargs in cases:
+        if d == 3:
+            kwargs = dict(kwargs, divisor_override=5) if kwargs.get("ceil_mode") else kwargs
+        grads = []
+        for layout in (x, x_cl):
+            xl = leaf(layout)
+            out = ours(name)(xl, **kwargs)
+            grad_out = random_values(rng, tuple(out.shape), dtype, specials=0.05).to(device)
+            if not grads:
+                first_grad_out = grad_out
+            (grad,) = torch.autograd.grad(out, xl, first_grad_out)
+            grads.append(grad)
+        assert_equal(grads[0], grads[1], msg=str(kwargs))
+        xt = leaf(x.double())
+        (expected,) = torch.autograd.grad(torchs(name)(xt, **kwargs), xt, first_grad_out.double())
+        assert_close_to_ref(grads[0], expected, dtype, msg=str(kwargs))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_channels_last_whole_channel_blocks(kind, d, dtype, device):

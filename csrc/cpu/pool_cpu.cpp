@@ -1988,6 +1988,198 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   });
 }
 
+// Cells [0, count) of values into dst (count <= L lanes), narrowed.
+template <typename scalar_t, typename acc_t>
+inline void store_cells(const at::vec::Vectorized<acc_t>& v, scalar_t* dst, int64_t count) {
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    v.store(dst, static_cast<int>(count));
+  } else if (count == L) {
+    narrow_lanes(v, dst);
+  } else {
+    acc_t value[L];
+    v.store(value);
+    narrow(value, dst, count);
+  }
+}
+
+// U vectors of cells of a gradient row from cell w0, W stride 1: each the
+// sum over share rows (in order) of the kw shares from w0 + pad - (kw - 1)
+// up, in order. U independent chains: one is bound by the adds' latency.
+template <int64_t U, typename scalar_t, typename acc_t>
+inline void gather_cells_stride1(const acc_t* const* rows, int64_t nrows, int64_t kw,
+                                 int64_t from, int64_t w0, int64_t width, scalar_t* out) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  Vec sum[U];
+  for (int64_t u = 0; u < U; ++u) sum[u] = Vec(acc_t(0));
+  for (int64_t r = 0; r < nrows; ++r) {
+    const acc_t* at = rows[r] + from;
+    for (int64_t t = kw - 1; t >= 0; --t) {
+      for (int64_t u = 0; u < U; ++u) sum[u] = sum[u] + Vec::loadu(at - t + u * L);
+    }
+  }
+  for (int64_t u = 0; u < U; ++u) {
+    store_cells(sum[u], out + w0 + u * L, std::min(L, width - w0 - u * L));
+  }
+}
+
+// The same for W stride 2: U vectors of even cells and U of odd ones
+// (terms even_terms and odd_terms, shares m - q for lane m), interleaved
+// into 2 * U * L cells from 2 * m0 - pad, those inside [0, width) stored.
+template <int64_t U, typename scalar_t, typename acc_t>
+inline void gather_cells_stride2(const acc_t* const* rows, int64_t nrows, int64_t even_terms,
+                                 int64_t odd_terms, int64_t m0, int64_t pad, int64_t width,
+                                 scalar_t* out) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  Vec even[U], odd[U];
+  for (int64_t u = 0; u < U; ++u) even[u] = odd[u] = Vec(acc_t(0));
+  for (int64_t r = 0; r < nrows; ++r) {
+    const acc_t* at = rows[r] + m0;
+    for (int64_t q = even_terms - 1; q >= 0; --q) {
+      for (int64_t u = 0; u < U; ++u) even[u] = even[u] + Vec::loadu(at - q + u * L);
+    }
+    for (int64_t q = odd_terms - 1; q >= 0; --q) {
+      for (int64_t u = 0; u < U; ++u) odd[u] = odd[u] + Vec::loadu(at - q + u * L);
+    }
+  }
+  for (int64_t u = 0; u < U; ++u) {
+    const auto [lo, hi] = at::vec::interleave2(even[u], odd[u]);
+    const int64_t first = 2 * (m0 + u * L) - pad;  // the cell of lane 0 of lo
+    if (first >= 0 && first + 2 * L <= width) {
+      store_cells(lo, out + first, L);
+      store_cells(hi, out + first + L, L);
+    } else if (first < width) {
+      acc_t cell[2 * L];
+      lo.store(cell);
+      hi.store(cell + L);
+      const int64_t skip = first < 0 ? -first : 0;
+      const int64_t count = std::min(2 * L, width - first) - skip;
+      if constexpr (std::is_same_v<scalar_t, acc_t>) {
+        std::copy(cell + skip, cell + skip + count, out + first + skip);
+      } else {
+        narrow(cell + skip, out + first + skip, count);
+      }
+    }
+  }
+}
+
+// Whether the average backward of planes gathers by gather_planes_avg:
+// fixed windows, W stride 1 or 2, unit-stride gradient rows.
+inline bool gathers_planes_avg(const PoolGeometry& g, const Layout5& vg) {
+  return !g.adaptive && vg.stride[4] == 1 && (g.dim[2].stride == 1 || g.dim[2].stride == 2);
+}
+
+// The average backward of planes by gather, a plane per task: first the
+// plane's shares (gradient / divisor, as avg_grad_at forms each term) in
+// rows with zeros either side, then each input row, a vector of cells at
+// a time, sums the share rows of the outputs covering it in avg_grad_at's
+// order (D, H, then W ascending); along W those terms are contiguous loads
+// (stride 2: even and odd cells apart, then interleaved). The zeros stand
+// for outputs past a row's ends: a sum that starts at +0 is never -0, so
+// adding +0 changes nothing, and each cell gets avg_grad_at's sum bit for
+// bit, written once: no zero fill, no read-modify-write passes, no scratch.
+// Over the spreading kernel: 3x3 stride-1 windows on 35x35 planes 3x.
+template <typename scalar_t>
+void gather_planes_avg(const PoolGeometry& g, const at::Tensor& grad_out,
+                       const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  const PoolDim& dw = g.dim[2];
+  const bool stride2 = dw.stride == 2;
+  // W terms per cell: all kw for stride 1; for stride 2, ceil(kw / 2) for
+  // cells at an even distance u = w + pad from the padded row's start, and
+  // floor(kw / 2) for odd ones, outputs u / 2 - q for q below that.
+  const int64_t even_terms = (dw.kernel + 1) / 2, odd_terms = dw.kernel / 2;
+  // Share rows: output ow at left + ow; the vectors of cells read from
+  // left - (terms - 1) up to one vector past their last cell's outputs.
+  const int64_t left = stride2 ? even_terms - 1 : std::max<int64_t>(dw.kernel - 1 - dw.pad, 0);
+  const int64_t reach = stride2 ? (dw.in - 1 + dw.pad) / 2 + L : dw.in - 1 + dw.pad + L;
+  const int64_t row_len = left + std::max(dw.out, reach + 1);
+  const int64_t out_rows = vo.size[2] * vo.size[3];
+  at::parallel_for(0, vg.size[0] * vg.size[1], grain(vg.pixels() + vo.pixels() * gather_cost(g)),
+                   [&](int64_t begin, int64_t end) {
+    WindowTable table;
+    std::vector<acc_t> shares(out_rows * row_len);
+    std::vector<const acc_t*> rows;
+    for (const auto task : c10::irange(begin, end)) {
+      const int64_t n = task / vg.size[1], c = task % vg.size[1];
+      table.build(g, n);
+      const std::vector<Span>* spans = table.cover(g);
+      // The shares: one divisor per row inside, the element rule at the edges.
+      const Interior inner = table.inner;
+      for (const auto od : c10::irange(vo.size[2])) {
+        for (const auto oh : c10::irange(vo.size[3])) {
+          acc_t* share = shares.data() + (od * vo.size[3] + oh) * row_len;
+          const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+          Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
+          int64_t o[kDims] = {od, oh, 0};
+          std::fill(share, share + left, acc_t(0));
+          std::fill(share + left + dw.out, share + row_len, acc_t(0));
+          share += left;
+          for (o[2] = 0; o[2] < dw.out; ++o[2]) {
+            if (o[2] == inner.lo && inner.lo < inner.hi) {
+              w[2] = table.dim[2][o[2]];
+              const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+              if (vo.stride[4] == 1) {
+                for (; o[2] + L <= inner.hi; o[2] += L) {
+                  (load_acc<acc_t>(gr + o[2]) / Vec(divisor)).store(share + o[2]);
+                }
+              }
+              for (; o[2] < inner.hi; ++o[2]) {
+                share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
+              }
+              if (o[2] == dw.out) break;
+            }
+            w[2] = table.dim[2][o[2]];
+            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
+                          static_cast<acc_t>(avg_divisor(g, w, o));
+          }
+        }
+      }
+      for (const auto d : c10::irange(vg.size[2])) {
+        for (const auto h : c10::irange(vg.size[3])) {
+          const Span sd = spans[0][d], sh = spans[1][h];
+          rows.clear();
+          for (int64_t od = sd.lo; od < sd.hi; ++od) {
+            for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
+              rows.push_back(shares.data() + (od * vo.size[3] + oh) * row_len + left);
+            }
+          }
+          const int64_t nrows = static_cast<int64_t>(rows.size());
+          scalar_t* out = dst + vg.offset(n, c, d, h, 0);
+          const int64_t width = vg.size[4];
+          if (!stride2) {
+            int64_t w0 = 0;
+            for (; w0 + 4 * L <= width; w0 += 4 * L) {
+              gather_cells_stride1<4>(rows.data(), nrows, dw.kernel, w0 + dw.pad, w0, width, out);
+            }
+            for (; w0 < width; w0 += L) {
+              gather_cells_stride1<1>(rows.data(), nrows, dw.kernel, w0 + dw.pad, w0, width, out);
+            }
+            continue;
+          }
+          // Cells u = w + pad in [2 * m0, 2 * m0 + 2L), from m0 = pad / 2.
+          int64_t m0 = dw.pad / 2;
+          for (; 2 * (m0 + 2 * L) - dw.pad <= width; m0 += 2 * L) {
+            gather_cells_stride2<2>(rows.data(), nrows, even_terms, odd_terms, m0, dw.pad, width,
+                                    out);
+          }
+          for (; 2 * m0 - dw.pad < width; m0 += L) {
+            gather_cells_stride2<1>(rows.data(), nrows, even_terms, odd_terms, m0, dw.pad, width,
+                                    out);
+          }
+        }
+      }
+    }
+  });
+}
+
 template <typename scalar_t>
 void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
                       const at::Tensor& grad_in) {
@@ -1997,6 +2189,10 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   if (channels_inner(grad_in, grad_in) ||
       via_channels(g, grad_in, Pass::kAvgBackward)) {
     avg_backward_gather_channels<scalar_t>(g, grad_out, grad_in);
+    return;
+  }
+  if (scratch_fits(grad_in) && gathers_planes_avg(g, layout_of(grad_in))) {
+    gather_planes_avg<scalar_t>(g, grad_out, grad_in);
     return;
   }
   if (!scratch_fits(grad_in)) {
