@@ -1306,9 +1306,12 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
 // fixed windows' forwards over 2d and 3d planes up to 2048 pixels (28x28,
 // 35x35, 8x14x14: 1.5-4x; 44x44 even; 1d rows lose; 2-byte values up to
 // 16384: 56x56-128x128 1.1-2x, though a 2 MB buffer is out of L2 there;
-// 2d only measured), and their average backward up to 512 (7x7 2.6x,
-// 17x17 1.3x, 35x35 0.85x); the fixed max
-// backward gathers faster through planes (0.7-0.9x through the transposes).
+// 2d only measured); their average backward, against the planes gather,
+// with a W stride of 1 up to 512 pixels (3x3/1: 7x7 2.4-3.8x, 17x17
+// 1.1-1.2x, 28x28 0.7-0.9x), with wider strides further (2x2 and 3x3/2:
+// float 14x14-22x22 1.5-2.5x, 35x35 0.9-1.1x; bfloat16 up to 56x56 1.1-1.5x,
+// 80x80 0.8-1.2x); the fixed max backward gathers faster through planes
+// (0.7-0.9x through the transposes).
 // Forwards of values alone (average, max's inference) whose rows the
 // planes kernels write whole, in vector blocks straight to the output (no
 // W padding, stride 1 or 2), stay in planes from 8 outputs a row (16 for
@@ -1344,7 +1347,9 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   const int64_t most = g.adaptive                   ? 256
                        : g.ndim == 1                ? 0
                        : forward                    ? (half ? 16384 : 2048)
-                       : pass == Pass::kAvgBackward ? 512
+                       : pass == Pass::kAvgBackward ? (g.dim[2].stride == 1 ? 512
+                                                       : half                 ? 4096
+                                                                              : 1024)
                                                     : 0;
   return v.pixels() <= most && outputs <= most;
 }
