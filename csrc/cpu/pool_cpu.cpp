@@ -657,6 +657,25 @@ inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_ac
   }
 }
 
+// Cells [0, 2 * size()) as acc_t lanes, deinterleaved: the even cells, the
+// odd ones. A bfloat16 is the high half of a float, so each 32-bit pair of
+// cells (even low, odd high) gives both by a shift and a mask, where the
+// generic way widens and then permutes.
+template <typename acc_t, typename scalar_t>
+inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_deinterleaved(
+    const scalar_t* at) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(at));
+    return {at::vec::Vectorized<float>(_mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16))),
+            at::vec::Vectorized<float>(_mm256_castsi256_ps(
+                _mm256_and_si256(pairs, _mm256_set1_epi32(static_cast<int32_t>(0xFFFF0000u)))))};
+  }
+#endif
+  const auto [lo, hi] = load_acc2<acc_t>(at);
+  return at::vec::deinterleave2(lo, hi);
+}
+
 // The first `count` lanes from at, the others zero: reads nothing past them.
 template <typename acc_t, typename scalar_t>
 inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
@@ -716,10 +735,9 @@ C10_ALWAYS_INLINE void sweep_blocks(const scalar_t* plane, const int64_t* offset
         } else if (reuse) {
           v = odd[u];
         } else {
-          const auto [lo, hi] =
-              odd_whole ? load_acc2<acc_t>(at)
-                        : std::make_pair(load_acc<acc_t>(at), load_acc<acc_t>(at + L, L - 1));
-          const auto pair = at::vec::deinterleave2(lo, hi);
+          const auto pair =
+              odd_whole ? load_deinterleaved<acc_t>(at)
+                        : at::vec::deinterleave2(load_acc<acc_t>(at), load_acc<acc_t>(at + L, L - 1));
           v = pair.first;
           odd[u] = pair.second;
         }
