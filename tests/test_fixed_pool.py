@@ -602,6 +602,47 @@ def test_avg_pool_low_precision_is_float_rounded(d, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_padded_windows_values_forward(kind, d, dtype, device):
+    """Forwards of values alone (average; max without grad) whose windows reach into
+    padding or, by ceil_mode, past the input: on the CPU, planes with wide rows are
+    copied into a padded buffer (-inf for max, 0 for sums) and pooled in vector
+    blocks. Bit for bit what the channels-last kernels give on the same values
+    (NaN as NaN; windows whose real cells are all -inf at the ends of rows), and
+    close to torch."""
+    rng = make_rng("padded-windows", kind, d, dtype)
+    name = f"{kind}_pool{d}d"
+    shape = (2, 3) + (4, 6, 45)[3 - d:]
+    if kind == "max":
+        cases = ({"kernel_size": 3, "stride": 2, "padding": 1},
+                 {"kernel_size": 3, "stride": 1, "padding": 1, "dilation": 2, "ceil_mode": True},
+                 {"kernel_size": 4, "stride": 2, "padding": 2, "ceil_mode": True})
+    else:
+        cases = ({"kernel_size": 3, "stride": 1, "padding": 1},
+                 {"kernel_size": 3, "stride": 2, "padding": 1},
+                 {"kernel_size": 4, "stride": 2, "padding": 2, "ceil_mode": True, "count_include_pad": False},
+                 {"kernel_size": 2, "stride": 2, "padding": 1, "ceil_mode": True})
+        if d > 1:
+            cases += ({"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True, "divisor_override": 4},)
+    for specials, ends in ((0.05, False), (0.0, True)):
+        x = random_values(rng, shape, dtype, specials=specials)
+        if ends:
+            x[..., :2] = -INF
+            x[..., -3:] = -INF
+        x = x.to(device)
+        x_cl = x.permute(0, *range(2, d + 2), 1).contiguous().permute(0, d + 1, *range(1, d + 1))
+        for kwargs in cases:
+            with torch.no_grad():
+                planes = ours(name)(x, **kwargs)
+                channels = ours(name)(x_cl, **kwargs)
+                expected = torchs(name)(x.double(), **kwargs)
+            assert_equal(planes.contiguous(), channels.contiguous(), msg=str(kwargs))
+            assert_close_to_ref(planes, expected, dtype, msg=str(kwargs))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
 def test_avg_pool_backward_planes_gather_order(d, dtype, device):
     """The average backward of planes (few channels, wide rows: the CPU's vector
     gather, W strides 1 and 2, both parities of padding, partial vectors at both

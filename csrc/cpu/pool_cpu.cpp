@@ -1038,6 +1038,100 @@ inline bool by_columns(const PoolGeometry& g, const Layout5& vi, const Window* w
          !table.dim[2].empty() && table.widest < 64 && window_taps(g) < (int64_t{1} << 24);
 }
 
+// Values alone of windows that reach into padding (or past the input, by
+// ceil_mode): each plane is copied once into a buffer with its padding
+// filled (-inf for max, which never wins over a real cell and leaves the
+// value a window of real cells gives; 0 for sums, which adds nothing), so
+// that every window is whole and the vector blocks write every row
+// straight to the output, where the element functions took each edge
+// output (3x3/1 on 35x35 float planes: 2x). Averages qualify where the
+// divisor is the same for every window: count_include_pad (or an
+// override) and no window past the padding after the input.
+constexpr int64_t kMostPaddedCells = int64_t{1} << 20;
+
+// The padded extent of dim k: every window of g inside it, from pad cells
+// of padding before the input.
+inline int64_t padded_extent(const PoolDim& d) {
+  return std::max(d.pad + d.in, (d.out - 1) * d.stride + (d.kernel - 1) * d.dilation + 1);
+}
+
+// Whether g's windows go through a padded buffer (max: its values alone).
+inline bool pads_windows(const PoolGeometry& g, bool max) {
+  constexpr int64_t L = at::vec::Vectorized<float>::size();
+  if (g.adaptive || g.sizes != nullptr || !(g.dim[2].stride == 1 || g.dim[2].stride == 2) ||
+      g.dim[2].out < L || window_taps(g) >= (int64_t{1} << 24)) {
+    return false;
+  }
+  bool beyond = false;  // some window reaches a cell that is not in the input
+  int64_t cells = 1;
+  for (const auto& d : g.dim) {
+    const int64_t reach = (d.out - 1) * d.stride - d.pad + (d.kernel - 1) * d.dilation + 1;
+    beyond |= d.pad > 0 || reach > d.in;
+    if (!max && reach > d.in + d.pad_end && g.divisor_override == 0) return false;
+    cells *= padded_extent(d) + 2 * L;
+  }
+  return beyond && (max || g.count_include_pad || g.divisor_override > 0) &&
+         cells <= kMostPaddedCells;
+}
+
+inline bool pads_planes(const PoolGeometry& g, bool max, const Layout5& vi, const Layout5& vo) {
+  return vi.stride[4] == 1 && vo.stride[4] == 1 && pads_windows(g, max);
+}
+
+template <bool kMax, typename scalar_t>
+void forward_planes_padded(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  // The geometry over the buffer: no padding, every window whole. Rows end
+  // in slack, so that the stride-2 blocks' reads past a row's last window
+  // stay in the buffer.
+  PoolGeometry whole = g;
+  for (auto& d : whole.dim) {
+    d.in = padded_extent(d);
+    d.pad = d.pad_end = 0;
+  }
+  whole.dim[2].in += 2 * L;
+  Layout5 vb{};
+  vb.stride[4] = 1;
+  vb.stride[3] = whole.dim[2].in;
+  vb.stride[2] = whole.dim[1].in * vb.stride[3];
+  const int64_t cells = whole.dim[0].in * vb.stride[2];
+  WindowTable table;
+  table.build(whole, 0);
+  const RowPlans plans(whole, table, vb);
+  const auto block = blocked_sweep_for<kMax, false, scalar_t, acc_t>(whole);
+  const scalar_t fill = kMax ? -std::numeric_limits<scalar_t>::infinity() : scalar_t(0);
+  const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
+  const int64_t at_input = (g.dim[0].pad * whole.dim[1].in + g.dim[1].pad) * vb.stride[3] +
+                           g.dim[2].pad;
+  at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> buffer(cells, fill);
+    int64_t held = -1;  // the plane (n, c) in the buffer
+    RowCursor cursor(begin, vo);
+    for (int64_t r = begin; r < end; ++r, cursor.next()) {
+      const int64_t n = cursor.n, c = cursor.c;
+      if (n * vo.size[1] + c != held) {
+        held = n * vo.size[1] + c;
+        for (const auto d : c10::irange(vi.size[2])) {
+          for (const auto h : c10::irange(vi.size[3])) {
+            const scalar_t* from = src + vi.offset(n, c, d, h, 0);
+            std::copy(from, from + vi.size[4],
+                      buffer.data() + at_input + d * vb.stride[2] + h * vb.stride[3]);
+          }
+        }
+      }
+      const RowPlans::Plan& plan = plans[cursor.x[0] * vo.size[3] + cursor.x[1]];
+      block(buffer.data(), plans.offsets() + plan.first, plans.codes() + plan.first, plan.nrows,
+            whole.dim[2].kernel, whole.dim[2].dilation, 0, whole.dim[2].in, cells - 1,
+            table.inner, nullptr, nullptr, dst + vo.offset(n, c, cursor.x[0], cursor.x[1], 0),
+            static_cast<acc_t>(plan.divisor));
+    }
+  });
+}
+
 // The planes forward: output rows (n, c, od, oh) split over threads. The
 // inside of each row (outputs whose W windows hold every tap) goes into
 // result (and best_tap for max) a vector of outputs at a time where
@@ -1052,6 +1146,10 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
                     const Finish& finish) {
   using acc_t = at::opmath_type<scalar_t>;
   const Layout5 vi = layout_of(in), vo = layout_of(out);
+  if (!kTaps && pads_planes(g, kMax, vi, vo)) {
+    forward_planes_padded<kMax, scalar_t>(g, in, out);
+    return;
+  }
   const auto* src = in.const_data_ptr<scalar_t>();
   const int64_t rows = vo.size[0] * vo.size[1] * vo.size[2] * vo.size[3];
   const bool blocked = can_block(g, vi);
@@ -1335,10 +1433,13 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
 // W padding, stride 1 or 2), stay in planes from 8 outputs a row (16 for
 // 2-byte values): 2x2 windows on 20x20-56x56 float planes 0.4-0.8x the
 // groups' time, bfloat16 35x35-56x56 0.8-1x (28x28 even, 14x14 3-9x
-// slower).
+// slower); through a padded buffer (pads_windows), from 14 outputs a row
+// (28 for 2-byte values): 3x3/1 with padding 1 on float 14x14-35x35
+// 0.6-0.8x, bfloat16 28x28-112x112 0.6-0.9x; 3x3/2 float 28x28-35x35 0.85x,
+// bfloat16 56x56-112x112 0.55-0.8x (fewer outputs a row: 1.1-1.9x slower).
 constexpr int64_t kGroup = 64;
 
-enum class Pass { kForward, kValuesForward, kMaxBackward, kAvgBackward };
+enum class Pass { kForward, kMaxValuesForward, kAvgForward, kMaxBackward, kAvgBackward };
 
 // Whether the planes forward writes every output row whole in vector
 // blocks (blocked_sweep, direct): fixed W windows that all hold every tap,
@@ -1360,8 +1461,13 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // load, their transposes move half the bytes (3d 16x56x56 planes lose
   // again); their backwards gain nothing from groups.
   const bool half = t.element_size() == 2;
-  if (pass == Pass::kValuesForward && whole_rows(g, half ? 16 : 8)) return false;
-  const bool forward = pass == Pass::kForward || pass == Pass::kValuesForward;
+  const bool forward = pass == Pass::kForward || pass == Pass::kMaxValuesForward ||
+                       pass == Pass::kAvgForward;
+  if (forward && pass != Pass::kForward &&
+      (whole_rows(g, half ? 16 : 8) ||
+       (pads_windows(g, pass == Pass::kMaxValuesForward) && g.dim[2].out >= (half ? 28 : 14)))) {
+    return false;
+  }
   const int64_t most = g.adaptive                   ? 256
                        : g.ndim == 1                ? 0
                        : forward                    ? (half ? 16384 : 2048)
@@ -1376,9 +1482,12 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
 // outputs (taps: the max's), or small planes through the channel groups,
 // which write whole dense planes.
 inline bool forward_by_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
-                                const at::Tensor* taps) {
+                                bool max, const at::Tensor* taps) {
   if (channels_inner(in, out) && (taps == nullptr || taps->stride(1) == 1)) return true;
-  return via_channels(g, in, taps == nullptr ? Pass::kValuesForward : Pass::kForward) &&
+  const Pass pass = taps != nullptr ? Pass::kForward
+                    : max           ? Pass::kMaxValuesForward
+                                    : Pass::kAvgForward;
+  return via_channels(g, in, pass) &&
          dense_planes(layout_of(out)) &&
          (taps == nullptr || dense_planes(layout_of(*taps)));
 }
@@ -2518,7 +2627,7 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cpu", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        if (forward_by_channels(g, in, out, saved)) {
+        if (forward_by_channels(g, in, out, true, saved)) {
           max_forward_channels<scalar_t, tap_t>(g, in, out, saved);
         } else if (is_global(g)) {
           max_forward_global<scalar_t, tap_t>(g, in, out, saved);
@@ -2553,7 +2662,7 @@ struct CpuKernels {
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
-      if (forward_by_channels(g, in, out, nullptr)) {
+      if (forward_by_channels(g, in, out, false, nullptr)) {
         avg_forward_channels<scalar_t>(g, in, out);
       } else if (is_global(g)) {
         avg_forward_global<scalar_t>(g, in, out);
