@@ -1468,7 +1468,10 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
        (pads_windows(g, pass == Pass::kMaxValuesForward) && g.dim[2].out >= (half ? 28 : 14)))) {
     return false;
   }
-  const int64_t most = g.adaptive                   ? 256
+  // Adaptive max backwards of 4-byte values gather faster through planes
+  // (13x13 -> 6x6 float: 0.5-0.6x the groups' time; bfloat16 1.2-1.3x).
+  const int64_t most = g.adaptive && pass == Pass::kMaxBackward && !half ? 0
+                       : g.adaptive                 ? 256
                        : g.ndim == 1                ? 0
                        : forward                    ? (half ? 16384 : 2048)
                        : pass == Pass::kAvgBackward ? (g.dim[2].stride == 1 ? 512
