@@ -2596,20 +2596,21 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
-// A fresh gradient the kernel is about to fill, of 32 MB or more (sizes
-// glibc normally maps anew on every allocation): on Linux, ask for
-// transparent huge pages over it (given only on request where the system's
-// THP mode is madvise, the common default), as torch's CPU allocator does
-// under THP_MEM_ALLOC_ENABLE=1. A 2 MB page faults in once where 512 small
-// ones would: the page faults of a fresh 64 MB gradient are most of its
-// backward. Under THP defrag "madvise" (the default) such a fault may wait
-// for memory compaction where memory is fragmented; POOL_EXT_HUGE_PAGES=0
-// turns the advice off.
+// With POOL_EXT_HUGE_PAGES=1, a fresh gradient the kernel is about to
+// fill, of 32 MB or more (sizes glibc maps anew on every allocation): on
+// Linux, ask for transparent huge pages over it (given only on request where
+// the system's THP mode is madvise, the common default), as torch's CPU
+// allocator does under THP_MEM_ALLOC_ENABLE=1. A 2 MB page faults in once
+// where 512 small ones would: a 32 MB avg_pool1d fwd+bwd ran 5 ms
+// against 12 ms. Off by default, as torch's is: on the 2-core VMs here its
+// times were bimodal, a quarter to half of the calls 18-38 ms (huge pages
+// faulted in slowly, perhaps handed back to the host when freed), and
+// under THP defrag "madvise" a fault may also wait for memory compaction.
 void advise_huge_pages(const at::Tensor& t) {
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
   static const bool enabled = [] {
     const char* env = std::getenv("POOL_EXT_HUGE_PAGES");
-    return env == nullptr || std::string(env) != "0";
+    return env != nullptr && std::string(env) == "1";
   }();
   constexpr uintptr_t kHuge = uintptr_t{1} << 21, kLarge = uintptr_t{1} << 25;
   const auto begin = reinterpret_cast<uintptr_t>(t.const_data_ptr());
