@@ -1064,11 +1064,12 @@ inline bool pads_windows(const PoolGeometry& g, bool max) {
   }
   bool beyond = false;  // some window reaches a cell that is not in the input
   int64_t cells = 1;
-  for (const auto& d : g.dim) {
+  for (const auto k : c10::irange(kDims)) {
+    const PoolDim& d = g.dim[k];
     const int64_t reach = (d.out - 1) * d.stride - d.pad + (d.kernel - 1) * d.dilation + 1;
     beyond |= d.pad > 0 || reach > d.in;
     if (!max && reach > d.in + d.pad_end && g.divisor_override == 0) return false;
-    cells *= padded_extent(d) + 2 * L;
+    cells *= padded_extent(d) + (k == 2 ? 2 * L : 0);  // rows end in slack
   }
   return beyond && (max || g.count_include_pad || g.divisor_override > 0) &&
          cells <= kMostPaddedCells;
@@ -1468,8 +1469,9 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
        (pads_windows(g, pass == Pass::kMaxValuesForward) && g.dim[2].out >= (half ? 28 : 14)))) {
     return false;
   }
-  // Adaptive max backwards of 4-byte values gather faster through planes
-  // (13x13 -> 6x6 float: 0.5-0.6x the groups' time; bfloat16 1.2-1.3x).
+  // Adaptive max backwards of 4- and 8-byte values gather faster through
+  // planes (13x13 -> 6x6 float: 0.5-0.6x the groups' time; bfloat16
+  // 1.2-1.3x; double not measured).
   const int64_t most = g.adaptive && pass == Pass::kMaxBackward && !half ? 0
                        : g.adaptive                 ? 256
                        : g.ndim == 1                ? 0
