@@ -1,4 +1,4 @@
-"""float64 gradcheck and gradgradcheck of every op, and deterministic backward.
+"""float64 gradcheck and gradgradcheck of every op (forward mode too), and deterministic backward.
 
 Max pooling is checked on inputs without ties (a scaled random permutation), so
 the finite differences never move a maximum.
@@ -7,6 +7,9 @@ the finite differences never move a maximum.
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
+
+import torch.autograd.forward_ad as fwAD
+import torch.nn.functional as F
 
 import pool_ext.functional as PF
 from pool_testing import DEVICES, distinct_values, make_rng
@@ -82,6 +85,59 @@ def test_gradgradcheck(case):
     case_id, fn, shape, is_max, fmt = case
     x = make_input(case_id, shape, is_max, fmt)
     assert gradgradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_forward_ad_gradcheck(case):
+    """Forward mode (torch.autograd.forward_ad, torch.func.jvp): our ops have no
+    forward-mode formula of their own, so the functional layer carries tangents
+    (average: pooled like the input; max: taken at the winners); gradcheck
+    compares them with finite differences."""
+    case_id, fn, shape, is_max, fmt = case
+    x = make_input(case_id, shape, is_max, fmt)
+    assert gradcheck(fn, (x,), eps=1e-6, atol=1e-6, check_forward_ad=True, check_backward_ad=False,
+                     check_undefined_grad=False, check_batched_grad=False)
+
+
+JVP_CASES = [
+    ("max_pool1d", (3, 2, 1), {"return_indices": True}, (2, 3, 9)),
+    ("max_pool2d", (3, 2, 1), {}, (2, 3, 9, 8)),
+    ("max_pool2d", (2,), {}, (3, 8, 6)),
+    ("max_pool3d", (2, 1), {"dilation": 2}, (1, 2, 5, 4, 5)),
+    ("avg_pool1d", (4, 2, 2), {"ceil_mode": True}, (2, 3, 9)),
+    ("avg_pool2d", (3, 1, 1), {"count_include_pad": False}, (2, 3, 7, 6)),
+    ("avg_pool3d", (2,), {"divisor_override": 3}, (1, 2, 4, 4, 5)),
+    ("adaptive_max_pool2d", (3,), {"return_indices": True}, (2, 3, 7, 5)),
+    ("adaptive_avg_pool1d", (4,), {}, (2, 3, 9)),
+    ("adaptive_avg_pool3d", ((2, 3, 2),), {}, (1, 2, 4, 5, 5)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("case", JVP_CASES, ids=[f"{c[0]}-{len(c[3])}d" for c in JVP_CASES])
+def test_jvp_like_torch(case, device):
+    """torch.func.jvp and the forward_ad dual API give torch's tangents, with and
+    without grad mode (an input that needs no grad takes the values-only max op),
+    indices included."""
+    name, args, kwargs, shape = case
+    rng = make_rng("jvp", name, shape)
+    x = distinct_values(rng, shape).to(device)
+    t = torch.randn(shape, dtype=torch.float64, generator=torch.Generator().manual_seed(rng.randrange(2**31)))
+    t = t.to(device)
+
+    def first(out):
+        return out[0] if isinstance(out, tuple) else out
+
+    expected_out, expected_t = torch.func.jvp(lambda a: first(getattr(F, name)(a, *args, **kwargs)), (x,), (t,))
+    out, tangent = torch.func.jvp(lambda a: first(getattr(PF, name)(a, *args, **kwargs)), (x,), (t,))
+    torch.testing.assert_close(out, expected_out)
+    torch.testing.assert_close(tangent, expected_t)
+    for grad_mode in (False, True):
+        with torch.set_grad_enabled(grad_mode), fwAD.dual_level():
+            result = getattr(PF, name)(fwAD.make_dual(x, t), *args, **kwargs)
+            if kwargs.get("return_indices"):
+                assert torch.equal(result[1], getattr(F, name)(x, *args, **kwargs)[1])
+            torch.testing.assert_close(fwAD.unpack_dual(first(result)).tangent, expected_t)
 
 
 def test_max_pool_return_indices_gradcheck():
