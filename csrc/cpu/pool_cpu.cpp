@@ -1049,10 +1049,16 @@ inline bool by_columns(const PoolGeometry& g, const Layout5& vi, const Window* w
 // override) and no window past the padding after the input.
 constexpr int64_t kMostPaddedCells = int64_t{1} << 20;
 
+// One past the last cell the last window of d reaches, counted from the
+// input's first cell (past d.in: padding after the input, or ceil_mode).
+inline int64_t window_reach(const PoolDim& d) {
+  return (d.out - 1) * d.stride - d.pad + (d.kernel - 1) * d.dilation + 1;
+}
+
 // The padded extent of dim k: every window of g inside it, from pad cells
 // of padding before the input.
 inline int64_t padded_extent(const PoolDim& d) {
-  return std::max(d.pad + d.in, (d.out - 1) * d.stride + (d.kernel - 1) * d.dilation + 1);
+  return d.pad + std::max(d.in, window_reach(d));
 }
 
 // Whether g's windows go through a padded buffer (max: its values alone).
@@ -1066,7 +1072,7 @@ inline bool pads_windows(const PoolGeometry& g, bool max) {
   int64_t cells = 1;
   for (const auto k : c10::irange(kDims)) {
     const PoolDim& d = g.dim[k];
-    const int64_t reach = (d.out - 1) * d.stride - d.pad + (d.kernel - 1) * d.dilation + 1;
+    const int64_t reach = window_reach(d);
     beyond |= d.pad > 0 || reach > d.in;
     if (!max && reach > d.in + d.pad_end && g.divisor_override == 0) return false;
     cells *= padded_extent(d) + (k == 2 ? 2 * L : 0);  // rows end in slack
@@ -1448,7 +1454,7 @@ enum class Pass { kForward, kMaxValuesForward, kAvgForward, kMaxBackward, kAvgBa
 inline bool whole_rows(const PoolGeometry& g, int64_t lanes) {
   const PoolDim& d = g.dim[2];
   return !g.adaptive && d.pad == 0 && (d.stride == 1 || d.stride == 2) && d.out >= lanes &&
-         (d.out - 1) * d.stride + (d.kernel - 1) * d.dilation < d.in;
+         window_reach(d) <= d.in;
 }
 
 inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) {
@@ -1462,9 +1468,9 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // load, their transposes move half the bytes (3d 16x56x56 planes lose
   // again); their backwards gain nothing from groups.
   const bool half = t.element_size() == 2;
-  const bool forward = pass == Pass::kForward || pass == Pass::kMaxValuesForward ||
-                       pass == Pass::kAvgForward;
-  if (forward && pass != Pass::kForward &&
+  const bool values = pass == Pass::kMaxValuesForward || pass == Pass::kAvgForward;
+  const bool forward = values || pass == Pass::kForward;
+  if (values &&
       (whole_rows(g, half ? 16 : 8) ||
        (pads_windows(g, pass == Pass::kMaxValuesForward) && g.dim[2].out >= (half ? 28 : 14)))) {
     return false;
@@ -2125,6 +2131,37 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   });
 }
 
+// The shares of output row (od, oh) of a plane: each output's gradient
+// over its divisor, as avg_grad_at forms each term. Inside the row the W
+// factor of the divisor is the kernel, so one divisor serves all (a vector
+// at a time where the gradient row is contiguous); the edges take their own.
+template <typename scalar_t, typename acc_t>
+void share_row(const PoolGeometry& g, const WindowTable& table, int64_t od, int64_t oh,
+               const scalar_t* gr, int64_t step, int64_t width, acc_t* share) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const Interior& inner = table.inner;
+  Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
+  int64_t o[kDims] = {od, oh, 0};
+  for (o[2] = 0; o[2] < width; ++o[2]) {
+    if (o[2] == inner.lo && inner.lo < inner.hi) {
+      w[2] = table.dim[2][o[2]];
+      const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+      if (step == 1) {
+        for (; o[2] + L <= inner.hi; o[2] += L) {
+          (load_acc<acc_t>(gr + o[2]) / Vec(divisor)).store(share + o[2]);
+        }
+      }
+      for (; o[2] < inner.hi; ++o[2]) {
+        share[o[2]] = static_cast<acc_t>(gr[o[2] * step]) / divisor;
+      }
+      if (o[2] == width) break;
+    }
+    w[2] = table.dim[2][o[2]];
+    share[o[2]] = static_cast<acc_t>(gr[o[2] * step]) / static_cast<acc_t>(avg_divisor(g, w, o));
+  }
+}
+
 // Cells [0, count) of values into dst (count <= L lanes), narrowed.
 template <typename scalar_t, typename acc_t>
 inline void store_cells(const at::vec::Vectorized<acc_t>& v, scalar_t* dst, int64_t count) {
@@ -2248,35 +2285,13 @@ void gather_planes_avg(const PoolGeometry& g, const at::Tensor& grad_out,
       const int64_t n = task / vg.size[1], c = task % vg.size[1];
       table.build(g, n);
       const std::vector<Span>* spans = table.cover(g);
-      // The shares: one divisor per row inside, the element rule at the edges.
-      const Interior inner = table.inner;
       for (const auto od : c10::irange(vo.size[2])) {
         for (const auto oh : c10::irange(vo.size[3])) {
           acc_t* share = shares.data() + (od * vo.size[3] + oh) * row_len;
-          const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
-          Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
-          int64_t o[kDims] = {od, oh, 0};
           std::fill(share, share + left, acc_t(0));
           std::fill(share + left + dw.out, share + row_len, acc_t(0));
-          share += left;
-          for (o[2] = 0; o[2] < dw.out; ++o[2]) {
-            if (o[2] == inner.lo && inner.lo < inner.hi) {
-              w[2] = table.dim[2][o[2]];
-              const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-              if (vo.stride[4] == 1) {
-                for (; o[2] + L <= inner.hi; o[2] += L) {
-                  (load_acc<acc_t>(gr + o[2]) / Vec(divisor)).store(share + o[2]);
-                }
-              }
-              for (; o[2] < inner.hi; ++o[2]) {
-                share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
-              }
-              if (o[2] == dw.out) break;
-            }
-            w[2] = table.dim[2][o[2]];
-            share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
-                          static_cast<acc_t>(avg_divisor(g, w, o));
-          }
+          share_row(g, table, od, oh, grad + vo.offset(n, c, od, oh, 0), vo.stride[4], dw.out,
+                    share + left);
         }
       }
       for (const auto d : c10::irange(vg.size[2])) {
@@ -2345,27 +2360,13 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   // One row of outputs (od, oh) into the plane's scratch.
   const auto spread_row = [&](int64_t n, int64_t c, int64_t od, int64_t oh,
                               const WindowTable& table, acc_t* scratch) {
-    thread_local std::vector<acc_t> share_row;
-    share_row.resize(vo.size[4]);
-    acc_t* share = share_row.data();
-    const scalar_t* gr = grad + vo.offset(n, c, od, oh, 0);
+    thread_local std::vector<acc_t> shares;
+    shares.resize(vo.size[4]);
+    acc_t* share = shares.data();
+    share_row(g, table, od, oh, grad + vo.offset(n, c, od, oh, 0), vo.stride[4], vo.size[4],
+              share);
     const Interior& inner = table.inner;
-    Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
-    int64_t o[kDims] = {od, oh, 0};
-    for (o[2] = 0; o[2] < vo.size[4]; ++o[2]) {
-      if (o[2] == inner.lo && inner.lo < inner.hi) {
-        // Inside, the W factor of the divisor is the kernel: one divisor.
-        w[2] = table.dim[2][o[2]];
-        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-        for (; o[2] < inner.hi; ++o[2]) {
-          share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) / divisor;
-        }
-        if (o[2] == vo.size[4]) break;
-      }
-      w[2] = table.dim[2][o[2]];
-      share[o[2]] = static_cast<acc_t>(gr[o[2] * vo.stride[4]]) /
-                    static_cast<acc_t>(avg_divisor(g, w, o));
-    }
+    const Window w[kDims] = {table.dim[0][od], table.dim[1][oh], {}};
     // Each cell must sum its outputs in order along W: the left edge, then
     // the inside with taps from the last (so outputs ascend per cell), then
     // the right edge.
