@@ -1,10 +1,20 @@
 """Fake kernels (shapes for torch.compile and meta tensors) and autograd of the pool_ext ops."""
 
+import functools
+import types
+
 import torch
+import torch.autograd.forward_ad as fwAD
 
 from . import _geometry as geo
 
 ops = torch.ops.pool_ext
+_OP_NAMES = [
+    f"{prefix}{kind}{op}"
+    for kind in ("", "adaptive_")
+    for prefix, op in (("", "max_pool"), ("_", "max_pool_values"), ("_", "max_pool_backward"),
+                       ("_", "max_pool_indices"), ("", "avg_pool"), ("_", "avg_pool_backward"))
+]
 
 
 def _empty_like_plan(x, shape, dtype=None):
@@ -85,128 +95,247 @@ def _(grad_output, self, output_size, sizes):
 
 
 # ---------------------------------------------------------------- autograd
-# Each forward saves its input (for the shape) and, for max pooling, the taps.
-# The backward ops are themselves differentiable: their derivative with
-# respect to grad_output is the forward's gather (max) or the forward (avg).
+#
+# Every op is linear in its one differentiable input (self, or grad_output for
+# the backwards) once the windows' winners are known, so each derivative,
+# backward (vjp) or forward (jvp), is another of our ops. The formulas are
+# registered twice: as the ops' Autograd kernel, and as autograd.Functions in
+# the form torch.func takes (setup_context, generate_vmap_rule), applied by
+# pool_ops under its transforms. torch.library.register_autograd makes
+# neither: it has no forward mode, and torch.func's grad, vjp, jacrev and
+# hessian raise on the Function it makes (pytorch/pytorch#179652).
+
+_lib = torch.library.Library("pool_ext", "IMPL")
+
+# What pool_ext.functional and the formulas below call: the ops, those with
+# derivatives wrapped for torch.func by _register_autograd.
+pool_ops = types.SimpleNamespace(**{name: getattr(ops, name) for name in _OP_NAMES})
+
+
+def has_tangent(*args):
+    """Whether a tensor among args carries a forward-mode tangent."""
+    if getattr(fwAD, "_current_level", 0) < 0:
+        return False
+    return any(isinstance(a, torch.Tensor) and fwAD.unpack_dual(a).tangent is not None for a in args)
+
+
+def transforms_active():
+    """Whether torch.func transforms (grad, vmap, jvp, ...) are running."""
+    return torch._C._are_functorch_transforms_active()
+
+
+@torch.compiler.disable
+def _apply_eagerly(function, args):
+    # torch.compile cannot trace these Functions under torch.func transforms:
+    # outside fullgraph it runs the transform eagerly, inside it says so.
+    return function.apply(*_pack(args))
+
+
+class _Whole:
+    """A list argument (kernel_size, output_size, ...) passed to Function.apply
+    as one leaf: torch.func pairs each leaf of the inputs with one tangent."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _pack(args):
+    return tuple(_Whole(a) if isinstance(a, (list, tuple)) else a for a in args)
+
+
+def _unpack(args):
+    return [a.value if isinstance(a, _Whole) else a for a in args]
+
+
+def _register_autograd(name, setup_context, backward, jvp):
+    """Give op `name` its derivatives: setup_context(ctx, inputs, output) keeps
+    what backward(ctx, *grads) and jvp(ctx, *tangents) need."""
+    op = getattr(ops, name).default
+
+    def forward_with_ctx(ctx, *args):
+        with torch._C._AutoDispatchBelowAutograd():
+            output = op(*args)
+        setup_context(ctx, args, output)
+        return output
+
+    formulas = {"backward": staticmethod(backward), "jvp": staticmethod(jvp)}
+    # The Autograd kernel's Function takes ctx in forward: one with
+    # setup_context costs an inspect.signature on every apply.
+    eager = type(f"{name}_function", (torch.autograd.Function,), {
+        "forward": staticmethod(forward_with_ctx), **formulas,
+    })
+    transformable = type(f"{name}_transformable_function", (torch.autograd.Function,), {
+        "forward": staticmethod(lambda *args: op(*_unpack(args))),
+        "setup_context": staticmethod(
+            lambda ctx, inputs, output: setup_context(ctx, _unpack(inputs), output)
+        ),
+        "generate_vmap_rule": True,
+        **formulas,
+    })
+
+    def kernel(keyset, *args):
+        if (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)) or has_tangent(*args):
+            return eager.apply(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
+
+    _lib.impl(name, kernel, "Autograd", with_keyset=True)
+
+    def call(*args):
+        # Under torch.func the Function is applied here, before the
+        # dispatcher: from the Autograd kernel it would find no functorch rule.
+        if transforms_active():
+            return _apply_eagerly(transformable, args)
+        return op(*args)
+
+    setattr(pool_ops, name, call)
+
+
+def _save(ctx, tensors, args):
+    """Keep tensors and the op's other arguments for backward and jvp. sizes
+    (a tensor among args, batched under vmap) is saved with the tensors."""
+    ctx.tensor_args = [isinstance(a, torch.Tensor) for a in args]
+    saved = (*tensors, *(a for a in args if isinstance(a, torch.Tensor)))
+    ctx.save_for_backward(*saved)
+    ctx.save_for_forward(*saved)
+    ctx.n_tensors = len(tensors)
+    ctx.args = [None if is_tensor else a for a, is_tensor in zip(args, ctx.tensor_args)]
+
+
+def _saved(ctx):
+    saved = ctx.saved_tensors
+    rest = iter(saved[ctx.n_tensors:])
+    args = [next(rest) if is_tensor else a for a, is_tensor in zip(ctx.args, ctx.tensor_args)]
+    return saved[:ctx.n_tensors], args
 
 
 def _gather_at_indices(values, indices):
     """values (N, C, *in) picked at torch-format flat indices (N, C, *out)."""
-    flat = values.flatten(2).gather(2, indices.flatten(2))
-    return flat.view(indices.shape)
+    # reshape, not flatten: torch.autograd.grad(is_grads_batched=True) runs
+    # this under the legacy vmap, which has no flatten rule.
+    def planes(t):
+        return t.reshape(*t.shape[:2], t.shape[2:].numel())
+
+    return planes(values).gather(2, planes(indices)).view(indices.shape)
 
 
-def _save_max(ctx, inputs, output):
-    self, *args = inputs
-    ctx.mark_non_differentiable(output[1])
-    ctx.save_for_backward(self, output[1])
-    ctx.args = args
+def _max_autograd(kind):
+    """Max pooling (fixed: kind "", adaptive: "adaptive_"): its four ops' formulas.
+    The forward's derivative picks each window's winner; the backward is linear
+    in grad_output, and its derivative there is the same pick."""
+    def pool(*args):
+        return getattr(pool_ops, f"{kind}max_pool")(*args)
+
+    def backward_op(*args):
+        return getattr(pool_ops, f"_{kind}max_pool_backward")(*args)
+
+    def indices(*args):
+        return getattr(pool_ops, f"_{kind}max_pool_indices")(*args)
+
+    def save_pool(ctx, inputs, output):
+        self, *args = inputs
+        ctx.mark_non_differentiable(output[1])
+        _save(ctx, (self, output[1]), args)
+
+    def pool_backward(ctx, grad, _grad_taps):
+        (self, taps), args = _saved(ctx)
+        grad_input = backward_op(grad, self, taps, *args) if ctx.needs_input_grad[0] else None
+        return (grad_input, *(None,) * len(args))
+
+    def pool_jvp(ctx, self_t, *_):
+        (self, taps), args = _saved(ctx)
+        return _gather_at_indices(self_t, indices(self, taps, *args)), None
+
+    def save_backward(ctx, inputs, output):
+        _grad, self, taps, *args = inputs
+        _save(ctx, (self, taps), args)
+
+    def backward_backward(ctx, grad_grad_input):
+        (self, taps), args = _saved(ctx)
+        result = None
+        if ctx.needs_input_grad[0]:
+            result = _gather_at_indices(grad_grad_input, indices(self, taps, *args))
+        return (result, *(None,) * (2 + len(args)))
+
+    def backward_jvp(ctx, grad_t, *_):
+        (self, taps), args = _saved(ctx)
+        if grad_t is None:  # only self has a tangent: the winners do not move
+            return torch.zeros_like(self)
+        return backward_op(grad_t, self, taps, *args)
+
+    _register_autograd(f"{kind}max_pool", save_pool, pool_backward, pool_jvp)
+    _register_autograd(f"_{kind}max_pool_backward", save_backward, backward_backward, backward_jvp)
 
 
-def _max_pool_backward(ctx, grad, _grad_taps):
-    if not ctx.needs_input_grad[0]:
-        return (None,) * (1 + len(ctx.args))
-    self, taps = ctx.saved_tensors
-    return (ops._max_pool_backward(grad, self, taps, *ctx.args),) + (None,) * len(ctx.args)
+def _avg_autograd(kind):
+    """Average pooling: linear, so the forward's derivative is the forward and
+    the backward's derivative in grad_output is the backward."""
+    def pool(*args):
+        return getattr(pool_ops, f"{kind}avg_pool")(*args)
+
+    def backward_op(*args):
+        return getattr(pool_ops, f"_{kind}avg_pool_backward")(*args)
+
+    def save_pool(ctx, inputs, output):
+        self, *args = inputs
+        _save(ctx, (self,), args)
+
+    def pool_backward(ctx, grad):
+        (self,), args = _saved(ctx)
+        grad_input = backward_op(grad, self, *args) if ctx.needs_input_grad[0] else None
+        return (grad_input, *(None,) * len(args))
+
+    def pool_jvp(ctx, self_t, *_):
+        _, args = _saved(ctx)
+        return pool(self_t, *args)
+
+    def save_backward(ctx, inputs, output):
+        _grad, self, *args = inputs
+        _save(ctx, (self,), args)
+
+    def backward_backward(ctx, grad_grad_input):
+        _, args = _saved(ctx)
+        result = pool(grad_grad_input, *args) if ctx.needs_input_grad[0] else None
+        return (result, *(None,) * (1 + len(args)))
+
+    def backward_jvp(ctx, grad_t, *_):
+        (self,), args = _saved(ctx)
+        return torch.zeros_like(self) if grad_t is None else backward_op(grad_t, self, *args)
+
+    _register_autograd(f"{kind}avg_pool", save_pool, pool_backward, pool_jvp)
+    _register_autograd(f"_{kind}avg_pool_backward", save_backward, backward_backward, backward_jvp)
 
 
-def _adaptive_max_pool_backward(ctx, grad, _grad_taps):
-    if not ctx.needs_input_grad[0]:
-        return None, None, None
-    self, taps = ctx.saved_tensors
-    return ops._adaptive_max_pool_backward(grad, self, taps, *ctx.args), None, None
+for _kind in ("", "adaptive_"):
+    _max_autograd(_kind)
+    _avg_autograd(_kind)
 
 
-torch.library.register_autograd("pool_ext::max_pool", _max_pool_backward, setup_context=_save_max)
-torch.library.register_autograd(
-    "pool_ext::adaptive_max_pool", _adaptive_max_pool_backward, setup_context=_save_max
-)
+# ---------------------------------------------------------------- vmap
+# Every tensor argument of our ops (self, grad_output, taps, sizes) leads with
+# the batch N, and samples are independent: a vmapped dimension folds into N,
+# one call for the whole vmap instead of torch's per-sample fallback loop.
 
 
-def _save_max_backward(ctx, inputs, output):
-    _grad, self, taps, *args = inputs
-    ctx.save_for_backward(self, taps)
-    ctx.args = args
+def _vmap_rule(info, in_dims, *args, op):
+    """op over a vmapped dimension: folded into N (an unbatched tensor
+    argument expanded), unfolded from the outputs."""
+    size = info.batch_size
+    lead = args[0].movedim(in_dims[0], 0) if in_dims[0] is not None else args[0].unsqueeze(0)
+    n = lead.shape[1]
+
+    def fold(arg, dim):
+        if not isinstance(arg, torch.Tensor):
+            return arg
+        arg = arg.movedim(dim, 0) if dim is not None else arg.expand(size, *arg.shape)
+        return arg.flatten(0, 1)
+
+    result = op(*(fold(a, d) for a, d in zip(args, in_dims)))
+    if isinstance(result, tuple):
+        return tuple(r.unflatten(0, (size, n)) for r in result), (0,) * len(result)
+    return result.unflatten(0, (size, n)), 0
 
 
-def _max_pool_double_backward(ctx, grad_grad_input):
-    nones = (None,) * (2 + len(ctx.args))
-    if not ctx.needs_input_grad[0]:
-        return (None,) + nones
-    self, taps = ctx.saved_tensors
-    indices = ops._max_pool_indices(self, taps, *ctx.args)
-    return (_gather_at_indices(grad_grad_input, indices),) + nones
-
-
-def _adaptive_max_pool_double_backward(ctx, grad_grad_input):
-    nones = (None,) * (2 + len(ctx.args))
-    if not ctx.needs_input_grad[0]:
-        return (None,) + nones
-    self, taps = ctx.saved_tensors
-    indices = ops._adaptive_max_pool_indices(self, taps, *ctx.args)
-    return (_gather_at_indices(grad_grad_input, indices),) + nones
-
-
-torch.library.register_autograd(
-    "pool_ext::_max_pool_backward", _max_pool_double_backward, setup_context=_save_max_backward
-)
-torch.library.register_autograd(
-    "pool_ext::_adaptive_max_pool_backward",
-    _adaptive_max_pool_double_backward,
-    setup_context=_save_max_backward,
-)
-
-
-def _save_avg(ctx, inputs, output):
-    self, *args = inputs
-    ctx.save_for_backward(self)
-    ctx.args = args
-
-
-def _avg_pool_backward(ctx, grad):
-    if not ctx.needs_input_grad[0]:
-        return (None,) * (1 + len(ctx.args))
-    (self,) = ctx.saved_tensors
-    return (ops._avg_pool_backward(grad, self, *ctx.args),) + (None,) * len(ctx.args)
-
-
-def _adaptive_avg_pool_backward(ctx, grad):
-    if not ctx.needs_input_grad[0]:
-        return None, None, None
-    (self,) = ctx.saved_tensors
-    return ops._adaptive_avg_pool_backward(grad, self, *ctx.args), None, None
-
-
-torch.library.register_autograd("pool_ext::avg_pool", _avg_pool_backward, setup_context=_save_avg)
-torch.library.register_autograd(
-    "pool_ext::adaptive_avg_pool", _adaptive_avg_pool_backward, setup_context=_save_avg
-)
-
-
-def _save_avg_backward(ctx, inputs, output):
-    _grad, _self, *args = inputs
-    ctx.args = args
-
-
-def _avg_pool_double_backward(ctx, grad_grad_input):
-    nones = (None,) * (1 + len(ctx.args))
-    if not ctx.needs_input_grad[0]:
-        return (None,) + nones
-    return (ops.avg_pool(grad_grad_input, *ctx.args),) + nones
-
-
-def _adaptive_avg_pool_double_backward(ctx, grad_grad_input):
-    nones = (None,) * (1 + len(ctx.args))
-    if not ctx.needs_input_grad[0]:
-        return (None,) + nones
-    return (ops.adaptive_avg_pool(grad_grad_input, *ctx.args),) + nones
-
-
-torch.library.register_autograd(
-    "pool_ext::_avg_pool_backward", _avg_pool_double_backward, setup_context=_save_avg_backward
-)
-torch.library.register_autograd(
-    "pool_ext::_adaptive_avg_pool_backward",
-    _adaptive_avg_pool_double_backward,
-    setup_context=_save_avg_backward,
-)
+for _name in _OP_NAMES:
+    _op = getattr(ops, _name).default
+    torch.library.register_vmap(_op, functools.partial(_vmap_rule, op=_op), lib=_lib)

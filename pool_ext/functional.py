@@ -16,9 +16,9 @@ Beyond torch:
 """
 
 import torch
-import torch.autograd.forward_ad as fwAD
 
-ops = torch.ops.pool_ext
+from ._meta import has_tangent, transforms_active
+from ._meta import pool_ops as ops
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
@@ -82,52 +82,14 @@ def _unbatch(result, unbatched):
     return result.squeeze(0)
 
 
-# ---------------------------------------------------------------- forward mode
-#
-# torch.library's register_autograd gives our ops a backward but no forward-mode
-# formula: a dual input (torch.autograd.forward_ad, torch.func.jvp) would lose
-# its tangent silently. Pooling is linear in its input once the windows' winners
-# are known, so the functions below carry tangents themselves: the average pools
-# the tangent as it pools the input; max takes the tangent at each window's
-# winner, by its index (torch's forward-mode rules for these ops).
-
-
-def _tangent_of(input):
-    """input's forward-mode tangent, or None (also outside any dual level)."""
-    if getattr(fwAD, "_current_level", 0) < 0:
-        return None
-    return fwAD.unpack_dual(input).tangent
-
-
-def _at_winners(tangent, indices, ndim):
-    """tangent (..., *spatial) at indices (..., *out), flat indices into the spatial dims."""
-    flat = indices.flatten(-ndim) if ndim > 1 else indices
-    return tangent.flatten(-ndim).gather(-1, flat).view(indices.shape)
-
-
-def _max_dual(input, tangent, ndim, pool_with_indices, return_indices):
-    """Max pooling of a dual input: the primal's values and indices, the tangent at the winners."""
-    out, indices = pool_with_indices(fwAD.unpack_dual(input).primal)
-    out = fwAD.make_dual(out, _at_winners(tangent, indices, ndim))
-    return (out, indices) if return_indices else out
-
-
-def _linear_dual(input, tangent, pool):
-    """Average pooling of a dual input: the tangent pooled as the primal is."""
-    return fwAD.make_dual(pool(fwAD.unpack_dual(input).primal), pool(tangent))
-
-
 def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    tangent = _tangent_of(input)
-    if tangent is not None:
-        return _max_dual(input, tangent, ndim, lambda x: _max_pool(
-            ndim, x, kernel_size, stride, padding, dilation, ceil_mode, True), return_indices)
     name = f"max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
-    if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
-        # Inference: the values alone, with no taps found or kept for a backward.
+    if not (return_indices or torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
+            or transforms_active()):
+        # Inference: the values alone, with no taps found or kept for a derivative.
         return _unbatch(ops._max_pool_values(x, *args), unbatched)
     out, taps = ops.max_pool(x, *args)
     if return_indices:
@@ -136,10 +98,6 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
 
 
 def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    tangent = _tangent_of(input)
-    if tangent is not None:
-        return _linear_dual(input, tangent, lambda x: _avg_pool(
-            ndim, x, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override))
     name = f"avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
@@ -231,16 +189,13 @@ def _check_channels(name, x, unbatched):
 
 
 def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
-    tangent = _tangent_of(input)
-    if tangent is not None:
-        return _max_dual(input, tangent, ndim, lambda x: _adaptive_max(
-            ndim, kind, x, output_size, sizes, True), return_indices)
     name = f"{kind}_max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, x.shape[2:])
-    if not return_indices and not (torch.is_grad_enabled() and input.requires_grad):
-        # Inference: the values alone, with no taps found or kept for a backward.
+    if not (return_indices or torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
+            or transforms_active()):
+        # Inference: the values alone, with no taps found or kept for a derivative.
         return _unbatch(ops._adaptive_max_pool_values(x, size, sizes), unbatched)
     out, taps = ops.adaptive_max_pool(x, size, sizes)
     if return_indices:
@@ -249,9 +204,6 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
 
 
 def _adaptive_avg(ndim, kind, input, output_size, sizes):
-    tangent = _tangent_of(input)
-    if tangent is not None:
-        return _linear_dual(input, tangent, lambda x: _adaptive_avg(ndim, kind, x, output_size, sizes))
     name = f"{kind}_avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
@@ -387,23 +339,12 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     x, unbatched = _batched("spatial_pyramid_pool2d", input, 2)
     if sizes is not None and unbatched:
         raise RuntimeError("spatial_pyramid_pool2d: sizes need a batched (N, C, H, W) input")
-    tangent = _tangent_of(x)
-    if tangent is not None:
-        x = fwAD.unpack_dual(x).primal
-    parts, tangents = [], []
+    parts = []
     for level in levels:
         size = [level, level]
         if mode == "max":
-            pooled, taps = ops.adaptive_max_pool(x, size, sizes)
-            if tangent is not None:
-                indices = ops._adaptive_max_pool_indices(x, taps, size, sizes)
-                tangents.append(_at_winners(tangent, indices, 2).flatten(1))
+            pooled, _taps = ops.adaptive_max_pool(x, size, sizes)
         else:
             pooled = ops.adaptive_avg_pool(x, size, sizes)
-            if tangent is not None:
-                tangents.append(ops.adaptive_avg_pool(tangent, size, sizes).flatten(1))
         parts.append(pooled.flatten(1))
-    out = torch.cat(parts, dim=1)
-    if tangent is not None:
-        out = fwAD.make_dual(out, torch.cat(tangents, dim=1))
-    return _unbatch(out, unbatched)
+    return _unbatch(torch.cat(parts, dim=1), unbatched)

@@ -77,26 +77,26 @@ def make_input(case_id, shape, is_max, fmt):
 def test_gradcheck(case):
     case_id, fn, shape, is_max, fmt = case
     x = make_input(case_id, shape, is_max, fmt)
-    assert gradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+    # check_batched_grad: the backward under torch.vmap (our ops' batching rules).
+    assert gradcheck(fn, (x,), eps=1e-6, atol=1e-6, check_batched_grad=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_gradgradcheck(case):
     case_id, fn, shape, is_max, fmt = case
     x = make_input(case_id, shape, is_max, fmt)
-    assert gradgradcheck(fn, (x,), eps=1e-6, atol=1e-6)
+    assert gradgradcheck(fn, (x,), eps=1e-6, atol=1e-6, check_batched_grad=True)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_forward_ad_gradcheck(case):
-    """Forward mode (torch.autograd.forward_ad, torch.func.jvp): our ops have no
-    forward-mode formula of their own, so the functional layer carries tangents
-    (average: pooled like the input; max: taken at the winners); gradcheck
-    compares them with finite differences."""
+    """Forward mode (torch.autograd.forward_ad, torch.func.jvp): each op's jvp
+    (average: the tangent pooled like the input; max: the tangent at the
+    winners) against finite differences, batched under vmap too."""
     case_id, fn, shape, is_max, fmt = case
     x = make_input(case_id, shape, is_max, fmt)
     assert gradcheck(fn, (x,), eps=1e-6, atol=1e-6, check_forward_ad=True, check_backward_ad=False,
-                     check_undefined_grad=False, check_batched_grad=False)
+                     check_undefined_grad=False, check_batched_forward_grad=True)
 
 
 JVP_CASES = [
