@@ -9,6 +9,7 @@
 // forwards: the values alone, with no taps to find or write (functional.py
 // takes them when no gradient is needed).
 #include <Python.h>
+#include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
 
 // Lets `import pool_ext._C` load this library (and run the registrations)
@@ -50,4 +51,12 @@ TORCH_LIBRARY(pool_ext, m) {
   m.def(
       "_adaptive_avg_pool_backward(Tensor grad_output, Tensor self, int[] output_size, "
       "Tensor? sizes) -> Tensor");
+}
+
+// The inference forwards have no derivative (pool_ext/_meta.py gives the
+// others theirs): an input that needs one fails at backward, naming the op,
+// instead of torch's default of a warning and no gradient.
+TORCH_LIBRARY_IMPL(pool_ext, Autograd, m) {
+  m.impl("_max_pool_values", torch::autograd::autogradNotImplementedFallback());
+  m.impl("_adaptive_max_pool_values", torch::autograd::autogradNotImplementedFallback());
 }

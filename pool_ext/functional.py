@@ -88,8 +88,9 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
     if not (return_indices or torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
-            or transforms_active()):
-        # Inference: the values alone, with no taps found or kept for a derivative.
+            or transforms_active() or torch.jit.is_tracing()):
+        # Inference: the values alone, with no taps found or kept for a
+        # derivative. (A trace keeps the op that has one: it may train.)
         return _unbatch(ops._max_pool_values(x, *args), unbatched)
     out, taps = ops.max_pool(x, *args)
     if return_indices:
@@ -194,8 +195,9 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, x.shape[2:])
     if not (return_indices or torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
-            or transforms_active()):
-        # Inference: the values alone, with no taps found or kept for a derivative.
+            or transforms_active() or torch.jit.is_tracing()):
+        # Inference: the values alone, with no taps found or kept for a
+        # derivative. (A trace keeps the op that has one: it may train.)
         return _unbatch(ops._adaptive_max_pool_values(x, size, sizes), unbatched)
     out, taps = ops.adaptive_max_pool(x, size, sizes)
     if return_indices:

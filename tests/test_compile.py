@@ -92,6 +92,30 @@ def test_cnn_inference_aot_eager():
         torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
+def test_cnn_jit_trace():
+    """torch.jit.trace records the same graph with and without grad (its own
+    check reruns the model), and the traced module trains like eager."""
+    torch.manual_seed(0)
+    eager = Net()
+    traced_model = copy.deepcopy(eager)
+    x = torch.randn(2, 3, 16, 16)
+    traced = torch.jit.trace(traced_model, x)
+    check_same(eager, traced_model, traced, x)
+
+
+def test_inference_op_refuses_a_gradient():
+    """The values-only max op, under the layers only without grad, names itself
+    when a gradient is asked of it rather than giving none."""
+    x = torch.randn(1, 2, 6, 6, requires_grad=True)
+    out = torch.ops.pool_ext._max_pool_values(x, [2, 2], [2, 2], [0, 0], [1, 1], False, False)
+    with pytest.raises(RuntimeError, match="_max_pool_values"):
+        out.sum().backward()
+    out = torch.ops.pool_ext._adaptive_max_pool_values(x, [3, 3], None)
+    with pytest.raises(RuntimeError, match="_adaptive_max_pool_values"):
+        out.sum().backward()
+
+
 def test_channels_last_cnn_aot_eager():
     eager, compiled_model, compiled = eager_and_compiled(Net, "aot_eager")
     eager.to(memory_format=torch.channels_last)
