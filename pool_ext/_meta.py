@@ -5,6 +5,8 @@ import types
 
 import torch
 import torch.autograd.forward_ad as fwAD
+from torch._C._functorch import TransformType
+from torch._functorch.pyfunctorch import retrieve_all_functorch_interpreters
 
 from . import _geometry as geo
 
@@ -124,11 +126,14 @@ def transforms_active():
     return torch._C._are_functorch_transforms_active()
 
 
-@torch.compiler.disable
-def _apply_eagerly(function, args):
-    # torch.compile cannot trace these Functions under torch.func transforms:
-    # outside fullgraph it runs the transform eagerly, inside it says so.
-    return function.apply(*_pack(args))
+def _differentiating():
+    """Whether a torch.func transform that differentiates (grad, vjp, jvp and
+    those built on them) is running: vmap alone has our vmap rules, and
+    functionalize takes the ops as they are."""
+    return transforms_active() and any(
+        level.key() in (TransformType.Grad, TransformType.Jvp)
+        for level in retrieve_all_functorch_interpreters()
+    )
 
 
 class _Whole:
@@ -182,10 +187,12 @@ def _register_autograd(name, setup_context, backward, jvp):
     _lib.impl(name, kernel, "Autograd", with_keyset=True)
 
     def call(*args):
-        # Under torch.func the Function is applied here, before the
-        # dispatcher: from the Autograd kernel it would find no functorch rule.
-        if transforms_active():
-            return _apply_eagerly(transformable, args)
+        # Under torch.func's derivatives the Function is applied here, before
+        # the dispatcher: from the Autograd kernel it would find no functorch
+        # rule. torch.compile cannot trace it there; the op as it is fails
+        # loudly under such a transform, and traces under vmap.
+        if not torch.compiler.is_compiling() and _differentiating():
+            return transformable.apply(*_pack(args))
         return op(*args)
 
     setattr(pool_ops, name, call)

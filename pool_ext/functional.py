@@ -17,8 +17,7 @@ Beyond torch:
 
 import torch
 
-from ._meta import has_tangent, transforms_active
-from ._meta import pool_ops as ops
+from ._meta import has_tangent, pool_ops, transforms_active
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
@@ -91,10 +90,10 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
             or transforms_active() or torch.jit.is_tracing()):
         # Inference: the values alone, with no taps found or kept for a
         # derivative. (A trace keeps the op that has one: it may train.)
-        return _unbatch(ops._max_pool_values(x, *args), unbatched)
-    out, taps = ops.max_pool(x, *args)
+        return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
+    out, taps = pool_ops.max_pool(x, *args)
     if return_indices:
-        return _unbatch((out, ops._max_pool_indices(x, taps, *args)), unbatched)
+        return _unbatch((out, pool_ops._max_pool_indices(x, taps, *args)), unbatched)
     return _unbatch(out, unbatched)
 
 
@@ -102,7 +101,7 @@ def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_includ
     name = f"avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
-    out = ops.avg_pool(x, kernel, stride, padding, ceil_mode, same, count_include_pad, divisor_override)
+    out = pool_ops.avg_pool(x, kernel, stride, padding, ceil_mode, same, count_include_pad, divisor_override)
     return _unbatch(out, unbatched)
 
 
@@ -198,10 +197,10 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
             or transforms_active() or torch.jit.is_tracing()):
         # Inference: the values alone, with no taps found or kept for a
         # derivative. (A trace keeps the op that has one: it may train.)
-        return _unbatch(ops._adaptive_max_pool_values(x, size, sizes), unbatched)
-    out, taps = ops.adaptive_max_pool(x, size, sizes)
+        return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
+    out, taps = pool_ops.adaptive_max_pool(x, size, sizes)
     if return_indices:
-        return _unbatch((out, ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
+        return _unbatch((out, pool_ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
     return _unbatch(out, unbatched)
 
 
@@ -209,7 +208,8 @@ def _adaptive_avg(ndim, kind, input, output_size, sizes):
     name = f"{kind}_avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
-    return _unbatch(ops.adaptive_avg_pool(x, _output_size(name, output_size, x.shape[2:]), sizes), unbatched)
+    size = _output_size(name, output_size, x.shape[2:])
+    return _unbatch(pool_ops.adaptive_avg_pool(x, size, sizes), unbatched)
 
 
 def adaptive_max_pool1d(input, output_size, return_indices=False):
@@ -345,8 +345,8 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     for level in levels:
         size = [level, level]
         if mode == "max":
-            pooled, _taps = ops.adaptive_max_pool(x, size, sizes)
+            pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes)
         else:
-            pooled = ops.adaptive_avg_pool(x, size, sizes)
+            pooled = pool_ops.adaptive_avg_pool(x, size, sizes)
         parts.append(pooled.flatten(1))
     return _unbatch(torch.cat(parts, dim=1), unbatched)

@@ -92,7 +92,7 @@ def test_cnn_inference_aot_eager():
         torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:FutureWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:FutureWarning")
 def test_cnn_jit_trace():
     """torch.jit.trace records the same graph with and without grad (its own
     check reruns the model), and the traced module trains like eager."""

@@ -190,16 +190,29 @@ def test_dual_tensors_through_the_ops(device):
 
 
 def test_compile_around_transforms():
-    """torch.compile cannot trace our ops under torch.func transforms: it runs
-    them eagerly (torch's gradients), and fullgraph=True says so instead of
-    tracing a wrong graph."""
+    """torch.compile traces our ops under vmap; under torch.func's derivatives
+    it cannot, so it runs them eagerly (torch's gradients), and fullgraph=True
+    raises instead of tracing a wrong graph."""
     xs = torch.randn(3, 2, 3, 8, 8)
 
     def per_sample(module):
         return vmap(grad(lambda a: (module.max_pool2d(a, 2).sin().sum() + module.avg_pool2d(a, 2).sum())))
 
+    def batched(module):
+        return vmap(lambda a: module.max_pool2d(a, 2) + module.avg_pool2d(a, 2))
+
     torch._dynamo.reset()
+    torch.testing.assert_close(torch.compile(batched(PF), fullgraph=True)(xs), batched(F)(xs))
     torch.testing.assert_close(torch.compile(per_sample(PF))(xs), per_sample(F)(xs))
     torch._dynamo.reset()
-    with pytest.raises(Exception, match="disable"):
+    with pytest.raises(Exception):
         torch.compile(per_sample(PF), fullgraph=True)(xs)
+
+
+def test_functionalize():
+    x = torch.randn(2, 3, 8, 8)
+
+    def f(module):
+        return lambda a: module.max_pool2d(a, 2) + module.adaptive_avg_pool2d(a, 4)
+
+    torch.testing.assert_close(torch.func.functionalize(f(PF))(x), f(F)(x))
