@@ -65,6 +65,15 @@ C10_HOST_DEVICE inline int64_t adaptive_max_window(int64_t in, int64_t out, bool
   return (!variable && in % out == 0) ? in / out : in / out + 2;
 }
 
+// Whether adaptive pooling of `in` cells to `out` has windows of one size at
+// one stride, and so is a fixed pooling: windows [o*s, o*s + k) with s =
+// in / out and k = s (divisible) or s + 1 (in % out == 1: the o-th window
+// then ends at ceil((o+1)*s + (o+1)/out) = (o+1)*s + 1). 13 -> 6 pools 3x3
+// windows at stride 2.
+C10_HOST_DEVICE inline bool adaptive_is_fixed(int64_t in, int64_t out) {
+  return out >= 1 && in >= out && in % out <= 1;
+}
+
 // One spatial dim of a pooling.
 struct PoolDim {
   int64_t in;        // input extent (the padded extent for variable pooling)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from pool_testing import (
-    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
+    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref, layouts_for,
     assert_equal, assert_same_format, check_max_indices, expected_max_indices, is_batched, leaf, make_rng,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
@@ -361,3 +361,31 @@ def test_global_average_of_many_planes(spatial, dtype, device):
     base, _ = random_input(rng, (3, 38, *spatial), dtype, device, layout="contiguous", specials=0.05)
     for x in (base[:, :19], base[:, ::2]):
         run_case("avg", d, x, "strided", 1, [1] * d, device, rng)
+
+
+# (input extent, output extent) per dim whose windows are all one size at one
+# stride (extent % out of 0 or 1): up to 16 cells a window they run as that
+# fixed pooling, beyond on the adaptive kernels.
+UNIFORM = {
+    1: [(1024, 512), (1025, 128), (33, 16), (32, 2), (34, 2)],
+    2: [(13, 6), (8, 2), (14, 7), (10, 2), (9, 4)],
+    3: [(6, 3), (4, 2), (7, 3)],
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("specials", ["none", "ties", "nan"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_uniform_windows_like_torch(kind, d, specials, dtype, device):
+    """Adaptive poolings that are fixed ones in disguise (13 -> 6: 3x3 windows
+    at stride 2), every layout: torch's values, indices and gradients."""
+    rng = make_rng("uniform", kind, d, specials, dtype)
+    for in_size, out_size in UNIFORM[d]:
+        shape = (2, 18 if d > 1 else 8) + (in_size,) * d
+        for layout in layouts_for(len(shape)):
+            x, _ = random_input(rng, shape, dtype, device, layout=layout,
+                                specials=0.02 if specials == "nan" else 0.0, ties=specials == "ties",
+                                special_values=(NAN,))
+            run_case(kind, d, x, layout, out_size, [out_size] * d, device, rng)
