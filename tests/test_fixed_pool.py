@@ -278,6 +278,38 @@ def test_large_windows(kind, d, device):
         run_case(kind, d, x, layout, {"kernel_size": kernel, "stride": 2, "padding": 1}, device, rng)
 
 
+# Windows that tile the input (stride = kernel, extents divisible): beyond 16
+# cells they run on the adaptive (or global) kernels, up to it on the fixed.
+TILED = {
+    1: [(64, {"kernel_size": 32}), (64, {"kernel_size": 16}), (96, {"kernel_size": 32, "ceil_mode": True}),
+        (40, {"kernel_size": 40})],
+    2: [(16, {"kernel_size": 8}), (16, {"kernel_size": 4}), (15, {"kernel_size": 5, "padding": 0}),
+        (12, {"kernel_size": 6, "ceil_mode": True}), (7, {"kernel_size": 7})],
+    3: [(8, {"kernel_size": 4}), (6, {"kernel_size": 3}), (6, {"kernel_size": 2}),
+        (8, {"kernel_size": 4, "count_include_pad": False})],
+}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("specials", ["none", "ties", "nan"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_tiling_windows(kind, d, specials, dtype, device):
+    """Poolings whose windows tile the input, every layout: torch's values,
+    indices and gradients (whole-input windows included)."""
+    rng = make_rng("tiled", kind, d, specials, dtype)
+    for size, kwargs in TILED[d]:
+        if kind == "max" and "count_include_pad" in kwargs:
+            continue
+        shape = (2, 6 if d > 1 else 8) + (size,) * d
+        for layout in layouts_for(len(shape)):
+            x, _ = random_input(rng, shape, dtype, device, layout=layout,
+                                specials=0.02 if specials == "nan" else 0.0, ties=specials == "ties",
+                                special_values=(NAN,))
+            run_case(kind, d, x, layout, kwargs, device, rng)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_avg_pool_divisor_and_count_include_pad(d, device):
