@@ -279,14 +279,15 @@ def test_large_windows(kind, d, device):
 
 
 # Windows that tile the input (stride = kernel, extents divisible): beyond 16
-# cells they run on the adaptive (or global) kernels, up to it on the fixed.
+# cells they run on the adaptive (or global) kernels, up to it on the fixed;
+# over 256 cells with int64 taps.
 TILED = {
     1: [(64, {"kernel_size": 32}), (64, {"kernel_size": 16}), (96, {"kernel_size": 32, "ceil_mode": True}),
-        (40, {"kernel_size": 40})],
+        (40, {"kernel_size": 40}), (600, {"kernel_size": 300})],
     2: [(16, {"kernel_size": 8}), (16, {"kernel_size": 4}), (15, {"kernel_size": 5, "padding": 0}),
-        (12, {"kernel_size": 6, "ceil_mode": True}), (7, {"kernel_size": 7})],
+        (12, {"kernel_size": 6, "ceil_mode": True}), (7, {"kernel_size": 7}), (34, {"kernel_size": 17})],
     3: [(8, {"kernel_size": 4}), (6, {"kernel_size": 3}), (6, {"kernel_size": 2}),
-        (8, {"kernel_size": 4, "count_include_pad": False})],
+        (8, {"kernel_size": 4, "count_include_pad": False}), (14, {"kernel_size": 7})],
 }
 
 
