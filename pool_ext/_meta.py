@@ -216,6 +216,12 @@ def _saved(ctx):
     return saved[:ctx.n_tensors], args
 
 
+def _late(name):
+    """pool_ops.<name>, looked up when called: the formulas below are made
+    before _register_autograd wraps the ops they call."""
+    return lambda *args: getattr(pool_ops, name)(*args)
+
+
 def _gather_at_indices(values, indices):
     """values (N, C, *in) picked at torch-format flat indices (N, C, *out)."""
     # reshape, not flatten: torch.autograd.grad(is_grads_batched=True) runs
@@ -230,14 +236,7 @@ def _max_autograd(kind):
     """Max pooling (fixed: kind "", adaptive: "adaptive_"): its four ops' formulas.
     The forward's derivative picks each window's winner; the backward is linear
     in grad_output, and its derivative there is the same pick."""
-    def pool(*args):
-        return getattr(pool_ops, f"{kind}max_pool")(*args)
-
-    def backward_op(*args):
-        return getattr(pool_ops, f"_{kind}max_pool_backward")(*args)
-
-    def indices(*args):
-        return getattr(pool_ops, f"_{kind}max_pool_indices")(*args)
+    backward_op, indices = _late(f"_{kind}max_pool_backward"), _late(f"_{kind}max_pool_indices")
 
     def save_pool(ctx, inputs, output):
         self, *args = inputs
@@ -277,11 +276,7 @@ def _max_autograd(kind):
 def _avg_autograd(kind):
     """Average pooling: linear, so the forward's derivative is the forward and
     the backward's derivative in grad_output is the backward."""
-    def pool(*args):
-        return getattr(pool_ops, f"{kind}avg_pool")(*args)
-
-    def backward_op(*args):
-        return getattr(pool_ops, f"_{kind}avg_pool_backward")(*args)
+    pool, backward_op = _late(f"{kind}avg_pool"), _late(f"_{kind}avg_pool_backward")
 
     def save_pool(ctx, inputs, output):
         self, *args = inputs

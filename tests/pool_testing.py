@@ -127,6 +127,16 @@ def random_input(rng, shape, dtype, device, *, layout=None, specials=None, ties=
     return with_layout(values, layout, rng), layout
 
 
+def inputs_in_every_layout(rng, shape, dtype, device, specials):
+    """(x, layout) for every layout of layouts_for, values without specials
+    ("none"), with ties ("ties") or with 2% NaN ("nan")."""
+    for layout in layouts_for(len(shape)):
+        x, _ = random_input(rng, shape, dtype, device, layout=layout,
+                            specials=0.02 if specials == "nan" else 0.0, ties=specials == "ties",
+                            special_values=(NAN,))
+        yield x, layout
+
+
 def to_strided(x, dtype=None, device=None):
     """x converted to dtype/device with the same strides (stride-0 dims stay broadcast)."""
     dtype = dtype or x.dtype

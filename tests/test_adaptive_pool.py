@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from pool_testing import (
-    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref, layouts_for,
-    assert_equal, assert_same_format, check_max_indices, expected_max_indices, is_batched, leaf, make_rng,
+    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
+    assert_equal, assert_same_format, check_max_indices, expected_max_indices, inputs_in_every_layout,
+    is_batched, leaf, make_rng,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
 
@@ -384,8 +385,5 @@ def test_uniform_windows_like_torch(kind, d, specials, dtype, device):
     rng = make_rng("uniform", kind, d, specials, dtype)
     for in_size, out_size in UNIFORM[d]:
         shape = (2, 18 if d > 1 else 8) + (in_size,) * d
-        for layout in layouts_for(len(shape)):
-            x, _ = random_input(rng, shape, dtype, device, layout=layout,
-                                specials=0.02 if specials == "nan" else 0.0, ties=specials == "ties",
-                                special_values=(NAN,))
+        for x, layout in inputs_in_every_layout(rng, shape, dtype, device, specials):
             run_case(kind, d, x, layout, out_size, [out_size] * d, device, rng)

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
-    assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window, is_batched, leaf,
+    assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window,
+    inputs_in_every_layout, is_batched, leaf,
     layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
     to_strided, torch_accepts, torch_generator, torchs, with_layout, TORCH_CPU_3D_CONTIGUOUS_ONLY,
 )
@@ -304,10 +305,7 @@ def test_tiling_windows(kind, d, specials, dtype, device):
         if kind == "max" and "count_include_pad" in kwargs:
             continue
         shape = (2, 6 if d > 1 else 8) + (size,) * d
-        for layout in layouts_for(len(shape)):
-            x, _ = random_input(rng, shape, dtype, device, layout=layout,
-                                specials=0.02 if specials == "nan" else 0.0, ties=specials == "ties",
-                                special_values=(NAN,))
+        for x, layout in inputs_in_every_layout(rng, shape, dtype, device, specials):
             run_case(kind, d, x, layout, kwargs, device, rng)
 
 
