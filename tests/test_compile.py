@@ -104,6 +104,19 @@ def test_cnn_jit_trace():
     check_same(eager, traced_model, traced, x)
 
 
+def test_cnn_export():
+    """torch.export records our ops (the fake kernels' shapes symbolic in the
+    batch); the exported program gives eager's outputs at another batch size."""
+    torch.manual_seed(0)
+    model = Net().eval()
+    batch = torch.export.Dim("batch")
+    program = torch.export.export(model, (torch.randn(2, 3, 16, 16),), dynamic_shapes=({0: batch},))
+    names = {str(node.target) for node in program.graph.nodes}
+    assert any(name.startswith("pool_ext.") for name in names), names
+    x = torch.randn(5, 3, 16, 16)
+    torch.testing.assert_close(program.module()(x), model(x))
+
+
 def test_inference_op_refuses_a_gradient():
     """The values-only max op, under the layers only without grad, names itself
     when a gradient is asked of it rather than giving none."""
