@@ -1377,11 +1377,12 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
       // (2x2 on 16x256x56x56 float: 2.0 -> 1.35 ms; max 3x3/2 3.6 -> 1.5;
       // adaptive 56 -> 7 1.85 -> 1.35). Not where that window overlaps this
       // one (its cells are mostly here already: 5x5/1 1.1x slower), nor in
-      // cache (7-12 MB inputs: 1.1x slower).
+      // cache (7-12 MB inputs: 1.1x slower). Only between windows of the
+      // same taps, so that every address asked for is a cell of the input.
       const Window& later = table.dim[2][std::min(o[2] + kPrefetchAhead, vo.size[4] - 1)];
-      const int64_t next = prefetch && later.begin >= w[2].begin + w[2].count * w[2].step
-                               ? (later.begin - w[2].begin) * vi.stride[4]
-                               : 0;
+      const bool fresh = later.begin >= w[2].begin + w[2].count * w[2].step &&
+                         later.count == w[2].count && later.first_tap == w[2].first_tap;
+      const int64_t next = prefetch && fresh ? (later.begin - w[2].begin) * vi.stride[4] : 0;
       int64_t c0 = 0;
       // Blocks re-read the window once per block: only while it stays in L1.
       if (count > 0 && by_blocks && count * channels * sizeof(scalar_t) <= kL1Bytes) {
