@@ -791,3 +791,19 @@ def test_max_backward_of_a_window_with_no_cell():
     out = ours("max_pool2d")(x, (1, 2), padding=(0, 1), dilation=(1, 3))
     (grad,) = torch.autograd.grad(out, x, torch.ones_like(out))
     assert_equal(grad, torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("d", [2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_few_channels_last_in_chunks(kind, d, dtype, device):
+    """Channels-last inputs of 2 to 7 channels, which the CPU pools as planes a
+    chunk of samples at a time (here several chunks, the last one short):
+    torch's values, indices and gradients."""
+    rng = make_rng("few-channels", kind, d, dtype)
+    spatial = (600, 600) if d == 2 else (12, 220, 220)
+    for channels, kwargs in ((3, {"kernel_size": 3, "stride": 2, "padding": 1}), (5, {"kernel_size": 2})):
+        x, _ = random_input(rng, (3, channels) + spatial, dtype, device, layout="channels_last",
+                            specials=0.0, ties=False)
+        run_case(kind, d, x, "channels_last", kwargs, device, rng)
