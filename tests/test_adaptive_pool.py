@@ -387,3 +387,17 @@ def test_uniform_windows_like_torch(kind, d, specials, dtype, device):
         shape = (2, 18 if d > 1 else 8) + (in_size,) * d
         for x, layout in inputs_in_every_layout(rng, shape, dtype, device, specials):
             run_case(kind, d, x, layout, out_size, [out_size] * d, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_few_channels_of_one_pixel(kind, d, device):
+    """Channels-innermost inputs of a few channels and one pixel (global pooling
+    of a 1x1 map): torch's values, indices and gradients."""
+    rng = make_rng("one-pixel", kind, d)
+    for channels in (2, 5):
+        x, _ = random_input(rng, (3, 1, channels), torch.float32, device, layout="contiguous")
+        x = x.transpose(1, 2).reshape((3, channels) + (1,) * d)  # strides (C, 1, C, ...)
+        assert x.stride(1) == 1
+        run_case(kind, d, x, "channels_last", 1, [1] * d, device, rng)

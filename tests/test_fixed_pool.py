@@ -799,11 +799,15 @@ def test_max_backward_of_a_window_with_no_cell():
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_few_channels_last_in_chunks(kind, d, dtype, device):
     """Channels-last inputs of 2 to 7 channels, which the CPU pools as planes a
-    chunk of samples at a time (here several chunks, the last one short):
-    torch's values, indices and gradients."""
+    chunk of samples (8 MB) at a time (here several chunks, most cases ending
+    on a short one), and such inputs of one pixel, whose channels-last and
+    planes orders are one: torch's values, indices and gradients."""
     rng = make_rng("few-channels", kind, d, dtype)
-    spatial = (600, 600) if d == 2 else (12, 220, 220)
+    spatial = (560, 560) if d == 2 else (12, 220, 220)
     for channels, kwargs in ((3, {"kernel_size": 3, "stride": 2, "padding": 1}), (5, {"kernel_size": 2})):
-        x, _ = random_input(rng, (3, channels) + spatial, dtype, device, layout="channels_last",
+        x, _ = random_input(rng, (5, channels) + spatial, dtype, device, layout="channels_last",
                             specials=0.0, ties=False)
         run_case(kind, d, x, "channels_last", kwargs, device, rng)
+    for channels in (2, 7):
+        x, _ = random_input(rng, (2, channels) + (1,) * d, dtype, device, layout="channels_last")
+        run_case(kind, d, x, "channels_last", {"kernel_size": 1}, device, rng)

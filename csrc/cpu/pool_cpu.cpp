@@ -2664,8 +2664,12 @@ constexpr int64_t kDetourChannels = 8;
 constexpr int64_t kDetourBytes = 8 << 20;
 
 inline bool few_channels_last(const PoolGeometry& g, const at::Tensor& t) {
+  // One pixel: planes and channels order are one (and torch calls such a
+  // channels-last tensor contiguous already, so its copy would come back
+  // the same).
+  const Layout5 v = layout_of(t);
   return g.sizes == nullptr && t.size(1) > 1 && t.size(1) < kDetourChannels && t.stride(1) == 1 &&
-         !dense_planes(layout_of(t));
+         v.pixels() > 1 && !dense_planes(v);
 }
 
 // Calls f(n0, count) for chunks of the samples of t of at most kDetourBytes.
