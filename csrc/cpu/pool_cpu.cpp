@@ -23,6 +23,7 @@
 #include <c10/util/irange.h>
 #include <c10/util/llvmMathExtras.h>
 
+#include <array>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -2672,33 +2673,35 @@ inline bool few_channels_last(const PoolGeometry& g, const at::Tensor& t) {
          v.pixels() > 1 && !dense_planes(v);
 }
 
-// Calls f(n0, count) for chunks of the samples of t of at most kDetourBytes.
-template <typename F>
-void for_detour_chunks(const at::Tensor& t, const F& f) {
-  const int64_t sample_bytes = std::max<int64_t>(t.numel() / t.size(0) * t.element_size(), 1);
+// Runs f(ins, outs) on planes-order copies of chunks of samples (at most
+// kDetourBytes of `lead`) of the tensors `ins` and on fresh planes-order
+// `outs`, which are then copied into the given outs (undefined ones left).
+template <size_t kIns, size_t kOuts, typename F>
+void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& ins,
+                    const std::array<at::Tensor, kOuts>& outs, const F& f) {
+  const int64_t sample_bytes = std::max<int64_t>(lead.numel() / lead.size(0) * lead.element_size(), 1);
   const int64_t chunk = std::max<int64_t>(1, kDetourBytes / sample_bytes);
-  for (int64_t n0 = 0; n0 < t.size(0); n0 += chunk) {
-    f(n0, std::min(chunk, t.size(0) - n0));
+  for (int64_t n0 = 0; n0 < lead.size(0); n0 += chunk) {
+    const int64_t count = std::min(chunk, lead.size(0) - n0);
+    std::array<at::Tensor, kIns> in_part;
+    std::array<at::Tensor, kOuts> out_part;
+    for (size_t i = 0; i < kIns; ++i) in_part[i] = ins[i].narrow(0, n0, count).contiguous();
+    for (size_t i = 0; i < kOuts; ++i) {
+      if (outs[i].defined()) out_part[i] = at::empty(outs[i].narrow(0, n0, count).sizes(), outs[i].options());
+    }
+    f(in_part, out_part);
+    for (size_t i = 0; i < kOuts; ++i) {
+      if (outs[i].defined()) outs[i].narrow(0, n0, count).copy_(out_part[i]);
+    }
   }
-}
-
-// Samples [n0, n0 + count) of t in planes order: a copy, or (like) empty.
-inline at::Tensor planes_of(const at::Tensor& t, int64_t n0, int64_t count, bool like = false) {
-  const at::Tensor part = t.narrow(0, n0, count);
-  return like ? at::empty(part.sizes(), part.options()) : part.contiguous();
 }
 
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
     if (few_channels_last(g, in)) {
-      for_detour_chunks(in, [&](int64_t n0, int64_t count) {
-        const at::Tensor o = planes_of(out, n0, count, true);
-        const at::Tensor t = taps.defined() ? planes_of(taps, n0, count, true) : at::Tensor();
-        max_forward(g, planes_of(in, n0, count), o, t);
-        out.narrow(0, n0, count).copy_(o);
-        if (taps.defined()) taps.narrow(0, n0, count).copy_(t);
-      });
+      through_planes<1, 2>(in, {in}, {out, taps},
+                           [&](const auto& i, const auto& o) { max_forward(g, i[0], o[0], o[1]); });
       return;
     }
     const at::Tensor* saved = taps.defined() ? &taps : nullptr;  // none: values only
@@ -2720,11 +2723,8 @@ struct CpuKernels {
                            const at::Tensor& taps, const at::Tensor& grad_in) {
     advise_huge_pages(grad_in);
     if (few_channels_last(g, grad_in)) {
-      for_detour_chunks(grad_in, [&](int64_t n0, int64_t count) {
-        const at::Tensor gi = planes_of(grad_in, n0, count, true);
-        max_backward(g, planes_of(grad_out, n0, count), planes_of(taps, n0, count), gi);
-        grad_in.narrow(0, n0, count).copy_(gi);
-      });
+      through_planes<2, 1>(grad_in, {grad_out, taps}, {grad_in},
+                           [&](const auto& i, const auto& o) { max_backward(g, i[0], i[1], o[0]); });
       return;
     }
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cpu", [&] {
@@ -2748,11 +2748,8 @@ struct CpuKernels {
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     if (few_channels_last(g, in)) {
-      for_detour_chunks(in, [&](int64_t n0, int64_t count) {
-        const at::Tensor o = planes_of(out, n0, count, true);
-        avg_forward(g, planes_of(in, n0, count), o);
-        out.narrow(0, n0, count).copy_(o);
-      });
+      through_planes<1, 1>(in, {in}, {out},
+                           [&](const auto& i, const auto& o) { avg_forward(g, i[0], o[0]); });
       return;
     }
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
@@ -2770,11 +2767,8 @@ struct CpuKernels {
                            const at::Tensor& grad_in) {
     advise_huge_pages(grad_in);
     if (few_channels_last(g, grad_in)) {
-      for_detour_chunks(grad_in, [&](int64_t n0, int64_t count) {
-        const at::Tensor gi = planes_of(grad_in, n0, count, true);
-        avg_backward(g, planes_of(grad_out, n0, count), gi);
-        grad_in.narrow(0, n0, count).copy_(gi);
-      });
+      through_planes<1, 1>(grad_in, {grad_out}, {grad_in},
+                           [&](const auto& i, const auto& o) { avg_backward(g, i[0], o[0]); });
       return;
     }
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cpu", [&] {
