@@ -74,6 +74,11 @@ C10_HOST_DEVICE inline bool adaptive_is_fixed(int64_t in, int64_t out) {
   return out >= 1 && in >= out && in % out <= 1;
 }
 
+// The kernel of such a pooling (its stride is in / out).
+C10_HOST_DEVICE inline int64_t adaptive_fixed_kernel(int64_t in, int64_t out) {
+  return in / out + in % out;
+}
+
 // One spatial dim of a pooling.
 struct PoolDim {
   int64_t in;        // input extent (the padded extent for variable pooling)

@@ -79,7 +79,7 @@ void as_fixed_if_uniform(PoolGeometry& g) {
       return;
     }
     global &= d.out == 1;
-    cells *= d.in / d.out + d.in % d.out;
+    cells *= adaptive_fixed_kernel(d.in, d.out);
   }
   if (g.sizes != nullptr || global || cells > kMostFixedCells) {
     return;
@@ -88,8 +88,8 @@ void as_fixed_if_uniform(PoolGeometry& g) {
   g.count_include_pad = true;
   g.divisor_override = 0;
   for (auto& d : g.dim) {
+    d.kernel = adaptive_fixed_kernel(d.in, d.out);
     d.stride = d.in / d.out;
-    d.kernel = d.stride + d.in % d.out;
     d.pad = d.pad_end = 0;
     d.dilation = 1;
   }

@@ -81,15 +81,20 @@ def _unbatch(result, unbatched):
     return result.squeeze(0)
 
 
+def _values_only(input):
+    """Whether max pooling may take its values-only op (inference): the values
+    alone, with no taps found or kept for a derivative. Not where one may be
+    taken: grad, forward-mode AD, torch.func, or a trace (it may train)."""
+    return not (torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
+                or transforms_active() or torch.jit.is_tracing())
+
+
 def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     name = f"max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
-    if not (return_indices or torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
-            or transforms_active() or torch.jit.is_tracing()):
-        # Inference: the values alone, with no taps found or kept for a
-        # derivative. (A trace keeps the op that has one: it may train.)
+    if not return_indices and _values_only(input):
         return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
     out, taps = pool_ops.max_pool(x, *args)
     if return_indices:
@@ -193,10 +198,7 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, x.shape[2:])
-    if not (return_indices or torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
-            or transforms_active() or torch.jit.is_tracing()):
-        # Inference: the values alone, with no taps found or kept for a
-        # derivative. (A trace keeps the op that has one: it may train.)
+    if not return_indices and _values_only(input):
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
     out, taps = pool_ops.adaptive_max_pool(x, size, sizes)
     if return_indices:

@@ -1281,6 +1281,15 @@ constexpr int64_t kPrefetchAhead = 2;
 constexpr int64_t kPrefetchBytes = 16 << 20;  // inputs larger are taken to be out of cache
 constexpr int64_t kL1Bytes = 32 * 1024;  // L1 data cache of current x86 cores
 
+// Asks for the cache lines of values [at, at + n).
+template <typename scalar_t>
+inline void prefetch_lines(const scalar_t* at, int64_t n) {
+  const char* first = reinterpret_cast<const char*>(at);
+  for (int64_t b = 0; b < n * int64_t{sizeof(scalar_t)}; b += 64) {
+    __builtin_prefetch(first + b);
+  }
+}
+
 // Channels [c0, c0 + kWidth) of one output over its taps (kWidth a whole
 // number of vectors) into value[0, kWidth) and (max) the winning codes into
 // code[0, kWidth), in acc_t lanes (codes exact there).
@@ -1389,10 +1398,7 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
       if (count > 0 && by_blocks && count * channels * sizeof(scalar_t) <= kL1Bytes) {
         for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
           for (int64_t t = 0; next > 0 && t < count; ++t) {
-            const char* line = reinterpret_cast<const char*>(taps[t].at + c0 + next);
-            for (int64_t b = 0; b < kChannelBlock * int64_t{sizeof(scalar_t)}; b += 64) {
-              __builtin_prefetch(line + b);
-            }
+            prefetch_lines(taps[t].at + c0 + next, kChannelBlock);
           }
           channels_block<kChannelBlock, kMax>(taps.data(), count, c0, value + c0, code + c0);
         }
@@ -1423,12 +1429,7 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
       for (int64_t t = 1; t < count; ++t) {
         const scalar_t* __restrict__ at = taps[t].at + c0;
         const auto tap_code = static_cast<code_t>(taps[t].code);
-        if (next > 0) {
-          const char* line = reinterpret_cast<const char*>(at + next);
-          for (int64_t b = 0; b < width * int64_t{sizeof(scalar_t)}; b += 64) {
-            __builtin_prefetch(line + b);
-          }
-        }
+        if (next > 0) prefetch_lines(at + next, width);
         for (int64_t c = 0; c < width; ++c) {
           const auto x = static_cast<acc_t>(at[c]);
           if constexpr (kMax) {
@@ -2653,8 +2654,6 @@ void advise_huge_pages(const at::Tensor& t) {
 #endif
 }
 
-// The CPU backend of pool_ops.h: each op picks its kernel by layout and
-// geometry.
 // Channels-last tensors of fewer channels than a vector of floats (an RGB
 // image, a few masks) leave the channels kernels scalar work per pixel: on
 // 32x3x224x224 float, max 3x3/2 took 19 ms, and 1.5 ms through planes. They
@@ -2669,7 +2668,7 @@ inline bool few_channels_last(const PoolGeometry& g, const at::Tensor& t) {
   // channels-last tensor contiguous already, so its copy would come back
   // the same).
   const Layout5 v = layout_of(t);
-  return g.sizes == nullptr && t.size(1) > 1 && t.size(1) < kDetourChannels && t.stride(1) == 1 &&
+  return g.sizes == nullptr && channels_inner(t, t) && t.size(1) < kDetourChannels &&
          v.pixels() > 1 && !dense_planes(v);
 }
 
@@ -2696,6 +2695,8 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
   }
 }
 
+// The CPU backend of pool_ops.h: each op picks its kernel by layout and
+// geometry.
 struct CpuKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
