@@ -956,37 +956,57 @@ inline T select(bool takes, T a, T b) {
 // all the window's rows in registers (low precision widened as loaded), then
 // each output over its W window's columns. Max merges columns by
 // window_max's rule over the taps' order (the last NaN, else the first max),
-// so it picks the element functions' tap; its codes ride in acc_t lanes
-// (exact: by_columns keeps them under 2^24). Sums are reassociated
-// (columns, then across), as torch's vectorised kernels do.
+// so it picks the element functions' tap (and, for values alone, the sign
+// of a zero); its codes ride in acc_t lanes (exact: by_columns keeps them
+// under 2^24). Sums are reassociated (columns, then across), as torch's
+// vectorised kernels do.
 template <bool kMax, typename scalar_t, typename acc_t>
 void columns_row(const scalar_t* const* rows, const int32_t* row_code, int64_t nrows,
                  const std::vector<Window>& wx, int64_t width, acc_t* column,
                  acc_t* column_code, acc_t* result, int32_t* best_tap) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size();
-  // Columns [x, x + kLanes): the first row initialises, later ones compete
-  // (max_takes, lane-wise) or add.
-  const auto block = [&](int64_t x) {
-    Vec best = load_acc<acc_t>(rows[0] + x);
-    Vec code(static_cast<acc_t>(row_code[0]));
+  // Columns [x, x + U * kLanes): the first row initialises, later ones
+  // compete (max_takes, lane-wise) or add. U vectors side by side, since
+  // each row's step of one vector waits on its previous step.
+  const auto block = [&](int64_t x, auto vectors) {
+    constexpr int64_t U = decltype(vectors)::value;
+    Vec best[U], code[U];
+    for (int64_t u = 0; u < U; ++u) {
+      best[u] = load_acc<acc_t>(rows[0] + x + u * kLanes);
+      if constexpr (kMax) code[u] = Vec(static_cast<acc_t>(row_code[0]));
+    }
     for (int64_t r = 1; r < nrows; ++r) {
-      const Vec v = load_acc<acc_t>(rows[r] + x);
-      if constexpr (kMax) {
-        const Vec takes = (v > best) | (v != v);
-        best = Vec::blendv(best, v, takes);
-        code = Vec::blendv(code, Vec(static_cast<acc_t>(row_code[r])), takes);
-      } else {
-        best += v;
+      const Vec row_tap(static_cast<acc_t>(row_code[r]));
+      for (int64_t u = 0; u < U; ++u) {
+        const Vec v = load_acc<acc_t>(rows[r] + x + u * kLanes);
+        if constexpr (kMax) {
+          const Vec takes = (v > best[u]) | (v != v);
+          best[u] = Vec::blendv(best[u], v, takes);
+          code[u] = Vec::blendv(code[u], row_tap, takes);
+        } else {
+          best[u] += v;
+        }
       }
     }
-    best.store(column + x);
-    if constexpr (kMax) code.store(column_code + x);
+    for (int64_t u = 0; u < U; ++u) {
+      best[u].store(column + x + u * kLanes);
+      if constexpr (kMax) code[u].store(column_code + x + u * kLanes);
+    }
   };
   if (width >= kLanes) {
     int64_t x = 0;
-    for (; x + kLanes <= width; x += kLanes) block(x);
-    if (x < width) block(width - kLanes);  // overlaps the last: recomputed, not accumulated
+    for (; x + 4 * kLanes <= width; x += 4 * kLanes) block(x, std::integral_constant<int64_t, 4>{});
+    if (x + 2 * kLanes <= width) {
+      block(x, std::integral_constant<int64_t, 2>{});
+      x += 2 * kLanes;
+    }
+    if (x + kLanes <= width) {
+      block(x, std::integral_constant<int64_t, 1>{});
+      x += kLanes;
+    }
+    // The last columns overlap the vector before: recomputed, not accumulated.
+    if (x < width) block(width - kLanes, std::integral_constant<int64_t, 1>{});
   } else {
     for (int64_t x = 0; x < width; ++x) {
       acc_t best = static_cast<acc_t>(rows[0][x]);
@@ -1007,24 +1027,45 @@ void columns_row(const scalar_t* const* rows, const int32_t* row_code, int64_t n
   }
   for (const auto ow : c10::irange(static_cast<int64_t>(wx.size()))) {
     const acc_t* v = column + wx[ow].begin;
+    const int64_t count = wx[ow].count;
     if constexpr (kMax) {
+      // Two short independent passes rather than one chain of selects: the
+      // largest value and whether a NaN is there, then the tap by
+      // window_max's rule (the first max, else the last NaN).
       const acc_t* code = column_code + wx[ow].begin;
-      acc_t best = v[0];
-      acc_t tap = code[0];
-      for (int64_t x = 1; x < wx[ow].count; ++x) {
-        // Bitwise, not branches: data-dependent branches mispredict.
-        const acc_t t = code[x] + static_cast<acc_t>(x);
-        const bool nan = v[x] != v[x];
-        const bool takes = POOL_EXT_UNPREDICTABLE(
-            (v[x] > best) | ((v[x] == best) & (t < tap)) | (nan & ((best == best) | (t > tap))));
-        best = select(takes, v[x], best);
-        tap = select(takes, t, tap);
+      acc_t top = -std::numeric_limits<acc_t>::infinity();
+      bool nan = false;
+      for (int64_t x = 0; x < count; ++x) {
+        top = v[x] > top ? v[x] : top;
+        nan |= v[x] != v[x];
       }
-      result[ow] = best;
-      best_tap[ow] = static_cast<int32_t>(tap);
+      if (POOL_EXT_UNPREDICTABLE(!nan)) {
+        acc_t tap = std::numeric_limits<acc_t>::infinity();
+        for (int64_t x = 0; x < count; ++x) {
+          const acc_t t = code[x] + static_cast<acc_t>(x);
+          tap = std::min(tap, v[x] == top ? t : std::numeric_limits<acc_t>::infinity());
+        }
+        result[ow] = top;
+        if (top == 0) {  // +0 and -0 are equal: the winning tap's zero
+          for (int64_t x = 0; x < count; ++x) {
+            if (code[x] + static_cast<acc_t>(x) == tap) result[ow] = v[x];
+          }
+        }
+        best_tap[ow] = static_cast<int32_t>(tap);
+      } else {
+        acc_t tap = -1;
+        for (int64_t x = 0; x < count; ++x) {
+          const acc_t t = code[x] + static_cast<acc_t>(x);
+          if (v[x] != v[x] && t > tap) {
+            tap = t;
+            result[ow] = v[x];
+          }
+        }
+        best_tap[ow] = static_cast<int32_t>(tap);
+      }
     } else {
       acc_t sum = 0;
-      for (int64_t x = 0; x < wx[ow].count; ++x) sum += v[x];
+      for (int64_t x = 0; x < count; ++x) sum += v[x];
       result[ow] = sum;
     }
   }
