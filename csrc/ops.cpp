@@ -7,7 +7,9 @@
 // backward needs; `_*_indices` turns taps into torch's flat indices.
 // `_max_pool_values` and `_adaptive_max_pool_values` are the inference
 // forwards: the values alone, with no taps to find or write (functional.py
-// takes them when no gradient is needed).
+// takes them when no gradient is needed). An adaptive output_size of -1
+// keeps that input extent (torch's None), resolved here rather than in
+// Python so that traced and compiled graphs follow the input's size.
 #include <Python.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>

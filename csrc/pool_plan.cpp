@@ -194,8 +194,9 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
   const auto name = op_name((family + kind).c_str(), ndim);
   check_input(name, self, ndim, true);
   for (const auto o : output_size) {
-    TORCH_CHECK(o >= 0, name, ": output_size must be non-negative, but got output_size=",
-                output_size);
+    TORCH_CHECK(o >= -1, name,
+                ": output_size must be non-negative (or -1: the input's extent), but got "
+                "output_size=", output_size);
   }
 
   PoolPlan plan = start_plan(name, self, ndim);
@@ -204,7 +205,7 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
   for (const auto i : c10::irange(ndim)) {
     PoolDim& dim = g.dim[kDims - ndim + i];
     dim.in = self.size(2 + i);
-    dim.out = output_size[i];
+    dim.out = output_size[i] == -1 ? dim.in : output_size[i];
     dim.kernel = dim.out > 0 ? adaptive_max_window(dim.in, dim.out, sizes.has_value()) : 1;
     plan.out_shape.push_back(dim.out);
   }

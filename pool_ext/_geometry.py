@@ -92,13 +92,18 @@ def check_sizes(name, x, sizes, ndim):
     )
 
 
-def adaptive_plan(kind, x, output_size, sizes):
-    """Output shape and taps per window of an adaptive (variable, with sizes) pooling."""
+def adaptive_plan(kind, x, output_size, sizes, with_taps=False):
+    """Output shape of an adaptive (variable, with sizes) pooling and, with_taps,
+    the taps of its widest window. Those depend on whether the windows divide
+    the input, which under dynamic shapes is a guard: only max's forward asks."""
     ndim = len(output_size)
     variable = sizes is not None
     if variable:
         check_sizes(f"variable_{kind}{ndim}d", x, sizes, ndim)
-    taps = 1
-    for size, o in zip(x.shape[2:], output_size):
-        taps *= adaptive_max_window(size, o, variable) if o > 0 else 1
+    output_size = [size if o == -1 else o for size, o in zip(x.shape[2:], output_size)]  # -1: the input's extent
+    taps = None
+    if with_taps:
+        taps = 1
+        for size, o in zip(x.shape[2:], output_size):
+            taps *= adaptive_max_window(size, o, variable) if o > 0 else 1
     return [x.shape[0], x.shape[1], *output_size], taps

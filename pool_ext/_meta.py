@@ -64,7 +64,7 @@ def _(grad_output, self, kernel_size, stride, padding, ceil_mode, same, count_in
 
 @torch.library.register_fake("pool_ext::adaptive_max_pool")
 def _(self, output_size, sizes):
-    shape, taps = geo.adaptive_plan("max_pool", self, output_size, sizes)
+    shape, taps = geo.adaptive_plan("max_pool", self, output_size, sizes, with_taps=True)
     return _empty_like_plan(self, shape), _empty_like_plan(self, shape, geo.tap_dtype(taps))
 
 

@@ -172,21 +172,27 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 # ---------------------------------------------------------------- adaptive
 
 
-def _output_size(name, output_size, spatial):
-    ndim = len(spatial)
+def _output_size(name, output_size, ndim):
+    """output_size as the ops take it: one entry per dim, -1 where torch's None
+    keeps the input's extent. The op resolves it, so a traced or compiled
+    graph follows the input's size instead of the size it was made with."""
     # As torch: an int (or None) stands for every dim; a sequence needs one entry per dim.
     sizes = [output_size] * ndim if isinstance(output_size, int) or output_size is None else list(output_size)
     if len(sizes) != ndim:
         raise RuntimeError(f"{name}: output_size must have {ndim} elements, but got {list(sizes)}")
-    return [s if o is None else o for o, s in zip(sizes, spatial)]
+    if any(o is not None and o < 0 for o in sizes):
+        raise RuntimeError(
+            f"{name}: elements of output_size must be greater than or equal to 0, but got {list(sizes)}"
+        )
+    return [-1 if o is None else o for o in sizes]
 
 
 def _check_channels(name, x, unbatched):
     # torch (CPU) pools an empty channel dim only where it leads (an unbatched
-    # input) or in adaptive_avg_pool1d/2d; our ops take it everywhere.
-    if x.shape[1] == 0 and not unbatched and name.startswith("adaptive_") and name not in (
-        "adaptive_avg_pool1d", "adaptive_avg_pool2d"
-    ):
+    # input) or in adaptive_avg_pool1d/2d; our ops take it everywhere. Not in
+    # a trace, where shapes are tensors and a test of one warns.
+    if (name.startswith("adaptive_") and name not in ("adaptive_avg_pool1d", "adaptive_avg_pool2d")
+            and not unbatched and not torch.jit.is_tracing() and x.shape[1] == 0):
         raise RuntimeError(
             f"{name}: expected input with non-zero channels and spatial sizes (only the batch may be "
             f"empty), but got input of sizes {list(x.shape)}"
@@ -197,7 +203,7 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     name = f"{kind}_max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
-    size = _output_size(name, output_size, x.shape[2:])
+    size = _output_size(name, output_size, ndim)
     if not return_indices and _values_only(input):
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
     out, taps = pool_ops.adaptive_max_pool(x, size, sizes)
@@ -210,7 +216,7 @@ def _adaptive_avg(ndim, kind, input, output_size, sizes):
     name = f"{kind}_avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched)
-    size = _output_size(name, output_size, x.shape[2:])
+    size = _output_size(name, output_size, ndim)
     return _unbatch(pool_ops.adaptive_avg_pool(x, size, sizes), unbatched)
 
 

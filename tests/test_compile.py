@@ -2,10 +2,12 @@
 gives eager's outputs and gradients (no graph breaks through the custom ops)."""
 
 import copy
+import warnings
 
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.testing import CompileCounterWithBackend
 
 import pool_ext
 
@@ -102,6 +104,30 @@ def test_cnn_jit_trace():
     x = torch.randn(2, 3, 16, 16)
     traced = torch.jit.trace(traced_model, x)
     check_same(eager, traced_model, traced, x)
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace.*is deprecated:FutureWarning")
+@pytest.mark.parametrize("layer, shape, other", [
+    (pool_ext.nn.AdaptiveMaxPool2d((3, None)), (2, 3, 12, 16), (2, 3, 12, 23)),
+    (pool_ext.nn.AdaptiveAvgPool3d((None, 2, None)), (2, 3, 5, 6, 7), (3, 3, 4, 9, 5)),
+    (pool_ext.nn.AdaptiveAvgPool1d(None), (2, 3, 8), (2, 3, 11)),
+])
+def test_none_output_size_follows_the_input(layer, shape, other):
+    """A None output size keeps the input's extent in a trace run at another
+    size, as torch's traced layers do (the op resolves it, not Python), and it
+    leaves that extent symbolic under torch.compile: one graph for all sizes."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", torch.jit.TracerWarning)
+        traced = torch.jit.trace(layer, torch.randn(shape))
+    x = torch.randn(other)
+    torch.testing.assert_close(traced(x), layer(x))
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(layer, backend=counter, dynamic=True, fullgraph=True)
+    for size in (shape, other, other[:-1] + (other[-1] + 3,)):
+        x = torch.randn(size)
+        torch.testing.assert_close(compiled(x), layer(x))
+    assert counter.frame_count == 1
 
 
 def test_cnn_export():
