@@ -2470,20 +2470,39 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
+// Taps to torch's flat indices a row of outputs at a time: the D and H
+// windows once a row, the W windows' origins from the table and, for byte
+// taps, each tap's offset from a table: no division per output.
 template <typename tap_t>
 void max_indices_kernel(const PoolGeometry& g, const at::Tensor& taps, const at::Tensor& indices) {
   const Layout5 vt = layout_of(taps), vx = layout_of(indices);
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = indices.mutable_data_ptr<int64_t>();
-  const int64_t total = vx.size[0] * vx.size[1] * vx.pixels();
-  at::parallel_for(0, total, grain(1), [&](int64_t begin, int64_t end) {
-    for (const auto e : c10::irange(begin, end)) {
-      int64_t n, c, o[kDims];
-      unflatten_element(e, vx, false, &n, &c, o);
-      Window w[kDims];
-      windows_at(g, n, o, w);
-      dst[vx.offset(n, c, o[0], o[1], o[2])] =
-          tap_to_index(g, w, static_cast<int64_t>(tap[vt.offset(n, c, o[0], o[1], o[2])]));
+  const int64_t rows = vx.size[0] * vx.size[1] * vx.size[2] * vx.size[3];
+  constexpr bool kByte = std::is_same_v<tap_t, uint8_t>;
+  std::array<int64_t, 256> byte_offset{};
+  if constexpr (kByte) {
+    for (const auto t : c10::irange(std::min<int64_t>(256, window_taps(g)))) {
+      byte_offset[t] = tap_offset(g, t);
+    }
+  }
+  WindowTable shared;
+  if (g.sizes == nullptr) shared.build(g, 0);
+  at::parallel_for(0, rows, grain(vx.size[4]), [&](int64_t begin, int64_t end) {
+    WindowTable own;
+    WindowTable& table = g.sizes == nullptr ? shared : own;
+    RowCursor cursor(begin, vx);
+    for (int64_t r = begin; r < end; ++r, cursor.next()) {
+      const int64_t n = cursor.n, c = cursor.c;
+      if (g.sizes != nullptr) table.build(g, n);
+      const int64_t origin = row_origin(g, table.dim[0][cursor.x[0]], table.dim[1][cursor.x[1]]);
+      const tap_t* tap_row = tap + vt.offset(n, c, cursor.x[0], cursor.x[1], 0);
+      int64_t* index_row = dst + vx.offset(n, c, cursor.x[0], cursor.x[1], 0);
+      for (const auto ow : c10::irange(vx.size[4])) {
+        const auto t = static_cast<int64_t>(tap_row[ow * vt.stride[4]]);
+        index_row[ow * vx.stride[4]] =
+            origin + table.origin[ow] + (kByte ? byte_offset[t] : tap_offset(g, t));
+      }
     }
   });
 }
