@@ -1772,11 +1772,9 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 // acc_t block (the gradient itself for dense float32/float64 planes): every
 // input cell then holds the sum the GPU's gather forms, term for term in
 // the same order, so CPU and GPU agree bit for bit and two runs do too.
-// Planes too large for scratch gather cell by cell with pool.h's element
-// functions instead. Channels-last (and small planes, through
-// channels-last buffers: see via_channels) gathers a pixel's channels at once.
-
-constexpr int64_t kMaxScratch = int64_t{1} << 22;
+// Scratch is a plane per thread at most, so never more than the gradient
+// in acc_t. Channels-last (and small planes, through channels-last
+// buffers: see via_channels) gathers a pixel's channels at once.
 
 // Windows covering one input cell overlap at most this many outputs per dim
 // on average; a rough cost for the grain size.
@@ -1795,10 +1793,6 @@ std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
     offsets[t] = tap_offset(g, t);
   }
   return offsets;
-}
-
-bool scratch_fits(const at::Tensor& grad_in) {
-  return layout_of(grad_in).pixels() <= kMaxScratch;
 }
 
 // The planes backward: a task owns one (n, c) plane; spread(n, c, table,
@@ -1852,41 +1846,6 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
 inline int64_t row_origin(const PoolGeometry& g, const Window& wd, const Window& wh) {
   return ((wd.begin - wd.first_tap * wd.step) * g.dim[1].in + wh.begin -
           wh.first_tap * wh.step) * g.dim[2].in;
-}
-
-// PoolTables in host memory, for the cell-by-cell gather.
-struct HostTables {
-  std::vector<Window> windows;
-  std::vector<Span> covering;
-  PoolTables view;
-
-  HostTables(const PoolGeometry& g, int64_t n) : view(table_layout(g, n)) {
-    windows.resize(view.samples * view.out_total);
-    covering.resize(view.samples * view.in_total);
-    view.windows = windows.data();
-    view.covering = covering.data();
-    for (const auto e : c10::irange(table_entries(view))) {
-      fill_table_entry(g, view, e);
-    }
-  }
-};
-
-// Gathers every input cell through f(n, c, i), a plane row per task.
-template <typename scalar_t, typename F>
-void gather_cells(const PoolGeometry& g, const at::Tensor& grad_in, const F& f) {
-  const Layout5 vg = layout_of(grad_in);
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  const int64_t rows = vg.size[0] * vg.size[1] * vg.size[2] * vg.size[3];
-  at::parallel_for(0, rows, grain(vg.size[4] * gather_cost(g)), [&](int64_t begin, int64_t end) {
-    RowCursor cursor(begin, vg);
-    for (int64_t r = begin; r < end; ++r, cursor.next()) {
-      const int64_t n = cursor.n, c = cursor.c;
-      int64_t i[kDims] = {cursor.x[0], cursor.x[1], 0};
-      for (i[2] = 0; i[2] < vg.size[4]; ++i[2]) {
-        dst[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(f(n, c, i));
-      }
-    }
-  });
 }
 
 // Channels-last backward by gather: each input pixel sums, channel by
@@ -2167,17 +2126,6 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
     max_backward_gather_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
     return;
   }
-  if (!scratch_fits(grad_in)) {
-    const HostTables tables(g, grad_in.size(0));
-    gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
-      return max_grad_at<scalar_t, tap_t, acc_t>(g, tables.view, n, i,
-                                                 grad + vo.offset(n, c, 0, 0, 0),
-                                                 vo.spatial_strides(),
-                                                 tap + vt.offset(n, c, 0, 0, 0),
-                                                 vt.spatial_strides());
-    });
-    return;
-  }
   const auto offsets = tap_offsets(g);
   const int64_t* offset = offsets.data();
   const bool flat = dense_planes(vo) && dense_planes(vt);
@@ -2413,16 +2361,8 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     avg_backward_gather_channels<scalar_t>(g, grad_out, grad_in);
     return;
   }
-  if (scratch_fits(grad_in) && gathers_planes_avg(g, layout_of(grad_in))) {
+  if (gathers_planes_avg(g, layout_of(grad_in))) {
     gather_planes_avg<scalar_t>(g, grad_out, grad_in);
-    return;
-  }
-  if (!scratch_fits(grad_in)) {
-    const HostTables tables(g, grad_in.size(0));
-    gather_cells<scalar_t>(g, grad_in, [&](int64_t n, int64_t c, const int64_t* i) {
-      return avg_grad_at<scalar_t, acc_t>(g, tables.view, n, i, grad + vo.offset(n, c, 0, 0, 0),
-                                          vo.spatial_strides());
-    });
     return;
   }
   const int64_t plane_h = g.dim[1].in, plane_w = g.dim[2].in;
