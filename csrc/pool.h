@@ -283,7 +283,7 @@ C10_HOST_DEVICE inline int64_t tap_to_index(const PoolGeometry& g, const Window*
 // window, counting padding when count_include_pad asks for it (torch's rule:
 // padding after the input counts up to pad_end only).
 C10_HOST_DEVICE inline int64_t avg_divisor(const PoolGeometry& g, const Window* w, const int64_t* o) {
-  if (g.divisor_override > 0) {
+  if (g.divisor_override != 0) {
     return g.divisor_override;
   }
   int64_t cells = 1;

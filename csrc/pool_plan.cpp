@@ -2,6 +2,8 @@
 
 #include <c10/util/irange.h>
 
+#include <limits>
+
 namespace pool_ext {
 namespace {
 
@@ -136,6 +138,13 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
                 at::IntArrayRef(s));
     TORCH_CHECK(d[i] > 0, name, ": dilation should be greater than zero, but got dilation=",
                 at::IntArrayRef(d));
+    // torch takes these as 32-bit ints; past that, window arithmetic
+    // (dilation * (kernel - 1), a window's end) could overflow int64.
+    constexpr int64_t kMaxArg = std::numeric_limits<int32_t>::max();
+    TORCH_CHECK(k[i] <= kMaxArg && s[i] <= kMaxArg && d[i] <= kMaxArg && p[i] <= kMaxArg, name,
+                ": kernel_size, stride, padding and dilation must fit in 32 bits, but got "
+                "kernel_size=", kernel_size, ", stride=", at::IntArrayRef(s), ", padding=",
+                at::IntArrayRef(p), ", dilation=", at::IntArrayRef(d));
     if (!same) {
       TORCH_CHECK(p[i] >= 0, name, ": pad must be non-negative, but got padding=",
                   at::IntArrayRef(p));

@@ -105,6 +105,22 @@ def test_fixed_wrong_tuple_length(kind, d):
                     shape_pattern(kernel))
 
 
+@pytest.mark.parametrize("kind, arg", [(kind, arg) for kind in ("max", "avg")
+                                       for arg in ("kernel_size", "stride", "padding", "dilation")
+                                       if (kind, arg) != ("avg", "dilation")])
+def test_fixed_args_past_32_bits(kind, arg):
+    """torch takes kernel, stride, padding and dilation as 32-bit ints; past
+    that, window arithmetic could overflow int64 (a dilation of 2**63 - 1 gave
+    values from outside the input)."""
+    kwargs = dict(kernel_size=3, stride=1, padding=1)
+    kwargs[arg] = 2**63 - 1 if arg != "padding" else 2**31
+    if arg == "padding":
+        kwargs["kernel_size"] = 2**32 + 1
+    shape = (1, 2, 7, 7)
+    assert_rejected(f"{kind}_pool2d", fixed_call(PF, kind, 2, shape, **kwargs),
+                    fixed_call(F, kind, 2, shape, **kwargs), RuntimeError, r"32 bits", str(kwargs[arg]))
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_avg_divisor_override_zero(d):
     shape = (1, 2) + (6,) * d

@@ -58,7 +58,7 @@ def random_fixed_case(rng, kind, d):
         else:
             kwargs["count_include_pad"] = rng.random() < 0.5
             if d > 1 and rng.random() < 0.3:
-                kwargs["divisor_override"] = rng.randint(1, 5)
+                kwargs["divisor_override"] = rng.choice([-3, -1, 1, 2, 3, 4, 5])  # torch takes negatives too
         if not torch_accepts(fn, torch.zeros(shape, dtype=torch.float64), **kwargs):
             continue
         # torch allows (dilated) windows that lie wholly in the padding; its
@@ -316,7 +316,7 @@ def test_avg_pool_divisor_and_count_include_pad(d, device):
     x, _ = random_input(rng, (2, 3) + (6,) * d, torch.float64, device, layout="contiguous", specials=0.0)
     for ceil_mode in (False, True):
         for count_include_pad in (False, True):
-            for divisor in (None, 1, 7) if d > 1 else (None,):
+            for divisor in (None, 1, 7, -2) if d > 1 else (None,):
                 kwargs = dict(kernel_size=3, stride=2, padding=1, ceil_mode=ceil_mode,
                               count_include_pad=count_include_pad)
                 if divisor is not None:

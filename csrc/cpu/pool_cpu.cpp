@@ -1119,7 +1119,7 @@ inline bool pads_windows(const PoolGeometry& g, bool max) {
     if (!max && reach > d.in + d.pad_end && g.divisor_override == 0) return false;
     cells *= padded_extent(d) + (k == 2 ? 2 * L : 0);  // rows end in slack
   }
-  return beyond && (max || g.count_include_pad || g.divisor_override > 0) &&
+  return beyond && (max || g.count_include_pad || g.divisor_override != 0) &&
          cells <= kMostPaddedCells;
 }
 
