@@ -187,12 +187,15 @@ def _output_size(name, output_size, ndim):
     return [-1 if o is None else o for o in sizes]
 
 
-def _check_channels(name, x, unbatched):
+def _check_channels(name, x, unbatched, size):
     # torch (CPU) pools an empty channel dim only where it leads (an unbatched
-    # input) or in adaptive_avg_pool1d/2d; our ops take it everywhere. Not in
-    # a trace, where shapes are tensors and a test of one warns.
-    if (name.startswith("adaptive_") and name not in ("adaptive_avg_pool1d", "adaptive_avg_pool2d")
-            and not unbatched and not torch.jit.is_tracing() and x.shape[1] == 0):
+    # input), in adaptive_avg_pool1d/2d, and in adaptive_avg_pool3d to 1x1x1
+    # (a mean); our ops take it everywhere. Not in a trace, where shapes are
+    # tensors and a test of one warns.
+    takes_it = name in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") or (
+        name == "adaptive_avg_pool3d" and size == [1, 1, 1])
+    if (name.startswith("adaptive_") and not takes_it and not unbatched and not torch.jit.is_tracing()
+            and x.shape[1] == 0):
         raise RuntimeError(
             f"{name}: expected input with non-zero channels and spatial sizes (only the batch may be "
             f"empty), but got input of sizes {list(x.shape)}"
@@ -202,8 +205,8 @@ def _check_channels(name, x, unbatched):
 def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     name = f"{kind}_max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
-    _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, ndim)
+    _check_channels(name, x, unbatched, size)
     if not return_indices and _values_only(input):
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
     out, taps = pool_ops.adaptive_max_pool(x, size, sizes)
@@ -215,8 +218,8 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
 def _adaptive_avg(ndim, kind, input, output_size, sizes):
     name = f"{kind}_avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
-    _check_channels(name, x, unbatched)
     size = _output_size(name, output_size, ndim)
+    _check_channels(name, x, unbatched, size)
     return _unbatch(pool_ops.adaptive_avg_pool(x, size, sizes), unbatched)
 
 
