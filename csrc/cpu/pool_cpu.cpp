@@ -1003,6 +1003,19 @@ void sweep_inside(const PoolGeometry& g, const Window* w, const scalar_t* plane,
   }
 }
 
+// One tap into a vector of lanes: max_takes lane-wise (a larger value or a
+// NaN takes the lane, and its tap code with it), or the sum.
+template <bool kMax, typename Vec>
+inline void take_or_add(Vec& best, Vec& code, const Vec& v, const Vec& tap) {
+  if constexpr (kMax) {
+    const Vec takes = (v > best) | (v != v);
+    best = Vec::blendv(best, v, takes);
+    code = Vec::blendv(code, tap, takes);
+  } else {
+    best += v;
+  }
+}
+
 // takes ? a : b by masks: compilers turn the plain select of a scalar loop
 // into a branch, which mispredicts on every new max.
 template <typename T>
@@ -1041,14 +1054,7 @@ void columns_row(const scalar_t* const* rows, const int32_t* row_code, int64_t n
     for (int64_t r = 1; r < nrows; ++r) {
       const Vec row_tap(static_cast<acc_t>(row_code[r]));
       for (int64_t u = 0; u < U; ++u) {
-        const Vec v = load_acc<acc_t>(rows[r] + x + u * kLanes);
-        if constexpr (kMax) {
-          const Vec takes = (v > best[u]) | (v != v);
-          best[u] = Vec::blendv(best[u], v, takes);
-          code[u] = Vec::blendv(code[u], row_tap, takes);
-        } else {
-          best[u] += v;
-        }
+        take_or_add<kMax>(best[u], code[u], load_acc<acc_t>(rows[r] + x + u * kLanes), row_tap);
       }
     }
     for (int64_t u = 0; u < U; ++u) {
@@ -1411,15 +1417,7 @@ inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int6
     const scalar_t* x = taps[t].at + c0;
     const Vec tap_code(static_cast<acc_t>(taps[t].code));
     for (int64_t j = 0; j < kVecs; ++j) {
-      const Vec v = load_acc<acc_t>(x + j * kLanes);
-      if constexpr (kMax) {
-        // max_takes, lane-wise: a larger value or a NaN.
-        const Vec takes = (v > best[j]) | (v != v);
-        best[j] = Vec::blendv(best[j], v, takes);
-        best_code[j] = Vec::blendv(best_code[j], tap_code, takes);
-      } else {
-        best[j] += v;
-      }
+      take_or_add<kMax>(best[j], best_code[j], load_acc<acc_t>(x + j * kLanes), tap_code);
     }
   }
   for (int64_t j = 0; j < kVecs; ++j) {
@@ -2642,7 +2640,7 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
-  constexpr int64_t kWide = 256, kLevels = 40;  // 2^40 blocks: more pixels than int64 cells
+  constexpr int64_t kWide = 256, kLevels = 40;  // 2^40 blocks of 256: past any plane here
   const Layout5 vi = layout_of(in), vo = layout_of(out);
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
