@@ -153,6 +153,13 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
                   at::IntArrayRef(p), " and kernel_size=", kernel_size);
     }
   }
+  // The taps of a window are numbered in int64 (and max saves them).
+  int64_t taps = 1;
+  for (const auto i : c10::irange(ndim)) {
+    TORCH_CHECK(taps <= std::numeric_limits<int64_t>::max() / k[i], name,
+                ": a window of kernel_size=", kernel_size, " has more cells than int64 counts");
+    taps *= k[i];
+  }
   if (ndim == 3 && std::string(kind) == "avg_pool" && !same) {
     // torch's avg_pool3d (alone) refuses inputs smaller than the kernel.
     TORCH_CHECK(self.size(2) >= k[0] && self.size(3) >= k[1] && self.size(4) >= k[2], name,

@@ -121,6 +121,14 @@ def test_fixed_args_past_32_bits(kind, arg):
                     fixed_call(F, kind, 2, shape, **kwargs), RuntimeError, r"32 bits", str(kwargs[arg]))
 
 
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_window_past_int64_cells(kind):
+    """A 3d window of 32-bit kernel sizes whose cell count passes int64 (torch
+    takes it; ours numbers taps in int64, which wrapped into wrong indices)."""
+    call = fixed_call(PF, kind, 3, (1, 1, 3, 3, 3), kernel_size=2**21 + 1, stride=1, padding=2**20)
+    assert_rejected(f"{kind}_pool3d", call, None, RuntimeError, r"kernel_size", r"int64", torch_rejects=False)
+
+
 @pytest.mark.parametrize("d", [2, 3])
 def test_avg_divisor_override_zero(d):
     shape = (1, 2) + (6,) * d
