@@ -1386,6 +1386,7 @@ struct ChannelTap {
 };
 
 constexpr int64_t kChannelBlock = 32;
+constexpr int64_t kGlobalChannels = 64;  // channels of one avg_forward_global_channels task
 constexpr int64_t kPrefetchAhead = 2;
 constexpr int64_t kPrefetchBytes = 16 << 20;  // inputs larger are taken to be out of cache
 constexpr int64_t kL1Bytes = 32 * 1024;  // L1 data cache of current x86 cores
@@ -2629,65 +2630,76 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
 }
 
 // Global average of channels-last planes of several kCascadeBlock pixels:
-// per sample and up to kWide channels (whole pixels, so that each cache
-// line is read once), the pixels summed by blocks of kCascadeBlock and the
-// blocks pairwise, as Cascade does. The channels kernels' one running sum
-// per channel over a whole 300x300 float plane came out 1e-5 off, where
-// torch's mean is 1e-7.
+// per sample and block of kChannelBlock channels (whole cache lines), the
+// pixels summed in registers by blocks of kCascadeBlock, the blocks added
+// pairwise (Cascade). The channels kernels' one running sum per channel
+// over a whole 300x300 float plane came out 1e-5 off, where torch's mean
+// is 1e-7.
 template <typename scalar_t>
 void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
                                  const at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
   using Vec = at::vec::Vectorized<acc_t>;
-  constexpr int64_t L = Vec::size();
-  constexpr int64_t kWide = 256, kLevels = 40;  // 2^40 blocks of 256: past any plane here
+  constexpr int64_t L = Vec::size(), kVecs = kGlobalChannels / L;
+  struct Lanes {
+    Vec v[kVecs];
+    Lanes operator+(const Lanes& o) const {
+      Lanes r;
+      for (int64_t k = 0; k < kVecs; ++k) r.v[k] = v[k] + o.v[k];
+      return r;
+    }
+  };
   const Layout5 vi = layout_of(in), vo = layout_of(out);
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  const int64_t channels = vi.size[1], groups = div_ceil(channels, kWide);
+  const int64_t channels = vi.size[1], groups = div_ceil(channels, kGlobalChannels);
   const int64_t origin[kDims] = {0, 0, 0};
-  at::parallel_for(0, vi.size[0] * groups, grain(std::min(channels, kWide) * vi.pixels()),
+  at::parallel_for(0, vi.size[0] * groups, grain(kGlobalChannels * vi.pixels()),
                    [&](int64_t begin, int64_t end) {
-    // sums[0]: the block being summed; sums[1 + k]: the sum of 2^k blocks.
-    std::vector<acc_t> sums((1 + kLevels) * kWide);
     for (const auto task : c10::irange(begin, end)) {
-      const int64_t n = task / groups, c0 = task % groups * kWide;
-      const int64_t width = std::min(kWide, channels - c0);
-      // acc[0, width) += from[0, width) (a Vec at a time; the last one part).
-      const auto add = [width](acc_t* acc, const auto* from) {
-        for (int64_t k = 0; k < width; k += L) {
-          const int64_t count = std::min<int64_t>(Vec::size(), width - k);
-          const Vec v = count == L ? load_acc<acc_t>(from + k) : load_acc<acc_t>(from + k, count);
-          (Vec::loadu(acc + k, count) + v).store(acc + k, count);
-        }
-      };
-      acc_t* block = sums.data();
-      std::fill(block, block + kWide, acc_t(0));
-      uint64_t count = 0;  // blocks done: bit k set while level k holds a sum
-      int64_t in_block = 0;
-      for (const auto d : c10::irange(vi.size[2])) {
-        for (const auto h : c10::irange(vi.size[3])) {
-          const scalar_t* pixel = src + vi.offset(n, c0, d, h, 0);
-          for (int64_t w = 0; w < vi.size[4]; ++w, pixel += vi.stride[4]) {
-            add(block, pixel);
-            if (++in_block < kCascadeBlock) continue;
-            int k = 0;
-            for (; (count >> k) & 1; ++k) add(block, sums.data() + (1 + k) * kWide);
-            std::copy(block, block + width, sums.data() + (1 + k) * kWide);
-            std::fill(block, block + kWide, acc_t(0));
-            ++count;
-            in_block = 0;
+      const int64_t n = task / groups, c0 = task % groups * kGlobalChannels;
+      const int64_t width = std::min(kGlobalChannels, channels - c0);
+      Cascade<Lanes> blocks;
+      Lanes sum;
+      // kFull: all kVecs vectors whole, a trip count the compiler keeps in
+      // registers; else `width` channels, the last vector in part.
+      const auto sum_pixels = [&](auto full) {
+        constexpr bool kFull = decltype(full)::value;
+        for (auto& v : sum.v) v = Vec(acc_t(0));
+        int64_t in_block = 0;
+        for (const auto d : c10::irange(vi.size[2])) {
+          for (const auto h : c10::irange(vi.size[3])) {
+            const scalar_t* pixel = src + vi.offset(n, c0, d, h, 0);
+            for (int64_t w = 0; w < vi.size[4]; ++w, pixel += vi.stride[4]) {
+              for (int64_t k = 0; k < kVecs; ++k) {
+                if constexpr (kFull) {
+                  sum.v[k] += load_acc<acc_t>(pixel + k * L);
+                } else if (k * L < width) {
+                  sum.v[k] += load_acc<acc_t>(pixel + k * L, std::min<int64_t>(L, width - k * L));
+                }
+              }
+              if (++in_block == kCascadeBlock) {
+                blocks.add(sum);
+                for (auto& v : sum.v) v = Vec(acc_t(0));
+                in_block = 0;
+              }
+            }
           }
         }
-      }
-      for (int k = 0; k < kLevels; ++k) {
-        if ((count >> k) & 1) add(block, sums.data() + (1 + k) * kWide);
+      };
+      if (width == kGlobalChannels) {
+        sum_pixels(std::true_type{});
+      } else {
+        sum_pixels(std::false_type{});
       }
       Window win[kDims];
       windows_at(g, n, origin, win);
       const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
+      alignas(64) acc_t total[kGlobalChannels];
+      const Lanes all = blocks.total(sum);
+      for (int64_t k = 0; k < kVecs; ++k) all.v[k].store(total + k * L);
       for (int64_t c = 0; c < width; ++c) {
-        dst[vo.offset(n, c0 + c, 0, 0, 0)] = static_cast<scalar_t>(block[c] / divisor);
+        dst[vo.offset(n, c0 + c, 0, 0, 0)] = static_cast<scalar_t>(total[c] / divisor);
       }
     }
   });
