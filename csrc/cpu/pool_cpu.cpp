@@ -1857,8 +1857,13 @@ std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
 }
 
 // The planes backward: a task owns one (n, c) plane; spread(n, c, table,
-// scratch) adds the plane's outputs to its scratch in output order, so every
-// cell sums in the GPU's gather order.
+// scratch, ready) adds the plane's outputs to its scratch in output order,
+// so every cell sums in the GPU's gather order, calling ready(od, oh) before
+// output row (od, oh) (or ready(-1, -1) once, first, for the whole plane):
+// the scratch is zeroed up to the last row its windows reach just then, so
+// that out of cache the zeros are still there to add to (a fill of a whole
+// 4096x4096 plane first, then the spread, read it twice), and on 2d planes
+// the rows no later window reaches are narrowed into the gradient then.
 template <typename scalar_t, typename Spread>
 void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
                      const Spread& spread) {
@@ -1882,23 +1887,56 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
       if constexpr (exact) {
         if (direct) sums = dst + vg.offset(n, c, 0, 0, 0);
       }
-      std::fill(sums, sums + block, acc_t(0));
-      spread(n, c, table, sums);
-      if (direct) continue;
-      const acc_t* from = scratch.get();
-      for (const auto d : c10::irange(vg.size[2])) {
-        for (const auto h : c10::irange(vg.size[3])) {
-          scalar_t* row = dst + vg.offset(n, c, d, h, 0);
+      const int64_t width = vg.size[4];
+      int64_t filled = 0;  // cells of sums zeroed
+      int64_t copied = 0;  // cells of the scratch narrowed into the gradient
+      const auto zero_to = [&](int64_t upto) {
+        if (upto > filled) {
+          std::fill(sums + filled, sums + upto, acc_t(0));
+          filled = upto;
+        }
+      };
+      // Scratch rows [copied, upto) (whole rows, zeroed) into the gradient.
+      int64_t copy_d = 0, copy_h = 0;  // the row at `copied`
+      const auto copy_to = [&](int64_t upto) {
+        for (; copied < upto; copied += width) {
+          scalar_t* row = dst + vg.offset(n, c, copy_d, copy_h, 0);
+          if (++copy_h == vg.size[3]) {
+            copy_h = 0;
+            ++copy_d;
+          }
           if (vg.stride[4] == 1) {
-            narrow(from, row, vg.size[4]);
+            narrow(sums + copied, row, width);
           } else {
-            for (const auto x : c10::irange(vg.size[4])) {
-              row[x * vg.stride[4]] = static_cast<scalar_t>(from[x]);
+            for (const auto x : c10::irange(width)) {
+              row[x * vg.stride[4]] = static_cast<scalar_t>(sums[copied + x]);
             }
           }
-          from += vg.size[4];
         }
-      }
+      };
+      const auto ready = [&](int64_t od, int64_t oh) {
+        if (od < 0) {  // the whole plane at once, for a spread in one sweep
+          zero_to(block);
+          return;
+        }
+        const Window& wd = table.dim[0][od];
+        const Window& wh = table.dim[1][oh];
+        if (wd.count == 0 || wh.count == 0) return;
+        // 2d planes: the rows above where this output row's windows start
+        // (their tap 0, perhaps in padding: in order, where the first cell
+        // is not) are done, and go out while still in cache.
+        if (!direct && vg.size[2] == 1 && vo.size[2] == 1) {
+          const int64_t done = std::max<int64_t>(wh.begin - wh.first_tap * wh.step, 0) * width;
+          zero_to(done);
+          copy_to(done);
+        }
+        const int64_t last_row = (wd.begin + (wd.count - 1) * wd.step) * vg.size[3] + wh.begin +
+                                 (wh.count - 1) * wh.step;
+        zero_to((last_row + 1) * width);
+      };
+      spread(n, c, table, sums, ready);
+      zero_to(block);  // cells no window reaches
+      if (!direct) copy_to(block);
     }
   });
 }
@@ -2189,17 +2227,22 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   }
   const auto offsets = tap_offsets(g);
   const int64_t* offset = offsets.data();
-  const bool flat = dense_planes(vo) && dense_planes(vt);
+  // The flat path's table of window origins is an int64 per output: past
+  // 64K outputs (4 MB per thread, out of cache) rows of windows do better.
+  const bool flat = dense_planes(vo) && dense_planes(vt) && vo.pixels() <= (int64_t{1} << 16);
   backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
+                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch,
+                                const auto& ready) {
     const tap_t* tp = tap + vt.offset(n, c, 0, 0, 0);
     const scalar_t* gp = grad + vo.offset(n, c, 0, 0, 0);
     if (flat) {
+      ready(-1, -1);
       scatter_plane(scratch, table.cells(g), offset, tp, gp, vo.pixels());
       return;
     }
     for (const auto od : c10::irange(vo.size[2])) {
       for (const auto oh : c10::irange(vo.size[3])) {
+        ready(od, oh);
         // A dilated window can hold no cell at all: its saved tap is no cell either.
         if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
         scatter_row(scratch + row_origin(g, table.dim[0][od], table.dim[1][oh]), table, offset,
@@ -2462,9 +2505,11 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     }
   };
   backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch) {
+                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch,
+                                const auto& ready) {
     for (const auto od : c10::irange(vo.size[2])) {
       for (const auto oh : c10::irange(vo.size[3])) {
+        ready(od, oh);
         spread_row(n, c, od, oh, table, scratch);
       }
     }
