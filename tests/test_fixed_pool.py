@@ -811,3 +811,26 @@ def test_few_channels_last_in_chunks(kind, d, dtype, device):
     for channels in (2, 7):
         x, _ = random_input(rng, (2, channels) + (1,) * d, dtype, device, layout="channels_last")
         run_case(kind, d, x, "channels_last", {"kernel_size": 1}, device, rng)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "f16"])
+@pytest.mark.parametrize("op, args", [
+    ("max_pool2d", dict(kernel_size=3, stride=2, padding=1)),
+    ("max_pool2d", dict(kernel_size=2, stride=2, padding=1, dilation=2, ceil_mode=True)),
+    ("adaptive_max_pool2d", dict(output_size=(100, 90))),
+    ("adaptive_avg_pool2d", dict(output_size=(100, 90))),
+], ids=["max-3x3s2", "max-dilated", "adaptive-max", "adaptive-avg"])
+def test_backward_of_planes_over_a_band(op, args, dtype):
+    """Low-precision 2d planes of over 2**20 cells sum their backward in a
+    band of float rows moved down the plane: windows across the band's moves,
+    rows no window reaches, windows starting in padding. Against float64."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 2, 1100, 1000, generator=g).to(dtype)
+    xq = x.clone().requires_grad_()
+    out = ours(op)(xq, **args)
+    # Integer gradients: every partial sum is exact, in any order.
+    grad = torch.randint(-8, 9, out.shape, generator=g).to(dtype)
+    out.backward(grad)
+    x64 = x.double().requires_grad_()
+    torchs(op)(x64, **args).backward(grad.double())
+    torch.testing.assert_close(xq.grad.double(), x64.grad, rtol=1e-2, atol=1e-2)

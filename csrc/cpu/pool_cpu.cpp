@@ -1856,14 +1856,18 @@ std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
   return offsets;
 }
 
+constexpr int64_t kBandCells = int64_t{1} << 20;  // 2d planes larger spread through a band
+
 // The planes backward: a task owns one (n, c) plane; spread(n, c, table,
-// scratch, ready) adds the plane's outputs to its scratch in output order,
-// so every cell sums in the GPU's gather order, calling ready(od, oh) before
-// output row (od, oh) (or ready(-1, -1) once, first, for the whole plane):
-// the scratch is zeroed up to the last row its windows reach just then, so
-// that out of cache the zeros are still there to add to (a fill of a whole
-// 4096x4096 plane first, then the spread, read it twice), and on 2d planes
-// the rows no later window reaches are narrowed into the gradient then.
+// ready) adds the plane's outputs in output order, so every cell sums in
+// the GPU's gather order, into base + cell, where base = ready(od, oh) is
+// asked before output row (od, oh) (or ready(-1, -1) once, first, for the
+// whole plane: not for planes over kBandCells). Then the sums (scratch, or
+// the gradient itself) are zeroed up to the last row the row's windows
+// reach, so that out of cache the zeros are still there to add to (a fill
+// of a whole 4096x4096 plane first, then the spread, read it twice), and
+// on 2d planes the rows no later window reaches are narrowed into the
+// gradient while still in cache.
 template <typename scalar_t, typename Spread>
 void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
                      const Spread& spread) {
@@ -1875,68 +1879,101 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   // itself sums, in the same order.
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
   const bool direct = exact && dense_planes(vg);
+  const int64_t width = vg.size[4];
+  // Large 2d planes with scratch: a band of rows of it at a time, twice an
+  // H window's reach (and at least 64 rows), rather than a whole plane of
+  // fresh memory (a 4096x4096 float scratch page-faulted on every call).
+  const int64_t reach = (g.dim[1].kernel - 1) * std::max<int64_t>(g.dim[1].dilation, 1) + 1;
+  const int64_t band = std::max<int64_t>(64, 2 * reach) * width;
+  const bool banded = !direct && vg.size[2] == 1 && vo.size[2] == 1 && block > kBandCells &&
+                      band < block;
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
     // Uninitialised: each task zeroes what it uses.
-    const std::unique_ptr<acc_t[]> scratch(new acc_t[direct ? 0 : block]);
+    const std::unique_ptr<acc_t[]> scratch(new acc_t[direct ? 0 : banded ? band : block]);
     for (const auto task : c10::irange(begin, end)) {
       const int64_t n = task / vg.size[1], c = task % vg.size[1];
       table.build(g, n);
-      acc_t* sums = scratch.get();
+      // base + cell: where the plane's cell sums (banded: the band starts
+      // at cell band_start).
+      acc_t* base = scratch.get();
       if constexpr (exact) {
-        if (direct) sums = dst + vg.offset(n, c, 0, 0, 0);
+        if (direct) base = dst + vg.offset(n, c, 0, 0, 0);
       }
-      const int64_t width = vg.size[4];
-      int64_t filled = 0;  // cells of sums zeroed
-      int64_t copied = 0;  // cells of the scratch narrowed into the gradient
+      int64_t band_start = 0;
+      int64_t filled = 0;  // cells zeroed
+      int64_t copied = 0;  // cells narrowed into the gradient
       const auto zero_to = [&](int64_t upto) {
         if (upto > filled) {
-          std::fill(sums + filled, sums + upto, acc_t(0));
+          std::fill(base + filled, base + upto, acc_t(0));
           filled = upto;
         }
       };
-      // Scratch rows [copied, upto) (whole rows, zeroed) into the gradient.
+      // Rows [copied, upto) into the gradient: from the scratch (whole rows,
+      // zeroed), or zeros where `zeros` (rows no window reaches).
       int64_t copy_d = 0, copy_h = 0;  // the row at `copied`
-      const auto copy_to = [&](int64_t upto) {
+      const auto copy_to = [&](int64_t upto, bool zeros) {
         for (; copied < upto; copied += width) {
           scalar_t* row = dst + vg.offset(n, c, copy_d, copy_h, 0);
           if (++copy_h == vg.size[3]) {
             copy_h = 0;
             ++copy_d;
           }
-          if (vg.stride[4] == 1) {
-            narrow(sums + copied, row, width);
+          if (zeros) {
+            for (const auto x : c10::irange(width)) row[x * vg.stride[4]] = scalar_t(0);
+          } else if (vg.stride[4] == 1) {
+            narrow(base + copied, row, width);
           } else {
             for (const auto x : c10::irange(width)) {
-              row[x * vg.stride[4]] = static_cast<scalar_t>(sums[copied + x]);
+              row[x * vg.stride[4]] = static_cast<scalar_t>(base[copied + x]);
             }
           }
         }
       };
-      const auto ready = [&](int64_t od, int64_t oh) {
+      const auto ready = [&](int64_t od, int64_t oh) -> acc_t* {
         if (od < 0) {  // the whole plane at once, for a spread in one sweep
           zero_to(block);
-          return;
+          return base;
         }
         const Window& wd = table.dim[0][od];
         const Window& wh = table.dim[1][oh];
-        if (wd.count == 0 || wh.count == 0) return;
+        if (wd.count == 0 || wh.count == 0) return base;
+        const int64_t last_row = (wd.begin + (wd.count - 1) * wd.step) * vg.size[3] + wh.begin +
+                                 (wh.count - 1) * wh.step;
+        const int64_t upto = (last_row + 1) * width;
         // 2d planes: the rows above where this output row's windows start
         // (their tap 0, perhaps in padding: in order, where the first cell
         // is not) are done, and go out while still in cache.
         if (!direct && vg.size[2] == 1 && vo.size[2] == 1) {
           const int64_t done = std::max<int64_t>(wh.begin - wh.first_tap * wh.step, 0) * width;
-          zero_to(done);
-          copy_to(done);
+          if (banded) {
+            copy_to(std::min(done, filled), false);
+            if (done > filled) {  // rows no window reached
+              copy_to(done, true);
+              filled = done;
+            }
+            if (upto - band_start > band) {  // the rows still open to the band's start
+              std::copy(base + copied, base + filled, scratch.get());
+              band_start = copied;
+              base = scratch.get() - band_start;
+            }
+          } else {
+            zero_to(done);
+            copy_to(done, false);
+          }
         }
-        const int64_t last_row = (wd.begin + (wd.count - 1) * wd.step) * vg.size[3] + wh.begin +
-                                 (wh.count - 1) * wh.step;
-        zero_to((last_row + 1) * width);
+        zero_to(upto);
+        return base;
       };
-      spread(n, c, table, sums, ready);
+      spread(n, c, table, ready);
+      if (banded) {
+        copy_to(filled, false);
+        copy_to(block, true);
+        continue;
+      }
       zero_to(block);  // cells no window reaches
-      if (!direct) copy_to(block);
+      if (!direct) copy_to(block, false);
     }
   });
 }
@@ -2229,23 +2266,22 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const int64_t* offset = offsets.data();
   // The flat path's table of window origins is an int64 per output: past
   // 64K outputs (4 MB per thread, out of cache) rows of windows do better.
-  const bool flat = dense_planes(vo) && dense_planes(vt) && vo.pixels() <= (int64_t{1} << 16);
+  const bool flat = dense_planes(vo) && dense_planes(vt) && vo.pixels() <= (int64_t{1} << 16) &&
+                    layout_of(grad_in).pixels() <= kBandCells;  // a band holds no whole plane
   backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch,
-                                const auto& ready) {
+                            [&](int64_t n, int64_t c, WindowTable& table, const auto& ready) {
     const tap_t* tp = tap + vt.offset(n, c, 0, 0, 0);
     const scalar_t* gp = grad + vo.offset(n, c, 0, 0, 0);
     if (flat) {
-      ready(-1, -1);
-      scatter_plane(scratch, table.cells(g), offset, tp, gp, vo.pixels());
+      scatter_plane(ready(-1, -1), table.cells(g), offset, tp, gp, vo.pixels());
       return;
     }
     for (const auto od : c10::irange(vo.size[2])) {
       for (const auto oh : c10::irange(vo.size[3])) {
-        ready(od, oh);
+        acc_t* base = ready(od, oh);
         // A dilated window can hold no cell at all: its saved tap is no cell either.
         if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
-        scatter_row(scratch + row_origin(g, table.dim[0][od], table.dim[1][oh]), table, offset,
+        scatter_row(base + row_origin(g, table.dim[0][od], table.dim[1][oh]), table, offset,
                     tp + od * vt.stride[2] + oh * vt.stride[3], vt.stride[4],
                     gp + od * vo.stride[2] + oh * vo.stride[3], vo.stride[4], vo.size[4]);
       }
@@ -2505,12 +2541,10 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
     }
   };
   backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, WindowTable& table, acc_t* scratch,
-                                const auto& ready) {
+                            [&](int64_t n, int64_t c, WindowTable& table, const auto& ready) {
     for (const auto od : c10::irange(vo.size[2])) {
       for (const auto oh : c10::irange(vo.size[3])) {
-        ready(od, oh);
-        spread_row(n, c, od, oh, table, scratch);
+        spread_row(n, c, od, oh, table, ready(od, oh));
       }
     }
   });
