@@ -819,13 +819,17 @@ def test_few_channels_last_in_chunks(kind, d, dtype, device):
     ("max_pool2d", dict(kernel_size=2, stride=2, padding=1, dilation=2, ceil_mode=True)),
     ("adaptive_max_pool2d", dict(output_size=(100, 90))),
     ("adaptive_avg_pool2d", dict(output_size=(100, 90))),
-], ids=["max-3x3s2", "max-dilated", "adaptive-max", "adaptive-avg"])
+    ("max_pool3d", dict(kernel_size=3, stride=2, padding=1)),
+    ("adaptive_avg_pool3d", dict(output_size=(7, 30, 20))),
+], ids=["max-3x3s2", "max-dilated", "adaptive-max", "adaptive-avg", "max-3d", "adaptive-avg-3d"])
 def test_backward_of_planes_over_a_band(op, args, dtype):
-    """Low-precision 2d planes of over 2**20 cells sum their backward in a
-    band of float rows moved down the plane: windows across the band's moves,
-    rows no window reaches, windows starting in padding. Against float64."""
+    """Low-precision planes of over 2**20 cells sum their backward in a band
+    of float rows (3d: slices) moved down the plane: windows across the
+    band's moves, rows no window reaches, windows starting in padding.
+    Against float64."""
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 2, 1100, 1000, generator=g).to(dtype)
+    shape = (1, 2, 40, 200, 160) if op.endswith("3d") else (2, 2, 1100, 1000)
+    x = torch.randn(shape, generator=g).to(dtype)
     xq = x.clone().requires_grad_()
     out = ours(op)(xq, **args)
     # Integer gradients: every partial sum is exact, in any order.

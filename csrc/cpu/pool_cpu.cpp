@@ -1880,13 +1880,17 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
   const bool direct = exact && dense_planes(vg);
   const int64_t width = vg.size[4];
-  // Large 2d planes with scratch: a band of rows of it at a time, twice an
-  // H window's reach (and at least 64 rows), rather than a whole plane of
-  // fresh memory (a 4096x4096 float scratch page-faulted on every call).
-  const int64_t reach = (g.dim[1].kernel - 1) * std::max<int64_t>(g.dim[1].dilation, 1) + 1;
-  const int64_t band = std::max<int64_t>(64, 2 * reach) * width;
-  const bool banded = !direct && vg.size[2] == 1 && vo.size[2] == 1 && block > kBandCells &&
-                      band < block;
+  // Planes finish in order along their outermost windowed dim: rows of a
+  // 2d plane (dim 1, units of W cells), slices of a 3d one (dim 0, units
+  // of H * W cells; also 2d planes pooled to several D outputs).
+  const int dim = vg.size[2] == 1 && vo.size[2] == 1 ? 1 : 0;
+  const int64_t unit = dim == 1 ? width : vg.size[3] * width;
+  // Large planes with scratch: a band of it at a time, twice a window's
+  // reach along that dim (and at least 64 rows), rather than a whole plane
+  // of fresh memory (a 4096x4096 float scratch page-faulted on every call).
+  const int64_t reach = (g.dim[dim].kernel - 1) * std::max<int64_t>(g.dim[dim].dilation, 1) + 1;
+  const int64_t band = std::max<int64_t>(dim == 1 ? 64 : 1, 2 * reach) * unit;
+  const bool banded = !direct && block > kBandCells && band < block;
   at::parallel_for(0, vg.size[0] * vg.size[1], grain(block + vo.pixels() * gather_cost(g)),
                    [&](int64_t begin, int64_t end) {
     WindowTable table;
@@ -1942,11 +1946,12 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
         const int64_t last_row = (wd.begin + (wd.count - 1) * wd.step) * vg.size[3] + wh.begin +
                                  (wh.count - 1) * wh.step;
         const int64_t upto = (last_row + 1) * width;
-        // 2d planes: the rows above where this output row's windows start
-        // (their tap 0, perhaps in padding: in order, where the first cell
-        // is not) are done, and go out while still in cache.
-        if (!direct && vg.size[2] == 1 && vo.size[2] == 1) {
-          const int64_t done = std::max<int64_t>(wh.begin - wh.first_tap * wh.step, 0) * width;
+        // The units before where this output row's windows start along
+        // `dim` (their tap 0, perhaps in padding: in order, where the first
+        // cell is not) are done, and go out while still in cache.
+        if (!direct) {
+          const Window& wo = dim == 1 ? wh : wd;
+          const int64_t done = std::max<int64_t>(wo.begin - wo.first_tap * wo.step, 0) * unit;
           if (banded) {
             copy_to(std::min(done, filled), false);
             if (done > filled) {  // rows no window reached
