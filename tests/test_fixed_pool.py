@@ -838,3 +838,24 @@ def test_backward_of_planes_over_a_band(op, args, dtype):
     x64 = x.double().requires_grad_()
     torchs(op)(x64, **args).backward(grad.double())
     torch.testing.assert_close(xq.grad.double(), x64.grad, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize("kernel, padding, shape", [
+    (65537, 32768, (1, 2, 3, 4)),
+    (2**31 - 1, 2**30 - 1, (1, 1, 3, 3)),
+    (4097, 2048, (2, 3, 5, 6)),
+], ids=["65537", "2**31-1", "4097"])
+def test_kernels_far_past_the_input(kernel, padding, shape):
+    """Windows of far more taps than the input has cells (torch takes them):
+    the max backward computes each tap's offset rather than tabulating all
+    (a 65537x65537 kernel's table would be 34 GB)."""
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    got, want = leaf(x), leaf(x)
+    out, idx = ours("max_pool2d")(got, kernel, 1, padding, return_indices=True)
+    ref, ref_idx = torchs("max_pool2d")(want, kernel, 1, padding, return_indices=True)
+    grad = torch.randn(ref.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    out.backward(grad)
+    ref.backward(grad)
+    assert_equal(out, ref)
+    assert_equal(idx, ref_idx)
+    assert_equal(got.grad, want.grad)

@@ -1848,6 +1848,8 @@ inline int64_t gather_cost(const PoolGeometry& g) {
 }
 
 // tap_offset of every tap, so the hot loops do no division.
+constexpr int64_t kMaxTapTable = int64_t{1} << 22;  // 32 MB of offsets
+
 std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
   std::vector<int64_t> offsets(window_taps(g));
   for (const auto t : c10::irange(window_taps(g))) {
@@ -2227,17 +2229,18 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
 }
 
 // One row of a planes max backward: output ow's gradient onto its saved
-// tap. Restrict-qualified so the loop keeps its pointers in registers rather
-// than reloading them after every store.
-template <typename scalar_t, typename tap_t, typename acc_t>
-inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table,
-                        const int64_t* __restrict__ offset, const tap_t* __restrict__ tap,
-                        int64_t st, const scalar_t* __restrict__ grad, int64_t sg, int64_t width) {
+// tap, offset(tap) from its window's origin. Restrict-qualified so the loop
+// keeps its pointers in registers rather than reloading them after every
+// store.
+template <typename scalar_t, typename tap_t, typename acc_t, typename Offset>
+inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table, const Offset& offset,
+                        const tap_t* __restrict__ tap, int64_t st,
+                        const scalar_t* __restrict__ grad, int64_t sg, int64_t width) {
   const Window* __restrict__ w = table.dim[2].data();
   const int64_t* __restrict__ origin = table.origin.data();
   for (int64_t ow = 0; ow < width; ++ow) {
     if (w[ow].count == 0) continue;
-    base[origin[ow] + offset[static_cast<int64_t>(tap[ow * st])]] +=
+    base[origin[ow] + offset(static_cast<int64_t>(tap[ow * st]))] +=
         static_cast<acc_t>(grad[ow * sg]);
   }
 }
@@ -2245,13 +2248,13 @@ inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table,
 // A whole plane of a max backward when outputs and taps are dense planes:
 // output o's gradient onto its saved tap, cell[o] its window's origin
 // (WindowTable::cells).
-template <typename scalar_t, typename tap_t, typename acc_t>
+template <typename scalar_t, typename tap_t, typename acc_t, typename Offset>
 inline void scatter_plane(acc_t* __restrict__ base, const int64_t* __restrict__ cell,
-                          const int64_t* __restrict__ offset, const tap_t* __restrict__ tap,
+                          const Offset& offset, const tap_t* __restrict__ tap,
                           const scalar_t* __restrict__ grad, int64_t outputs) {
   for (int64_t o = 0; o < outputs; ++o) {
     if (cell[o] == WindowTable::kNoCell) continue;
-    base[cell[o] + offset[static_cast<int64_t>(tap[o])]] += static_cast<acc_t>(grad[o]);
+    base[cell[o] + offset(static_cast<int64_t>(tap[o]))] += static_cast<acc_t>(grad[o]);
   }
 }
 
@@ -2267,31 +2270,41 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
     max_backward_gather_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
     return;
   }
-  const auto offsets = tap_offsets(g);
-  const int64_t* offset = offsets.data();
   // The flat path's table of window origins is an int64 per output: past
   // 64K outputs (4 MB per thread, out of cache) rows of windows do better.
   const bool flat = dense_planes(vo) && dense_planes(vt) && vo.pixels() <= (int64_t{1} << 16) &&
                     layout_of(grad_in).pixels() <= kBandCells;  // a band holds no whole plane
-  backward_planes<scalar_t>(g, grad_out, grad_in,
-                            [&](int64_t n, int64_t c, WindowTable& table, const auto& ready) {
-    const tap_t* tp = tap + vt.offset(n, c, 0, 0, 0);
-    const scalar_t* gp = grad + vo.offset(n, c, 0, 0, 0);
-    if (flat) {
-      scatter_plane(ready(-1, -1), table.cells(g), offset, tp, gp, vo.pixels());
-      return;
-    }
-    for (const auto od : c10::irange(vo.size[2])) {
-      for (const auto oh : c10::irange(vo.size[3])) {
-        acc_t* base = ready(od, oh);
-        // A dilated window can hold no cell at all: its saved tap is no cell either.
-        if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
-        scatter_row(base + row_origin(g, table.dim[0][od], table.dim[1][oh]), table, offset,
-                    tp + od * vt.stride[2] + oh * vt.stride[3], vt.stride[4],
-                    gp + od * vo.stride[2] + oh * vo.stride[3], vo.stride[4], vo.size[4]);
+  const auto run = [&](const auto& offset) {
+    backward_planes<scalar_t>(g, grad_out, grad_in,
+                              [&](int64_t n, int64_t c, WindowTable& table, const auto& ready) {
+      const tap_t* tp = tap + vt.offset(n, c, 0, 0, 0);
+      const scalar_t* gp = grad + vo.offset(n, c, 0, 0, 0);
+      if (flat) {
+        scatter_plane(ready(-1, -1), table.cells(g), offset, tp, gp, vo.pixels());
+        return;
       }
-    }
-  });
+      for (const auto od : c10::irange(vo.size[2])) {
+        for (const auto oh : c10::irange(vo.size[3])) {
+          acc_t* base = ready(od, oh);
+          // A dilated window can hold no cell at all: its saved tap is no cell either.
+          if (table.dim[0][od].count == 0 || table.dim[1][oh].count == 0) continue;
+          scatter_row(base + row_origin(g, table.dim[0][od], table.dim[1][oh]), table, offset,
+                      tp + od * vt.stride[2] + oh * vt.stride[3], vt.stride[4],
+                      gp + od * vo.stride[2] + oh * vo.stride[3], vo.stride[4], vo.size[4]);
+        }
+      }
+    });
+  };
+  // Each tap's offset from a table, so that the hot loops do no division;
+  // computed per use for windows of more taps than kMaxTapTable (kernels far
+  // past the input: 65537x65537 would be a 34 GB table, where torch runs).
+  if (window_taps(g) <= kMaxTapTable) {
+    const auto offsets = tap_offsets(g);
+    const int64_t* table = offsets.data();
+    run([table](int64_t t) { return table[t]; });
+  } else {
+    run([&g](int64_t t) { return tap_offset(g, t); });
+  }
 }
 
 // The shares of output row (od, oh) of a plane: each output's gradient
