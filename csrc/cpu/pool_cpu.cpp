@@ -1833,8 +1833,8 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 // acc_t block (the gradient itself for dense float32/float64 planes): every
 // input cell then holds the sum the GPU's gather forms, term for term in
 // the same order, so CPU and GPU agree bit for bit and two runs do too.
-// Scratch is a plane per thread at most, so never more than the gradient
-// in acc_t. Channels-last (and small planes, through channels-last
+// Scratch is a plane per thread at most (a band of it for large planes),
+// so never more than the gradient in acc_t. Channels-last (and small planes, through channels-last
 // buffers: see via_channels) gathers a pixel's channels at once.
 
 // Windows covering one input cell overlap at most this many outputs per dim
@@ -1847,18 +1847,28 @@ inline int64_t gather_cost(const PoolGeometry& g) {
   return cost;
 }
 
-// tap_offset of every tap, so the hot loops do no division.
+// Calls f(offset), offset(t) giving tap_offset(g, t) for `uses` lookups:
+// from a table of every tap, so that the hot loops do no division, or
+// computed per use where the window has more taps than lookups or than
+// kMaxTapTable (kernels far past the input: 65537x65537 would be a 34 GB
+// table, where torch runs).
 constexpr int64_t kMaxTapTable = int64_t{1} << 22;  // 32 MB of offsets
 
-std::vector<int64_t> tap_offsets(const PoolGeometry& g) {
+template <typename F>
+void with_tap_offsets(const PoolGeometry& g, int64_t uses, const F& f) {
+  if (window_taps(g) > std::min(kMaxTapTable, uses)) {
+    f([&g](int64_t t) { return tap_offset(g, t); });
+    return;
+  }
   std::vector<int64_t> offsets(window_taps(g));
   for (const auto t : c10::irange(window_taps(g))) {
     offsets[t] = tap_offset(g, t);
   }
-  return offsets;
+  const int64_t* table = offsets.data();
+  f([table](int64_t t) { return table[t]; });
 }
 
-constexpr int64_t kBandCells = int64_t{1} << 20;  // 2d planes larger spread through a band
+constexpr int64_t kBandCells = int64_t{1} << 20;  // planes larger spread through a band
 
 // The planes backward: a task owns one (n, c) plane; spread(n, c, table,
 // ready) adds the plane's outputs in output order, so every cell sums in
@@ -1868,7 +1878,7 @@ constexpr int64_t kBandCells = int64_t{1} << 20;  // 2d planes larger spread thr
 // the gradient itself) are zeroed up to the last row the row's windows
 // reach, so that out of cache the zeros are still there to add to (a fill
 // of a whole 4096x4096 plane first, then the spread, read it twice), and
-// on 2d planes the rows no later window reaches are narrowed into the
+// the rows (3d: slices) no later window reaches are narrowed into the
 // gradient while still in cache.
 template <typename scalar_t, typename Spread>
 void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at::Tensor& grad_in,
@@ -1954,33 +1964,27 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
         if (!direct) {
           const Window& wo = dim == 1 ? wh : wd;
           const int64_t done = std::max<int64_t>(wo.begin - wo.first_tap * wo.step, 0) * unit;
-          if (banded) {
-            copy_to(std::min(done, filled), false);
-            if (done > filled) {  // rows no window reached
-              copy_to(done, true);
-              filled = done;
-            }
-            if (upto - band_start > band) {  // the rows still open to the band's start
-              std::copy(base + copied, base + filled, scratch.get());
-              band_start = copied;
-              base = scratch.get() - band_start;
-            }
-          } else {
-            zero_to(done);
-            copy_to(done, false);
+          copy_to(std::min(done, filled), false);
+          if (done > filled) {  // rows no window reached
+            copy_to(done, true);
+            filled = done;
+          }
+          if (banded && upto - band_start > band) {  // the rows still open to the band's start
+            std::copy(base + copied, base + filled, scratch.get());
+            band_start = copied;
+            base = scratch.get() - band_start;
           }
         }
         zero_to(upto);
         return base;
       };
       spread(n, c, table, ready);
-      if (banded) {
+      if (direct) {
+        zero_to(block);  // cells no window reaches
+      } else {
         copy_to(filled, false);
         copy_to(block, true);
-        continue;
       }
-      zero_to(block);  // cells no window reaches
-      if (!direct) copy_to(block, false);
     }
   });
 }
@@ -2274,7 +2278,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   // 64K outputs (4 MB per thread, out of cache) rows of windows do better.
   const bool flat = dense_planes(vo) && dense_planes(vt) && vo.pixels() <= (int64_t{1} << 16) &&
                     layout_of(grad_in).pixels() <= kBandCells;  // a band holds no whole plane
-  const auto run = [&](const auto& offset) {
+  with_tap_offsets(g, grad_out.numel(), [&](const auto& offset) {
     backward_planes<scalar_t>(g, grad_out, grad_in,
                               [&](int64_t n, int64_t c, WindowTable& table, const auto& ready) {
       const tap_t* tp = tap + vt.offset(n, c, 0, 0, 0);
@@ -2294,17 +2298,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
         }
       }
     });
-  };
-  // Each tap's offset from a table, so that the hot loops do no division;
-  // computed per use for windows of more taps than kMaxTapTable (kernels far
-  // past the input: 65537x65537 would be a 34 GB table, where torch runs).
-  if (window_taps(g) <= kMaxTapTable) {
-    const auto offsets = tap_offsets(g);
-    const int64_t* table = offsets.data();
-    run([table](int64_t t) { return table[t]; });
-  } else {
-    run([&g](int64_t t) { return tap_offset(g, t); });
-  }
+  });
 }
 
 // The shares of output row (od, oh) of a plane: each output's gradient
@@ -2569,39 +2563,33 @@ void avg_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out,
 }
 
 // Taps to torch's flat indices a row of outputs at a time: the D and H
-// windows once a row, the W windows' origins from the table and, for byte
-// taps, each tap's offset from a table: no division per output.
+// windows once a row, the W windows' origins from the window table, the
+// taps' offsets by with_tap_offsets.
 template <typename tap_t>
 void max_indices_kernel(const PoolGeometry& g, const at::Tensor& taps, const at::Tensor& indices) {
   const Layout5 vt = layout_of(taps), vx = layout_of(indices);
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = indices.mutable_data_ptr<int64_t>();
   const int64_t rows = vx.size[0] * vx.size[1] * vx.size[2] * vx.size[3];
-  constexpr bool kByte = std::is_same_v<tap_t, uint8_t>;
-  std::array<int64_t, 256> byte_offset{};
-  if constexpr (kByte) {
-    for (const auto t : c10::irange(std::min<int64_t>(256, window_taps(g)))) {
-      byte_offset[t] = tap_offset(g, t);
-    }
-  }
   WindowTable shared;
   if (g.sizes == nullptr) shared.build(g, 0);
-  at::parallel_for(0, rows, grain(vx.size[4]), [&](int64_t begin, int64_t end) {
-    WindowTable own;
-    WindowTable& table = g.sizes == nullptr ? shared : own;
-    RowCursor cursor(begin, vx);
-    for (int64_t r = begin; r < end; ++r, cursor.next()) {
-      const int64_t n = cursor.n, c = cursor.c;
-      if (g.sizes != nullptr) table.build(g, n);
-      const int64_t origin = row_origin(g, table.dim[0][cursor.x[0]], table.dim[1][cursor.x[1]]);
-      const tap_t* tap_row = tap + vt.offset(n, c, cursor.x[0], cursor.x[1], 0);
-      int64_t* index_row = dst + vx.offset(n, c, cursor.x[0], cursor.x[1], 0);
-      for (const auto ow : c10::irange(vx.size[4])) {
-        const auto t = static_cast<int64_t>(tap_row[ow * vt.stride[4]]);
-        index_row[ow * vx.stride[4]] =
-            origin + table.origin[ow] + (kByte ? byte_offset[t] : tap_offset(g, t));
+  with_tap_offsets(g, indices.numel(), [&](const auto& offset) {
+    at::parallel_for(0, rows, grain(vx.size[4]), [&](int64_t begin, int64_t end) {
+      WindowTable own;
+      WindowTable& table = g.sizes == nullptr ? shared : own;
+      RowCursor cursor(begin, vx);
+      for (int64_t r = begin; r < end; ++r, cursor.next()) {
+        const int64_t n = cursor.n, c = cursor.c;
+        if (g.sizes != nullptr) table.build(g, n);
+        const int64_t origin = row_origin(g, table.dim[0][cursor.x[0]], table.dim[1][cursor.x[1]]);
+        const tap_t* tap_row = tap + vt.offset(n, c, cursor.x[0], cursor.x[1], 0);
+        int64_t* index_row = dst + vx.offset(n, c, cursor.x[0], cursor.x[1], 0);
+        for (const auto ow : c10::irange(vx.size[4])) {
+          const auto t = static_cast<int64_t>(tap_row[ow * vt.stride[4]]);
+          index_row[ow * vx.stride[4]] = origin + table.origin[ow] + offset(t);
+        }
       }
-    }
+    });
   });
 }
 
