@@ -127,6 +127,20 @@ def random_input(rng, shape, dtype, device, *, layout=None, specials=None, ties=
     return with_layout(values, layout, rng), layout
 
 
+def over_kinds_and_inputs(test):
+    """Parametrizes test(kind, d, specials, dtype, device) over max and avg,
+    1d to 3d, the specials of inputs_in_every_layout, every dtype and device."""
+    for mark in (
+        pytest.mark.parametrize("kind", ["max", "avg"]),
+        pytest.mark.parametrize("d", [1, 2, 3]),
+        pytest.mark.parametrize("specials", ["none", "ties", "nan"]),
+        pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS),
+        pytest.mark.parametrize("device", DEVICES),
+    ):
+        test = mark(test)
+    return test
+
+
 def inputs_in_every_layout(rng, shape, dtype, device, specials):
     """(x, layout) for every layout of layouts_for, values without specials
     ("none"), with ties ("ties") or with 2% NaN ("nan")."""

@@ -11,7 +11,7 @@ import torch
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
     assert_equal, assert_same_format, check_max_indices, expected_max_indices, inputs_in_every_layout,
-    is_batched, leaf, make_rng,
+    is_batched, leaf, make_rng, over_kinds_and_inputs,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
 
@@ -407,11 +407,7 @@ UNIFORM = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("specials", ["none", "ties", "nan"])
-@pytest.mark.parametrize("d", [1, 2, 3])
-@pytest.mark.parametrize("kind", ["max", "avg"])
+@over_kinds_and_inputs
 def test_uniform_windows_like_torch(kind, d, specials, dtype, device):
     """Adaptive poolings that are fixed ones in disguise (13 -> 6: 3x3 windows
     at stride 2), every layout: torch's values, indices and gradients."""

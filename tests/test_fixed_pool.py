@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
     assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window,
-    inputs_in_every_layout, is_batched, leaf,
+    inputs_in_every_layout, is_batched, leaf, over_kinds_and_inputs,
     layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
     to_strided, torch_accepts, torch_generator, torchs, with_layout, TORCH_CPU_3D_CONTIGUOUS_ONLY,
 )
@@ -292,11 +292,7 @@ TILED = {
 }
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("specials", ["none", "ties", "nan"])
-@pytest.mark.parametrize("d", [1, 2, 3])
-@pytest.mark.parametrize("kind", ["max", "avg"])
+@over_kinds_and_inputs
 def test_tiling_windows(kind, d, specials, dtype, device):
     """Poolings whose windows tile the input, every layout: torch's values,
     indices and gradients (whole-input windows included)."""
