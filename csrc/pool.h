@@ -100,6 +100,12 @@ struct PoolGeometry {
   int ndim;  // spatial dims of the op (1..3): the last ndim of D, H, W
 };
 
+// Global pooling: adaptive, output size 1 in every dim (each window is the
+// sample's whole extent).
+C10_HOST_DEVICE inline bool is_global(const PoolGeometry& g) {
+  return g.adaptive && g.dim[0].out == 1 && g.dim[1].out == 1 && g.dim[2].out == 1;
+}
+
 // The cells of one window in one dim: positions begin + t * step for t in
 // [0, count), the t-th being tap first_tap + t of the window.
 struct Window {
@@ -350,6 +356,23 @@ C10_HOST_DEVICE inline bool max_takes(acc_t v, acc_t best) {
   // torch's rule: a larger value or any NaN replaces the max, so ties keep
   // the first tap and NaN propagates. `|`, not `||`: no branch in the hot loop.
   return (v > best) | (v != v);
+}
+
+// Whether (v, tap) replaces (best, best_tap) when merging the maxima of two
+// scans (max_takes, in tap order) over disjoint cells of one window, in any
+// order: the scans' rule made order-free. A NaN beats any number, and the
+// later NaN wins, as it does in one scan; otherwise the larger value, and on
+// ties the earlier tap. A tap below 0 marks a scan that saw no cell.
+template <typename acc_t>
+C10_HOST_DEVICE inline bool max_merge_takes(acc_t v, int64_t tap, acc_t best, int64_t best_tap) {
+  if (tap < 0 || best_tap < 0) {
+    return best_tap < 0 && tap >= 0;
+  }
+  const bool nan = v != v, best_nan = best != best;
+  if (nan || best_nan) {
+    return nan && (!best_nan || tap > best_tap);
+  }
+  return v > best || (v == best && tap < best_tap);
 }
 
 // Pointer steps of a window: its first cell and the distance between taps.

@@ -176,11 +176,6 @@ void by_element_size(const at::Tensor& t, const F& f) {
   }
 }
 
-// Global pooling: output size 1 in every dim.
-inline bool is_global(const PoolGeometry& g) {
-  return g.adaptive && g.dim[0].out == 1 && g.dim[1].out == 1 && g.dim[2].out == 1;
-}
-
 // t with channels innermost and every dim packed, in (N, D, H, W, C) order
 // (a view of t when it is already so).
 at::Tensor channels_inner_dense(const at::Tensor& t) {
