@@ -13,6 +13,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "../pool_ops.h"
@@ -177,10 +178,206 @@ __global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Lay
   }
 }
 
+// ------------------------------------------------------------ global pooling
+//
+// Output size 1 in every dim, the head of most CNNs. One thread per output
+// would walk a whole plane alone: slow, and its running float sum drifts
+// over a long plane (1e-5 over 300x300) where torch's mean does not. Here a
+// block reduces `lanes` planes with `parts` threads each, joined by a tree in
+// shared memory; planes are numbered n * C + c, so a block's lanes are
+// neighbouring channels, which lie side by side in channels-last memory. Few
+// long planes are also cut into `chunks`, each reduced by its own block, and
+// a second kernel joins a plane's chunks in order. Every order is fixed:
+// results are bit-identical from run to run. Sums are kept in double.
+
+struct GlobalSplit {
+  int lanes;       // planes of one block, the fastest thread axis
+  int parts;       // threads per plane: lanes * parts == kThreads
+  int64_t groups;  // blocks per chunk: ceil(N * C / lanes)
+  int64_t chunks;  // blocks per plane
+};
+
+constexpr int64_t kGlobalBlocks = 2048;  // blocks that keep the memory system busy
+constexpr int64_t kGlobalChunks = 256;   // most chunks per plane (joined one by one)
+constexpr int64_t kChunkCells = 64;      // fewest cells per thread in a chunk of a cut plane
+
+GlobalSplit global_split(const Layout5& v, bool cl) {
+  const int64_t cells = v.pixels();  // the padded extent: the most any sample has
+  const int64_t channels = v.size[1];
+  int parts = kThreads;  // a power of two, at most the plane's cells
+  while (parts > 1 && parts > cells) parts /= 2;
+  if (cl) {  // lanes enough for one 128-byte run of float channels
+    int lanes = 1;
+    while (lanes < 32 && lanes < channels) lanes *= 2;
+    parts = std::min(parts, kThreads / lanes);
+  }
+  GlobalSplit s{kThreads / parts, parts, 0, 1};
+  s.groups = (v.size[0] * channels + s.lanes - 1) / s.lanes;
+  if (s.groups < kGlobalBlocks) {
+    const int64_t wanted = (kGlobalBlocks + s.groups - 1) / s.groups;
+    s.chunks = std::clamp<int64_t>(std::min(wanted, cells / (parts * kChunkCells)), 1, kGlobalChunks);
+  }
+  return s;
+}
+
+// What a reduction keeps of a plane (or of the cells one thread saw): a sum,
+// or a max and its tap. Aggregates, so that they can live in shared memory.
+template <typename acc_t>
+struct SumState {
+  double sum;
+  __device__ static SumState empty() { return {0.0}; }
+  __device__ void add(acc_t v, int64_t /*tap*/) { sum += static_cast<double>(v); }
+  __device__ void merge(const SumState& o) { sum += o.sum; }
+};
+
+template <typename acc_t>
+struct MaxState {
+  acc_t value;
+  int64_t tap;  // -1: no cell yet
+  __device__ static MaxState empty() { return {-std::numeric_limits<acc_t>::infinity(), -1}; }
+  __device__ void add(acc_t v, int64_t t) {  // cells come in tap order
+    if (tap < 0 || max_takes(v, value)) {
+      value = v;
+      tap = t;
+    }
+  }
+  __device__ void merge(const MaxState& o) {
+    if (max_merge_takes(o.value, o.tap, value, tap)) *this = o;
+  }
+};
+
+template <typename scalar_t>
+struct AvgOutput {
+  using acc_t = at::opmath_type<scalar_t>;
+  PoolGeometry g;
+  Layout5 vo;
+  scalar_t* out;
+  __device__ void operator()(int64_t n, int64_t c, const SumState<acc_t>& s) const {
+    const int64_t origin[kDims] = {0, 0, 0};
+    Window w[kDims];
+    windows_at(g, n, origin, w);
+    const double mean = s.sum / static_cast<double>(avg_divisor(g, w, origin));
+    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(static_cast<acc_t>(mean));
+  }
+};
+
+template <typename scalar_t, typename tap_t>
+struct MaxOutput {
+  using acc_t = at::opmath_type<scalar_t>;
+  Layout5 vo;
+  Layout5 vt;
+  scalar_t* out;
+  tap_t* taps;  // null for the inference forward
+  __device__ void operator()(int64_t n, int64_t c, const MaxState<acc_t>& s) const {
+    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(s.value);
+    if (taps != nullptr) {
+      taps[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(s.tap);
+    }
+  }
+};
+
+template <typename scalar_t, typename State, typename Output, typename index_t>
+__global__ void global_reduce_kernel(PoolGeometry g, Layout5 vi, GlobalSplit s,
+                                     const scalar_t* __restrict__ in, State* __restrict__ partial,
+                                     Output output) {
+  using acc_t = at::opmath_type<scalar_t>;
+  __shared__ State joined[kThreads];
+  const int lane = threadIdx.x % s.lanes, part = threadIdx.x / s.lanes;
+  const int64_t channels = vi.size[1], planes = vi.size[0] * channels;
+  const int64_t origin[kDims] = {0, 0, 0};
+  const int64_t* st = vi.spatial_strides();
+  for (int64_t b = blockIdx.x; b < s.groups * s.chunks; b += gridDim.x) {  // uniform per block
+    const int64_t chunk = b % s.chunks, q = b / s.chunks * s.lanes + lane;
+    const int64_t n = q / channels, c = q % channels;
+    State state = State::empty();
+    if (q < planes) {
+      Window w[kDims];
+      windows_at(g, n, origin, w);
+      const auto eh = static_cast<index_t>(w[1].count), ew = static_cast<index_t>(w[2].count);
+      const int64_t cells = w[0].count * w[1].count * w[2].count;
+      const int64_t per_chunk = (cells + s.chunks - 1) / s.chunks;
+      const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
+      const scalar_t* plane = in + vi.offset(n, c, 0, 0, 0);
+      for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
+        const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
+        state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
+                  encode_tap(g, d, h, x));
+      }
+    }
+    joined[threadIdx.x] = state;
+    __syncthreads();
+    for (int half = s.parts / 2; half > 0; half /= 2) {
+      if (part < half) joined[threadIdx.x].merge(joined[threadIdx.x + half * s.lanes]);
+      __syncthreads();
+    }
+    if (part == 0 && q < planes) {
+      if (s.chunks == 1) {
+        output(n, c, joined[lane]);
+      } else {
+        partial[q * s.chunks + chunk] = joined[lane];
+      }
+    }
+    __syncthreads();  // `joined` is reused by the block's next turn
+  }
+}
+
+template <typename State, typename Output>
+__global__ void global_join_kernel(int64_t planes, int64_t channels, int64_t chunks,
+                                   const State* __restrict__ partial, Output output) {
+  for (int64_t q = first_element<int64_t>(); q < planes; q += element_step<int64_t>()) {
+    State state = partial[q * chunks];
+    for (int64_t j = 1; j < chunks; ++j) state.merge(partial[q * chunks + j]);
+    output(q / channels, q % channels, state);
+  }
+}
+
+template <typename scalar_t, typename State, typename Output>
+void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& output) {
+  const Layout5 vi = layout_of(in);
+  const GlobalSplit s = global_split(vi, channels_last(in));
+  const int64_t planes = vi.size[0] * vi.size[1];
+  at::Tensor partial;
+  State* partial_ptr = nullptr;
+  if (s.chunks > 1) {
+    partial = at::empty({planes * s.chunks * static_cast<int64_t>(sizeof(State))},
+                        in.options().dtype(at::kByte));
+    partial_ptr = reinterpret_cast<State*>(partial.mutable_data_ptr<uint8_t>());
+  }
+  const auto l = launch_for(in, planes);
+  const dim3 grid(static_cast<unsigned>(std::min(s.groups * s.chunks, kMaxBlocks)));
+  // A chunk's cell numbers, plus one step of every thread, fit in int32?
+  dispatch_index(vi.pixels() + kThreads, [&](auto index_tag) {
+    global_reduce_kernel<scalar_t, State, Output, decltype(index_tag)>
+        <<<grid, dim3(kThreads), 0, l.stream>>>(g, vi, s, in.const_data_ptr<scalar_t>(),
+                                                partial_ptr, output);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  if (s.chunks > 1) {
+    global_join_kernel<State, Output><<<l.grid, l.block, 0, l.stream>>>(planes, vi.size[1], s.chunks,
+                                                                        partial_ptr, output);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+}
+
 struct CudaKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
     const c10::cuda::CUDAGuard guard(in.device());
+    if (is_global(g)) {
+      POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cuda", [&] {
+        dispatch_taps(taps, [&](auto tap_tag) {
+          using tap_t = decltype(tap_tag);
+          using Output = MaxOutput<scalar_t, tap_t>;
+          const bool values_only = !taps.defined();
+          global_reduce<scalar_t, MaxState<at::opmath_type<scalar_t>>>(
+              g, in,
+              Output{layout_of(out), layout_of(values_only ? out : taps),
+                     out.mutable_data_ptr<scalar_t>(),
+                     values_only ? nullptr : taps.mutable_data_ptr<tap_t>()});
+        });
+      });
+      return;
+    }
     const DeviceTables tables(g, in);
     const int64_t total = out.numel();
     const auto l = launch_for(out, total);
@@ -244,6 +441,13 @@ struct CudaKernels {
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     const c10::cuda::CUDAGuard guard(in.device());
+    if (is_global(g)) {
+      POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
+        global_reduce<scalar_t, SumState<at::opmath_type<scalar_t>>>(
+            g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});
+      });
+      return;
+    }
     const DeviceTables tables(g, in);
     const int64_t total = out.numel();
     const auto l = launch_for(out, total);
