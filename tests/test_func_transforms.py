@@ -191,8 +191,8 @@ def test_dual_tensors_through_the_ops(device):
 
 def test_compile_around_transforms():
     """torch.compile traces our ops under vmap; under torch.func's derivatives
-    it cannot, so it runs them eagerly (torch's gradients), and fullgraph=True
-    raises instead of tracing a wrong graph."""
+    (torch 2.14) it cannot, so it runs them eagerly (torch's gradients), and
+    fullgraph=True raises instead of tracing a wrong graph."""
     xs = torch.randn(3, 2, 3, 8, 8)
 
     def per_sample(module):
@@ -205,8 +205,14 @@ def test_compile_around_transforms():
     torch.testing.assert_close(torch.compile(batched(PF), fullgraph=True)(xs), batched(F)(xs))
     torch.testing.assert_close(torch.compile(per_sample(PF))(xs), per_sample(F)(xs))
     torch._dynamo.reset()
-    with pytest.raises(Exception):
-        torch.compile(per_sample(PF), fullgraph=True)(xs)
+    try:
+        got = torch.compile(per_sample(PF), fullgraph=True)(xs)
+    except torch._dynamo.exc.TorchDynamoException:
+        # torch 2.14: Unsupported, as Dynamo's fake run of a register_autograd
+        # op under grad asks for an autograd.Function with setup_context.
+        pass
+    else:  # a torch that traces it must trace it right
+        torch.testing.assert_close(got, per_sample(F)(xs))
 
 
 def test_functionalize():
