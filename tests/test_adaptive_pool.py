@@ -230,6 +230,25 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
     assert ours_err <= max(4 * torch_err, 3e-7), (ours_err, torch_err)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_average_of_negative_zeros_is_positive_zero(d, dtype, device):
+    """torch's sums start from +0, so a window of -0 averages to +0: the same
+    in each of our averaging paths (global planes eight at a time, long
+    planes by cascade, channels-last, small windows)."""
+    for spatial in (7, 2, 40, 1100 if d == 1 else 33):
+        for layout in ("contiguous", "channels_last") if d > 1 else ("contiguous",):
+            x = torch.full((2, 64) + (spatial,) * d, -0.0, dtype=dtype, device=device)
+            if layout == "channels_last":
+                x = x.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+            for output_size in (1, 3):
+                want = torchs(f"adaptive_avg_pool{d}d")(x.cpu().contiguous(), output_size)
+                got = ours(f"adaptive_avg_pool{d}d")(x, output_size)
+                assert not torch.signbit(want).any()
+                assert not torch.signbit(got).any(), (spatial, layout, output_size)
+
+
 def test_adaptive_avg_pool3d_to_one_of_no_channels():
     """torch takes no channels in adaptive_avg_pool3d to 1x1x1 (a mean), though not to other sizes."""
     x = torch.randn(2, 0, 3, 4, 5)

@@ -2650,9 +2650,9 @@ inline at::vec::Vectorized<float> sum_eight_planes(const scalar_t* const* plane,
     if (whole >= 4 * kCascadeBlock) {  // long planes by blocks, cascaded (see Cascade)
       int64_t all;
       a = cascade_run<scalar_t, float>(plane[j], whole, &all);
-    } else {
-      a = load_acc<float>(plane[j]);
-      for (int64_t i = kTile; i < whole; i += kTile) a += load_acc<float>(plane[j] + i);
+    } else {  // from +0, as torch's sum: a plane of -0 averages to +0
+      a = Vec(0.f);
+      for (int64_t i = 0; i < whole; i += kTile) a += load_acc<float>(plane[j] + i);
     }
     a.store(acc + j * kTile);
   }
