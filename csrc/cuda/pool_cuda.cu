@@ -184,26 +184,44 @@ __global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Lay
 // would walk a whole plane alone: slow, and its running float sum drifts
 // over a long plane (1e-5 over 300x300) where torch's mean does not. Here a
 // block reduces `lanes` planes with `parts` threads each, joined by a tree in
-// shared memory; planes are numbered n * C + c, so a block's lanes are
-// neighbouring channels, which lie side by side in channels-last memory. Few
+// shared memory. Planes are numbered n * C + c. Channels-last blocks put
+// lanes (neighbouring channels, side by side in memory) on the fastest
+// thread axis, other layouts parts (neighbouring cells of one plane). Few
 // long planes are also cut into `chunks`, each reduced by its own block, and
 // a second kernel joins a plane's chunks in order. Every order is fixed:
 // results are bit-identical from run to run. Sums are kept in double.
 
 struct GlobalSplit {
-  int lanes;       // planes of one block, the fastest thread axis
-  int parts;       // threads per plane: lanes * parts == kThreads
-  int64_t groups;  // blocks per chunk: ceil(N * C / lanes)
-  int64_t chunks;  // blocks per plane
+  int lanes;        // planes of one block
+  int parts;        // threads per plane: lanes * parts == kThreads
+  int lane_step;    // thread numbers between neighbouring lanes: 1 or parts
+  int part_step;    // and between neighbouring parts: lanes or 1
+  int64_t groups;   // blocks per chunk: ceil(N * C / lanes)
+  int64_t chunks;   // blocks per plane
+  // Dense planes (no per-sample sizes, cells at one stride in tap order):
+  // the hot loop then needs no division.
+  bool dense;
+  int64_t cells;        // of every plane
+  int64_t per_chunk;    // cells of a chunk
+  int64_t cell_stride;  // elements between neighbouring cells
 };
 
-constexpr int64_t kGlobalBlocks = 2048;  // blocks that keep the memory system busy
-constexpr int64_t kGlobalChunks = 256;   // most chunks per plane (joined one by one)
-constexpr int64_t kChunkCells = 64;      // fewest cells per thread in a chunk of a cut plane
+constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
+constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
+constexpr int64_t kChunkCells = 16;     // fewest cells per thread in a chunk of a cut plane
+constexpr int kUnroll = 4;              // loads in flight per thread
 
-GlobalSplit global_split(const Layout5& v, bool cl) {
+int multiprocessors(const at::Tensor& t) {
+  int count = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.device().index()));
+  return count;
+}
+
+GlobalSplit global_split(const PoolGeometry& g, const at::Tensor& in) {
+  const Layout5 v = layout_of(in);
   const int64_t cells = v.pixels();  // the padded extent: the most any sample has
   const int64_t channels = v.size[1];
+  const bool cl = channels_last(in);
   int parts = kThreads;  // a power of two, at most the plane's cells
   while (parts > 1 && parts > cells) parts /= 2;
   if (cl) {  // lanes enough for one 128-byte run of float channels
@@ -211,11 +229,27 @@ GlobalSplit global_split(const Layout5& v, bool cl) {
     while (lanes < 32 && lanes < channels) lanes *= 2;
     parts = std::min(parts, kThreads / lanes);
   }
-  GlobalSplit s{kThreads / parts, parts, 0, 1};
-  s.groups = (v.size[0] * channels + s.lanes - 1) / s.lanes;
-  if (s.groups < kGlobalBlocks) {
-    const int64_t wanted = (kGlobalBlocks + s.groups - 1) / s.groups;
+  const int lanes = kThreads / parts;
+  GlobalSplit s{lanes, parts, cl ? 1 : parts, cl ? lanes : 1, 0, 1, false, cells, 0, 0};
+  s.groups = (v.size[0] * channels + lanes - 1) / lanes;
+  const int64_t wanted_blocks = kBlocksPerSM * multiprocessors(in);
+  if (s.groups < wanted_blocks) {
+    const int64_t wanted = (wanted_blocks + s.groups - 1) / s.groups;
     s.chunks = std::clamp<int64_t>(std::min(wanted, cells / (parts * kChunkCells)), 1, kGlobalChunks);
+  }
+  s.per_chunk = (cells + s.chunks - 1) / s.chunks;
+  // Dense: cell p of every plane at p * cell_stride, its tap p (the window,
+  // the whole plane, numbers its taps over the plane's own extents).
+  s.dense = g.sizes == nullptr && g.dim[1].kernel == v.size[3] && g.dim[2].kernel == v.size[4];
+  int64_t expected = -1;
+  for (int k = 4; k >= 2 && s.dense; --k) {
+    if (v.size[k] == 1) continue;
+    if (expected < 0) {
+      s.cell_stride = v.stride[k];
+    } else if (v.stride[k] != expected) {
+      s.dense = false;
+    }
+    expected = v.stride[k] * v.size[k];
   }
   return s;
 }
@@ -277,44 +311,60 @@ struct MaxOutput {
 };
 
 template <typename scalar_t, typename State, typename Output, typename index_t>
-__global__ void global_reduce_kernel(PoolGeometry g, Layout5 vi, GlobalSplit s,
-                                     const scalar_t* __restrict__ in, State* __restrict__ partial,
-                                     Output output) {
+__global__ void __launch_bounds__(kThreads)
+    global_reduce_kernel(PoolGeometry g, Layout5 vi, GlobalSplit s, const scalar_t* __restrict__ in,
+                         State* __restrict__ partial, Output output) {
   using acc_t = at::opmath_type<scalar_t>;
   __shared__ State joined[kThreads];
-  const int lane = threadIdx.x % s.lanes, part = threadIdx.x / s.lanes;
-  const int64_t channels = vi.size[1], planes = vi.size[0] * channels;
-  const int64_t origin[kDims] = {0, 0, 0};
+  const int lane = threadIdx.x / s.lane_step % s.lanes;
+  const int part = threadIdx.x / s.part_step % s.parts;
+  const auto channels = static_cast<index_t>(vi.size[1]);
+  const auto planes = static_cast<index_t>(vi.size[0]) * channels;
+  const auto chunks = static_cast<index_t>(s.chunks);
   const int64_t* st = vi.spatial_strides();
-  for (int64_t b = blockIdx.x; b < s.groups * s.chunks; b += gridDim.x) {  // uniform per block
-    const int64_t chunk = b % s.chunks, q = b / s.chunks * s.lanes + lane;
-    const int64_t n = q / channels, c = q % channels;
+  for (index_t b = blockIdx.x; b < static_cast<index_t>(s.groups) * chunks; b += gridDim.x) {
+    // (the loop is uniform per block: every thread meets the barriers below)
+    const index_t chunk = b % chunks, q = b / chunks * s.lanes + lane;
     State state = State::empty();
     if (q < planes) {
-      Window w[kDims];
-      windows_at(g, n, origin, w);
-      const auto eh = static_cast<index_t>(w[1].count), ew = static_cast<index_t>(w[2].count);
-      const int64_t cells = w[0].count * w[1].count * w[2].count;
-      const int64_t per_chunk = (cells + s.chunks - 1) / s.chunks;
-      const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
+      const index_t n = q / channels, c = q % channels;
       const scalar_t* plane = in + vi.offset(n, c, 0, 0, 0);
-      for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
-        const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
-        state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
-                  encode_tap(g, d, h, x));
+      if (s.dense) {
+        const auto step = static_cast<index_t>(s.parts);
+        const auto last = static_cast<index_t>(min64((chunk + 1) * s.per_chunk, s.cells));
+        auto p = static_cast<index_t>(chunk * s.per_chunk + part);
+        for (; p + (kUnroll - 1) * step < last; p += kUnroll * step) {
+          acc_t v[kUnroll];
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) v[u] = static_cast<acc_t>(plane[(p + u * step) * s.cell_stride]);
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u) state.add(v[u], p + u * step);  // in tap order
+        }
+        for (; p < last; p += step) state.add(static_cast<acc_t>(plane[p * s.cell_stride]), p);
+      } else {  // per-sample extents or gaps between rows: the cell's (d, h, w)
+        const auto eh = static_cast<index_t>(extent(g, 1, n));
+        const auto ew = static_cast<index_t>(extent(g, 2, n));
+        const int64_t cells = extent(g, 0, n) * eh * ew;
+        const int64_t per_chunk = (cells + s.chunks - 1) / s.chunks;
+        const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
+        for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
+          const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
+          state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
+                    encode_tap(g, d, h, x));
+        }
       }
     }
     joined[threadIdx.x] = state;
     __syncthreads();
     for (int half = s.parts / 2; half > 0; half /= 2) {
-      if (part < half) joined[threadIdx.x].merge(joined[threadIdx.x + half * s.lanes]);
+      if (part < half) joined[threadIdx.x].merge(joined[threadIdx.x + half * s.part_step]);
       __syncthreads();
     }
     if (part == 0 && q < planes) {
       if (s.chunks == 1) {
-        output(n, c, joined[lane]);
+        output(q / channels, q % channels, joined[threadIdx.x]);
       } else {
-        partial[q * s.chunks + chunk] = joined[lane];
+        partial[static_cast<int64_t>(q) * s.chunks + chunk] = joined[threadIdx.x];
       }
     }
     __syncthreads();  // `joined` is reused by the block's next turn
@@ -334,7 +384,7 @@ __global__ void global_join_kernel(int64_t planes, int64_t channels, int64_t chu
 template <typename scalar_t, typename State, typename Output>
 void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& output) {
   const Layout5 vi = layout_of(in);
-  const GlobalSplit s = global_split(vi, channels_last(in));
+  const GlobalSplit s = global_split(g, in);
   const int64_t planes = vi.size[0] * vi.size[1];
   at::Tensor partial;
   State* partial_ptr = nullptr;
@@ -345,8 +395,9 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
   }
   const auto l = launch_for(in, planes);
   const dim3 grid(static_cast<unsigned>(std::min(s.groups * s.chunks, kMaxBlocks)));
-  // A chunk's cell numbers, plus one step of every thread, fit in int32?
-  dispatch_index(vi.pixels() + kThreads, [&](auto index_tag) {
+  // Block, plane and cell numbers (plus a step of every thread) fit in int32?
+  dispatch_index(std::max({s.groups * s.chunks, planes, vi.pixels() + kUnroll * kThreads}),
+                 [&](auto index_tag) {
     global_reduce_kernel<scalar_t, State, Output, decltype(index_tag)>
         <<<grid, dim3(kThreads), 0, l.stream>>>(g, vi, s, in.const_data_ptr<scalar_t>(),
                                                 partial_ptr, output);

@@ -7,6 +7,7 @@
 // tree joining the threads, the chunks joined in order. Values come from a
 // small set, so that ties, signed zeros, infinities and NaNs (each with its
 // own payload, to tell which NaN won) are common.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
