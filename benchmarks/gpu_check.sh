@@ -5,7 +5,15 @@
 #
 #   benchmarks/gpu_check.sh              # build, tests, benchmark
 #   benchmarks/gpu_check.sh sanitize     # ... and the sanitizers
+#   benchmarks/gpu_check.sh sanitize-only   # build, then the sanitizers alone (a
+#                                           # second call, as one call may run 10 minutes)
 #   BENCH_ARGS=--quick benchmarks/gpu_check.sh
+#
+# The sanitizers slow every launch many times over: they run the CUDA tests
+# that SANITIZE_K selects (default: the randomized ones against torch and
+# global pooling, about 270), each tool for at most SANITIZE_TIMEOUT seconds
+# (default 150; exit 124 when cut short), so that the whole pass fits one
+# device session.
 #
 # Logs go to $OUT (default /tmp/gpu_check_out). Every stage runs even when an
 # earlier one failed, except that a failed build stops everything; the exit
@@ -69,28 +77,34 @@ fi
 record build "$code"
 [ "$code" = 0 ] || summary
 
-header "tests -> $OUT/tests.log"
-python3 -m pytest -x -q tests > "$OUT/tests.log" 2>&1
-record tests $?
-# The verdict, or where a crash happened (faulthandler's frames in the tests).
-grep -E 'passed|failed|^FAILED|^ERROR|Fatal Python error|File "[^"]*/tests/' "$OUT/tests.log" | tail -8
+MODE="${1:-}"
+if [ "$MODE" != sanitize-only ]; then
+  header "tests -> $OUT/tests.log"
+  # No -x: device time is scarce, so one run lists every failure.
+  python3 -m pytest -q tests > "$OUT/tests.log" 2>&1
+  record tests $?
+  # The verdict, or where a crash happened (faulthandler's frames in the tests).
+  grep -E 'passed|failed|^FAILED|^ERROR|Fatal Python error|File "[^"]*/tests/' "$OUT/tests.log" | tail -8
 
-header "benchmark -> $OUT/bench_cuda.txt, $OUT/bench_cuda.json"
-# shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-python3 benchmarks/bench_cuda.py $BENCH_ARGS --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt"
-record bench $?
-# The summary and target lines: the last blank-line-separated paragraph.
-awk 'BEGIN { RS = "" } { last = $0 } END { print last }' "$OUT/bench_cuda.txt"
+  header "benchmark -> $OUT/bench_cuda.txt, $OUT/bench_cuda.json"
+  # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
+  python3 benchmarks/bench_cuda.py $BENCH_ARGS --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt"
+  record bench $?
+  # The summary and target lines: the last blank-line-separated paragraph.
+  awk 'BEGIN { RS = "" } { last = $0 } END { print last }' "$OUT/bench_cuda.txt"
 
-header "benchmark, Markdown -> $OUT/bench_cuda.md"
-# The same results again, as Markdown: re-rendered from the JSON, not measured twice.
-python3 benchmarks/bench_cuda.py --from-json "$OUT/bench_cuda.json" --markdown > "$OUT/bench_cuda.md"
-record bench_markdown $?
+  header "benchmark, Markdown -> $OUT/bench_cuda.md"
+  # The same results again, as Markdown: re-rendered from the JSON, not measured twice.
+  python3 benchmarks/bench_cuda.py --from-json "$OUT/bench_cuda.json" --markdown > "$OUT/bench_cuda.md"
+  record bench_markdown $?
+fi
 
-if [ "${1:-}" = sanitize ]; then
+if [ "$MODE" = sanitize ] || [ "$MODE" = sanitize-only ]; then
+  SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global)}"
   for tool in memcheck racecheck initcheck; do
-    header "compute-sanitizer --tool $tool -> $OUT/$tool.log"
-    compute-sanitizer --tool "$tool" --error-exitcode 99 python3 -m pytest -q tests -k cuda -x > "$OUT/$tool.log" 2>&1
+    header "compute-sanitizer --tool $tool -k '$SANITIZE_K' -> $OUT/$tool.log"
+    timeout "${SANITIZE_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
+      python3 -m pytest -q tests -k "$SANITIZE_K" -x > "$OUT/$tool.log" 2>&1
     record "$tool" $?
     grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/$tool.log" | tail -3
   done
