@@ -212,15 +212,23 @@ def test_global_pooling_of_large_windows(kind, d, device):
     ((2, 5, 1000, 1000), "contiguous"),
     ((2, 16, 300, 300), "channels_last"),
     ((2, 16, 40, 40, 40), "contiguous"),
+    ((2, 2, 70000), "expanded"),
+    ((2, 3, 300, 300), "strided"),
 ], ids=str)
 def test_global_average_as_accurate_as_torch(shape, layout, device):
     """torch's global average pooling is a mean, summed by cascade: over a
     long plane ours stays as close to the exact mean (one running sum per
-    plane drifted 6e-5 over 1e5 cells of one value, 1e-5 over 300x300)."""
+    plane drifted 6e-5 over 1e5 cells of one value, 1e-5 over 300x300, 1e-3
+    over 70000 cells of a stride-0 plane)."""
     g = torch.Generator().manual_seed(len(shape) + shape[1])
     x = torch.rand(shape, generator=g) if shape[1] > 1 else torch.full(shape, 1.2345678)
-    x = x.to(device).contiguous(memory_format=torch.channels_last if layout == "channels_last" else
-                                torch.contiguous_format)
+    if layout == "expanded":  # each plane one value, at stride 0
+        x = x[..., :1].expand(shape)
+    elif layout == "strided":  # every other cell of every other row
+        x = torch.rand(shape[:2] + (2 * shape[2], 2 * shape[3]), generator=g)[..., ::2, ::2]
+    if layout in ("contiguous", "channels_last"):
+        x = x.contiguous(memory_format=torch.channels_last if layout == "channels_last" else torch.contiguous_format)
+    x = to_strided(x, device=device)
     d = len(shape) - 2
     exact = x.double().mean(tuple(range(2, 2 + d)), keepdim=True)
     got = ours(f"adaptive_avg_pool{d}d")(x, 1).double()

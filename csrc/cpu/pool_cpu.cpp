@@ -624,20 +624,51 @@ acc_t runs_max(const PoolGeometry& g, const Window* w, const scalar_t* plane, co
   return best;
 }
 
+// The runs' sums added pairwise (Cascade): a plane of a thousand rows is
+// otherwise a thousand-long chain of roundings.
 template <typename scalar_t, typename acc_t>
 acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r) {
-  acc_t sum = 0;
+  Cascade<acc_t> sums;
   const int64_t rows = r.merged ? 1 : w[1].count;
   const int64_t len = r.merged ? w[1].count * w[2].count : w[2].count;
   for (int64_t td = 0; td < w[0].count; ++td) {
     for (int64_t th = 0; th < rows; ++th) {
-      sum += run_sum<scalar_t, acc_t>(plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
-                                          (w[1].begin + th * w[1].step) * vi.stride[3] +
-                                          w[2].begin,
-                                      len);
+      sums.add(run_sum<scalar_t, acc_t>(plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
+                                            (w[1].begin + th * w[1].step) * vi.stride[3] +
+                                            w[2].begin,
+                                        len));
     }
   }
-  return sum;
+  return sums.total(acc_t(0));
+}
+
+// window_sum by blocks added pairwise (Cascade), for long windows whose
+// cells are not runs (strided or stride-0 planes): one running sum of 70000
+// float cells of one value drifted 1e-3. The blocks are short, as each is one
+// chain of adds (cascade_run's vector blocks are 16 adds deep per lane).
+constexpr int64_t kScalarBlock = 16;
+
+template <typename scalar_t, typename acc_t>
+acc_t cascade_window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
+  const WindowWalk k = walk(w, s);
+  Cascade<acc_t> blocks;
+  acc_t block = 0;
+  int64_t in_block = 0;
+  const scalar_t* pd = at + k.first;
+  for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
+    const scalar_t* ph = pd;
+    for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
+      for (int64_t tw = 0; tw < w[2].count; ++tw) {
+        block += static_cast<acc_t>(ph[tw * k.step[2]]);
+        if (++in_block == kScalarBlock) {
+          blocks.add(block);
+          block = 0;
+          in_block = 0;
+        }
+      }
+    }
+  }
+  return blocks.total(block);
 }
 
 // A window of a planes kernel: by runs where they are long, else through
@@ -655,8 +686,11 @@ inline acc_t plane_window_max(const PoolGeometry& g, const Window* w, const scal
 template <typename scalar_t, typename acc_t>
 inline acc_t plane_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
   const Runs r = runs_of(w, vi);
-  return r.usable ? runs_sum<scalar_t, acc_t>(w, plane, vi, r)
-                  : window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+  if (r.usable) return runs_sum<scalar_t, acc_t>(w, plane, vi, r);
+  if (w[0].count * w[1].count * w[2].count >= 4 * kCascadeBlock) {
+    return cascade_window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
+  }
+  return window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
 }
 
 // One vector of float lanes into as many bfloat16 or half values, by
