@@ -192,10 +192,11 @@ def _check_channels(name, x, unbatched, size):
     # input), in adaptive_avg_pool1d/2d, and in adaptive_avg_pool3d to 1x1x1
     # (a mean); our ops take it everywhere. Not in a trace, where shapes are
     # tensors and a test of one warns.
-    takes_it = name in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") or (
-        name == "adaptive_avg_pool3d" and size == [1, 1, 1])
-    if (name.startswith("adaptive_") and not takes_it and not unbatched and not torch.jit.is_tracing()
-            and x.shape[1] == 0):
+    if not name.startswith("adaptive_") or unbatched or torch.jit.is_tracing() or x.shape[1] != 0:
+        return
+    resolved = [x.shape[2 + i] if o == -1 else o for i, o in enumerate(size)]  # None (-1): the input's
+    if name not in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") and not (
+            name == "adaptive_avg_pool3d" and resolved == [1, 1, 1]):
         raise RuntimeError(
             f"{name}: expected input with non-zero channels and spatial sizes (only the batch may be "
             f"empty), but got input of sizes {list(x.shape)}"

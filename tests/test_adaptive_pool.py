@@ -263,6 +263,11 @@ def test_adaptive_avg_pool3d_to_one_of_no_channels():
     assert ours("adaptive_avg_pool3d")(x, 1).shape == torchs("adaptive_avg_pool3d")(x, 1).shape == (2, 0, 1, 1, 1)
     with pytest.raises(RuntimeError, match="adaptive_avg_pool3d"):
         ours("adaptive_avg_pool3d")(x, 2)
+    # None keeps the input's extent: 1 here, so this too is 1x1x1.
+    x = torch.randn(2, 0, 1, 4, 5)
+    assert ours("adaptive_avg_pool3d")(x, (None, 1, 1)).shape == torchs("adaptive_avg_pool3d")(x, (None, 1, 1)).shape
+    with pytest.raises(RuntimeError, match="adaptive_avg_pool3d"):
+        ours("adaptive_avg_pool3d")(x, (None, 2, 1))
 
 
 @pytest.mark.parametrize("device", DEVICES)
