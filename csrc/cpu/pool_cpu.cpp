@@ -2684,9 +2684,9 @@ inline at::vec::Vectorized<float> sum_eight_planes(const scalar_t* const* plane,
     if (whole >= 4 * kCascadeBlock) {  // long planes by blocks, cascaded (see Cascade)
       int64_t all;
       a = cascade_run<scalar_t, float>(plane[j], whole, &all);
-    } else {  // from +0, as torch's sum: a plane of -0 averages to +0
-      a = Vec(0.f);
-      for (int64_t i = 0; i < whole; i += kTile) a += load_acc<float>(plane[j] + i);
+    } else {
+      a = load_acc<float>(plane[j]);
+      for (int64_t i = kTile; i < whole; i += kTile) a += load_acc<float>(plane[j] + i);
     }
     a.store(acc + j * kTile);
   }
@@ -2700,7 +2700,9 @@ inline at::vec::Vectorized<float> sum_eight_planes(const scalar_t* const* plane,
     }
     sum = Vec::loadu(acc);
   }
-  return sum;
+  // torch's sums start from +0, so they are never -0 (a plane of -0 averages
+  // to +0): adding +0 once here, outside the chains of adds, does the same.
+  return sum + Vec(0.f);
 }
 
 template <typename scalar_t>
