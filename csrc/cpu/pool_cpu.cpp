@@ -515,8 +515,8 @@ struct Cascade {
 
   // The whole sum, with `rest` (the cells past the last block).
   T total(T rest) const {
-    for (int k = 0; k < 64; ++k) {
-      if ((count >> k) & 1) rest = level[k] + rest;
+    for (int k = 0; (count >> k) != 0; ++k) {  // to the highest level only: runs_sum
+      if ((count >> k) & 1) rest = level[k] + rest;  // totals one level per plane
     }
     return rest;
   }
@@ -624,29 +624,39 @@ acc_t runs_max(const PoolGeometry& g, const Window* w, const scalar_t* plane, co
   return best;
 }
 
-// The runs' sums added pairwise (Cascade): a plane of a thousand rows is
-// otherwise a thousand-long chain of roundings.
+// Cells (or runs) added in one chain before a Cascade takes over: short, as
+// cascade_run's vector blocks are 16 adds deep per lane.
+constexpr int64_t kScalarBlock = 16;
+
+// Many runs' sums are added pairwise (Cascade): a plane of a thousand rows
+// is otherwise a thousand-long chain of roundings. A few (one run: 1d, or
+// merged rows) are added in turn, which costs less per window.
 template <typename scalar_t, typename acc_t>
 acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r) {
-  Cascade<acc_t> sums;
   const int64_t rows = r.merged ? 1 : w[1].count;
   const int64_t len = r.merged ? w[1].count * w[2].count : w[2].count;
-  for (int64_t td = 0; td < w[0].count; ++td) {
-    for (int64_t th = 0; th < rows; ++th) {
-      sums.add(run_sum<scalar_t, acc_t>(plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
-                                            (w[1].begin + th * w[1].step) * vi.stride[3] +
-                                            w[2].begin,
-                                        len));
+  const auto for_runs = [&](const auto& f) {
+    for (int64_t td = 0; td < w[0].count; ++td) {
+      for (int64_t th = 0; th < rows; ++th) {
+        f(run_sum<scalar_t, acc_t>(plane + (w[0].begin + td * w[0].step) * vi.stride[2] +
+                                       (w[1].begin + th * w[1].step) * vi.stride[3] + w[2].begin,
+                                   len));
+      }
     }
+  };
+  if (w[0].count * rows < kScalarBlock) {
+    acc_t sum = 0;
+    for_runs([&](acc_t run) { sum += run; });
+    return sum;
   }
+  Cascade<acc_t> sums;
+  for_runs([&](acc_t run) { sums.add(run); });
   return sums.total(acc_t(0));
 }
 
 // window_sum by blocks added pairwise (Cascade), for long windows whose
 // cells are not runs (strided or stride-0 planes): one running sum of 70000
-// float cells of one value drifted 1e-3. The blocks are short, as each is one
-// chain of adds (cascade_run's vector blocks are 16 adds deep per lane).
-constexpr int64_t kScalarBlock = 16;
+// float cells of one value drifted 1e-3.
 
 template <typename scalar_t, typename acc_t>
 acc_t cascade_window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
