@@ -413,19 +413,26 @@ C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
   return best;
 }
 
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
+// Calls f(value) for the cells of window w, in tap order.
+template <typename scalar_t, typename F>
+C10_HOST_DEVICE inline void for_window_cells(const Window* w, const scalar_t* at, const int64_t* s,
+                                             const F& f) {
   const WindowWalk k = walk(w, s);
-  acc_t sum = 0;
   const scalar_t* pd = at + k.first;
   for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
     const scalar_t* ph = pd;
     for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        sum += static_cast<acc_t>(ph[tw * k.step[2]]);
+        f(ph[tw * k.step[2]]);
       }
     }
   }
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
+  acc_t sum = 0;
+  for_window_cells(w, at, s, [&](scalar_t v) { sum += static_cast<acc_t>(v); });
   return sum;
 }
 

@@ -657,27 +657,19 @@ acc_t runs_sum(const Window* w, const scalar_t* plane, const Layout5& vi, Runs r
 // window_sum by blocks added pairwise (Cascade), for long windows whose
 // cells are not runs (strided or stride-0 planes): one running sum of 70000
 // float cells of one value drifted 1e-3.
-
 template <typename scalar_t, typename acc_t>
 acc_t cascade_window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
-  const WindowWalk k = walk(w, s);
   Cascade<acc_t> blocks;
   acc_t block = 0;
   int64_t in_block = 0;
-  const scalar_t* pd = at + k.first;
-  for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
-    const scalar_t* ph = pd;
-    for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
-      for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        block += static_cast<acc_t>(ph[tw * k.step[2]]);
-        if (++in_block == kScalarBlock) {
-          blocks.add(block);
-          block = 0;
-          in_block = 0;
-        }
-      }
+  for_window_cells(w, at, s, [&](scalar_t v) {
+    block += static_cast<acc_t>(v);
+    if (++in_block == kScalarBlock) {
+      blocks.add(block);
+      block = 0;
+      in_block = 0;
     }
-  }
+  });
   return blocks.total(block);
 }
 
