@@ -1,6 +1,7 @@
 // CUDA kernels: one thread per output (forward) or per input cell (backward),
-// each a thin loop around the element functions of pool.h that the CPU
-// kernels run too. Threads walk elements in memory order (channels fastest
+// each a thin loop around the element functions of pool_kernels.h (over
+// pool.h's arithmetic, which the CPU kernels run too; the tests run the
+// element functions themselves on the host). Threads walk elements in memory order (channels fastest
 // for channels-last), so neighbouring threads touch neighbouring memory.
 // Windows and covering spans come from per-dim tables filled by a first small
 // kernel, and element numbers are split in 32 bits where the tensor allows:
@@ -16,16 +17,11 @@
 #include <algorithm>
 #include <limits>
 
+#include "../pool_kernels.h"
 #include "../pool_ops.h"
 
 namespace pool_ext {
 namespace {
-
-constexpr int kThreads = 256;
-// Past this many blocks the kernels loop (grid-stride) instead.
-constexpr int64_t kMaxBlocks = int64_t{1} << 20;
-// Element numbers below this, stepped by a whole grid, still fit in int32.
-constexpr int64_t kNarrowLimit = std::numeric_limits<int32_t>::max() - kMaxBlocks * kThreads;
 
 struct Launch {
   dim3 grid;
@@ -39,17 +35,7 @@ Launch launch_for(const at::Tensor& t, int64_t total) {
 }
 
 bool channels_last(const at::Tensor& t5) {
-  return t5.size(1) > 1 && t5.stride(1) == 1;
-}
-
-// Calls f(index_t{}) with int32_t when `total` elements can be numbered in it.
-template <typename F>
-void dispatch_index(int64_t total, const F& f) {
-  if (total <= kNarrowLimit) {
-    f(int32_t{});
-  } else {
-    f(int64_t{});
-  }
+  return pool_ext::channels_last(layout_of(t5));
 }
 
 template <typename index_t>
@@ -88,31 +74,13 @@ struct DeviceTables {
   }
 };
 
-__device__ __forceinline__ void table_windows(const PoolTables& t, int64_t n, const int64_t* o,
-                                              Window* w) {
-  for (int k = 0; k < kDims; ++k) {
-    w[k] = table_window(t, n, k, o[k]);
-  }
-}
-
 template <typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo,
                                    Layout5 vt, bool cl, index_t total,
                                    const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                    tap_t* __restrict__ taps) {
-  using acc_t = at::opmath_type<scalar_t>;
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    int64_t n, c, o[kDims];
-    unflatten_element<index_t>(e, vo, cl, &n, &c, o);
-    Window w[kDims];
-    table_windows(t, n, o, w);
-    int64_t tap;
-    const acc_t best = window_max<scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0),
-                                                   vi.spatial_strides(), &tap);
-    out[vo.offset(n, c, o[0], o[1], o[2])] = static_cast<scalar_t>(best);
-    if (taps != nullptr) {  // none for the inference forward
-      taps[vt.offset(n, c, o[0], o[1], o[2])] = static_cast<tap_t>(tap);
-    }
+    max_forward_element<scalar_t, tap_t, index_t>(g, t, vi, vo, vt, cl, e, in, out, taps);
   }
 }
 
@@ -120,16 +88,8 @@ template <typename scalar_t, typename index_t>
 __global__ void avg_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo, bool cl,
                                    index_t total, const scalar_t* __restrict__ in,
                                    scalar_t* __restrict__ out) {
-  using acc_t = at::opmath_type<scalar_t>;
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    int64_t n, c, o[kDims];
-    unflatten_element<index_t>(e, vo, cl, &n, &c, o);
-    Window w[kDims];
-    table_windows(t, n, o, w);
-    const acc_t sum =
-        window_sum<scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides());
-    out[vo.offset(n, c, o[0], o[1], o[2])] =
-        static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
+    avg_forward_element<scalar_t, index_t>(g, t, vi, vo, cl, e, in, out);
   }
 }
 
@@ -139,14 +99,8 @@ __global__ void max_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, La
                                     const scalar_t* __restrict__ grad,
                                     const tap_t* __restrict__ taps,
                                     scalar_t* __restrict__ grad_in) {
-  using acc_t = at::opmath_type<scalar_t>;
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    int64_t n, c, i[kDims];
-    unflatten_element<index_t>(e, vg, cl, &n, &c, i);
-    const acc_t sum = max_grad_at<scalar_t, tap_t, acc_t>(
-        g, t, n, i, grad + vo.offset(n, c, 0, 0, 0), vo.spatial_strides(),
-        taps + vt.offset(n, c, 0, 0, 0), vt.spatial_strides());
-    grad_in[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+    max_backward_element<scalar_t, tap_t, index_t>(g, t, vo, vt, vg, cl, e, grad, taps, grad_in);
   }
 }
 
@@ -154,13 +108,8 @@ template <typename scalar_t, typename index_t>
 __global__ void avg_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vg, bool cl,
                                     index_t total, const scalar_t* __restrict__ grad,
                                     scalar_t* __restrict__ grad_in) {
-  using acc_t = at::opmath_type<scalar_t>;
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    int64_t n, c, i[kDims];
-    unflatten_element<index_t>(e, vg, cl, &n, &c, i);
-    const acc_t sum = avg_grad_at<scalar_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
-                                                   vo.spatial_strides());
-    grad_in[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+    avg_backward_element<scalar_t, index_t>(g, t, vo, vg, cl, e, grad, grad_in);
   }
 }
 
@@ -169,47 +118,12 @@ __global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Lay
                                    index_t total, const tap_t* __restrict__ taps,
                                    int64_t* __restrict__ indices) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    int64_t n, c, o[kDims];
-    unflatten_element<index_t>(e, vx, cl, &n, &c, o);
-    Window w[kDims];
-    table_windows(t, n, o, w);
-    indices[vx.offset(n, c, o[0], o[1], o[2])] =
-        tap_to_index(g, w, static_cast<int64_t>(taps[vt.offset(n, c, o[0], o[1], o[2])]));
+    max_indices_element<tap_t, index_t>(g, t, vt, vx, cl, e, taps, indices);
   }
 }
 
-// ------------------------------------------------------------ global pooling
-//
-// Output size 1 in every dim, the head of most CNNs. One thread per output
-// would walk a whole plane alone: slow, and its running float sum drifts
-// over a long plane (1e-5 over 300x300) where torch's mean does not. Here a
-// block reduces `lanes` planes with `parts` threads each, joined by a tree in
-// shared memory. Planes are numbered n * C + c. Channels-last blocks put
-// lanes (neighbouring channels, side by side in memory) on the fastest
-// thread axis, other layouts parts (neighbouring cells of one plane). Few
-// long planes are also cut into `chunks`, each reduced by its own block, and
-// a second kernel joins a plane's chunks in order. Every order is fixed:
-// results are bit-identical from run to run. Sums are kept in double.
-
-struct GlobalSplit {
-  int lanes;        // planes of one block
-  int parts;        // threads per plane: lanes * parts == kThreads
-  int lane_step;    // thread numbers between neighbouring lanes: 1 or parts
-  int part_step;    // and between neighbouring parts: lanes or 1
-  int64_t groups;   // blocks per chunk: ceil(N * C / lanes)
-  int64_t chunks;   // blocks per plane
-  // Dense planes (no per-sample sizes, cells at one stride in tap order):
-  // the hot loop then needs no division.
-  bool dense;
-  int64_t cells;        // of every plane
-  int64_t per_chunk;    // cells of a chunk
-  int64_t cell_stride;  // elements between neighbouring cells
-};
-
-constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
-constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
-constexpr int64_t kChunkCells = 16;     // fewest cells per thread in a chunk of a cut plane
-constexpr int kUnroll = 4;              // loads in flight per thread
+// Global pooling (see pool_kernels.h): blocks of kGlobalThreads scan, a tree
+// in shared memory joins each plane's threads.
 
 int multiprocessors(const at::Tensor& t) {
   int count = 0;
@@ -217,155 +131,26 @@ int multiprocessors(const at::Tensor& t) {
   return count;
 }
 
-GlobalSplit global_split(const PoolGeometry& g, const at::Tensor& in) {
-  const Layout5 v = layout_of(in);
-  const int64_t cells = v.pixels();  // the padded extent: the most any sample has
-  const int64_t channels = v.size[1];
-  const bool cl = channels_last(in);
-  int parts = kThreads;  // a power of two, at most the plane's cells
-  while (parts > 1 && parts > cells) parts /= 2;
-  if (cl) {  // lanes enough for one 128-byte run of float channels
-    int lanes = 1;
-    while (lanes < 32 && lanes < channels) lanes *= 2;
-    parts = std::min(parts, kThreads / lanes);
-  }
-  const int lanes = kThreads / parts;
-  GlobalSplit s{lanes, parts, cl ? 1 : parts, cl ? lanes : 1, 0, 1, false, cells, 0, 0};
-  s.groups = (v.size[0] * channels + lanes - 1) / lanes;
-  const int64_t wanted_blocks = kBlocksPerSM * multiprocessors(in);
-  if (s.groups < wanted_blocks) {
-    const int64_t wanted = (wanted_blocks + s.groups - 1) / s.groups;
-    s.chunks = std::clamp<int64_t>(std::min(wanted, cells / (parts * kChunkCells)), 1, kGlobalChunks);
-  }
-  s.per_chunk = (cells + s.chunks - 1) / s.chunks;
-  // Dense: cell p of every plane at p * cell_stride, its tap p (the window,
-  // the whole plane, numbers its taps over the plane's own extents).
-  s.dense = g.sizes == nullptr && g.dim[1].kernel == v.size[3] && g.dim[2].kernel == v.size[4];
-  int64_t expected = -1;
-  for (int k = 4; k >= 2 && s.dense; --k) {
-    if (v.size[k] == 1) continue;
-    if (expected < 0) {
-      s.cell_stride = v.stride[k];
-    } else if (v.stride[k] != expected) {
-      s.dense = false;
-    }
-    expected = v.stride[k] * v.size[k];
-  }
-  return s;
-}
-
-// What a reduction keeps of a plane (or of the cells one thread saw): a sum,
-// or a max and its tap. Aggregates, so that they can live in shared memory.
-template <typename acc_t>
-struct SumState {
-  double sum;
-  __device__ static SumState empty() { return {0.0}; }
-  __device__ void add(acc_t v, int64_t /*tap*/) { sum += static_cast<double>(v); }
-  __device__ void merge(const SumState& o) { sum += o.sum; }
-};
-
-template <typename acc_t>
-struct MaxState {
-  acc_t value;
-  int64_t tap;  // -1: no cell yet
-  __device__ static MaxState empty() { return {-std::numeric_limits<acc_t>::infinity(), -1}; }
-  __device__ void add(acc_t v, int64_t t) {  // cells come in tap order
-    if (tap < 0 || max_takes(v, value)) {
-      value = v;
-      tap = t;
-    }
-  }
-  __device__ void merge(const MaxState& o) {
-    if (max_merge_takes(o.value, o.tap, value, tap)) *this = o;
-  }
-};
-
-template <typename scalar_t>
-struct AvgOutput {
-  using acc_t = at::opmath_type<scalar_t>;
-  PoolGeometry g;
-  Layout5 vo;
-  scalar_t* out;
-  __device__ void operator()(int64_t n, int64_t c, const SumState<acc_t>& s) const {
-    const int64_t origin[kDims] = {0, 0, 0};
-    Window w[kDims];
-    windows_at(g, n, origin, w);
-    const double mean = s.sum / static_cast<double>(avg_divisor(g, w, origin));
-    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(static_cast<acc_t>(mean));
-  }
-};
-
-template <typename scalar_t, typename tap_t>
-struct MaxOutput {
-  using acc_t = at::opmath_type<scalar_t>;
-  Layout5 vo;
-  Layout5 vt;
-  scalar_t* out;
-  tap_t* taps;  // null for the inference forward
-  __device__ void operator()(int64_t n, int64_t c, const MaxState<acc_t>& s) const {
-    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(s.value);
-    if (taps != nullptr) {
-      taps[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(s.tap);
-    }
-  }
-};
-
 template <typename scalar_t, typename State, typename Output, typename index_t>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kGlobalThreads)
     global_reduce_kernel(PoolGeometry g, Layout5 vi, GlobalSplit s, const scalar_t* __restrict__ in,
                          State* __restrict__ partial, Output output) {
-  using acc_t = at::opmath_type<scalar_t>;
-  __shared__ State joined[kThreads];
-  const int lane = threadIdx.x / s.lane_step % s.lanes;
-  const int part = threadIdx.x / s.part_step % s.parts;
+  __shared__ State joined[kGlobalThreads];
+  const int part = s.part(threadIdx.x);
   const auto channels = static_cast<index_t>(vi.size[1]);
   const auto planes = static_cast<index_t>(vi.size[0]) * channels;
   const auto chunks = static_cast<index_t>(s.chunks);
-  const int64_t* st = vi.spatial_strides();
   for (index_t b = blockIdx.x; b < static_cast<index_t>(s.groups) * chunks; b += gridDim.x) {
     // (the loop is uniform per block: every thread meets the barriers below)
-    const index_t chunk = b % chunks, q = b / chunks * s.lanes + lane;
-    State state = State::empty();
-    if (q < planes) {
-      const index_t n = q / channels, c = q % channels;
-      const scalar_t* plane = in + vi.offset(n, c, 0, 0, 0);
-      if (s.dense) {
-        const auto step = static_cast<index_t>(s.parts);
-        const auto last = static_cast<index_t>(min64((chunk + 1) * s.per_chunk, s.cells));
-        auto p = static_cast<index_t>(chunk * s.per_chunk + part);
-        for (; p + (kUnroll - 1) * step < last; p += kUnroll * step) {
-          acc_t v[kUnroll];
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) v[u] = static_cast<acc_t>(plane[(p + u * step) * s.cell_stride]);
-#pragma unroll
-          for (int u = 0; u < kUnroll; ++u) state.add(v[u], p + u * step);  // in tap order
-        }
-        for (; p < last; p += step) state.add(static_cast<acc_t>(plane[p * s.cell_stride]), p);
-      } else {  // per-sample extents or gaps between rows: the cell's (d, h, w)
-        const auto eh = static_cast<index_t>(extent(g, 1, n));
-        const auto ew = static_cast<index_t>(extent(g, 2, n));
-        const int64_t cells = extent(g, 0, n) * eh * ew;
-        const int64_t per_chunk = (cells + s.chunks - 1) / s.chunks;
-        const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
-        for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
-          const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
-          state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
-                    encode_tap(g, d, h, x));
-        }
-      }
-    }
-    joined[threadIdx.x] = state;
+    index_t q;
+    joined[threadIdx.x] = global_scan<scalar_t, State, index_t>(g, vi, s, b, threadIdx.x, in, &q);
     __syncthreads();
     for (int half = s.parts / 2; half > 0; half /= 2) {
       if (part < half) joined[threadIdx.x].merge(joined[threadIdx.x + half * s.part_step]);
       __syncthreads();
     }
     if (part == 0 && q < planes) {
-      if (s.chunks == 1) {
-        output(q / channels, q % channels, joined[threadIdx.x]);
-      } else {
-        partial[static_cast<int64_t>(q) * s.chunks + chunk] = joined[threadIdx.x];
-      }
+      global_finish(s, channels, q, b % chunks, joined[threadIdx.x], partial, output);
     }
     __syncthreads();  // `joined` is reused by the block's next turn
   }
@@ -375,16 +160,15 @@ template <typename State, typename Output>
 __global__ void global_join_kernel(int64_t planes, int64_t channels, int64_t chunks,
                                    const State* __restrict__ partial, Output output) {
   for (int64_t q = first_element<int64_t>(); q < planes; q += element_step<int64_t>()) {
-    State state = partial[q * chunks];
-    for (int64_t j = 1; j < chunks; ++j) state.merge(partial[q * chunks + j]);
-    output(q / channels, q % channels, state);
+    global_join(q, channels, chunks, partial, output);
   }
 }
 
-template <typename scalar_t, typename State, typename Output>
+template <typename scalar_t, typename Output>
 void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& output) {
+  using State = typename Output::State;
   const Layout5 vi = layout_of(in);
-  const GlobalSplit s = global_split(g, in);
+  const GlobalSplit s = global_split(g, vi, channels_last(in), multiprocessors(in));
   const int64_t planes = vi.size[0] * vi.size[1];
   at::Tensor partial;
   State* partial_ptr = nullptr;
@@ -399,8 +183,8 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
   dispatch_index(std::max({s.groups * s.chunks, planes, vi.pixels() + kUnroll * kThreads}),
                  [&](auto index_tag) {
     global_reduce_kernel<scalar_t, State, Output, decltype(index_tag)>
-        <<<grid, dim3(kThreads), 0, l.stream>>>(g, vi, s, in.const_data_ptr<scalar_t>(),
-                                                partial_ptr, output);
+        <<<grid, dim3(kGlobalThreads), 0, l.stream>>>(g, vi, s, in.const_data_ptr<scalar_t>(),
+                                                      partial_ptr, output);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (s.chunks > 1) {
@@ -420,7 +204,7 @@ struct CudaKernels {
           using tap_t = decltype(tap_tag);
           using Output = MaxOutput<scalar_t, tap_t>;
           const bool values_only = !taps.defined();
-          global_reduce<scalar_t, MaxState<at::opmath_type<scalar_t>>>(
+          global_reduce<scalar_t>(
               g, in,
               Output{layout_of(out), layout_of(values_only ? out : taps),
                      out.mutable_data_ptr<scalar_t>(),
@@ -494,7 +278,7 @@ struct CudaKernels {
     const c10::cuda::CUDAGuard guard(in.device());
     if (is_global(g)) {
       POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
-        global_reduce<scalar_t, SumState<at::opmath_type<scalar_t>>>(
+        global_reduce<scalar_t>(
             g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});
       });
       return;

@@ -1,0 +1,323 @@
+// The per-thread work of the CUDA kernels, as host-device functions: the
+// kernels in csrc/cuda/ are loops and launches around these, and
+// tests/csrc/cuda_on_host.cpp runs the same functions on the host, so that
+// the CPU tests check what the GPU computes. Element functions take one
+// element number e of the flat output (forwards, indices) or input
+// (backwards), split as unflatten_element does, and write that element.
+#pragma once
+
+#include <ATen/OpMathType.h>
+
+#include <algorithm>
+#include <limits>
+
+#include "pool.h"
+
+namespace pool_ext {
+
+// Launch shape: threads of a block, and past this many blocks the kernels
+// loop (grid-stride) instead.
+constexpr int kThreads = 256;
+constexpr int64_t kMaxBlocks = int64_t{1} << 20;
+// Element numbers below this, stepped by a whole grid, still fit in int32.
+constexpr int64_t kNarrowLimit = std::numeric_limits<int32_t>::max() - kMaxBlocks * kThreads;
+
+// Calls f(index_t{}) with int32_t when `total` elements can be numbered in it.
+template <typename F>
+void dispatch_index(int64_t total, const F& f) {
+  if (total <= kNarrowLimit) {
+    f(int32_t{});
+  } else {
+    f(int64_t{});
+  }
+}
+
+// Whether threads take channels fastest: a channels-last (N, C, D, H, W) view.
+inline bool channels_last(const Layout5& v) {
+  return v.size[1] > 1 && v.stride[1] == 1;
+}
+
+C10_HOST_DEVICE inline void table_windows(const PoolTables& t, int64_t n, const int64_t* o,
+                                          Window* w) {
+  for (int k = 0; k < kDims; ++k) {
+    w[k] = table_window(t, n, k, o[k]);
+  }
+}
+
+// Forward of max pooling at output e; taps null for the inference forward.
+template <typename scalar_t, typename tap_t, typename index_t>
+C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const PoolTables& t,
+                                                const Layout5& vi, const Layout5& vo,
+                                                const Layout5& vt, bool cl, index_t e,
+                                                const scalar_t* in, scalar_t* out, tap_t* taps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t n, c, o[kDims];
+  unflatten_element<index_t>(e, vo, cl, &n, &c, o);
+  Window w[kDims];
+  table_windows(t, n, o, w);
+  int64_t tap;
+  const acc_t best =
+      window_max<scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(), &tap);
+  out[vo.offset(n, c, o[0], o[1], o[2])] = static_cast<scalar_t>(best);
+  if (taps != nullptr) {
+    taps[vt.offset(n, c, o[0], o[1], o[2])] = static_cast<tap_t>(tap);
+  }
+}
+
+template <typename scalar_t, typename index_t>
+C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const PoolTables& t,
+                                                const Layout5& vi, const Layout5& vo, bool cl,
+                                                index_t e, const scalar_t* in, scalar_t* out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t n, c, o[kDims];
+  unflatten_element<index_t>(e, vo, cl, &n, &c, o);
+  Window w[kDims];
+  table_windows(t, n, o, w);
+  const acc_t sum =
+      window_sum<scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides());
+  out[vo.offset(n, c, o[0], o[1], o[2])] =
+      static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
+}
+
+// Backward of max pooling at input cell e.
+template <typename scalar_t, typename tap_t, typename index_t>
+C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const PoolTables& t,
+                                                 const Layout5& vo, const Layout5& vt,
+                                                 const Layout5& vg, bool cl, index_t e,
+                                                 const scalar_t* grad, const tap_t* taps,
+                                                 scalar_t* grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t n, c, i[kDims];
+  unflatten_element<index_t>(e, vg, cl, &n, &c, i);
+  const acc_t sum = max_grad_at<scalar_t, tap_t, acc_t>(
+      g, t, n, i, grad + vo.offset(n, c, 0, 0, 0), vo.spatial_strides(),
+      taps + vt.offset(n, c, 0, 0, 0), vt.spatial_strides());
+  grad_in[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+}
+
+template <typename scalar_t, typename index_t>
+C10_HOST_DEVICE inline void avg_backward_element(const PoolGeometry& g, const PoolTables& t,
+                                                 const Layout5& vo, const Layout5& vg, bool cl,
+                                                 index_t e, const scalar_t* grad,
+                                                 scalar_t* grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  int64_t n, c, i[kDims];
+  unflatten_element<index_t>(e, vg, cl, &n, &c, i);
+  const acc_t sum = avg_grad_at<scalar_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
+                                                 vo.spatial_strides());
+  grad_in[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+}
+
+template <typename tap_t, typename index_t>
+C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const PoolTables& t,
+                                                const Layout5& vt, const Layout5& vx, bool cl,
+                                                index_t e, const tap_t* taps, int64_t* indices) {
+  int64_t n, c, o[kDims];
+  unflatten_element<index_t>(e, vx, cl, &n, &c, o);
+  Window w[kDims];
+  table_windows(t, n, o, w);
+  indices[vx.offset(n, c, o[0], o[1], o[2])] =
+      tap_to_index(g, w, static_cast<int64_t>(taps[vt.offset(n, c, o[0], o[1], o[2])]));
+}
+
+// ------------------------------------------------------------ global pooling
+//
+// Output size 1 in every dim, the head of most CNNs. One thread per output
+// would walk a whole plane alone: slow, and its running float sum drifts
+// over a long plane (1e-5 over 300x300) where torch's mean does not. Here a
+// block of kGlobalThreads (kThreads) reduces `lanes` planes with `parts` threads each,
+// joined by a tree in shared memory. Planes are numbered n * C + c.
+// Channels-last blocks put lanes (neighbouring channels, side by side in
+// memory) on the fastest thread axis, other layouts parts (neighbouring
+// cells of one plane). Few long planes are also cut into `chunks`, each
+// reduced by its own block, and a second kernel joins a plane's chunks in
+// order. Every order is fixed: results are bit-identical from run to run.
+// Sums are kept in double.
+
+constexpr int kGlobalThreads = kThreads;
+constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
+constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
+constexpr int64_t kChunkCells = 16;     // fewest cells per thread in a chunk of a cut plane
+constexpr int kUnroll = 4;              // loads in flight per thread
+
+struct GlobalSplit {
+  int lanes;        // planes of one block
+  int parts;        // threads per plane: lanes * parts == kGlobalThreads
+  int lane_step;    // thread numbers between neighbouring lanes: 1 or parts
+  int part_step;    // and between neighbouring parts: lanes or 1
+  int64_t groups;   // blocks per chunk: ceil(N * C / lanes)
+  int64_t chunks;   // blocks per plane
+  // Dense planes (no per-sample sizes, cells at one stride in tap order):
+  // the hot loop then needs no division.
+  bool dense;
+  int64_t cells;        // of every plane
+  int64_t per_chunk;    // cells of a chunk
+  int64_t cell_stride;  // elements between neighbouring cells
+
+  C10_HOST_DEVICE int lane(int thread) const { return thread / lane_step % lanes; }
+  C10_HOST_DEVICE int part(int thread) const { return thread / part_step % parts; }
+};
+
+// The split of global pooling g over input v, channels-last or not, on a
+// GPU of `multiprocessors` SMs.
+inline GlobalSplit global_split(const PoolGeometry& g, const Layout5& v, bool cl,
+                                int64_t multiprocessors) {
+  const int64_t cells = v.pixels();  // the padded extent: the most any sample has
+  const int64_t channels = v.size[1];
+  int parts = kGlobalThreads;  // a power of two, at most the plane's cells
+  while (parts > 1 && parts > cells) parts /= 2;
+  if (cl) {  // lanes enough for one 128-byte run of float channels
+    int lanes = 1;
+    while (lanes < 32 && lanes < channels) lanes *= 2;
+    parts = std::min(parts, kGlobalThreads / lanes);
+  }
+  const int lanes = kGlobalThreads / parts;
+  GlobalSplit s{lanes, parts, cl ? 1 : parts, cl ? lanes : 1, 0, 1, false, cells, 0, 0};
+  s.groups = (v.size[0] * channels + lanes - 1) / lanes;
+  const int64_t wanted_blocks = kBlocksPerSM * multiprocessors;
+  if (s.groups < wanted_blocks) {
+    const int64_t wanted = (wanted_blocks + s.groups - 1) / s.groups;
+    s.chunks = std::clamp<int64_t>(std::min(wanted, cells / (parts * kChunkCells)), 1, kGlobalChunks);
+  }
+  s.per_chunk = (cells + s.chunks - 1) / s.chunks;
+  // Dense: cell p of every plane at p * cell_stride, its tap p (the window,
+  // the whole plane, numbers its taps over the plane's own extents).
+  s.dense = g.sizes == nullptr && g.dim[1].kernel == v.size[3] && g.dim[2].kernel == v.size[4];
+  int64_t expected = -1;
+  for (int k = 4; k >= 2 && s.dense; --k) {
+    if (v.size[k] == 1) continue;
+    if (expected < 0) {
+      s.cell_stride = v.stride[k];
+    } else if (v.stride[k] != expected) {
+      s.dense = false;
+    }
+    expected = v.stride[k] * v.size[k];
+  }
+  return s;
+}
+
+// What a reduction keeps of a plane (or of the cells one thread saw): a sum,
+// or a max and its tap. Aggregates, so that they can live in shared memory.
+template <typename acc_t>
+struct SumState {
+  double sum;
+  C10_HOST_DEVICE static SumState empty() { return {0.0}; }
+  C10_HOST_DEVICE void add(acc_t v, int64_t /*tap*/) { sum += static_cast<double>(v); }
+  C10_HOST_DEVICE void merge(const SumState& o) { sum += o.sum; }
+};
+
+template <typename acc_t>
+struct MaxState {
+  acc_t value;
+  int64_t tap;  // -1: no cell yet
+  C10_HOST_DEVICE static MaxState empty() { return {-std::numeric_limits<acc_t>::infinity(), -1}; }
+  C10_HOST_DEVICE void add(acc_t v, int64_t t) {  // cells come in tap order
+    if (tap < 0 || max_takes(v, value)) {
+      value = v;
+      tap = t;
+    }
+  }
+  C10_HOST_DEVICE void merge(const MaxState& o) {
+    if (max_merge_takes(o.value, o.tap, value, tap)) *this = o;
+  }
+};
+
+template <typename scalar_t>
+struct AvgOutput {
+  using acc_t = at::opmath_type<scalar_t>;
+  using State = SumState<acc_t>;
+  PoolGeometry g;
+  Layout5 vo;
+  scalar_t* out;
+  C10_HOST_DEVICE void operator()(int64_t n, int64_t c, const State& s) const {
+    const int64_t origin[kDims] = {0, 0, 0};
+    Window w[kDims];
+    windows_at(g, n, origin, w);
+    const double mean = s.sum / static_cast<double>(avg_divisor(g, w, origin));
+    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(static_cast<acc_t>(mean));
+  }
+};
+
+template <typename scalar_t, typename tap_t>
+struct MaxOutput {
+  using acc_t = at::opmath_type<scalar_t>;
+  using State = MaxState<acc_t>;
+  Layout5 vo;
+  Layout5 vt;
+  scalar_t* out;
+  tap_t* taps;  // null for the inference forward
+  C10_HOST_DEVICE void operator()(int64_t n, int64_t c, const State& s) const {
+    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(s.value);
+    if (taps != nullptr) {
+      taps[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(s.tap);
+    }
+  }
+};
+
+// What thread `thread` of global block b sees of its plane q (set; q >=
+// N * C: no plane) in its chunk: its cells in tap order.
+template <typename scalar_t, typename State, typename index_t>
+C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& vi,
+                                         const GlobalSplit& s, index_t b, int thread,
+                                         const scalar_t* in, index_t* q_out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const auto channels = static_cast<index_t>(vi.size[1]);
+  const auto chunks = static_cast<index_t>(s.chunks);
+  const index_t chunk = b % chunks, q = b / chunks * s.lanes + s.lane(thread);
+  const int part = s.part(thread);
+  *q_out = q;
+  State state = State::empty();
+  if (q >= static_cast<index_t>(vi.size[0]) * channels) return state;
+  const index_t n = q / channels, c = q % channels;
+  const scalar_t* plane = in + vi.offset(n, c, 0, 0, 0);
+  if (s.dense) {
+    const auto step = static_cast<index_t>(s.parts);
+    const auto last = static_cast<index_t>(min64((chunk + 1) * s.per_chunk, s.cells));
+    auto p = static_cast<index_t>(chunk * s.per_chunk + part);
+    for (; p + (kUnroll - 1) * step < last; p += kUnroll * step) {
+      acc_t v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) v[u] = static_cast<acc_t>(plane[(p + u * step) * s.cell_stride]);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) state.add(v[u], p + u * step);  // in tap order
+    }
+    for (; p < last; p += step) state.add(static_cast<acc_t>(plane[p * s.cell_stride]), p);
+  } else {  // per-sample extents or gaps between rows: the cell's (d, h, w)
+    const int64_t* st = vi.spatial_strides();
+    const auto eh = static_cast<index_t>(extent(g, 1, n));
+    const auto ew = static_cast<index_t>(extent(g, 2, n));
+    const int64_t cells = extent(g, 0, n) * eh * ew;
+    const int64_t per_chunk = (cells + s.chunks - 1) / s.chunks;
+    const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
+    for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
+      const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
+      state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]), encode_tap(g, d, h, x));
+    }
+  }
+  return state;
+}
+
+// Where the tree's result for plane q, chunk `chunk`, goes: the output
+// itself when planes are not cut, else its partial, joined later by
+// global_join.
+template <typename State, typename Output, typename index_t>
+C10_HOST_DEVICE inline void global_finish(const GlobalSplit& s, index_t channels, index_t q,
+                                          index_t chunk, const State& state, State* partial,
+                                          const Output& output) {
+  if (s.chunks == 1) {
+    output(q / channels, q % channels, state);
+  } else {
+    partial[static_cast<int64_t>(q) * s.chunks + chunk] = state;
+  }
+}
+
+// Joins the chunks of plane q in order and writes its output.
+template <typename State, typename Output>
+C10_HOST_DEVICE inline void global_join(int64_t q, int64_t channels, int64_t chunks,
+                                        const State* partial, const Output& output) {
+  State state = partial[q * chunks];
+  for (int64_t j = 1; j < chunks; ++j) state.merge(partial[q * chunks + j]);
+  output(q / channels, q % channels, state);
+}
+
+}  // namespace pool_ext

@@ -1,0 +1,171 @@
+// The CUDA backend's work run on the host: the element functions and the
+// global reduction of csrc/pool_kernels.h, in loops that stand for the
+// launches of csrc/cuda/pool_cuda.cu (every element in turn; a global
+// block's threads in turn, its tree joined level by level). Built by
+// tests/test_cuda_on_host.py with -Dpool_ext=pool_ext_host, together with
+// csrc/ops.cpp and csrc/pool_plan.cpp: a copy of the ops in the
+// pool_ext_host namespace, on CPU tensors.
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "pool_kernels.h"
+#include "pool_ops.h"
+
+namespace pool_ext {
+namespace {
+
+constexpr int64_t kMultiprocessors = 132;  // an H100's, for global_split
+
+// The tables of one call, laid out as pool_cuda.cu's DeviceTables.
+struct HostTables {
+  std::vector<uint8_t> storage;
+  PoolTables view;
+
+  HostTables(const PoolGeometry& g, const at::Tensor& like) : view(table_layout(g, like.size(0))) {
+    const int64_t window_bytes = view.samples * view.out_total * sizeof(Window);
+    storage.resize(window_bytes + view.samples * view.in_total * sizeof(Span));
+    view.windows = reinterpret_cast<Window*>(storage.data());
+    view.covering = reinterpret_cast<Span*>(storage.data() + window_bytes);
+    for (int64_t e = 0; e < table_entries(view); ++e) fill_table_entry(g, view, e);
+  }
+};
+
+// f(e) for every element number e < total, in the kernels' index type.
+template <typename F>
+void for_elements(int64_t total, const F& f) {
+  dispatch_index(total, [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    for (index_t e = 0; e < static_cast<index_t>(total); ++e) f(e);
+  });
+}
+
+template <typename scalar_t, typename Output>
+void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& output) {
+  using State = typename Output::State;
+  const Layout5 vi = layout_of(in);
+  const GlobalSplit s = global_split(g, vi, channels_last(vi), kMultiprocessors);
+  const int64_t planes = vi.size[0] * vi.size[1];
+  std::vector<State> partial(s.chunks > 1 ? planes * s.chunks : 0);
+  dispatch_index(std::max({s.groups * s.chunks, planes, vi.pixels() + kUnroll * kThreads}),
+                 [&](auto index_tag) {
+    using index_t = decltype(index_tag);
+    const auto channels = static_cast<index_t>(vi.size[1]);
+    State joined[kGlobalThreads];
+    index_t q[kGlobalThreads];
+    for (index_t b = 0; b < static_cast<index_t>(s.groups * s.chunks); ++b) {
+      for (int t = 0; t < kGlobalThreads; ++t) {
+        joined[t] = global_scan<scalar_t, State, index_t>(g, vi, s, b, t, in.const_data_ptr<scalar_t>(),
+                                                          &q[t]);
+      }
+      for (int half = s.parts / 2; half > 0; half /= 2) {
+        for (int t = 0; t < kGlobalThreads; ++t) {
+          if (s.part(t) < half) joined[t].merge(joined[t + half * s.part_step]);
+        }
+      }
+      for (int t = 0; t < kGlobalThreads; ++t) {
+        if (s.part(t) == 0 && q[t] < static_cast<index_t>(planes)) {
+          global_finish(s, channels, q[t], static_cast<index_t>(b % s.chunks), joined[t],
+                        partial.data(), output);
+        }
+      }
+    }
+  });
+  for (int64_t q = 0; s.chunks > 1 && q < planes; ++q) {
+    global_join(q, vi.size[1], s.chunks, partial.data(), output);
+  }
+}
+
+struct HostKernels {
+  static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                          const at::Tensor& taps) {
+    const bool values_only = !taps.defined();
+    POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_host", [&] {
+      dispatch_taps(taps, [&](auto tap_tag) {
+        using tap_t = decltype(tap_tag);
+        tap_t* tap_ptr = values_only ? nullptr : taps.mutable_data_ptr<tap_t>();
+        const Layout5 vt = layout_of(values_only ? out : taps);
+        if (is_global(g)) {
+          global_reduce<scalar_t>(g, in, MaxOutput<scalar_t, tap_t>{layout_of(out), vt,
+                                                                    out.mutable_data_ptr<scalar_t>(), tap_ptr});
+          return;
+        }
+        const HostTables tables(g, in);
+        for_elements(out.numel(), [&](auto e) {
+          max_forward_element<scalar_t, tap_t, decltype(e)>(
+              g, tables.view, layout_of(in), layout_of(out), vt, channels_last(layout_of(out)), e,
+              in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), tap_ptr);
+        });
+      });
+    });
+  }
+
+  static void max_backward(const PoolGeometry& g, const at::Tensor& grad_out,
+                           const at::Tensor& taps, const at::Tensor& grad_in) {
+    const HostTables tables(g, grad_in);
+    POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_host", [&] {
+      dispatch_taps(taps, [&](auto tap_tag) {
+        using tap_t = decltype(tap_tag);
+        for_elements(grad_in.numel(), [&](auto e) {
+          max_backward_element<scalar_t, tap_t, decltype(e)>(
+              g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
+              channels_last(layout_of(grad_in)), e, grad_out.const_data_ptr<scalar_t>(),
+              taps.const_data_ptr<tap_t>(), grad_in.mutable_data_ptr<scalar_t>());
+        });
+      });
+    });
+  }
+
+  static void max_indices(const PoolGeometry& g, const at::Tensor& taps,
+                          const at::Tensor& indices) {
+    const HostTables tables(g, taps);
+    dispatch_taps(taps, [&](auto tap_tag) {
+      using tap_t = decltype(tap_tag);
+      for_elements(indices.numel(), [&](auto e) {
+        max_indices_element<tap_t, decltype(e)>(g, tables.view, layout_of(taps), layout_of(indices),
+                                                channels_last(layout_of(indices)), e,
+                                                taps.const_data_ptr<tap_t>(),
+                                                indices.mutable_data_ptr<int64_t>());
+      });
+    });
+  }
+
+  static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
+    POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_host", [&] {
+      if (is_global(g)) {
+        global_reduce<scalar_t>(g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});
+        return;
+      }
+      const HostTables tables(g, in);
+      for_elements(out.numel(), [&](auto e) {
+        avg_forward_element<scalar_t, decltype(e)>(g, tables.view, layout_of(in), layout_of(out),
+                                                   channels_last(layout_of(out)), e,
+                                                   in.const_data_ptr<scalar_t>(),
+                                                   out.mutable_data_ptr<scalar_t>());
+      });
+    });
+  }
+
+  static void avg_backward(const PoolGeometry& g, const at::Tensor& grad_out,
+                           const at::Tensor& grad_in) {
+    const HostTables tables(g, grad_in);
+    POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_host", [&] {
+      for_elements(grad_in.numel(), [&](auto e) {
+        avg_backward_element<scalar_t, decltype(e)>(g, tables.view, layout_of(grad_out),
+                                                    layout_of(grad_in),
+                                                    channels_last(layout_of(grad_in)), e,
+                                                    grad_out.const_data_ptr<scalar_t>(),
+                                                    grad_in.mutable_data_ptr<scalar_t>());
+      });
+    });
+  }
+};
+
+}  // namespace
+}  // namespace pool_ext
+
+TORCH_LIBRARY_IMPL(pool_ext, CPU, m) {
+  pool_ext::register_ops<pool_ext::HostKernels>(m);
+}

@@ -1,0 +1,152 @@
+"""The CUDA kernels' work, run on the host, against our CPU kernels.
+
+tests/csrc/cuda_on_host.cpp runs the element functions and the global
+reduction of csrc/pool_kernels.h (what every CUDA kernel computes per thread)
+in loops on CPU tensors, as the ops of a `pool_ext_host` library. Each case
+calls both libraries' ops with the same arguments: max values, taps and
+indices must be equal bit for bit, averages and gradients close. So a machine
+without a GPU still checks the arithmetic the GPU runs.
+"""
+
+import os
+import random
+import shutil
+
+import pytest
+import torch
+
+from pool_testing import DTYPES, DTYPE_IDS, TOL, random_input
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CSRC = os.path.join(os.path.dirname(HERE), "csrc")
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
+                                reason="needs a C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def host():
+    from torch.utils import cpp_extension
+
+    cpp_extension.load(
+        name="pool_ext_host",
+        sources=[os.path.join(HERE, "csrc", "cuda_on_host.cpp"), os.path.join(CSRC, "ops.cpp"),
+                 os.path.join(CSRC, "pool_plan.cpp")],
+        extra_cflags=["-O2", "-Dpool_ext=pool_ext_host"],
+        extra_include_paths=[CSRC],
+        is_python_module=False,
+    )
+    return torch.ops.pool_ext_host
+
+
+def equal(a, b):
+    assert a.dtype == b.dtype and a.shape == b.shape
+    torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
+
+
+def close(a, b):
+    rtol, atol = TOL[a.dtype]
+    torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol, equal_nan=True)
+
+
+def both(host, name, *args):
+    """(ours on the CPU, the CUDA work on the host), or None where the CPU op rejects
+    the arguments (the host op must too: the checks are shared)."""
+    try:
+        want = getattr(torch.ops.pool_ext, name)(*args)
+    except RuntimeError:
+        with pytest.raises(RuntimeError):
+            getattr(host, name)(*args)
+        return None
+    return want, getattr(host, name)(*args)
+
+
+def random_case(rng, d, dtype, adaptive):
+    n = rng.choice([0, 1, 2, 3])
+    c = rng.choice([1, 2, 3, 5, 8, 17])
+    spatial = [rng.randint(1, {1: 40, 2: 12, 3: 6}[d]) for _ in range(d)]
+    x, _ = random_input(rng, (n, c, *spatial), dtype, "cpu", specials=0.1)
+    if adaptive:
+        out = [rng.choice([1, 1, rng.randint(1, s + 2), -1]) for s in spatial]
+        sizes = None
+        if n and rng.random() < 0.3:  # variable pooling: each sample's own extent
+            sizes = torch.tensor([[rng.randint(1, s) for s in spatial] for _ in range(n)])
+            out = [o if o > 0 else 1 for o in out]
+        return x, (out, sizes)
+    kernel = [rng.randint(1, s + 1) for s in spatial]
+    stride = [rng.randint(1, 3) for _ in range(d)]
+    padding = [rng.randint(0, k // 2) for k in kernel]
+    return x, (kernel, stride, padding, rng.random() < 0.4, rng.random() < 0.15)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_fixed_windows(host, d, dtype):
+    rng = random.Random(f"fixed-{d}-{dtype}")
+    for _ in range(40):
+        x, (kernel, stride, padding, ceil_mode, same) = random_case(rng, d, dtype, adaptive=False)
+        dilation = [rng.choice([1, 1, 2]) for _ in range(d)]
+        got = both(host, "max_pool", x, kernel, stride, padding, dilation, ceil_mode, same)
+        if got is not None:
+            (out, taps), (h_out, h_taps) = got
+            equal(h_out, out)
+            equal(h_taps, taps)
+            equal(host._max_pool_values(x, kernel, stride, padding, dilation, ceil_mode, same), out)
+            equal(host._max_pool_indices(x, taps, kernel, stride, padding, dilation, ceil_mode, same),
+                  torch.ops.pool_ext._max_pool_indices(x, taps, kernel, stride, padding, dilation, ceil_mode,
+                                                       same))
+            g = torch.randn(out.shape).to(dtype)
+            args = (g, x, taps, kernel, stride, padding, dilation, ceil_mode, same)
+            close(host._max_pool_backward(*args), torch.ops.pool_ext._max_pool_backward(*args))
+        include_pad = rng.random() < 0.5
+        divisor = rng.choice([None, None, 3, -2])
+        got = both(host, "avg_pool", x, kernel, stride, padding, ceil_mode, same, include_pad, divisor)
+        if got is not None:
+            out, h_out = got
+            close(h_out, out)
+            args = (torch.randn(out.shape).to(dtype), x, kernel, stride, padding, ceil_mode, same,
+                    include_pad, divisor)
+            close(host._avg_pool_backward(*args), torch.ops.pool_ext._avg_pool_backward(*args))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_adaptive_and_variable_windows(host, d, dtype):
+    """Global pooling (output size 1) takes the block reduction."""
+    rng = random.Random(f"adaptive-{d}-{dtype}")
+    for _ in range(40):
+        x, (out_size, sizes) = random_case(rng, d, dtype, adaptive=True)
+        got = both(host, "adaptive_max_pool", x, out_size, sizes)
+        if got is not None:
+            (out, taps), (h_out, h_taps) = got
+            equal(h_out, out)
+            equal(h_taps, taps)
+            equal(host._adaptive_max_pool_values(x, out_size, sizes), out)
+            equal(host._adaptive_max_pool_indices(x, taps, out_size, sizes),
+                  torch.ops.pool_ext._adaptive_max_pool_indices(x, taps, out_size, sizes))
+            args = (torch.randn(out.shape).to(dtype), x, taps, out_size, sizes)
+            close(host._adaptive_max_pool_backward(*args), torch.ops.pool_ext._adaptive_max_pool_backward(*args))
+        got = both(host, "adaptive_avg_pool", x, out_size, sizes)
+        if got is not None:
+            out, h_out = got
+            close(h_out, out)
+            args = (torch.randn(out.shape).to(dtype), x, out_size, sizes)
+            close(host._adaptive_avg_pool_backward(*args), torch.ops.pool_ext._adaptive_avg_pool_backward(*args))
+
+
+@pytest.mark.parametrize("shape, layout", [
+    ((1, 1, 100_000), "contiguous"),
+    ((2, 3, 300, 300), "channels_last"),
+    ((1, 2, 40, 50, 30), "contiguous"),
+    ((3, 40, 9, 9), "channels_last"),
+], ids=str)
+def test_global_planes_cut_into_chunks(host, shape, layout):
+    """Few long planes: several blocks per plane, their partials joined in order."""
+    rng = random.Random(f"global-{shape}")
+    x, _ = random_input(rng, shape, torch.float32, "cpu", layout=layout, specials=0.01)
+    out, taps = torch.ops.pool_ext.adaptive_max_pool(x, [1] * (len(shape) - 2), None)
+    h_out, h_taps = host.adaptive_max_pool(x, [1] * (len(shape) - 2), None)
+    equal(h_out, out)
+    equal(h_taps, taps)
+    close(host.adaptive_avg_pool(x, [1] * (len(shape) - 2), None),
+          torch.ops.pool_ext.adaptive_avg_pool(x, [1] * (len(shape) - 2), None))
