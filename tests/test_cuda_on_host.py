@@ -151,3 +151,24 @@ def test_global_planes_cut_into_chunks(host, shape, layout):
     equal(h_taps, taps)
     close(host.adaptive_avg_pool(x, [1] * (len(shape) - 2), None),
           torch.ops.pool_ext.adaptive_avg_pool(x, [1] * (len(shape) - 2), None))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_windows_of_more_than_256_taps(host, d):
+    """int64 taps (a window of over 256 cells): max forward, indices and backward."""
+    rng = random.Random(f"wide-{d}")
+    spatial, kernel = {1: ([700], [300]), 2: ([24, 30], [17, 19]), 3: ([9, 10, 11], [7, 7, 7])}[d]
+    for layout in ("contiguous", "channels_last") if d > 1 else ("contiguous",):
+        x, _ = random_input(rng, (2, 3, *spatial), torch.float32, "cpu", layout=layout)
+        for args in ((kernel, [2] * d, [k // 2 for k in kernel], [1] * d, True, False),
+                     ([k // 2 for k in kernel], [3] * d, [0] * d, [2] * d, False, False)):
+            (out, taps), (h_out, h_taps) = both(host, "max_pool", x, *args)
+            equal(h_out, out)
+            equal(h_taps, taps)
+            equal(host._max_pool_indices(x, taps, *args), torch.ops.pool_ext._max_pool_indices(x, taps, *args))
+            g = torch.randn(out.shape)
+            close(host._max_pool_backward(g, x, taps, *args), torch.ops.pool_ext._max_pool_backward(g, x, taps, *args))
+        out_size = [max(1, s // 3) for s in spatial]
+        (out, taps), (h_out, h_taps) = both(host, "adaptive_max_pool", x, out_size, None)
+        equal(h_out, out)
+        equal(h_taps, taps)
