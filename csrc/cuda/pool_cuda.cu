@@ -11,10 +11,12 @@
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAMacros.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <limits>
 
 #include "../pool_kernels.h"
@@ -126,8 +128,13 @@ __global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Lay
 // in shared memory joins each plane's threads.
 
 int multiprocessors(const at::Tensor& t) {
-  int count = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, t.device().index()));
+  static std::atomic<int> counts[C10_COMPILE_TIME_MAX_GPUS];  // 0: not asked yet
+  const int device = t.device().index();
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device].store(count, std::memory_order_relaxed);
+  }
   return count;
 }
 
