@@ -100,7 +100,7 @@ if [ "$MODE" != sanitize-only ]; then
 fi
 
 if [ "$MODE" = sanitize ] || [ "$MODE" = sanitize-only ]; then
-  SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global)}"
+  SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global) and not on_host and not past_2_31}"
   for tool in memcheck racecheck initcheck; do
     header "compute-sanitizer --tool $tool -k '$SANITIZE_K' -> $OUT/$tool.log"
     timeout "${SANITIZE_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
