@@ -297,13 +297,24 @@ C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& v
   return state;
 }
 
-// Where the tree's result for plane q, chunk `chunk`, goes: the output
-// itself when planes are not cut, else its partial, joined later by
-// global_join.
+// One level `half` of a global block's tree (levels in turn, halving from
+// parts / 2, a barrier after each): a thread of the lower half of its plane's
+// parts joins the thread `half` parts on.
+template <typename State>
+C10_HOST_DEVICE inline void global_tree_step(const GlobalSplit& s, State* joined, int thread,
+                                             int half) {
+  if (s.part(thread) < half) joined[thread].merge(joined[thread + half * s.part_step]);
+}
+
+// After the tree, the first part of each plane q (below `planes`) holds the
+// plane's chunk `chunk`: written to the output itself when planes are not
+// cut, else to its partial, joined later by global_join.
 template <typename State, typename Output, typename index_t>
-C10_HOST_DEVICE inline void global_finish(const GlobalSplit& s, index_t channels, index_t q,
-                                          index_t chunk, const State& state, State* partial,
+C10_HOST_DEVICE inline void global_finish(const GlobalSplit& s, int thread, index_t channels,
+                                          index_t planes, index_t q, index_t chunk,
+                                          const State& state, State* partial,
                                           const Output& output) {
+  if (s.part(thread) != 0 || q >= planes) return;
   if (s.chunks == 1) {
     output(q / channels, q % channels, state);
   } else {

@@ -14,6 +14,7 @@ import shutil
 
 import pytest
 import torch
+from torch.utils import cpp_extension
 
 from pool_testing import DTYPES, DTYPE_IDS, TOL, random_input
 
@@ -21,20 +22,20 @@ CASES = 300  # per op family, dims and dtype
 HERE = os.path.dirname(os.path.abspath(__file__))
 CSRC = os.path.join(os.path.dirname(HERE), "csrc")
 
-pytestmark = pytest.mark.skipif(shutil.which("g++") is None and shutil.which("c++") is None,
-                                reason="needs a C++ compiler")
+pytestmark = pytest.mark.skipif(
+    (shutil.which("g++") is None and shutil.which("c++") is None) or not cpp_extension.is_ninja_available(),
+    reason="needs a C++ compiler and ninja")
 
 
 @pytest.fixture(scope="module")
-def host():
-    from torch.utils import cpp_extension
-
+def host(tmp_path_factory):
     cpp_extension.load(
         name="pool_ext_host",
         sources=[os.path.join(HERE, "csrc", "cuda_on_host.cpp"), os.path.join(CSRC, "ops.cpp"),
                  os.path.join(CSRC, "pool_plan.cpp")],
         extra_cflags=["-O2", "-Dpool_ext=pool_ext_host"],
         extra_include_paths=[CSRC],
+        build_directory=str(tmp_path_factory.mktemp("pool_ext_host")),  # this run's own build
         is_python_module=False,
     )
     return torch.ops.pool_ext_host
@@ -83,8 +84,27 @@ def random_case(rng, d, dtype, adaptive):
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_fixed_windows(host, d, dtype):
-    rng = random.Random(f"fixed-{d}-{dtype}")
-    for _ in range(CASES):
+    check_fixed(host, random.Random(f"fixed-{d}-{dtype}"), d, dtype, CASES)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_adaptive_and_variable_windows(host, d, dtype):
+    """Global pooling (output size 1) takes the block reduction."""
+    check_adaptive(host, random.Random(f"adaptive-{d}-{dtype}"), d, dtype, CASES)
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_int64_element_numbers(host, d, monkeypatch):
+    """The kernels number elements in int64 past 2^31 of them: the same
+    functions with that index type, forced on small inputs."""
+    monkeypatch.setenv("POOL_EXT_HOST_INDEX64", "1")
+    check_fixed(host, random.Random(f"wide-fixed-{d}"), d, torch.float32, CASES // 3)
+    check_adaptive(host, random.Random(f"wide-adaptive-{d}"), d, torch.float32, CASES // 3)
+
+
+def check_fixed(host, rng, d, dtype, cases):
+    for _ in range(cases):
         x, (kernel, stride, padding, ceil_mode, same) = random_case(rng, d, dtype, adaptive=False)
         dilation = [rng.choice([1, 1, 2]) for _ in range(d)]
         got = both(host, "max_pool", x, kernel, stride, padding, dilation, ceil_mode, same)
@@ -110,12 +130,8 @@ def test_fixed_windows(host, d, dtype):
             close(host._avg_pool_backward(*args), torch.ops.pool_ext._avg_pool_backward(*args))
 
 
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("d", [1, 2, 3])
-def test_adaptive_and_variable_windows(host, d, dtype):
-    """Global pooling (output size 1) takes the block reduction."""
-    rng = random.Random(f"adaptive-{d}-{dtype}")
-    for _ in range(CASES):
+def check_adaptive(host, rng, d, dtype, cases):
+    for _ in range(cases):
         x, (out_size, sizes) = random_case(rng, d, dtype, adaptive=True)
         got = both(host, "adaptive_max_pool", x, out_size, sizes)
         if got is not None:
@@ -140,17 +156,29 @@ def test_adaptive_and_variable_windows(host, d, dtype):
     ((2, 3, 300, 300), "channels_last"),
     ((1, 2, 40, 50, 30), "contiguous"),
     ((3, 40, 9, 9), "channels_last"),
+    ((2, 3, 120, 130), "strided"),
+    ((3, 2, 100, 100), "variable"),
 ], ids=str)
 def test_global_planes_cut_into_chunks(host, shape, layout):
-    """Few long planes: several blocks per plane, their partials joined in order."""
-    rng = random.Random(f"global-{shape}")
-    x, _ = random_input(rng, shape, torch.float32, "cpu", layout=layout, specials=0.01)
-    out, taps = torch.ops.pool_ext.adaptive_max_pool(x, [1] * (len(shape) - 2), None)
-    h_out, h_taps = host.adaptive_max_pool(x, [1] * (len(shape) - 2), None)
+    """Few long planes: several blocks per plane, their partials joined in
+    order; dense planes, and planes walked cell by cell (strided, or of each
+    sample's own extent)."""
+    rng = random.Random(f"global-{shape}-{layout}")
+    sizes = None
+    if layout == "strided":  # every other cell of every other row
+        x, _ = random_input(rng, shape[:2] + (2 * shape[2], 2 * shape[3]), torch.float32, "cpu",
+                            layout="contiguous", specials=0.01)
+        x = x[..., ::2, ::2]
+    else:
+        x, _ = random_input(rng, shape, torch.float32, "cpu",
+                            layout="contiguous" if layout == "variable" else layout, specials=0.01)
+    if layout == "variable":
+        sizes = torch.tensor([[100, 90], [37, 100], [64, 64]])
+    ones = [1] * (len(shape) - 2)
+    (out, taps), (h_out, h_taps) = both(host, "adaptive_max_pool", x, ones, sizes)
     equal(h_out, out)
     equal(h_taps, taps)
-    close(host.adaptive_avg_pool(x, [1] * (len(shape) - 2), None),
-          torch.ops.pool_ext.adaptive_avg_pool(x, [1] * (len(shape) - 2), None))
+    close(host.adaptive_avg_pool(x, ones, sizes), torch.ops.pool_ext.adaptive_avg_pool(x, ones, sizes))
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])

@@ -143,7 +143,6 @@ __global__ void __launch_bounds__(kGlobalThreads)
     global_reduce_kernel(PoolGeometry g, Layout5 vi, GlobalSplit s, const scalar_t* __restrict__ in,
                          State* __restrict__ partial, Output output) {
   __shared__ State joined[kGlobalThreads];
-  const int part = s.part(threadIdx.x);
   const auto channels = static_cast<index_t>(vi.size[1]);
   const auto planes = static_cast<index_t>(vi.size[0]) * channels;
   const auto chunks = static_cast<index_t>(s.chunks);
@@ -153,12 +152,11 @@ __global__ void __launch_bounds__(kGlobalThreads)
     joined[threadIdx.x] = global_scan<scalar_t, State, index_t>(g, vi, s, b, threadIdx.x, in, &q);
     __syncthreads();
     for (int half = s.parts / 2; half > 0; half /= 2) {
-      if (part < half) joined[threadIdx.x].merge(joined[threadIdx.x + half * s.part_step]);
+      global_tree_step(s, joined, threadIdx.x, half);
       __syncthreads();
     }
-    if (part == 0 && q < planes) {
-      global_finish(s, channels, q, b % chunks, joined[threadIdx.x], partial, output);
-    }
+    global_finish(s, threadIdx.x, channels, planes, q, b % chunks, joined[threadIdx.x], partial,
+                  output);
     __syncthreads();  // `joined` is reused by the block's next turn
   }
 }

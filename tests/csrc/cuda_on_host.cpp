@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <vector>
 
 #include "pool_kernels.h"
@@ -33,10 +34,22 @@ struct HostTables {
   }
 };
 
+// The kernels' choice of index type, or int64_t whenever the test asks
+// (POOL_EXT_HOST_INDEX64=1), so that the wide numbering runs on small inputs.
+template <typename F>
+void host_dispatch_index(int64_t total, const F& f) {
+  const char* wide = std::getenv("POOL_EXT_HOST_INDEX64");
+  if (wide != nullptr && wide[0] == '1') {
+    f(int64_t{});
+  } else {
+    dispatch_index(total, f);
+  }
+}
+
 // f(e) for every element number e < total, in the kernels' index type.
 template <typename F>
 void for_elements(int64_t total, const F& f) {
-  dispatch_index(total, [&](auto index_tag) {
+  host_dispatch_index(total, [&](auto index_tag) {
     using index_t = decltype(index_tag);
     for (index_t e = 0; e < static_cast<index_t>(total); ++e) f(e);
   });
@@ -49,8 +62,8 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
   const GlobalSplit s = global_split(g, vi, channels_last(vi), kMultiprocessors);
   const int64_t planes = vi.size[0] * vi.size[1];
   std::vector<State> partial(s.chunks > 1 ? planes * s.chunks : 0);
-  dispatch_index(std::max({s.groups * s.chunks, planes, vi.pixels() + kUnroll * kThreads}),
-                 [&](auto index_tag) {
+  host_dispatch_index(std::max({s.groups * s.chunks, planes, vi.pixels() + kUnroll * kThreads}),
+                      [&](auto index_tag) {
     using index_t = decltype(index_tag);
     const auto channels = static_cast<index_t>(vi.size[1]);
     State joined[kGlobalThreads];
@@ -61,15 +74,11 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
                                                           &q[t]);
       }
       for (int half = s.parts / 2; half > 0; half /= 2) {
-        for (int t = 0; t < kGlobalThreads; ++t) {
-          if (s.part(t) < half) joined[t].merge(joined[t + half * s.part_step]);
-        }
+        for (int t = 0; t < kGlobalThreads; ++t) global_tree_step(s, joined, t, half);
       }
       for (int t = 0; t < kGlobalThreads; ++t) {
-        if (s.part(t) == 0 && q[t] < static_cast<index_t>(planes)) {
-          global_finish(s, channels, q[t], static_cast<index_t>(b % s.chunks), joined[t],
-                        partial.data(), output);
-        }
+        global_finish(s, t, channels, static_cast<index_t>(planes), q[t],
+                      static_cast<index_t>(b % s.chunks), joined[t], partial.data(), output);
       }
     }
   });
