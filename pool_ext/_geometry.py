@@ -92,6 +92,11 @@ def check_sizes(name, x, sizes, ndim):
     )
 
 
+def resolve_output_size(spatial, output_size):
+    """An adaptive output_size with each -1 (torch's None) replaced by the input's extent."""
+    return [size if o == -1 else o for size, o in zip(spatial, output_size)]
+
+
 def adaptive_plan(kind, x, output_size, sizes, with_taps=False):
     """Output shape of an adaptive (variable, with sizes) pooling and, with_taps,
     the taps of its widest window. Those depend on whether the windows divide
@@ -100,7 +105,7 @@ def adaptive_plan(kind, x, output_size, sizes, with_taps=False):
     variable = sizes is not None
     if variable:
         check_sizes(f"variable_{kind}{ndim}d", x, sizes, ndim)
-    output_size = [size if o == -1 else o for size, o in zip(x.shape[2:], output_size)]  # -1: the input's extent
+    output_size = resolve_output_size(x.shape[2:], output_size)
     taps = None
     if with_taps:
         taps = 1

@@ -17,6 +17,7 @@ Beyond torch:
 
 import torch
 
+from ._geometry import resolve_output_size
 from ._meta import has_tangent, pool_ops, transforms_active
 
 __all__ = [
@@ -194,9 +195,8 @@ def _check_channels(name, x, unbatched, size):
     # tensors and a test of one warns.
     if not name.startswith("adaptive_") or unbatched or torch.jit.is_tracing() or x.shape[1] != 0:
         return
-    resolved = [x.shape[2 + i] if o == -1 else o for i, o in enumerate(size)]  # None (-1): the input's
     if name not in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") and not (
-            name == "adaptive_avg_pool3d" and resolved == [1, 1, 1]):
+            name == "adaptive_avg_pool3d" and resolve_output_size(x.shape[2:], size) == [1, 1, 1]):
         raise RuntimeError(
             f"{name}: expected input with non-zero channels and spatial sizes (only the batch may be "
             f"empty), but got input of sizes {list(x.shape)}"
