@@ -177,7 +177,8 @@ inline GlobalSplit global_split(const PoolGeometry& g, const Layout5& v, bool cl
   const int64_t wanted_blocks = kBlocksPerSM * multiprocessors;
   if (s.groups < wanted_blocks) {
     const int64_t wanted = (wanted_blocks + s.groups - 1) / s.groups;
-    s.chunks = std::clamp<int64_t>(std::min(wanted, cells / (parts * kChunkCells)), 1, kGlobalChunks);
+    s.chunks =
+        std::clamp<int64_t>(std::min(wanted, cells / (parts * kChunkCells)), 1, kGlobalChunks);
   }
   s.per_chunk = (cells + s.chunks - 1) / s.chunks;
   // Dense: cell p of every plane at p * cell_stride, its tap p (the window,
@@ -277,7 +278,9 @@ C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& v
     for (; p + (kUnroll - 1) * step < last; p += kUnroll * step) {
       acc_t v[kUnroll];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) v[u] = static_cast<acc_t>(plane[(p + u * step) * s.cell_stride]);
+      for (int u = 0; u < kUnroll; ++u) {
+        v[u] = static_cast<acc_t>(plane[(p + u * step) * s.cell_stride]);
+      }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) state.add(v[u], p + u * step);  // in tap order
     }
@@ -291,7 +294,8 @@ C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& v
     const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
     for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
       const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
-      state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]), encode_tap(g, d, h, x));
+      state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
+                encode_tap(g, d, h, x));
     }
   }
   return state;

@@ -515,8 +515,9 @@ struct Cascade {
 
   // The whole sum, with `rest` (the cells past the last block).
   T total(T rest) const {
-    for (int k = 0; (count >> k) != 0; ++k) {  // to the highest level only: runs_sum
-      if ((count >> k) & 1) rest = level[k] + rest;  // totals one level per plane
+    // Up to the highest level only: runs_sum totals a Cascade per window.
+    for (int k = 0; (count >> k) != 0; ++k) {
+      if ((count >> k) & 1) rest = level[k] + rest;
     }
     return rest;
   }
@@ -1865,8 +1866,9 @@ inline void spread_sweep(acc_t* __restrict__ at, Step step, Interior inner,
 // input cell then holds the sum the GPU's gather forms, term for term in
 // the same order, so CPU and GPU agree bit for bit and two runs do too.
 // Scratch is a plane per thread at most (a band of it for large planes),
-// so never more than the gradient in acc_t. Channels-last (and small planes, through channels-last
-// buffers: see via_channels) gathers a pixel's channels at once.
+// so never more than the gradient in acc_t. Channels-last (and small planes,
+// through channels-last buffers: see via_channels) gathers a pixel's
+// channels at once.
 
 // Windows covering one input cell overlap at most this many outputs per dim
 // on average; a rough cost for the grain size.

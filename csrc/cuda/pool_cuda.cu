@@ -1,8 +1,9 @@
 // CUDA kernels: one thread per output (forward) or per input cell (backward),
 // each a thin loop around the element functions of pool_kernels.h (over
 // pool.h's arithmetic, which the CPU kernels run too; the tests run the
-// element functions themselves on the host). Threads walk elements in memory order (channels fastest
-// for channels-last), so neighbouring threads touch neighbouring memory.
+// element functions themselves on the host). Threads walk elements in memory
+// order (channels fastest for channels-last), so neighbouring threads touch
+// neighbouring memory.
 // Windows and covering spans come from per-dim tables filled by a first small
 // kernel, and element numbers are split in 32 bits where the tensor allows:
 // the hot loops do no 64-bit division. Backward kernels gather: no atomics,
@@ -193,8 +194,8 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
   if (s.chunks > 1) {
-    global_join_kernel<State, Output><<<l.grid, l.block, 0, l.stream>>>(planes, vi.size[1], s.chunks,
-                                                                        partial_ptr, output);
+    global_join_kernel<State, Output>
+        <<<l.grid, l.block, 0, l.stream>>>(planes, vi.size[1], s.chunks, partial_ptr, output);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
 }

@@ -70,8 +70,8 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
     index_t q[kGlobalThreads];
     for (index_t b = 0; b < static_cast<index_t>(s.groups * s.chunks); ++b) {
       for (int t = 0; t < kGlobalThreads; ++t) {
-        joined[t] = global_scan<scalar_t, State, index_t>(g, vi, s, b, t, in.const_data_ptr<scalar_t>(),
-                                                          &q[t]);
+        joined[t] = global_scan<scalar_t, State, index_t>(g, vi, s, b, t,
+                                                          in.const_data_ptr<scalar_t>(), &q[t]);
       }
       for (int half = s.parts / 2; half > 0; half /= 2) {
         for (int t = 0; t < kGlobalThreads; ++t) global_tree_step(s, joined, t, half);
@@ -97,8 +97,9 @@ struct HostKernels {
         tap_t* tap_ptr = values_only ? nullptr : taps.mutable_data_ptr<tap_t>();
         const Layout5 vt = layout_of(values_only ? out : taps);
         if (is_global(g)) {
-          global_reduce<scalar_t>(g, in, MaxOutput<scalar_t, tap_t>{layout_of(out), vt,
-                                                                    out.mutable_data_ptr<scalar_t>(), tap_ptr});
+          global_reduce<scalar_t>(g, in, MaxOutput<scalar_t, tap_t>{
+                                             layout_of(out), vt, out.mutable_data_ptr<scalar_t>(),
+                                             tap_ptr});
           return;
         }
         const HostTables tables(g, in);
@@ -144,7 +145,8 @@ struct HostKernels {
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_host", [&] {
       if (is_global(g)) {
-        global_reduce<scalar_t>(g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});
+        global_reduce<scalar_t>(
+            g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});
         return;
       }
       const HostTables tables(g, in);

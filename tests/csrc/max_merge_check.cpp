@@ -71,7 +71,9 @@ int main() {
       std::vector<State> threads(parts, State{0.f, -1});
       const int64_t last = std::min((chunk + 1) * per_chunk, cells);
       for (int part = 0; part < parts; ++part) {
-        for (int64_t p = chunk * per_chunk + part; p < last; p += parts) add(threads[part], x[p], p);
+        for (int64_t p = chunk * per_chunk + part; p < last; p += parts) {
+          add(threads[part], x[p], p);
+        }
       }
       for (int half = parts / 2; half > 0; half /= 2) {
         for (int part = 0; part < half; ++part) merge(threads[part], threads[part + half]);
