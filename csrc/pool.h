@@ -11,7 +11,9 @@
 #include <c10/macros/Macros.h>
 
 #include <cstdint>
+#include <cstring>
 #include <limits>
+#include <stdexcept>
 
 namespace pool_ext {
 
@@ -288,7 +290,8 @@ C10_HOST_DEVICE inline int64_t tap_to_index(const PoolGeometry& g, const Window*
 // The divisor of average window o: divisor_override, or the cells of the
 // window, counting padding when count_include_pad asks for it (torch's rule:
 // padding after the input counts up to pad_end only).
-C10_HOST_DEVICE inline int64_t avg_divisor(const PoolGeometry& g, const Window* w, const int64_t* o) {
+C10_HOST_DEVICE inline int64_t avg_divisor(const PoolGeometry& g, const Window* w,
+                                           const int64_t* o) {
   if (g.divisor_override != 0) {
     return g.divisor_override;
   }
@@ -386,13 +389,62 @@ C10_HOST_DEVICE inline WindowWalk walk(const Window* w, const int64_t* s) {
           {w[0].step * s[0], w[1].step * s[1], w[2].step * s[2]}};
 }
 
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
-                                        const scalar_t* at, const int64_t* s, int64_t* tap) {
+// V values side by side in memory: V neighbouring channels of a
+// channels-last tensor, which a GPU thread loads and stores as one access of
+// up to 16 bytes. Everything below works on packs of V lanes, each lane
+// exactly as a lone value would be; the CPU kernels use V = 1.
+template <typename T, int V>
+struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
+  T v[V];
+};
+
+// On the host (the CPU kernels, and the tests' run of the GPU's work) a
+// misaligned pack throws: the kernels' choice of V must rule it out.
+template <int V, typename T>
+C10_HOST_DEVICE inline void check_pack(const T* p) {
+#ifndef __CUDA_ARCH__
+  if constexpr (V > 1) {
+    if (reinterpret_cast<uintptr_t>(p) % alignof(Pack<T, V>) != 0) {
+      throw std::logic_error("pool_ext: a pack of channels is not aligned");
+    }
+  }
+#endif
+}
+
+template <int V, typename T>
+C10_HOST_DEVICE inline Pack<T, V> load_pack(const T* p) {
+  check_pack<V>(p);
+#ifdef __CUDA_ARCH__
+  return *reinterpret_cast<const Pack<T, V>*>(p);
+#else
+  Pack<T, V> pack;
+  std::memcpy(&pack, p, sizeof(pack));
+  return pack;
+#endif
+}
+
+template <int V, typename T>
+C10_HOST_DEVICE inline void store_pack(T* p, const Pack<T, V>& pack) {
+  check_pack<V>(p);
+#ifdef __CUDA_ARCH__
+  *reinterpret_cast<Pack<T, V>*>(p) = pack;
+#else
+  std::memcpy(p, &pack, sizeof(pack));
+#endif
+}
+
+// The max of window w in each of V lanes and its tap (window_max per lane).
+template <int V, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void window_max_lanes(const PoolGeometry& g, const Window* w,
+                                             const scalar_t* at, const int64_t* s, acc_t* best,
+                                             int64_t* tap) {
   const WindowWalk k = walk(w, s);
   const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
-  acc_t best = -std::numeric_limits<acc_t>::infinity();
-  int64_t best_tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
+  const int64_t first_tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
+  for (int u = 0; u < V; ++u) {
+    best[u] = -std::numeric_limits<acc_t>::infinity();
+    tap[u] = first_tap;
+  }
   const scalar_t* pd = at + k.first;
   for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
     const scalar_t* ph = pd;
@@ -400,22 +452,31 @@ C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
       const int64_t row_tap =
           ((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw + w[2].first_tap;
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        // Selects rather than branches: a data-dependent branch mispredicts
-        // on every new max.
-        const auto v = static_cast<acc_t>(ph[tw * k.step[2]]);
-        const bool takes = POOL_EXT_UNPREDICTABLE(max_takes(v, best));
-        best = takes ? v : best;
-        best_tap = takes ? row_tap + tw : best_tap;
+        const Pack<scalar_t, V> cell = load_pack<V>(ph + tw * k.step[2]);
+        for (int u = 0; u < V; ++u) {
+          // Selects rather than branches: a data-dependent branch mispredicts
+          // on every new max.
+          const auto v = static_cast<acc_t>(cell.v[u]);
+          const bool takes = POOL_EXT_UNPREDICTABLE(max_takes(v, best[u]));
+          best[u] = takes ? v : best[u];
+          tap[u] = takes ? row_tap + tw : tap[u];
+        }
       }
     }
   }
-  *tap = best_tap;
+}
+
+template <typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
+                                        const scalar_t* at, const int64_t* s, int64_t* tap) {
+  acc_t best;
+  window_max_lanes<1, scalar_t, acc_t>(g, w, at, s, &best, tap);
   return best;
 }
 
-// Calls f(value) for the cells of window w, in tap order.
-template <typename scalar_t, typename F>
-C10_HOST_DEVICE inline void for_window_cells(const Window* w, const scalar_t* at, const int64_t* s,
+// Calls f(pack) for the cells of window w, V lanes at a time, in tap order.
+template <int V, typename scalar_t, typename F>
+C10_HOST_DEVICE inline void for_window_packs(const Window* w, const scalar_t* at, const int64_t* s,
                                              const F& f) {
   const WindowWalk k = walk(w, s);
   const scalar_t* pd = at + k.first;
@@ -423,30 +484,47 @@ C10_HOST_DEVICE inline void for_window_cells(const Window* w, const scalar_t* at
     const scalar_t* ph = pd;
     for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        f(ph[tw * k.step[2]]);
+        f(load_pack<V>(ph + tw * k.step[2]));
       }
     }
   }
 }
 
+// Calls f(value) for the cells of window w, in tap order.
+template <typename scalar_t, typename F>
+C10_HOST_DEVICE inline void for_window_cells(const Window* w, const scalar_t* at, const int64_t* s,
+                                             const F& f) {
+  for_window_packs<1>(w, at, s, [&](const Pack<scalar_t, 1>& cell) { f(cell.v[0]); });
+}
+
+template <int V, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void window_sum_lanes(const Window* w, const scalar_t* at, const int64_t* s,
+                                             acc_t* sum) {
+  for (int u = 0; u < V; ++u) sum[u] = 0;
+  for_window_packs<V>(w, at, s, [&](const Pack<scalar_t, V>& cell) {
+    for (int u = 0; u < V; ++u) sum[u] += static_cast<acc_t>(cell.v[u]);
+  });
+}
+
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
-  acc_t sum = 0;
-  for_window_cells(w, at, s, [&](scalar_t v) { sum += static_cast<acc_t>(v); });
+  acc_t sum;
+  window_sum_lanes<1, scalar_t, acc_t>(w, at, s, &sum);
   return sum;
 }
 
-// Gradient of max pooling at input cell i (sample n): the sum, in output
-// order, of the gradients of the outputs whose saved tap is this cell.
-template <typename scalar_t, typename tap_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t max_grad_at(const PoolGeometry& g, const PoolTables& t, int64_t n,
-                                         const int64_t* i, const scalar_t* grad,
-                                         const int64_t* gs, const tap_t* taps,
-                                         const int64_t* ts) {
+// Gradient of max pooling at input cell i (sample n) in each of V lanes:
+// the sum, in output order, of the gradients of the outputs whose saved tap
+// is this cell.
+template <int V, typename scalar_t, typename tap_t, typename acc_t>
+C10_HOST_DEVICE inline void max_grad_lanes(const PoolGeometry& g, const PoolTables& t, int64_t n,
+                                           const int64_t* i, const scalar_t* grad,
+                                           const int64_t* gs, const tap_t* taps,
+                                           const int64_t* ts, acc_t* sum) {
   const Span sd = table_covering(t, n, 0, i[0]);
   const Span sh = table_covering(t, n, 1, i[1]);
   const Span sw = table_covering(t, n, 2, i[2]);
-  acc_t sum = 0;
+  for (int u = 0; u < V; ++u) sum[u] = 0;
   for (int64_t od = sd.lo; od < sd.hi; ++od) {
     const int64_t td = tap_in(table_window(t, n, 0, od), i[0]);
     if (td < 0) continue;
@@ -457,25 +535,33 @@ C10_HOST_DEVICE inline acc_t max_grad_at(const PoolGeometry& g, const PoolTables
       for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
         const int64_t tw = tap_in(table_window(t, n, 2, ow), i[2]);
         if (tw < 0) continue;
-        if (static_cast<int64_t>(taps[od * ts[0] + oh * ts[1] + ow * ts[2]]) == row_tap + tw) {
-          sum += static_cast<acc_t>(grad[od * gs[0] + oh * gs[1] + ow * gs[2]]);
+        const Pack<tap_t, V> saved = load_pack<V>(taps + od * ts[0] + oh * ts[1] + ow * ts[2]);
+        bool mine[V];
+        bool any = false;
+        for (int u = 0; u < V; ++u) {
+          mine[u] = static_cast<int64_t>(saved.v[u]) == row_tap + tw;
+          any |= mine[u];
+        }
+        if (!any) continue;  // no gradient to read
+        const Pack<scalar_t, V> go = load_pack<V>(grad + od * gs[0] + oh * gs[1] + ow * gs[2]);
+        for (int u = 0; u < V; ++u) {
+          if (mine[u]) sum[u] += static_cast<acc_t>(go.v[u]);
         }
       }
     }
   }
-  return sum;
 }
 
-// Gradient of average pooling at input cell i (sample n).
-template <typename scalar_t, typename acc_t>
-C10_HOST_DEVICE inline acc_t avg_grad_at(const PoolGeometry& g, const PoolTables& t, int64_t n,
-                                         const int64_t* i, const scalar_t* grad,
-                                         const int64_t* gs) {
+// Gradient of average pooling at input cell i (sample n) in each of V lanes.
+template <int V, typename scalar_t, typename acc_t>
+C10_HOST_DEVICE inline void avg_grad_lanes(const PoolGeometry& g, const PoolTables& t, int64_t n,
+                                           const int64_t* i, const scalar_t* grad,
+                                           const int64_t* gs, acc_t* sum) {
   Span span[kDims];
   for (int k = 0; k < kDims; ++k) {
     span[k] = table_covering(t, n, k, i[k]);
   }
-  acc_t sum = 0;
+  for (int u = 0; u < V; ++u) sum[u] = 0;
   int64_t o[kDims];
   Window w[kDims];
   for (o[0] = span[0].lo; o[0] < span[0].hi; ++o[0]) {
@@ -484,12 +570,13 @@ C10_HOST_DEVICE inline acc_t avg_grad_at(const PoolGeometry& g, const PoolTables
       w[1] = table_window(t, n, 1, o[1]);
       for (o[2] = span[2].lo; o[2] < span[2].hi; ++o[2]) {
         w[2] = table_window(t, n, 2, o[2]);
-        sum += static_cast<acc_t>(grad[o[0] * gs[0] + o[1] * gs[1] + o[2] * gs[2]]) /
-               static_cast<acc_t>(avg_divisor(g, w, o));
+        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+        const Pack<scalar_t, V> go =
+            load_pack<V>(grad + o[0] * gs[0] + o[1] * gs[1] + o[2] * gs[2]);
+        for (int u = 0; u < V; ++u) sum[u] += static_cast<acc_t>(go.v[u]) / divisor;
       }
     }
   }
-  return sum;
 }
 
 }  // namespace pool_ext

@@ -9,9 +9,13 @@
 #include <ATen/OpMathType.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <initializer_list>
 #include <limits>
+#include <type_traits>
 
 #include "pool.h"
+#include "pool_plan.h"
 
 namespace pool_ext {
 
@@ -44,43 +48,110 @@ C10_HOST_DEVICE inline void table_windows(const PoolTables& t, int64_t n, const 
   }
 }
 
-// Forward of max pooling at output e; taps null for the inference forward.
-template <typename scalar_t, typename tap_t, typename index_t>
+// ------------------------------------------------------------ channel packs
+//
+// The window kernels give a thread a pack of V neighbouring channels (one
+// 16-byte load or store per cell: 4 floats, 8 halves) wherever every tensor
+// they touch allows it, else V = 1. Element numbers then count packs:
+// channels-last, channels fastest, C / V of them per pixel.
+
+// The most channels of scalar_t in one 16-byte access.
+template <typename scalar_t>
+constexpr int kMaxLanes = static_cast<int>(16 / sizeof(scalar_t));
+
+// Whether packs of `lanes` channels line up in the (N, C, D, H, W) view t5:
+// channels-last, a channel count and every stride (of a dim longer than 1)
+// multiples of lanes, and the data aligned to a pack (Pack's alignment).
+inline bool packs_fit(int lanes, const at::Tensor& t5) {
+  const Layout5 v = layout_of(t5);
+  if (v.stride[1] != 1 || v.size[1] % lanes != 0) return false;
+  for (int k = 0; k < 5; ++k) {
+    if (k != 1 && v.size[k] > 1 && v.stride[k] % lanes != 0) return false;
+  }
+  const auto align = static_cast<uintptr_t>(std::min<int64_t>(t5.element_size() * lanes, 16));
+  return reinterpret_cast<uintptr_t>(t5.const_data_ptr()) % align == 0;
+}
+
+// Channels per thread of a window kernel over scalar_t touching the views
+// `tensors` (undefined: a tensor the kernel skips).
+template <typename scalar_t>
+int pack_lanes(std::initializer_list<at::Tensor> tensors) {
+  constexpr int lanes = kMaxLanes<scalar_t>;
+  for (const at::Tensor& t : tensors) {
+    if (t.defined() && !packs_fit(lanes, t)) return 1;
+  }
+  return lanes;
+}
+
+// Calls f(std::integral_constant<int, V>{}) for lanes V: 1 or kMaxLanes.
+template <typename scalar_t, typename F>
+void dispatch_lanes(int lanes, const F& f) {
+  if (lanes == kMaxLanes<scalar_t>) {
+    f(std::integral_constant<int, kMaxLanes<scalar_t>>{});
+  } else {
+    f(std::integral_constant<int, 1>{});
+  }
+}
+
+// Splits element number e of a kernel taking V channels each: (n, c, x)
+// with c the pack's first channel (V > 1 only for channels-last, cl).
+template <int V, typename index_t>
+C10_HOST_DEVICE inline void unflatten_pack(index_t e, const Layout5& v, bool cl, int64_t* n,
+                                           int64_t* c, int64_t* x) {
+  Layout5 packs = v;
+  packs.size[1] /= V;
+  unflatten_element<index_t>(e, packs, cl, n, c, x);
+  *c *= V;
+}
+
+template <int V, typename acc_t, typename T>
+C10_HOST_DEVICE inline Pack<T, V> narrow_pack(const acc_t* values) {
+  Pack<T, V> pack;
+  for (int u = 0; u < V; ++u) pack.v[u] = static_cast<T>(values[u]);
+  return pack;
+}
+
+// Forward of max pooling at output e (V channels); taps null for the
+// inference forward.
+template <int V, typename scalar_t, typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const PoolTables& t,
                                                 const Layout5& vi, const Layout5& vo,
                                                 const Layout5& vt, bool cl, index_t e,
                                                 const scalar_t* in, scalar_t* out, tap_t* taps) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, o[kDims];
-  unflatten_element<index_t>(e, vo, cl, &n, &c, o);
+  unflatten_pack<V, index_t>(e, vo, cl, &n, &c, o);
   Window w[kDims];
   table_windows(t, n, o, w);
-  int64_t tap;
-  const acc_t best =
-      window_max<scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(), &tap);
-  out[vo.offset(n, c, o[0], o[1], o[2])] = static_cast<scalar_t>(best);
+  acc_t best[V];
+  int64_t tap[V];
+  window_max_lanes<V, scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
+                                       best, tap);
+  store_pack<V>(out + vo.offset(n, c, o[0], o[1], o[2]), narrow_pack<V, acc_t, scalar_t>(best));
   if (taps != nullptr) {
-    taps[vt.offset(n, c, o[0], o[1], o[2])] = static_cast<tap_t>(tap);
+    store_pack<V>(taps + vt.offset(n, c, o[0], o[1], o[2]), narrow_pack<V, int64_t, tap_t>(tap));
   }
 }
 
-template <typename scalar_t, typename index_t>
+template <int V, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const PoolTables& t,
                                                 const Layout5& vi, const Layout5& vo, bool cl,
                                                 index_t e, const scalar_t* in, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, o[kDims];
-  unflatten_element<index_t>(e, vo, cl, &n, &c, o);
+  unflatten_pack<V, index_t>(e, vo, cl, &n, &c, o);
   Window w[kDims];
   table_windows(t, n, o, w);
-  const acc_t sum =
-      window_sum<scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides());
-  out[vo.offset(n, c, o[0], o[1], o[2])] =
-      static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, o)));
+  acc_t mean[V];
+  window_sum_lanes<V, scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
+                                       mean);
+  const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+  for (int u = 0; u < V; ++u) mean[u] /= divisor;
+  store_pack<V>(out + vo.offset(n, c, o[0], o[1], o[2]), narrow_pack<V, acc_t, scalar_t>(mean));
 }
 
-// Backward of max pooling at input cell e.
-template <typename scalar_t, typename tap_t, typename index_t>
+// Backward of max pooling at input cell e (V channels).
+template <int V, typename scalar_t, typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const PoolTables& t,
                                                  const Layout5& vo, const Layout5& vt,
                                                  const Layout5& vg, bool cl, index_t e,
@@ -88,24 +159,26 @@ C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const Po
                                                  scalar_t* grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, i[kDims];
-  unflatten_element<index_t>(e, vg, cl, &n, &c, i);
-  const acc_t sum = max_grad_at<scalar_t, tap_t, acc_t>(
-      g, t, n, i, grad + vo.offset(n, c, 0, 0, 0), vo.spatial_strides(),
-      taps + vt.offset(n, c, 0, 0, 0), vt.spatial_strides());
-  grad_in[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+  unflatten_pack<V, index_t>(e, vg, cl, &n, &c, i);
+  acc_t sum[V];
+  max_grad_lanes<V, scalar_t, tap_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
+                                            vo.spatial_strides(), taps + vt.offset(n, c, 0, 0, 0),
+                                            vt.spatial_strides(), sum);
+  store_pack<V>(grad_in + vg.offset(n, c, i[0], i[1], i[2]), narrow_pack<V, acc_t, scalar_t>(sum));
 }
 
-template <typename scalar_t, typename index_t>
+template <int V, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline void avg_backward_element(const PoolGeometry& g, const PoolTables& t,
                                                  const Layout5& vo, const Layout5& vg, bool cl,
                                                  index_t e, const scalar_t* grad,
                                                  scalar_t* grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, i[kDims];
-  unflatten_element<index_t>(e, vg, cl, &n, &c, i);
-  const acc_t sum = avg_grad_at<scalar_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
-                                                 vo.spatial_strides());
-  grad_in[vg.offset(n, c, i[0], i[1], i[2])] = static_cast<scalar_t>(sum);
+  unflatten_pack<V, index_t>(e, vg, cl, &n, &c, i);
+  acc_t sum[V];
+  avg_grad_lanes<V, scalar_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
+                                     vo.spatial_strides(), sum);
+  store_pack<V>(grad_in + vg.offset(n, c, i[0], i[1], i[2]), narrow_pack<V, acc_t, scalar_t>(sum));
 }
 
 template <typename tap_t, typename index_t>

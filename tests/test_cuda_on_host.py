@@ -63,11 +63,19 @@ def both(host, name, *args):
     return want, getattr(host, name)(*args)
 
 
-def random_case(rng, d, dtype, adaptive):
+def random_grad(rng, out):
+    """A gradient for out: contiguous, or in out's own layout (channels-last
+    outputs then take packs of channels in the backward too)."""
+    g = torch.randn(out.shape).to(out.dtype)
+    return g if rng.random() < 0.5 else torch.empty_like(out).copy_(g)
+
+
+def random_case(rng, d, dtype, adaptive, channels=(1, 2, 3, 5, 8, 16, 17), layout=None):
     n = rng.choice([0, 1, 2, 3])
-    c = rng.choice([1, 2, 3, 5, 8, 17])
+    c = rng.choice(channels)
     spatial = [rng.randint(1, {1: 40, 2: 12, 3: 6}[d]) for _ in range(d)]
-    x, _ = random_input(rng, (n, c, *spatial), dtype, "cpu")  # random layout, ties, NaN and inf
+    # random (or the given) layout, ties, NaN and inf
+    x, _ = random_input(rng, (n, c, *spatial), dtype, "cpu", layout=layout)
     if adaptive:
         out = [rng.choice([1, 1, rng.randint(1, s + 2), -1]) for s in spatial]
         sizes = None
@@ -103,9 +111,44 @@ def test_int64_element_numbers(host, d, monkeypatch):
     check_adaptive(host, random.Random(f"wide-adaptive-{d}"), d, torch.float32, CASES // 3)
 
 
-def check_fixed(host, rng, d, dtype, cases):
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [2, 3])
+def test_channel_packs(host, d, dtype):
+    """Channels-last inputs whose channels come in whole 16-byte packs: each
+    element of the window kernels takes a pack of channels (4 floats, 8
+    halves) in one load, in the forwards and in the backwards."""
+    rng = random.Random(f"packs-{d}-{dtype}")
+    check_fixed(host, rng, d, dtype, CASES // 3, channels=(8, 16, 24), layout="channels_last")
+    check_adaptive(host, rng, d, dtype, CASES // 3, channels=(8, 16, 24), layout="channels_last")
+
+
+def test_channel_packs_chosen_only_where_they_line_up(host):
+    """Packs where the channels, every stride and the data's address line up
+    with 16 bytes (on the host a misaligned pack raises, so the random cases
+    prove the choice safe); one channel per thread anywhere else."""
+    lanes = host._pack_lanes
+    x = torch.randn(2, 24, 5, 6).to(memory_format=torch.channels_last)
+    assert lanes([x]) == 4
+    assert lanes([x.half()]) == 8 and lanes([x.bfloat16()]) == 8 and lanes([x.double()]) == 2
+    assert lanes([x[:, 4:]]) == 4  # 16 bytes in, 20 channels
+    assert lanes([x[:, 2:]]) == 1  # 8 bytes in: misaligned
+    assert lanes([x.half()[:, 8:]]) == 8 and lanes([x.half()[:, 4:]]) == 1
+    assert lanes([x[:, :22]]) == 1  # 22 channels
+    assert lanes([x[..., 1:]]) == 4 and lanes([x[..., ::2]]) == 4  # whole pixels skipped
+    assert lanes([x.contiguous()]) == 1
+    assert lanes([torch.randn(2, 6, 5, 5).to(memory_format=torch.channels_last)]) == 1
+    assert lanes([torch.randn(2, 10, 5, 5).to(memory_format=torch.channels_last).double()]) == 2
+    assert lanes([torch.randn(1, 8, 1, 1).expand(3, 8, 4, 4)]) == 4  # stride-0 pixels
+    assert lanes([x, x.contiguous()]) == 1  # every tensor of a kernel must line up
+    y = torch.randn(2, 8, 3, 4, 5).to(memory_format=torch.channels_last_3d)
+    assert lanes([y]) == 4 and lanes([y[:, :, 1:]]) == 4 and lanes([y.transpose(2, 3)]) == 4
+    assert lanes([torch.randn(4, 6, 5)]) == 1 and lanes([torch.randn(4, 5, 8).transpose(1, 2)]) == 4
+
+
+def check_fixed(host, rng, d, dtype, cases, **case_args):
     for _ in range(cases):
-        x, (kernel, stride, padding, ceil_mode, same) = random_case(rng, d, dtype, adaptive=False)
+        x, (kernel, stride, padding, ceil_mode, same) = random_case(rng, d, dtype, adaptive=False,
+                                                                    **case_args)
         dilation = [rng.choice([1, 1, 2]) for _ in range(d)]
         got = both(host, "max_pool", x, kernel, stride, padding, dilation, ceil_mode, same)
         if got is not None:
@@ -116,8 +159,8 @@ def check_fixed(host, rng, d, dtype, cases):
             equal(host._max_pool_indices(x, taps, kernel, stride, padding, dilation, ceil_mode, same),
                   torch.ops.pool_ext._max_pool_indices(x, taps, kernel, stride, padding, dilation, ceil_mode,
                                                        same))
-            g = torch.randn(out.shape).to(dtype)
-            args = (g, x, taps, kernel, stride, padding, dilation, ceil_mode, same)
+            args = (random_grad(rng, out), x, taps, kernel, stride, padding, dilation, ceil_mode,
+                    same)
             close(host._max_pool_backward(*args), torch.ops.pool_ext._max_pool_backward(*args))
         include_pad = rng.random() < 0.5
         divisor = rng.choice([None, None, 3, -2])
@@ -125,14 +168,14 @@ def check_fixed(host, rng, d, dtype, cases):
         if got is not None:
             out, h_out = got
             close(h_out, out)
-            args = (torch.randn(out.shape).to(dtype), x, kernel, stride, padding, ceil_mode, same,
-                    include_pad, divisor)
+            args = (random_grad(rng, out), x, kernel, stride, padding, ceil_mode, same, include_pad,
+                    divisor)
             close(host._avg_pool_backward(*args), torch.ops.pool_ext._avg_pool_backward(*args))
 
 
-def check_adaptive(host, rng, d, dtype, cases):
+def check_adaptive(host, rng, d, dtype, cases, **case_args):
     for _ in range(cases):
-        x, (out_size, sizes) = random_case(rng, d, dtype, adaptive=True)
+        x, (out_size, sizes) = random_case(rng, d, dtype, adaptive=True, **case_args)
         got = both(host, "adaptive_max_pool", x, out_size, sizes)
         if got is not None:
             (out, taps), (h_out, h_taps) = got
@@ -141,13 +184,13 @@ def check_adaptive(host, rng, d, dtype, cases):
             equal(host._adaptive_max_pool_values(x, out_size, sizes), out)
             equal(host._adaptive_max_pool_indices(x, taps, out_size, sizes),
                   torch.ops.pool_ext._adaptive_max_pool_indices(x, taps, out_size, sizes))
-            args = (torch.randn(out.shape).to(dtype), x, taps, out_size, sizes)
+            args = (random_grad(rng, out), x, taps, out_size, sizes)
             close(host._adaptive_max_pool_backward(*args), torch.ops.pool_ext._adaptive_max_pool_backward(*args))
         got = both(host, "adaptive_avg_pool", x, out_size, sizes)
         if got is not None:
             out, h_out = got
             close(h_out, out)
-            args = (torch.randn(out.shape).to(dtype), x, out_size, sizes)
+            args = (random_grad(rng, out), x, out_size, sizes)
             close(host._adaptive_avg_pool_backward(*args), torch.ops.pool_ext._adaptive_avg_pool_backward(*args))
 
 

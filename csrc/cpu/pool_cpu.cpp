@@ -2030,7 +2030,7 @@ inline int64_t row_origin(const PoolGeometry& g, const Window& wd, const Window&
 
 // Channels-last backward by gather: each input pixel sums, channel by
 // channel, the outputs covering it in output order (pool.h's covering and
-// tap_in, as max_grad_at and avg_grad_at do on the GPU), a block of
+// tap_in, as max_grad_lanes and avg_grad_lanes do on the GPU), a block of
 // channels at a time in registers, and writes its cells once: no zero fill,
 // no read-modify-write, no scratch, any split of pixels over threads.
 //
@@ -2231,7 +2231,7 @@ void max_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
                                   t_c.template const_data_ptr<tap_t>());
 }
 
-// Average: each output's share (gradient / divisor, as avg_grad_at forms
+// Average: each output's share (gradient / divisor, as avg_grad_lanes forms
 // it) once, then the gather sums shares.
 template <typename scalar_t>
 void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_out,
@@ -2335,7 +2335,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
 }
 
 // The shares of output row (od, oh) of a plane: each output's gradient
-// over its divisor, as avg_grad_at forms each term. Inside the row the W
+// over its divisor, as avg_grad_lanes forms each term. Inside the row the W
 // factor of the divisor is the kernel, so one divisor serves all (a vector
 // at a time where the gradient row is contiguous); the edges take their own.
 template <typename scalar_t, typename acc_t>
@@ -2449,13 +2449,13 @@ inline bool gathers_planes_avg(const PoolGeometry& g, const Layout5& vg) {
 }
 
 // The average backward of planes by gather, a plane per task: first the
-// plane's shares (gradient / divisor, as avg_grad_at forms each term) in
+// plane's shares (gradient / divisor, as avg_grad_lanes forms each term) in
 // rows with zeros either side, then each input row, a vector of cells at
-// a time, sums the share rows of the outputs covering it in avg_grad_at's
+// a time, sums the share rows of the outputs covering it in avg_grad_lanes's
 // order (D, H, then W ascending); along W those terms are contiguous loads
 // (stride 2: even and odd cells apart, then interleaved). The zeros stand
 // for outputs past a row's ends: a sum that starts at +0 is never -0, so
-// adding +0 changes nothing, and each cell gets avg_grad_at's sum bit for
+// adding +0 changes nothing, and each cell gets avg_grad_lanes's sum bit for
 // bit, written once: no zero fill, no read-modify-write passes, no scratch.
 // Over the spreading kernel: 3x3 stride-1 windows on 35x35 planes 3x.
 template <typename scalar_t>

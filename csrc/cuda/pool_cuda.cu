@@ -1,9 +1,10 @@
-// CUDA kernels: one thread per output (forward) or per input cell (backward),
-// each a thin loop around the element functions of pool_kernels.h (over
-// pool.h's arithmetic, which the CPU kernels run too; the tests run the
-// element functions themselves on the host). Threads walk elements in memory
-// order (channels fastest for channels-last), so neighbouring threads touch
-// neighbouring memory.
+// CUDA kernels: one thread per output (forward) or per input cell
+// (backward), or per pack of channels of one (pool_kernels.h's pack_lanes:
+// channels-last tensors in whole 16-byte packs), each a thin loop around the
+// element functions of pool_kernels.h (over pool.h's arithmetic, which the
+// CPU kernels run too; the tests run the element functions themselves on the
+// host). Threads walk elements in memory order (channels fastest for
+// channels-last), so neighbouring threads touch neighbouring memory.
 // Windows and covering spans come from per-dim tables filled by a first small
 // kernel, and element numbers are split in 32 bits where the tensor allows:
 // the hot loops do no 64-bit division. Backward kernels gather: no atomics,
@@ -61,7 +62,8 @@ struct DeviceTables {
   at::Tensor storage;
   PoolTables view;
 
-  DeviceTables(const PoolGeometry& g, const at::Tensor& like) : view(table_layout(g, like.size(0))) {
+  DeviceTables(const PoolGeometry& g, const at::Tensor& like)
+      : view(table_layout(g, like.size(0))) {
     const int64_t window_bytes = view.samples * view.out_total * sizeof(Window);
     const int64_t span_bytes = view.samples * view.in_total * sizeof(Span);
     storage = at::empty({window_bytes + span_bytes}, like.options().dtype(at::kByte));
@@ -77,42 +79,43 @@ struct DeviceTables {
   }
 };
 
-template <typename scalar_t, typename tap_t, typename index_t>
+template <int V, typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo,
                                    Layout5 vt, bool cl, index_t total,
                                    const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                    tap_t* __restrict__ taps) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_forward_element<scalar_t, tap_t, index_t>(g, t, vi, vo, vt, cl, e, in, out, taps);
+    max_forward_element<V, scalar_t, tap_t, index_t>(g, t, vi, vo, vt, cl, e, in, out, taps);
   }
 }
 
-template <typename scalar_t, typename index_t>
+template <int V, typename scalar_t, typename index_t>
 __global__ void avg_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo, bool cl,
                                    index_t total, const scalar_t* __restrict__ in,
                                    scalar_t* __restrict__ out) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    avg_forward_element<scalar_t, index_t>(g, t, vi, vo, cl, e, in, out);
+    avg_forward_element<V, scalar_t, index_t>(g, t, vi, vo, cl, e, in, out);
   }
 }
 
-template <typename scalar_t, typename tap_t, typename index_t>
+template <int V, typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vt,
                                     Layout5 vg, bool cl, index_t total,
                                     const scalar_t* __restrict__ grad,
                                     const tap_t* __restrict__ taps,
                                     scalar_t* __restrict__ grad_in) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_backward_element<scalar_t, tap_t, index_t>(g, t, vo, vt, vg, cl, e, grad, taps, grad_in);
+    max_backward_element<V, scalar_t, tap_t, index_t>(g, t, vo, vt, vg, cl, e, grad, taps,
+                                                      grad_in);
   }
 }
 
-template <typename scalar_t, typename index_t>
+template <int V, typename scalar_t, typename index_t>
 __global__ void avg_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vg, bool cl,
                                     index_t total, const scalar_t* __restrict__ grad,
                                     scalar_t* __restrict__ grad_in) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    avg_backward_element<scalar_t, index_t>(g, t, vo, vg, cl, e, grad, grad_in);
+    avg_backward_element<V, scalar_t, index_t>(g, t, vo, vg, cl, e, grad, grad_in);
   }
 }
 
@@ -220,20 +223,24 @@ struct CudaKernels {
       return;
     }
     const DeviceTables tables(g, in);
-    const int64_t total = out.numel();
-    const auto l = launch_for(out, total);
     POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cuda", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
-        dispatch_index(total, [&](auto index_tag) {
-          using tap_t = decltype(tap_tag);
-          using index_t = decltype(index_tag);
-          const bool values_only = !taps.defined();
-          max_forward_kernel<scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-              g, tables.view, layout_of(in), layout_of(out), layout_of(values_only ? out : taps),
-              channels_last(out), static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
-              out.mutable_data_ptr<scalar_t>(),
-              values_only ? nullptr : taps.mutable_data_ptr<tap_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        using tap_t = decltype(tap_tag);
+        const bool values_only = !taps.defined();
+        dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({in, out, taps}), [&](auto lanes) {
+          constexpr int V = decltype(lanes)::value;
+          const int64_t total = out.numel() / V;
+          const auto l = launch_for(out, total);
+          dispatch_index(total, [&](auto index_tag) {
+            using index_t = decltype(index_tag);
+            max_forward_kernel<V, scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
+                g, tables.view, layout_of(in), layout_of(out),
+                layout_of(values_only ? out : taps), channels_last(out),
+                static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                out.mutable_data_ptr<scalar_t>(),
+                values_only ? nullptr : taps.mutable_data_ptr<tap_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
       });
     });
@@ -243,19 +250,22 @@ struct CudaKernels {
                            const at::Tensor& taps, const at::Tensor& grad_in) {
     const c10::cuda::CUDAGuard guard(grad_in.device());
     const DeviceTables tables(g, grad_in);
-    const int64_t total = grad_in.numel();
-    const auto l = launch_for(grad_in, total);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cuda", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
-        dispatch_index(total, [&](auto index_tag) {
-          using tap_t = decltype(tap_tag);
-          using index_t = decltype(index_tag);
-          max_backward_kernel<scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-              g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
-              channels_last(grad_in), static_cast<index_t>(total),
-              grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
-              grad_in.mutable_data_ptr<scalar_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        using tap_t = decltype(tap_tag);
+        dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({grad_out, taps, grad_in}), [&](auto lanes) {
+          constexpr int V = decltype(lanes)::value;
+          const int64_t total = grad_in.numel() / V;
+          const auto l = launch_for(grad_in, total);
+          dispatch_index(total, [&](auto index_tag) {
+            using index_t = decltype(index_tag);
+            max_backward_kernel<V, scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
+                g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
+                channels_last(grad_in), static_cast<index_t>(total),
+                grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
+                grad_in.mutable_data_ptr<scalar_t>());
+            C10_CUDA_KERNEL_LAUNCH_CHECK();
+          });
         });
       });
     });
@@ -290,16 +300,19 @@ struct CudaKernels {
       return;
     }
     const DeviceTables tables(g, in);
-    const int64_t total = out.numel();
-    const auto l = launch_for(out, total);
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
-      dispatch_index(total, [&](auto index_tag) {
-        using index_t = decltype(index_tag);
-        avg_forward_kernel<scalar_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-            g, tables.view, layout_of(in), layout_of(out), channels_last(out),
-            static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
-            out.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({in, out}), [&](auto lanes) {
+        constexpr int V = decltype(lanes)::value;
+        const int64_t total = out.numel() / V;
+        const auto l = launch_for(out, total);
+        dispatch_index(total, [&](auto index_tag) {
+          using index_t = decltype(index_tag);
+          avg_forward_kernel<V, scalar_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
+              g, tables.view, layout_of(in), layout_of(out), channels_last(out),
+              static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+              out.mutable_data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
     });
   }
@@ -308,16 +321,19 @@ struct CudaKernels {
                            const at::Tensor& grad_in) {
     const c10::cuda::CUDAGuard guard(grad_in.device());
     const DeviceTables tables(g, grad_in);
-    const int64_t total = grad_in.numel();
-    const auto l = launch_for(grad_in, total);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cuda", [&] {
-      dispatch_index(total, [&](auto index_tag) {
-        using index_t = decltype(index_tag);
-        avg_backward_kernel<scalar_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-            g, tables.view, layout_of(grad_out), layout_of(grad_in), channels_last(grad_in),
-            static_cast<index_t>(total), grad_out.const_data_ptr<scalar_t>(),
-            grad_in.mutable_data_ptr<scalar_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({grad_out, grad_in}), [&](auto lanes) {
+        constexpr int V = decltype(lanes)::value;
+        const int64_t total = grad_in.numel() / V;
+        const auto l = launch_for(grad_in, total);
+        dispatch_index(total, [&](auto index_tag) {
+          using index_t = decltype(index_tag);
+          avg_backward_kernel<V, scalar_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
+              g, tables.view, layout_of(grad_out), layout_of(grad_in), channels_last(grad_in),
+              static_cast<index_t>(total), grad_out.const_data_ptr<scalar_t>(),
+              grad_in.mutable_data_ptr<scalar_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        });
       });
     });
   }

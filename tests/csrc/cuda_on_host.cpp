@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <initializer_list>
 #include <vector>
 
 #include "pool_kernels.h"
@@ -52,6 +53,15 @@ void for_elements(int64_t total, const F& f) {
   host_dispatch_index(total, [&](auto index_tag) {
     using index_t = decltype(index_tag);
     for (index_t e = 0; e < static_cast<index_t>(total); ++e) f(e);
+  });
+}
+
+// f(e, lanes) for every element number e of a window kernel over scalar_t
+// touching `tensors`, which takes pack_lanes' channels per element.
+template <typename scalar_t, typename F>
+void for_packs(int64_t numel, std::initializer_list<at::Tensor> tensors, const F& f) {
+  dispatch_lanes<scalar_t>(pack_lanes<scalar_t>(tensors), [&](auto lanes) {
+    for_elements(numel / decltype(lanes)::value, [&](auto e) { f(e, lanes); });
   });
 }
 
@@ -103,8 +113,8 @@ struct HostKernels {
           return;
         }
         const HostTables tables(g, in);
-        for_elements(out.numel(), [&](auto e) {
-          max_forward_element<scalar_t, tap_t, decltype(e)>(
+        for_packs<scalar_t>(out.numel(), {in, out, taps}, [&](auto e, auto lanes) {
+          max_forward_element<decltype(lanes)::value, scalar_t, tap_t, decltype(e)>(
               g, tables.view, layout_of(in), layout_of(out), vt, channels_last(layout_of(out)), e,
               in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), tap_ptr);
         });
@@ -118,8 +128,8 @@ struct HostKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_host", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        for_elements(grad_in.numel(), [&](auto e) {
-          max_backward_element<scalar_t, tap_t, decltype(e)>(
+        for_packs<scalar_t>(grad_in.numel(), {grad_out, taps, grad_in}, [&](auto e, auto lanes) {
+          max_backward_element<decltype(lanes)::value, scalar_t, tap_t, decltype(e)>(
               g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
               channels_last(layout_of(grad_in)), e, grad_out.const_data_ptr<scalar_t>(),
               taps.const_data_ptr<tap_t>(), grad_in.mutable_data_ptr<scalar_t>());
@@ -150,11 +160,10 @@ struct HostKernels {
         return;
       }
       const HostTables tables(g, in);
-      for_elements(out.numel(), [&](auto e) {
-        avg_forward_element<scalar_t, decltype(e)>(g, tables.view, layout_of(in), layout_of(out),
-                                                   channels_last(layout_of(out)), e,
-                                                   in.const_data_ptr<scalar_t>(),
-                                                   out.mutable_data_ptr<scalar_t>());
+      for_packs<scalar_t>(out.numel(), {in, out}, [&](auto e, auto lanes) {
+        avg_forward_element<decltype(lanes)::value, scalar_t, decltype(e)>(
+            g, tables.view, layout_of(in), layout_of(out), channels_last(layout_of(out)), e,
+            in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
       });
     });
   }
@@ -163,20 +172,37 @@ struct HostKernels {
                            const at::Tensor& grad_in) {
     const HostTables tables(g, grad_in);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_host", [&] {
-      for_elements(grad_in.numel(), [&](auto e) {
-        avg_backward_element<scalar_t, decltype(e)>(g, tables.view, layout_of(grad_out),
-                                                    layout_of(grad_in),
-                                                    channels_last(layout_of(grad_in)), e,
-                                                    grad_out.const_data_ptr<scalar_t>(),
-                                                    grad_in.mutable_data_ptr<scalar_t>());
+      for_packs<scalar_t>(grad_in.numel(), {grad_out, grad_in}, [&](auto e, auto lanes) {
+        avg_backward_element<decltype(lanes)::value, scalar_t, decltype(e)>(
+            g, tables.view, layout_of(grad_out), layout_of(grad_in),
+            channels_last(layout_of(grad_in)), e, grad_out.const_data_ptr<scalar_t>(),
+            grad_in.mutable_data_ptr<scalar_t>());
       });
     });
   }
 };
 
+// The channels per thread the window kernels take for these tensors, all
+// of the first's dtype (as pack_lanes decides it for the launches).
+int64_t pack_lanes_of(at::TensorList tensors) {
+  int64_t lanes = 0;
+  POOL_EXT_DISPATCH(tensors.at(0).scalar_type(), "pack_lanes_of", [&] {
+    lanes = kMaxLanes<scalar_t>;
+    for (const at::Tensor& t : tensors) {
+      lanes = std::min<int64_t>(lanes, pack_lanes<scalar_t>({as_5d(t)}));
+    }
+  });
+  return lanes;
+}
+
 }  // namespace
 }  // namespace pool_ext
 
+TORCH_LIBRARY_FRAGMENT(pool_ext, m) {
+  m.def("_pack_lanes(Tensor[] tensors) -> int");
+}
+
 TORCH_LIBRARY_IMPL(pool_ext, CPU, m) {
   pool_ext::register_ops<pool_ext::HostKernels>(m);
+  m.impl("_pack_lanes", &pool_ext::pack_lanes_of);
 }
