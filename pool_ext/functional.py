@@ -18,7 +18,7 @@ Beyond torch:
 import torch
 
 from ._geometry import resolve_output_size
-from ._meta import has_tangent, pool_ops, transforms_active
+from ._meta import has_tangent, ops, pool_ops, transforms_active
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
@@ -82,12 +82,23 @@ def _unbatch(result, unbatched):
     return result.squeeze(0)
 
 
-def _values_only(input):
-    """Whether max pooling may take its values-only op (inference): the values
-    alone, with no taps found or kept for a derivative. Not where one may be
-    taken: grad, forward-mode AD, torch.func, or a trace (it may train)."""
+def _inference(input):
+    """Whether no derivative of this call may be taken: not under grad with an
+    input that requires it, forward-mode AD, torch.func, or a trace (it may
+    train). Max pooling then takes its values-only op (no taps found or kept)."""
     return not (torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
                 or transforms_active() or torch.jit.is_tracing())
+
+
+def _run(inference, name, *args):
+    """The op `name` (one with derivatives) on args; in inference (outside
+    torch.compile, which traces the ops as they are) below the op's Autograd
+    kernel, which is Python and would cost a few microseconds a call only to
+    pass the call on."""
+    if inference and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():
+            return getattr(ops, name).default(*args)
+    return getattr(pool_ops, name)(*args)
 
 
 def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
@@ -95,9 +106,10 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
-    if not return_indices and _values_only(input):
+    inference = _inference(input)
+    if not return_indices and inference:
         return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
-    out, taps = pool_ops.max_pool(x, *args)
+    out, taps = _run(inference, "max_pool", x, *args)
     if return_indices:
         return _unbatch((out, pool_ops._max_pool_indices(x, taps, *args)), unbatched)
     return _unbatch(out, unbatched)
@@ -107,7 +119,8 @@ def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_includ
     name = f"avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
-    out = pool_ops.avg_pool(x, kernel, stride, padding, ceil_mode, same, count_include_pad, divisor_override)
+    out = _run(_inference(input), "avg_pool", x, kernel, stride, padding, ceil_mode, same, count_include_pad,
+               divisor_override)
     return _unbatch(out, unbatched)
 
 
@@ -208,9 +221,10 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
-    if not return_indices and _values_only(input):
+    inference = _inference(input)
+    if not return_indices and inference:
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
-    out, taps = pool_ops.adaptive_max_pool(x, size, sizes)
+    out, taps = _run(inference, "adaptive_max_pool", x, size, sizes)
     if return_indices:
         return _unbatch((out, pool_ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
     return _unbatch(out, unbatched)
@@ -221,7 +235,7 @@ def _adaptive_avg(ndim, kind, input, output_size, sizes):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
-    return _unbatch(pool_ops.adaptive_avg_pool(x, size, sizes), unbatched)
+    return _unbatch(_run(_inference(input), "adaptive_avg_pool", x, size, sizes), unbatched)
 
 
 def adaptive_max_pool1d(input, output_size, return_indices=False):
@@ -353,12 +367,15 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     x, unbatched = _batched("spatial_pyramid_pool2d", input, 2)
     if sizes is not None and unbatched:
         raise RuntimeError("spatial_pyramid_pool2d: sizes need a batched (N, C, H, W) input")
+    inference = _inference(input)
     parts = []
     for level in levels:
         size = [level, level]
-        if mode == "max":
-            pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes)
+        if mode == "avg":
+            pooled = _run(inference, "adaptive_avg_pool", x, size, sizes)
+        elif inference:
+            pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
         else:
-            pooled = pool_ops.adaptive_avg_pool(x, size, sizes)
+            pooled, _taps = _run(inference, "adaptive_max_pool", x, size, sizes)
         parts.append(pooled.flatten(1))
     return _unbatch(torch.cat(parts, dim=1), unbatched)
