@@ -423,11 +423,39 @@ C10_HOST_DEVICE inline Pack<T, V> load_pack(const T* p) {
 #endif
 }
 
+#ifdef __CUDA_ARCH__
+// The unsigned word of a GPU store of N bytes (1 to 16).
+template <int N>
+struct StoreWord;
+template <>
+struct StoreWord<1> { using type = unsigned char; };
+template <>
+struct StoreWord<2> { using type = unsigned short; };
+template <>
+struct StoreWord<4> { using type = unsigned int; };
+template <>
+struct StoreWord<8> { using type = uint2; };
+template <>
+struct StoreWord<16> { using type = uint4; };
+#endif
+
 template <int V, typename T>
 C10_HOST_DEVICE inline void store_pack(T* p, const Pack<T, V>& pack) {
   check_pack<V>(p);
 #ifdef __CUDA_ARCH__
-  *reinterpret_cast<Pack<T, V>*>(p) = pack;
+  if constexpr (V == 1) {
+    *p = pack.v[0];
+  } else {
+    // As words of up to 16 bytes, by __stwb: a plain store of the pack
+    // compiled to one store per lane (PTX), a vector store only through it.
+    constexpr int kBytes = sizeof(pack) < 16 ? static_cast<int>(sizeof(pack)) : 16;
+    using Word = typename StoreWord<kBytes>::type;
+    Word words[sizeof(pack) / kBytes];
+    memcpy(words, &pack, sizeof(pack));
+    for (int i = 0; i < static_cast<int>(sizeof(pack) / kBytes); ++i) {
+      __stwb(reinterpret_cast<Word*>(p) + i, words[i]);
+    }
+  }
 #else
   std::memcpy(p, &pack, sizeof(pack));
 #endif

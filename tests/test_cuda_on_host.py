@@ -70,7 +70,8 @@ def random_grad(rng, out):
     return g if rng.random() < 0.5 else torch.empty_like(out).copy_(g)
 
 
-def random_case(rng, d, dtype, adaptive, channels=(1, 2, 3, 5, 8, 16, 17), layout=None):
+def random_case(rng, d, dtype, adaptive, channels=(1, 2, 3, 5, 8, 16, 17), layout=None,
+                windows_only=False):
     n = rng.choice([0, 1, 2, 3])
     c = rng.choice(channels)
     spatial = [rng.randint(1, {1: 40, 2: 12, 3: 6}[d]) for _ in range(d)]
@@ -78,6 +79,8 @@ def random_case(rng, d, dtype, adaptive, channels=(1, 2, 3, 5, 8, 16, 17), layou
     x, _ = random_input(rng, (n, c, *spatial), dtype, "cpu", layout=layout)
     if adaptive:
         out = [rng.choice([1, 1, rng.randint(1, s + 2), -1]) for s in spatial]
+        if windows_only and all(o == 1 or o == -1 and s == 1 for o, s in zip(out, spatial)):
+            out[-1] = 2  # not global pooling, which takes a reduction of its own
         sizes = None
         if n and rng.random() < 0.3:  # variable pooling: each sample's own extent
             sizes = torch.tensor([[rng.randint(1, s) for s in spatial] for _ in range(n)])
@@ -118,8 +121,45 @@ def test_channel_packs(host, d, dtype):
     element of the window kernels takes a pack of channels (4 floats, 8
     halves) in one load, in the forwards and in the backwards."""
     rng = random.Random(f"packs-{d}-{dtype}")
-    check_fixed(host, rng, d, dtype, CASES // 3, channels=(8, 16, 24), layout="channels_last")
-    check_adaptive(host, rng, d, dtype, CASES // 3, channels=(8, 16, 24), layout="channels_last")
+    packs = dict(channels=(8, 16, 24), layout="channels_last")
+    check_fixed(host, rng, d, dtype, CASES // 3, **packs)
+    check_adaptive(host, rng, d, dtype, CASES // 3, windows_only=True, **packs)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_channel_packs_bit_for_bit(host, dtype, monkeypatch):
+    """Packs change how channels are shared among threads, never a result: the
+    host run with packs against itself with one channel per element, bit for
+    bit, on inputs sliced at channel offsets that do and do not line up
+    (the ops then take packs for some tensors of a call and not others)."""
+    rng = random.Random(f"bits-{dtype}")
+    for _ in range(60):
+        d = rng.choice([1, 2, 3])
+        c, first = rng.choice([8, 16]), rng.choice([0, 0, 1, 2, 4, 8])
+        spatial = [rng.randint(1, {1: 40, 2: 12, 3: 6}[d]) for _ in range(d)]
+        x, _ = random_input(rng, (rng.randint(1, 3), first + c, *spatial), dtype, "cpu",
+                            layout="contiguous")
+        x = x.movedim(1, -1).contiguous().movedim(-1, 1)[:, first:]  # channels-last, offset
+        kernel = [rng.randint(1, s) for s in spatial]
+        fixed = (kernel, [rng.randint(1, 3) for _ in range(d)], [k // 2 for k in kernel], rng.random() < 0.4,
+                 False)
+        out_size = [rng.randint(2, s + 2) for s in spatial]
+        runs, grads = {}, None
+        for one in ("0", "1"):
+            monkeypatch.setenv("POOL_EXT_HOST_LANES1", one)
+            out, taps = host.max_pool(x, *fixed[:3], [1] * d, *fixed[3:])
+            a_out, a_taps = host.adaptive_max_pool(x, out_size, None)
+            avg = host.avg_pool(x, *fixed, True, None)
+            a_avg = host.adaptive_avg_pool(x, out_size, None)
+            grads = grads or (torch.randn(out.shape).to(dtype), torch.randn(a_out.shape).to(dtype))
+            g, a_g = torch.empty_like(out).copy_(grads[0]), torch.empty_like(a_out).copy_(grads[1])
+            runs[one] = (out, taps, a_out, a_taps, avg, a_avg,
+                         host._max_pool_backward(g, x, taps, *fixed[:3], [1] * d, *fixed[3:]),
+                         host._adaptive_max_pool_backward(a_g, x, a_taps, out_size, None),
+                         host._avg_pool_backward(g, x, *fixed, True, None),
+                         host._adaptive_avg_pool_backward(a_g, x, out_size, None))
+        for packed, single in zip(runs["0"], runs["1"]):
+            equal(packed, single)
 
 
 def test_channel_packs_chosen_only_where_they_line_up(host):
@@ -226,11 +266,13 @@ def test_global_planes_cut_into_chunks(host, shape, layout):
 
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_windows_of_more_than_256_taps(host, d):
-    """int64 taps (a window of over 256 cells): max forward, indices and backward."""
+    """int64 taps (a window of over 256 cells): max forward, indices and backward
+    (channels-last: in packs of 4 channels, int64 taps stored 32 bytes a pack)."""
     rng = random.Random(f"wide-{d}")
     spatial, kernel = {1: ([700], [300]), 2: ([24, 30], [17, 19]), 3: ([9, 10, 11], [7, 7, 7])}[d]
     for layout in ("contiguous", "channels_last") if d > 1 else ("contiguous",):
-        x, _ = random_input(rng, (2, 3, *spatial), torch.float32, "cpu", layout=layout)
+        channels = 8 if layout == "channels_last" else 3
+        x, _ = random_input(rng, (2, channels, *spatial), torch.float32, "cpu", layout=layout)
         for args in ((kernel, [2] * d, [k // 2 for k in kernel], [1] * d, True, False),
                      ([k // 2 for k in kernel], [3] * d, [0] * d, [2] * d, False, False)):
             (out, taps), (h_out, h_taps) = both(host, "max_pool", x, *args)

@@ -57,10 +57,13 @@ void for_elements(int64_t total, const F& f) {
 }
 
 // f(e, lanes) for every element number e of a window kernel over scalar_t
-// touching `tensors`, which takes pack_lanes' channels per element.
+// touching `tensors`, which takes pack_lanes' channels per element, or one
+// whenever the test asks (POOL_EXT_HOST_LANES1=1), to compare the two.
 template <typename scalar_t, typename F>
 void for_packs(int64_t numel, std::initializer_list<at::Tensor> tensors, const F& f) {
-  dispatch_lanes<scalar_t>(pack_lanes<scalar_t>(tensors), [&](auto lanes) {
+  const char* one = std::getenv("POOL_EXT_HOST_LANES1");
+  const bool forced = one != nullptr && one[0] == '1';
+  dispatch_lanes<scalar_t>(forced ? 1 : pack_lanes<scalar_t>(tensors), [&](auto lanes) {
     for_elements(numel / decltype(lanes)::value, [&](auto e) { f(e, lanes); });
   });
 }
