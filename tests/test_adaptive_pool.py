@@ -238,6 +238,33 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
     assert ours_err <= max(4 * torch_err, 3e-7), (ours_err, torch_err)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+def test_global_average_split_among_threads_changes_no_bit(dtype):
+    """A channels-last global average with few (sample, 64-channel block)
+    pairs cuts each plane into chunks for the threads to share, joined as one
+    pass would add them: a sample alone, in a batch too large to be cut, and
+    on one thread or two, gives the same bits (odd pixel and channel counts
+    leave a partial last chunk and block)."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.rand(1, 70, 301, 299, generator=g).to(dtype)
+    x[0, 3, 100:200] = torch.nan
+    x = x.contiguous(memory_format=torch.channels_last)
+    batch = x.expand(9, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            runs += [ours("adaptive_avg_pool2d")(x, 1), ours("adaptive_avg_pool2d")(batch, 1)[4:5]]
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        torch.testing.assert_close(run, runs[0], rtol=0, atol=0, equal_nan=True)
+    exact = x.double().mean((2, 3), keepdim=True)
+    torch.testing.assert_close(runs[0].double(), exact, rtol=1e-6 if dtype != torch.bfloat16 else 8e-3,
+                               atol=0, equal_nan=True)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("d", [1, 2, 3])

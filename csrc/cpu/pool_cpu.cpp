@@ -2750,11 +2750,15 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
 }
 
 // Global average of channels-last planes of several kCascadeBlock pixels:
-// per sample and block of kChannelBlock channels (whole cache lines), the
+// per sample and block of kGlobalChannels channels (whole cache lines), the
 // pixels summed in registers by blocks of kCascadeBlock, the blocks added
 // pairwise (Cascade). The channels kernels' one running sum per channel
 // over a whole 300x300 float plane came out 1e-5 off, where torch's mean
-// is 1e-7.
+// is 1e-7. Few (sample, block) pairs (a batch of one, 64 channels) also cut
+// their pixels into chunks of 2^m blocks for the threads to share: a
+// chunk's cascade ends as one level-m sum, and a cascade of those sums,
+// totalled over the last chunk's total, adds every pair exactly as one pass
+// would, so the split changes no bit.
 template <typename scalar_t>
 void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
                                  const at::Tensor& out) {
@@ -2773,13 +2777,28 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t channels = vi.size[1], groups = div_ceil(channels, kGlobalChannels);
-  const int64_t origin[kDims] = {0, 0, 0};
-  at::parallel_for(0, vi.size[0] * groups, grain(kGlobalChannels * vi.pixels()),
+  const int64_t pairs = vi.size[0] * groups, pixels = vi.pixels();
+  const int64_t blocks = pixels / kCascadeBlock;
+  // Blocks of a chunk: a power of two, at least 4, small enough to give each
+  // thread a few chunks; a plane's last chunk takes what is left.
+  int64_t chunk_blocks = int64_t{1} << 62;
+  const int64_t wanted = 4 * at::get_num_threads();
+  if (pairs < wanted) {
+    chunk_blocks = 4;
+    while (chunk_blocks * wanted < blocks * pairs) chunk_blocks *= 2;
+  }
+  const int64_t full_chunks = blocks / chunk_blocks, chunks = full_chunks + 1;
+  const int64_t chunk_pixels = chunk_blocks * kCascadeBlock;
+  std::vector<Lanes> partial(static_cast<size_t>(pairs * chunks));
+  at::parallel_for(0, pairs * chunks, grain(kGlobalChannels * std::min(chunk_pixels, pixels)),
                    [&](int64_t begin, int64_t end) {
     for (const auto task : c10::irange(begin, end)) {
-      const int64_t n = task / groups, c0 = task % groups * kGlobalChannels;
+      const int64_t pair = task / chunks, chunk = task % chunks;
+      const int64_t n = pair / groups, c0 = pair % groups * kGlobalChannels;
       const int64_t width = std::min(kGlobalChannels, channels - c0);
-      Cascade<Lanes> blocks;
+      const int64_t first = chunk * chunk_pixels;
+      const int64_t last = chunk < full_chunks ? first + chunk_pixels : pixels;
+      Cascade<Lanes> cascade;
       Lanes sum;
       // kFull: all kVecs vectors whole, a trip count the compiler keeps in
       // registers; else `width` channels, the last vector in part.
@@ -2787,24 +2806,32 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
         constexpr bool kFull = decltype(full)::value;
         for (auto& v : sum.v) v = Vec(acc_t(0));
         int64_t in_block = 0;
-        for (const auto d : c10::irange(vi.size[2])) {
-          for (const auto h : c10::irange(vi.size[3])) {
-            const scalar_t* pixel = src + vi.offset(n, c0, d, h, 0);
-            for (int64_t w = 0; w < vi.size[4]; ++w, pixel += vi.stride[4]) {
-              for (int64_t k = 0; k < kVecs; ++k) {
-                if constexpr (kFull) {
-                  sum.v[k] += load_acc<acc_t>(pixel + k * L);
-                } else if (k * L < width) {
-                  sum.v[k] += load_acc<acc_t>(pixel + k * L, std::min<int64_t>(L, width - k * L));
-                }
-              }
-              if (++in_block == kCascadeBlock) {
-                blocks.add(sum);
-                for (auto& v : sum.v) v = Vec(acc_t(0));
-                in_block = 0;
-              }
+        int64_t x = first % vi.size[4], rest = first / vi.size[4];
+        int64_t h = rest % vi.size[3], d = rest / vi.size[3];
+        const scalar_t* pixel = src + vi.offset(n, c0, d, h, x);
+        for (int64_t p = first; p < last; ++p) {
+          for (int64_t k = 0; k < kVecs; ++k) {
+            if constexpr (kFull) {
+              sum.v[k] += load_acc<acc_t>(pixel + k * L);
+            } else if (k * L < width) {
+              sum.v[k] += load_acc<acc_t>(pixel + k * L, std::min<int64_t>(L, width - k * L));
             }
           }
+          if (++in_block == kCascadeBlock) {
+            cascade.add(sum);
+            for (auto& v : sum.v) v = Vec(acc_t(0));
+            in_block = 0;
+          }
+          if (++x < vi.size[4]) {
+            pixel += vi.stride[4];
+            continue;
+          }
+          x = 0;
+          if (++h == vi.size[3]) {
+            h = 0;
+            ++d;
+          }
+          pixel = src + vi.offset(n, c0, d, h, 0);
         }
       };
       if (width == kGlobalChannels) {
@@ -2812,11 +2839,23 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       } else {
         sum_pixels(std::false_type{});
       }
+      // A full chunk's sums start from +0 and so are never -0: adding +0
+      // leaves its one level-m sum as it is.
+      partial[task] = cascade.total(sum);
+    }
+  });
+  const int64_t origin[kDims] = {0, 0, 0};
+  at::parallel_for(0, pairs, grain(kGlobalChannels * chunks), [&](int64_t begin, int64_t end) {
+    for (const auto pair : c10::irange(begin, end)) {
+      const int64_t n = pair / groups, c0 = pair % groups * kGlobalChannels;
+      const int64_t width = std::min(kGlobalChannels, channels - c0);
+      Cascade<Lanes> cascade;
+      for (int64_t j = 0; j < full_chunks; ++j) cascade.add(partial[pair * chunks + j]);
+      const Lanes all = cascade.total(partial[pair * chunks + full_chunks]);
       Window win[kDims];
       windows_at(g, n, origin, win);
       const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
       alignas(64) acc_t total[kGlobalChannels];
-      const Lanes all = blocks.total(sum);
       for (int64_t k = 0; k < kVecs; ++k) all.v[k].store(total + k * L);
       for (int64_t c = 0; c < width; ++c) {
         dst[vo.offset(n, c0 + c, 0, 0, 0)] = static_cast<scalar_t>(total[c] / divisor);
