@@ -239,6 +239,37 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_global_max_of_long_channels_last_planes(d, dtype):
+    """Channels-last global max pooling of long planes (a vector of channels
+    at a time, pixels cut into chunks where samples are few): torch's values
+    and indices (NaN, ties, all -inf channels), alone or in a batch, on one
+    thread or two."""
+    g = torch.Generator().manual_seed(d)
+    spatial = {1: (5000,), 2: (61, 67), 3: (9, 21, 23)}[d]
+    x = torch.randint(-3, 4, (1, 70, *spatial), generator=g).to(dtype)  # many ties
+    x[0, 5] = -torch.inf
+    x[0, 6].view(-1)[[100, 2000]] = torch.nan
+    x[0, 7].view(-1)[-1] = torch.nan
+    x[0, 8].view(-1)[[3, 4000]] = torch.inf
+    x = x.movedim(1, -1).contiguous().movedim(-1, 1)  # channels-last
+    batch = x.expand(5, *x.shape[1:]).movedim(1, -1).contiguous().movedim(-1, 1)
+    want, want_idx = torchs(f"adaptive_max_pool{d}d")(x.contiguous(), 1, return_indices=True)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            for inp, pick in ((x, slice(None)), (batch, slice(3, 4))):
+                got, idx = ours(f"adaptive_max_pool{d}d")(inp, 1, return_indices=True)
+                torch.testing.assert_close(got[pick], want, rtol=0, atol=0, equal_nan=True)
+                assert torch.equal(idx[pick], want_idx)
+                values = ours(f"adaptive_max_pool{d}d")(inp, 1)
+                torch.testing.assert_close(values[pick], want, rtol=0, atol=0, equal_nan=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 def test_global_average_split_among_threads_changes_no_bit(dtype):
     """A channels-last global average with few (sample, 64-channel block)
     pairs cuts each plane into chunks for the threads to share, joined as one

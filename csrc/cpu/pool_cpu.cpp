@@ -2749,16 +2749,112 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   });
 }
 
-// Global average of channels-last planes of several kCascadeBlock pixels:
-// per sample and block of kGlobalChannels channels (whole cache lines), the
-// pixels summed in registers by blocks of kCascadeBlock, the blocks added
-// pairwise (Cascade). The channels kernels' one running sum per channel
-// over a whole 300x300 float plane came out 1e-5 off, where torch's mean
-// is 1e-7. Few (sample, block) pairs (a batch of one, 64 channels) also cut
-// their pixels into chunks of 2^m blocks for the threads to share: a
-// chunk's cascade ends as one level-m sum, and a cascade of those sums,
-// totalled over the last chunk's total, adds every pair exactly as one pass
-// would, so the split changes no bit.
+// Channels-last global pooling of long planes (fixed extents): per sample
+// and block of kGlobalChannels channels (whole cache lines), the pixels in
+// registers, a vector of channels at a time. Few (sample, block) pairs (a
+// batch of one, 64 channels) also cut their pixels into chunks for the
+// threads to share, joined in order so that the split changes no bit.
+inline bool global_by_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                               const at::Tensor* taps) {
+  const Layout5 v = layout_of(in);
+  return is_global(g) && g.sizes == nullptr && channels_inner(in, out) &&
+         (taps == nullptr || taps->stride(1) == 1) && v.pixels() >= 4 * kCascadeBlock &&
+         v.pixels() < (int64_t{1} << 24);  // pixel numbers exact in float lanes
+}
+
+struct GlobalChunks {
+  int64_t pairs;          // (sample, channel block) pairs
+  int64_t chunks;         // per pair: `full` chunks of `pixels`, then the rest (maybe none)
+  int64_t full;
+  int64_t pixels;
+};
+
+// Chunks of 2^m blocks of kCascadeBlock pixels (at least 4), small enough
+// to give each thread a few tasks; one chunk per pair where pairs suffice.
+inline GlobalChunks global_chunks(const Layout5& v) {
+  const int64_t pairs = v.size[0] * div_ceil(v.size[1], kGlobalChannels);
+  const int64_t blocks = v.pixels() / kCascadeBlock, wanted = 4 * at::get_num_threads();
+  int64_t chunk_blocks = blocks + 1;
+  if (pairs < wanted) {
+    chunk_blocks = 4;
+    while (chunk_blocks * wanted < blocks * pairs) chunk_blocks *= 2;
+  }
+  const int64_t full = blocks / chunk_blocks;
+  return {pairs, full + 1, full, chunk_blocks * kCascadeBlock};
+}
+
+// Calls f(pixel) for the cells [first, last) of channel c0's plane of
+// sample n (p = (d * H + h) * W + w), in order.
+template <typename scalar_t, typename F>
+inline void for_plane_pixels(const scalar_t* src, const Layout5& v, int64_t n, int64_t c0,
+                             int64_t first, int64_t last, const F& f) {
+  int64_t x = first % v.size[4], rest = first / v.size[4];
+  int64_t h = rest % v.size[3], d = rest / v.size[3];
+  const scalar_t* pixel = src + v.offset(n, c0, d, h, x);
+  for (int64_t p = first; p < last; ++p) {
+    f(pixel);
+    if (++x < v.size[4]) {
+      pixel += v.stride[4];
+      continue;
+    }
+    x = 0;
+    if (++h == v.size[3]) {
+      h = 0;
+      ++d;
+    }
+    pixel = src + v.offset(n, c0, d, h, 0);
+  }
+}
+
+// Runs task(pair, chunk, n, c0, width, first, last) for every chunk, then
+// join(pair, n, c0, width) for every pair, over threads.
+template <typename Task, typename Join>
+void for_global_chunks(const Layout5& v, const GlobalChunks& k, const Task& task,
+                       const Join& join) {
+  const int64_t groups = div_ceil(v.size[1], kGlobalChannels), pixels = v.pixels();
+  const auto pair_at = [&](int64_t pair, int64_t* n, int64_t* c0) {
+    *n = pair / groups;
+    *c0 = pair % groups * kGlobalChannels;
+    return std::min(kGlobalChannels, v.size[1] - *c0);
+  };
+  at::parallel_for(0, k.pairs * k.chunks, grain(kGlobalChannels * std::min(k.pixels, pixels)),
+                   [&](int64_t begin, int64_t end) {
+    for (const auto t : c10::irange(begin, end)) {
+      const int64_t pair = t / k.chunks, chunk = t % k.chunks;
+      int64_t n, c0;
+      const int64_t width = pair_at(pair, &n, &c0);
+      const int64_t first = chunk * k.pixels;
+      task(pair, chunk, n, c0, width, first, chunk < k.full ? first + k.pixels : pixels);
+    }
+  });
+  at::parallel_for(0, k.pairs, grain(kGlobalChannels * k.chunks), [&](int64_t begin, int64_t end) {
+    for (const auto pair : c10::irange(begin, end)) {
+      int64_t n, c0;
+      const int64_t width = pair_at(pair, &n, &c0);
+      join(pair, n, c0, width);
+    }
+  });
+}
+
+// A vector of kGlobalChannels channels' lanes: all whole (kFull), or
+// `width` channels, the last vector in part.
+template <typename acc_t, typename scalar_t, bool kFull>
+inline at::vec::Vectorized<acc_t> load_channels(const scalar_t* at, int64_t k, int64_t width) {
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  if constexpr (kFull) {
+    return load_acc<acc_t>(at + k * L);
+  } else {
+    return k * L < width ? load_acc<acc_t>(at + k * L, std::min<int64_t>(L, width - k * L))
+                         : at::vec::Vectorized<acc_t>(acc_t(0));
+  }
+}
+
+// Average: the pixels summed by blocks of kCascadeBlock added pairwise
+// (Cascade): the channels kernels' one running sum per channel over a whole
+// 300x300 float plane came out 1e-5 off, where torch's mean is 1e-7. A
+// chunk (2^m blocks) ends its cascade as one level-m sum, and a cascade of
+// those sums, totalled over the last chunk's total, adds every pair as one
+// pass would.
 template <typename scalar_t>
 void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
                                  const at::Tensor& out) {
@@ -2776,92 +2872,117 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   const Layout5 vi = layout_of(in), vo = layout_of(out);
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  const int64_t channels = vi.size[1], groups = div_ceil(channels, kGlobalChannels);
-  const int64_t pairs = vi.size[0] * groups, pixels = vi.pixels();
-  const int64_t blocks = pixels / kCascadeBlock;
-  // Blocks of a chunk: a power of two, at least 4, small enough to give each
-  // thread a few chunks; a plane's last chunk takes what is left.
-  int64_t chunk_blocks = int64_t{1} << 62;
-  const int64_t wanted = 4 * at::get_num_threads();
-  if (pairs < wanted) {
-    chunk_blocks = 4;
-    while (chunk_blocks * wanted < blocks * pairs) chunk_blocks *= 2;
-  }
-  const int64_t full_chunks = blocks / chunk_blocks, chunks = full_chunks + 1;
-  const int64_t chunk_pixels = chunk_blocks * kCascadeBlock;
-  std::vector<Lanes> partial(static_cast<size_t>(pairs * chunks));
-  at::parallel_for(0, pairs * chunks, grain(kGlobalChannels * std::min(chunk_pixels, pixels)),
-                   [&](int64_t begin, int64_t end) {
-    for (const auto task : c10::irange(begin, end)) {
-      const int64_t pair = task / chunks, chunk = task % chunks;
-      const int64_t n = pair / groups, c0 = pair % groups * kGlobalChannels;
-      const int64_t width = std::min(kGlobalChannels, channels - c0);
-      const int64_t first = chunk * chunk_pixels;
-      const int64_t last = chunk < full_chunks ? first + chunk_pixels : pixels;
-      Cascade<Lanes> cascade;
-      Lanes sum;
-      // kFull: all kVecs vectors whole, a trip count the compiler keeps in
-      // registers; else `width` channels, the last vector in part.
-      const auto sum_pixels = [&](auto full) {
-        constexpr bool kFull = decltype(full)::value;
-        for (auto& v : sum.v) v = Vec(acc_t(0));
-        int64_t in_block = 0;
-        int64_t x = first % vi.size[4], rest = first / vi.size[4];
-        int64_t h = rest % vi.size[3], d = rest / vi.size[3];
-        const scalar_t* pixel = src + vi.offset(n, c0, d, h, x);
-        for (int64_t p = first; p < last; ++p) {
-          for (int64_t k = 0; k < kVecs; ++k) {
-            if constexpr (kFull) {
-              sum.v[k] += load_acc<acc_t>(pixel + k * L);
-            } else if (k * L < width) {
-              sum.v[k] += load_acc<acc_t>(pixel + k * L, std::min<int64_t>(L, width - k * L));
-            }
-          }
-          if (++in_block == kCascadeBlock) {
-            cascade.add(sum);
-            for (auto& v : sum.v) v = Vec(acc_t(0));
-            in_block = 0;
-          }
-          if (++x < vi.size[4]) {
-            pixel += vi.stride[4];
-            continue;
-          }
-          x = 0;
-          if (++h == vi.size[3]) {
-            h = 0;
-            ++d;
-          }
-          pixel = src + vi.offset(n, c0, d, h, 0);
+  const GlobalChunks chunks = global_chunks(vi);
+  std::vector<Lanes> partial(static_cast<size_t>(chunks.pairs * chunks.chunks));
+  const auto task = [&](int64_t pair, int64_t chunk, int64_t n, int64_t c0, int64_t width,
+                        int64_t first, int64_t last) {
+    Cascade<Lanes> cascade;
+    Lanes sum;
+    for (auto& v : sum.v) v = Vec(acc_t(0));
+    int64_t in_block = 0;
+    const auto sum_pixels = [&](auto full) {
+      for_plane_pixels(src, vi, n, c0, first, last, [&](const scalar_t* pixel) {
+        for (int64_t k = 0; k < kVecs; ++k) {
+          sum.v[k] += load_channels<acc_t, scalar_t, decltype(full)::value>(pixel, k, width);
         }
-      };
-      if (width == kGlobalChannels) {
-        sum_pixels(std::true_type{});
-      } else {
-        sum_pixels(std::false_type{});
-      }
-      // A full chunk's sums start from +0 and so are never -0: adding +0
-      // leaves its one level-m sum as it is.
-      partial[task] = cascade.total(sum);
+        if (++in_block == kCascadeBlock) {
+          cascade.add(sum);
+          for (auto& v : sum.v) v = Vec(acc_t(0));
+          in_block = 0;
+        }
+      });
+    };
+    // Whole blocks: a trip count the compiler keeps in registers.
+    if (width == kGlobalChannels) {
+      sum_pixels(std::true_type{});
+    } else {
+      sum_pixels(std::false_type{});
     }
-  });
+    // A full chunk's sums start from +0 and so are never -0: adding +0
+    // leaves its one level-m sum as it is.
+    partial[pair * chunks.chunks + chunk] = cascade.total(sum);
+  };
   const int64_t origin[kDims] = {0, 0, 0};
-  at::parallel_for(0, pairs, grain(kGlobalChannels * chunks), [&](int64_t begin, int64_t end) {
-    for (const auto pair : c10::irange(begin, end)) {
-      const int64_t n = pair / groups, c0 = pair % groups * kGlobalChannels;
-      const int64_t width = std::min(kGlobalChannels, channels - c0);
-      Cascade<Lanes> cascade;
-      for (int64_t j = 0; j < full_chunks; ++j) cascade.add(partial[pair * chunks + j]);
-      const Lanes all = cascade.total(partial[pair * chunks + full_chunks]);
-      Window win[kDims];
-      windows_at(g, n, origin, win);
-      const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
-      alignas(64) acc_t total[kGlobalChannels];
-      for (int64_t k = 0; k < kVecs; ++k) all.v[k].store(total + k * L);
-      for (int64_t c = 0; c < width; ++c) {
-        dst[vo.offset(n, c0 + c, 0, 0, 0)] = static_cast<scalar_t>(total[c] / divisor);
+  const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
+    const Lanes* part = partial.data() + pair * chunks.chunks;
+    Cascade<Lanes> cascade;
+    for (int64_t j = 0; j < chunks.full; ++j) cascade.add(part[j]);
+    const Lanes all = cascade.total(part[chunks.full]);
+    Window win[kDims];
+    windows_at(g, n, origin, win);
+    const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
+    alignas(64) acc_t total[kGlobalChannels];
+    for (int64_t k = 0; k < kVecs; ++k) all.v[k].store(total + k * L);
+    for (int64_t c = 0; c < width; ++c) {
+      dst[vo.offset(n, c0 + c, 0, 0, 0)] = static_cast<scalar_t>(total[c] / divisor);
+    }
+  };
+  for_global_chunks(vi, chunks, task, join);
+}
+
+// Max: each lane keeps the scan's winner (max_takes from the first cell on,
+// pixel numbers as tap codes in acc_t lanes); chunks join in order by the
+// same rule, which continues the scan: the last NaN, else the first max.
+template <typename scalar_t, typename tap_t>
+void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
+                                 const at::Tensor& out, const at::Tensor* taps) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), kVecs = kGlobalChannels / L;
+  struct Best {
+    Vec value[kVecs], code[kVecs];
+  };
+  const Layout5 vi = layout_of(in), vo = layout_of(out), vt = taps ? layout_of(*taps) : vo;
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
+  const GlobalChunks chunks = global_chunks(vi);
+  std::vector<Best> partial(static_cast<size_t>(chunks.pairs * chunks.chunks));
+  const auto task = [&](int64_t pair, int64_t chunk, int64_t n, int64_t c0, int64_t width,
+                        int64_t first, int64_t last) {
+    if (first == last) return;  // no rest past the full chunks
+    Best& b = partial[pair * chunks.chunks + chunk];
+    // From -inf and the chunk's first pixel, as window_max starts.
+    for (int64_t k = 0; k < kVecs; ++k) {
+      b.value[k] = Vec(-std::numeric_limits<acc_t>::infinity());
+      b.code[k] = Vec(static_cast<acc_t>(first));
+    }
+    const auto scan = [&](auto full) {
+      auto p = static_cast<acc_t>(first);
+      for_plane_pixels(src, vi, n, c0, first, last, [&](const scalar_t* pixel) {
+        const Vec code(p);
+        p += 1;
+        for (int64_t k = 0; k < kVecs; ++k) {
+          take_or_add<true>(b.value[k], b.code[k],
+                            load_channels<acc_t, scalar_t, decltype(full)::value>(pixel, k, width),
+                            code);
+        }
+      });
+    };
+    if (width == kGlobalChannels) {
+      scan(std::true_type{});
+    } else {
+      scan(std::false_type{});
+    }
+  };
+  const bool rest = vi.pixels() > chunks.full * chunks.pixels;
+  const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
+    const Best* part = partial.data() + pair * chunks.chunks;
+    Best best = part[0];
+    for (int64_t j = 1; j < chunks.full + (rest ? 1 : 0); ++j) {
+      for (int64_t k = 0; k < kVecs; ++k) {
+        take_or_add<true>(best.value[k], best.code[k], part[j].value[k], part[j].code[k]);
       }
     }
-  });
+    alignas(64) acc_t value[kGlobalChannels], code[kGlobalChannels];
+    for (int64_t k = 0; k < kVecs; ++k) {
+      best.value[k].store(value + k * L);
+      best.code[k].store(code + k * L);
+    }
+    narrow(value, dst + vo.offset(n, c0, 0, 0, 0), width);
+    if (tap) narrow(code, tap + vt.offset(n, c0, 0, 0, 0), width);
+  };
+  for_global_chunks(vi, chunks, task, join);
 }
 
 // Writes plane (n, c) of grad_in: `value` in every cell of the sample's
@@ -3011,7 +3132,9 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cpu", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        if (forward_by_channels(g, in, out, true, saved)) {
+        if (global_by_channels(g, in, out, saved)) {
+          max_forward_global_channels<scalar_t, tap_t>(g, in, out, saved);
+        } else if (forward_by_channels(g, in, out, true, saved)) {
           max_forward_channels<scalar_t, tap_t>(g, in, out, saved);
         } else if (is_global(g)) {
           max_forward_global<scalar_t, tap_t>(g, in, out, saved);
@@ -3056,8 +3179,7 @@ struct CpuKernels {
       return;
     }
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
-      if (is_global(g) && g.sizes == nullptr && channels_inner(in, out) &&
-          layout_of(in).pixels() >= 4 * kCascadeBlock) {
+      if (global_by_channels(g, in, out, nullptr)) {
         avg_forward_global_channels<scalar_t>(g, in, out);
       } else if (forward_by_channels(g, in, out, false, nullptr)) {
         avg_forward_channels<scalar_t>(g, in, out);
