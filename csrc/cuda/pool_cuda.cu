@@ -38,6 +38,22 @@ Launch launch_for(const at::Tensor& t, int64_t total) {
           dim3(kThreads), c10::cuda::getCurrentCUDAStream(t.device().index()).stream()};
 }
 
+// Calls launch(lanes, index_tag, total, l) for a window kernel writing
+// `written` and touching `tensors` (pool_kernels.h's pack_lanes: V channels
+// an element, as std::integral_constant lanes), over `total` elements
+// numbered in index_t, then checks the launch.
+template <typename scalar_t, typename F>
+void launch_window_kernel(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
+                          const F& launch) {
+  dispatch_lanes<scalar_t>(pack_lanes<scalar_t>(tensors), [&](auto lanes) {
+    const int64_t total = written.numel() / decltype(lanes)::value;
+    dispatch_index(total, [&](auto index_tag) {
+      launch(lanes, index_tag, total, launch_for(written, total));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
+  });
+}
+
 bool channels_last(const at::Tensor& t5) {
   return pool_ext::channels_last(layout_of(t5));
 }
@@ -227,21 +243,17 @@ struct CudaKernels {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
         const bool values_only = !taps.defined();
-        dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({in, out, taps}), [&](auto lanes) {
-          constexpr int V = decltype(lanes)::value;
-          const int64_t total = out.numel() / V;
-          const auto l = launch_for(out, total);
-          dispatch_index(total, [&](auto index_tag) {
-            using index_t = decltype(index_tag);
-            max_forward_kernel<V, scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-                g, tables.view, layout_of(in), layout_of(out),
-                layout_of(values_only ? out : taps), channels_last(out),
-                static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
-                out.mutable_data_ptr<scalar_t>(),
-                values_only ? nullptr : taps.mutable_data_ptr<tap_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          });
-        });
+        const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
+          using index_t = decltype(index_tag);
+          max_forward_kernel<decltype(lanes)::value, scalar_t, tap_t, index_t>
+              <<<l.grid, l.block, 0, l.stream>>>(
+                  g, tables.view, layout_of(in), layout_of(out),
+                  layout_of(values_only ? out : taps), channels_last(out),
+                  static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                  out.mutable_data_ptr<scalar_t>(),
+                  values_only ? nullptr : taps.mutable_data_ptr<tap_t>());
+        };
+        launch_window_kernel<scalar_t>(out, {in, out, taps}, launch);
       });
     });
   }
@@ -253,20 +265,16 @@ struct CudaKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cuda", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({grad_out, taps, grad_in}), [&](auto lanes) {
-          constexpr int V = decltype(lanes)::value;
-          const int64_t total = grad_in.numel() / V;
-          const auto l = launch_for(grad_in, total);
-          dispatch_index(total, [&](auto index_tag) {
-            using index_t = decltype(index_tag);
-            max_backward_kernel<V, scalar_t, tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-                g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
-                channels_last(grad_in), static_cast<index_t>(total),
-                grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
-                grad_in.mutable_data_ptr<scalar_t>());
-            C10_CUDA_KERNEL_LAUNCH_CHECK();
-          });
-        });
+        const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
+          using index_t = decltype(index_tag);
+          max_backward_kernel<decltype(lanes)::value, scalar_t, tap_t, index_t>
+              <<<l.grid, l.block, 0, l.stream>>>(
+                  g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
+                  channels_last(grad_in), static_cast<index_t>(total),
+                  grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
+                  grad_in.mutable_data_ptr<scalar_t>());
+        };
+        launch_window_kernel<scalar_t>(grad_in, {grad_out, taps, grad_in}, launch);
       });
     });
   }
@@ -301,19 +309,15 @@ struct CudaKernels {
     }
     const DeviceTables tables(g, in);
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
-      dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({in, out}), [&](auto lanes) {
-        constexpr int V = decltype(lanes)::value;
-        const int64_t total = out.numel() / V;
-        const auto l = launch_for(out, total);
-        dispatch_index(total, [&](auto index_tag) {
-          using index_t = decltype(index_tag);
-          avg_forward_kernel<V, scalar_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-              g, tables.view, layout_of(in), layout_of(out), channels_last(out),
-              static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
-              out.mutable_data_ptr<scalar_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
+      const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
+        using index_t = decltype(index_tag);
+        avg_forward_kernel<decltype(lanes)::value, scalar_t, index_t>
+            <<<l.grid, l.block, 0, l.stream>>>(
+                g, tables.view, layout_of(in), layout_of(out), channels_last(out),
+                static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                out.mutable_data_ptr<scalar_t>());
+      };
+      launch_window_kernel<scalar_t>(out, {in, out}, launch);
     });
   }
 
@@ -322,19 +326,15 @@ struct CudaKernels {
     const c10::cuda::CUDAGuard guard(grad_in.device());
     const DeviceTables tables(g, grad_in);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cuda", [&] {
-      dispatch_lanes<scalar_t>(pack_lanes<scalar_t>({grad_out, grad_in}), [&](auto lanes) {
-        constexpr int V = decltype(lanes)::value;
-        const int64_t total = grad_in.numel() / V;
-        const auto l = launch_for(grad_in, total);
-        dispatch_index(total, [&](auto index_tag) {
-          using index_t = decltype(index_tag);
-          avg_backward_kernel<V, scalar_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-              g, tables.view, layout_of(grad_out), layout_of(grad_in), channels_last(grad_in),
-              static_cast<index_t>(total), grad_out.const_data_ptr<scalar_t>(),
-              grad_in.mutable_data_ptr<scalar_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        });
-      });
+      const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
+        using index_t = decltype(index_tag);
+        avg_backward_kernel<decltype(lanes)::value, scalar_t, index_t>
+            <<<l.grid, l.block, 0, l.stream>>>(
+                g, tables.view, layout_of(grad_out), layout_of(grad_in), channels_last(grad_in),
+                static_cast<index_t>(total), grad_out.const_data_ptr<scalar_t>(),
+                grad_in.mutable_data_ptr<scalar_t>());
+      };
+      launch_window_kernel<scalar_t>(grad_in, {grad_out, grad_in}, launch);
     });
   }
 };
