@@ -244,7 +244,7 @@ def test_global_max_of_long_channels_last_planes(d, dtype):
     """Channels-last global max pooling of long planes (a vector of channels
     at a time, pixels cut into chunks where samples are few): torch's values
     and indices (NaN, ties, all -inf channels), alone or in a batch, on one
-    thread or two."""
+    thread or two; and torch's gradient."""
     g = torch.Generator().manual_seed(d)
     spatial = {1: (5000,), 2: (61, 67), 3: (9, 21, 23)}[d]
     x = torch.randint(-3, 4, (1, 70, *spatial), generator=g).to(dtype)  # many ties
@@ -267,6 +267,15 @@ def test_global_max_of_long_channels_last_planes(d, dtype):
                 torch.testing.assert_close(values[pick], want, rtol=0, atol=0, equal_nan=True)
     finally:
         torch.set_num_threads(threads)
+    # The backward: zeros, and each channel's gradient at its winner (-0 as +0, as the gather sums).
+    grad = torch.randn(want.shape, generator=g).to(dtype)
+    grad[0, 9] = -0.0
+    xs = [x.detach().clone().requires_grad_(), x.detach().contiguous().requires_grad_()]
+    ours(f"adaptive_max_pool{d}d")(xs[0], 1).backward(grad)
+    torchs(f"adaptive_max_pool{d}d")(xs[1], 1).backward(grad)
+    assert xs[0].grad.stride() == x.stride()
+    torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
+    assert not torch.signbit(xs[0].grad[0, 9]).any()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])

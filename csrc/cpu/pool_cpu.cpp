@@ -3035,6 +3035,28 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
+// Channels-last: zeros over the whole gradient (one fill, over threads),
+// then each plane's one winning cell. The channels gather compared every
+// cell with its channel's tap (1x64x224x224: 1.0 ms against torch's 0.3).
+template <typename scalar_t, typename tap_t>
+void max_backward_global_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                                  const at::Tensor& taps, const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vt = layout_of(taps), vg = layout_of(grad_in);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  const auto* tap = taps.const_data_ptr<tap_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  grad_in.zero_();
+  const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
+  for_global_planes(g, vo, 1, [&](int64_t n, int64_t c, const Window*) {
+    const auto code = static_cast<int64_t>(tap[vt.offset(n, c, 0, 0, 0)]);
+    if (code < 0 || code >= window_taps(g)) return;  // a tap from our forward never is
+    // 0 + the gradient: the gather's sum, never -0.
+    dst[vg.offset(n, c, code / (kh * kw), code / kw % kh, code % kw)] =
+        static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]));
+  });
+}
+
 template <typename scalar_t>
 void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
                          const at::Tensor& grad_in) {
@@ -3158,6 +3180,8 @@ struct CpuKernels {
         using tap_t = decltype(tap_tag);
         if (is_global(g) && !channels_inner(grad_in, taps)) {
           max_backward_global<scalar_t, tap_t>(g, grad_out, taps, grad_in);
+        } else if (is_global(g)) {
+          max_backward_global_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
         } else {
           max_backward_cpu<scalar_t, tap_t>(g, grad_out, taps, grad_in);
         }
