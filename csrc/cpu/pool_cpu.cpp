@@ -2806,8 +2806,10 @@ inline void for_plane_pixels(const scalar_t* src, const Layout5& v, int64_t n, i
   }
 }
 
-// Runs task(pair, chunk, n, c0, width, first, last) for every chunk, then
-// join(pair, n, c0, width) for every pair, over threads.
+// Runs task(pair, chunk, n, c0, width, first, last) for every chunk and
+// join(pair, n, c0, width) for every pair after its chunks: in the task
+// where a pair is one chunk, else on this thread once all have run (pairs
+// are few then, and a second parallel region costs more than the joins).
 template <typename Task, typename Join>
 void for_global_chunks(const Layout5& v, const GlobalChunks& k, const Task& task,
                        const Join& join) {
@@ -2825,29 +2827,25 @@ void for_global_chunks(const Layout5& v, const GlobalChunks& k, const Task& task
       const int64_t width = pair_at(pair, &n, &c0);
       const int64_t first = chunk * k.pixels;
       task(pair, chunk, n, c0, width, first, chunk < k.full ? first + k.pixels : pixels);
+      if (k.chunks == 1) join(pair, n, c0, width);
     }
   });
-  at::parallel_for(0, k.pairs, grain(kGlobalChannels * k.chunks), [&](int64_t begin, int64_t end) {
-    for (const auto pair : c10::irange(begin, end)) {
-      int64_t n, c0;
-      const int64_t width = pair_at(pair, &n, &c0);
-      join(pair, n, c0, width);
-    }
-  });
+  for (int64_t pair = 0; k.chunks > 1 && pair < k.pairs; ++pair) {
+    int64_t n, c0;
+    const int64_t width = pair_at(pair, &n, &c0);
+    join(pair, n, c0, width);
+  }
 }
 
-// A vector of kGlobalChannels channels' lanes: all whole (kFull), or
-// `width` channels, the last vector in part.
+// Vector k of a pixel's kGlobalChannels channels, of which `width` are
+// there (kFull: all): whole vectors by one load, the last one in part.
 template <typename acc_t, typename scalar_t, bool kFull>
 inline at::vec::Vectorized<acc_t> load_channels(const scalar_t* at, int64_t k, int64_t width) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
-  if constexpr (kFull) {
-    return load_acc<acc_t>(at + k * L);
-  } else {
-    return k * L < width ? load_acc<acc_t>(at + k * L, std::min<int64_t>(L, width - k * L))
-                         : at::vec::Vectorized<acc_t>(acc_t(0));
-  }
+  if (kFull || (k + 1) * L <= width) return load_acc<acc_t>(at + k * L);
+  return load_acc<acc_t>(at + k * L, width - k * L);
 }
+
 
 // Average: the pixels summed by blocks of kCascadeBlock added pairwise
 // (Cascade): the channels kernels' one running sum per channel over a whole
@@ -2881,9 +2879,13 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
     for (auto& v : sum.v) v = Vec(acc_t(0));
     int64_t in_block = 0;
     const auto sum_pixels = [&](auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      const int64_t vecs = div_ceil(width, L);  // holding any of the channels
       for_plane_pixels(src, vi, n, c0, first, last, [&](const scalar_t* pixel) {
+        // All kVecs in the loop, a trip count the compiler unrolls and keeps
+        // in registers, the vectors past the channels skipped.
         for (int64_t k = 0; k < kVecs; ++k) {
-          sum.v[k] += load_channels<acc_t, scalar_t, decltype(full)::value>(pixel, k, width);
+          if (kFull || k < vecs) sum.v[k] += load_channels<acc_t, scalar_t, kFull>(pixel, k, width);
         }
         if (++in_block == kCascadeBlock) {
           cascade.add(sum);
@@ -2948,14 +2950,16 @@ void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       b.code[k] = Vec(static_cast<acc_t>(first));
     }
     const auto scan = [&](auto full) {
+      constexpr bool kFull = decltype(full)::value;
+      const int64_t vecs = div_ceil(width, L);
       auto p = static_cast<acc_t>(first);
       for_plane_pixels(src, vi, n, c0, first, last, [&](const scalar_t* pixel) {
         const Vec code(p);
         p += 1;
         for (int64_t k = 0; k < kVecs; ++k) {
+          if (!kFull && k >= vecs) continue;
           take_or_add<true>(b.value[k], b.code[k],
-                            load_channels<acc_t, scalar_t, decltype(full)::value>(pixel, k, width),
-                            code);
+                            load_channels<acc_t, scalar_t, kFull>(pixel, k, width), code);
         }
       });
     };
