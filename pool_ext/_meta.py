@@ -218,8 +218,19 @@ def _saved(ctx):
 
 def _late(name):
     """pool_ops.<name>, looked up when called: the formulas below are made
-    before _register_autograd wraps the ops they call."""
-    return lambda *args: getattr(pool_ops, name)(*args)
+    before _register_autograd wraps the ops they call. Where no derivative of
+    the call may be taken (a backward without create_graph: grad mode off)
+    the op is called below its Autograd kernel, which would only pass it on
+    (a few microseconds of Python a call)."""
+
+    def call(*args):
+        if not (torch.is_grad_enabled() or transforms_active() or torch.compiler.is_compiling()
+                or has_tangent(*args)):
+            with torch._C._AutoDispatchBelowAutograd():
+                return getattr(ops, name).default(*args)
+        return getattr(pool_ops, name)(*args)
+
+    return call
 
 
 def _gather_at_indices(values, indices):
