@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 import pool_ext.functional as PF
-from pool_testing import DEVICES, DTYPES, assert_same_format, make_rng, to_strided, with_layout
+from pool_testing import DEVICES, DTYPES, TOL, assert_same_format, make_rng, to_strided, with_layout
 
 OPS = [
     ("max_pool2d", 2, dict(kernel_size=3, stride=2, padding=1)),
@@ -87,3 +87,34 @@ def test_variable_pooling_keeps_layout_like_adaptive(kind, d, device):
     sizes = torch.full((3, d), 4, device=device)
     got = getattr(PF, f"variable_{kind}_pool{d}d")(x, 3, sizes)
     assert_same_format(got, getattr(PF, f"adaptive_{kind}_pool{d}d")(x, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", OPS, ids=[o[0] for o in OPS])
+def test_channels_last_in_whole_packs_matches_torch(op, dtype, device):
+    """Channels-last inputs of 8 and 24 channels, whole and sliced one or four
+    channels in (the CUDA kernels then take 16-byte packs of channels, or
+    not, per tensor): values, indices and gradients of torch's result, which
+    is computed in float64."""
+    name, d, kwargs = op
+    fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+    rng = make_rng("packs", name, dtype)
+    for channels, first in ((8, 0), (24, 0), (8, 1), (20, 4)):
+        big = torch.randn((2, first + channels) + (9,) * d, dtype=torch.float64).to(dtype)
+        x = big.to(device).contiguous(memory_format=fmt)[:, first:]
+        grad_seed = rng.randint(0, 1 << 30)
+        results = []
+        for inp, dt in ((x, dtype), (x.detach().cpu().double(), torch.float64)):
+            inp = inp.detach().requires_grad_()
+            fn = getattr(PF if dt == dtype else F, name)
+            out = fn(inp, **kwargs, return_indices=True) if "max" in name else (fn(inp, **kwargs), None)
+            g = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(grad_seed), dtype=torch.float64)
+            out[0].backward(g.to(dtype=out[0].dtype, device=out[0].device).contiguous(memory_format=fmt))
+            results.append((out[0].detach(), out[1], inp.grad))
+        (got, idx, grad), (want, want_idx, want_grad) = results
+        rtol, atol = TOL[dtype]
+        torch.testing.assert_close(got.cpu().double(), want, rtol=rtol, atol=atol)
+        torch.testing.assert_close(grad.cpu().double(), want_grad, rtol=rtol, atol=atol)
+        if idx is not None:
+            assert torch.equal(idx.cpu(), want_idx), (channels, first)
