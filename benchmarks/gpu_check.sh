@@ -11,9 +11,9 @@
 #
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
-# packed channels-last ones and global pooling, about 300), each tool for at most SANITIZE_TIMEOUT seconds
-# (default 150; exit 124 when cut short), so that the whole pass fits one
-# device session.
+# packed channels-last ones and global pooling, about 300), each tool for at
+# most SANITIZE_TIMEOUT seconds (default 150; exit 124 when cut short), so
+# that the whole pass fits one device session.
 #
 # Logs go to $OUT (default /tmp/gpu_check_out). Every stage runs even when an
 # earlier one failed, except that a failed build stops everything; the exit
