@@ -84,10 +84,11 @@ def _unbatch(result, unbatched):
 
 def _inference(input):
     """Whether no derivative of this call may be taken: not under grad with an
-    input that requires it, forward-mode AD, torch.func, or a trace (it may
-    train). Max pooling then takes its values-only op (no taps found or kept)."""
+    input that requires it, forward-mode AD, torch.func, or a trace or export
+    (the program it makes may train). Max pooling then takes its values-only
+    op (no taps found or kept)."""
     return not (torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
-                or transforms_active() or torch.jit.is_tracing())
+                or transforms_active() or torch.jit.is_tracing() or torch.compiler.is_exporting())
 
 
 def _run(inference, name, *args):

@@ -282,9 +282,9 @@ def test_global_max_of_long_channels_last_planes(d, dtype):
 def test_global_average_split_among_threads_changes_no_bit(dtype):
     """A channels-last global average with few (sample, 64-channel block)
     pairs cuts each plane into chunks for the threads to share, joined as one
-    pass would add them: a sample alone, in a batch too large to be cut, and
-    on one thread or two, gives the same bits (odd pixel and channel counts
-    leave a partial last chunk and block)."""
+    pass would add them: a sample alone or in a batch (cut less, or not at all),
+    on one, two or eight threads, gives the same bits (odd pixel and channel
+    counts leave a partial last chunk and block)."""
     g = torch.Generator().manual_seed(7)
     x = torch.rand(1, 85, 301, 299, generator=g).to(dtype)
     x[0, 3, 100:200] = torch.nan
@@ -293,7 +293,7 @@ def test_global_average_split_among_threads_changes_no_bit(dtype):
     threads = torch.get_num_threads()
     try:
         runs = []
-        for n in (1, 2):
+        for n in (1, 2, 8):  # 8: ten chunks a plane, which only a cascade joins as one pass does
             torch.set_num_threads(n)
             runs += [ours("adaptive_avg_pool2d")(x, 1), ours("adaptive_avg_pool2d")(batch, 1)[4:5]]
     finally:

@@ -143,6 +143,25 @@ def test_cnn_export():
     torch.testing.assert_close(program.module()(x), model(x))
 
 
+class PoolsItsInput(nn.Module):
+    def forward(self, x):
+        return torch.cat([pool_ext.functional.max_pool2d(x, 2).flatten(1),
+                          pool_ext.functional.adaptive_max_pool2d(x, 3).flatten(1),
+                          pool_ext.functional.spatial_pyramid_pool2d(x, (1, 2), "max")], dim=1)
+
+
+def test_exported_max_pooling_trains():
+    """An export (like a trace) may be trained later, so max pooling records
+    its op with a derivative even on an input that needs no gradient then."""
+    program = torch.export.export(PoolsItsInput(), (torch.randn(2, 3, 8, 8),))
+    x = torch.randn(2, 3, 8, 8)
+    got, want = x.clone().requires_grad_(), x.clone().requires_grad_()
+    g = torch.randn(2, 3 * (16 + 9 + 5))
+    program.module()(got).backward(g)
+    PoolsItsInput()(want).backward(g)
+    torch.testing.assert_close(got.grad, want.grad)
+
+
 def test_inference_op_refuses_a_gradient():
     """The values-only max op, under the layers only without grad, names itself
     when a gradient is asked of it rather than giving none."""

@@ -2788,11 +2788,13 @@ inline GlobalChunks global_chunks(const Layout5& v) {
 template <typename scalar_t, typename F>
 inline void for_plane_pixels(const scalar_t* src, const Layout5& v, int64_t n, int64_t c0,
                              int64_t first, int64_t last, const F& f) {
+  if (first >= last) return;  // (and no pointer past the tensor is formed)
   int64_t x = first % v.size[4], rest = first / v.size[4];
   int64_t h = rest % v.size[3], d = rest / v.size[3];
   const scalar_t* pixel = src + v.offset(n, c0, d, h, x);
   for (int64_t p = first; p < last; ++p) {
     f(pixel);
+    if (p + 1 == last) break;
     if (++x < v.size[4]) {
       pixel += v.stride[4];
       continue;
