@@ -2091,9 +2091,8 @@ inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count,
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     for (int64_t j = 0; j < kVecs; ++j) a[j].store(out + j * kLanes);
   } else {
-    acc_t wide[kWidth];
-    for (int64_t j = 0; j < kVecs; ++j) a[j].store(wide + j * kLanes);
-    narrow(wide, out, kWidth);
+    // In registers: narrow's loop compiled to scalar NaN tests here.
+    for (int64_t j = 0; j < kVecs; ++j) narrow_lanes(a[j], out + j * kLanes);
   }
 }
 
