@@ -726,6 +726,18 @@ inline void narrow_lanes(const at::vec::Vectorized<float>& v, scalar_t* dst) {
 #endif
 }
 
+// narrow over n values, whole vectors of float lanes in registers
+// (narrow_lanes) where scalar_t is half or bfloat16.
+template <typename acc_t, typename scalar_t>
+inline void narrow_all(const acc_t* src, scalar_t* dst, int64_t n) {
+  int64_t i = 0;
+  if constexpr (std::is_same_v<acc_t, float> && !std::is_same_v<scalar_t, float>) {
+    constexpr int64_t L = at::vec::Vectorized<float>::size();
+    for (; i + L <= n; i += L) narrow_lanes(at::vec::Vectorized<float>::loadu(src + i), dst + i);
+  }
+  narrow(src + i, dst + i, n - i);
+}
+
 // A vector of acc_t lanes from scalar_t values (bfloat16 and half widened).
 template <typename acc_t, typename scalar_t>
 inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at) {
@@ -1778,7 +1790,7 @@ void max_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
       g, in, out, taps, [](scalar_t* dst, const Layout5& vo, tap_t* tap, const Layout5& vt) {
         return [=](int64_t n, const int64_t* o, const Window*, int64_t c0, int64_t width,
                    const acc_t* value, const auto* code, int64_t) {
-          narrow(value, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
+          narrow_all(value, dst + vo.offset(n, c0, o[0], o[1], o[2]), width);
           if (tap) narrow(code, tap + vt.offset(n, c0, o[0], o[1], o[2]), width);
         };
       });
@@ -1842,7 +1854,7 @@ void avg_forward_channels(const PoolGeometry& g, const at::Tensor& in, const at:
           for (int64_t c = 0; c < width; ++c) {
             sum[c] /= divisor;
           }
-          narrow(sum, at, width);
+          narrow_all(sum, at, width);
         };
       });
 }
