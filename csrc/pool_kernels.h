@@ -41,13 +41,6 @@ inline bool channels_last(const Layout5& v) {
   return v.size[1] > 1 && v.stride[1] == 1;
 }
 
-C10_HOST_DEVICE inline void table_windows(const PoolTables& t, int64_t n, const int64_t* o,
-                                          Window* w) {
-  for (int k = 0; k < kDims; ++k) {
-    w[k] = table_window(t, n, k, o[k]);
-  }
-}
-
 // ------------------------------------------------------------ channel packs
 //
 // The window kernels give a thread a pack of V neighbouring channels (one
@@ -104,6 +97,18 @@ C10_HOST_DEVICE inline void unflatten_pack(index_t e, const Layout5& v, bool cl,
   *c *= V;
 }
 
+// Output e of a forward (or indices) element taking V channels: (n, c, o)
+// as unflatten_pack splits it, and its windows.
+template <int V, typename index_t>
+C10_HOST_DEVICE inline void output_windows(const PoolTables& t, const Layout5& vo, bool cl,
+                                           index_t e, int64_t* n, int64_t* c, int64_t* o,
+                                           Window* w) {
+  unflatten_pack<V, index_t>(e, vo, cl, n, c, o);
+  for (int k = 0; k < kDims; ++k) {
+    w[k] = table_window(t, *n, k, o[k]);
+  }
+}
+
 template <int V, typename acc_t, typename T>
 C10_HOST_DEVICE inline Pack<T, V> narrow_pack(const acc_t* values) {
   Pack<T, V> pack;
@@ -120,9 +125,8 @@ C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const Poo
                                                 const scalar_t* in, scalar_t* out, tap_t* taps) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, o[kDims];
-  unflatten_pack<V, index_t>(e, vo, cl, &n, &c, o);
   Window w[kDims];
-  table_windows(t, n, o, w);
+  output_windows<V, index_t>(t, vo, cl, e, &n, &c, o, w);
   acc_t best[V];
   int64_t tap[V];
   window_max_lanes<V, scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
@@ -139,9 +143,8 @@ C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const Poo
                                                 index_t e, const scalar_t* in, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, o[kDims];
-  unflatten_pack<V, index_t>(e, vo, cl, &n, &c, o);
   Window w[kDims];
-  table_windows(t, n, o, w);
+  output_windows<V, index_t>(t, vo, cl, e, &n, &c, o, w);
   acc_t mean[V];
   window_sum_lanes<V, scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
                                        mean);
@@ -186,9 +189,8 @@ C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const Poo
                                                 const Layout5& vt, const Layout5& vx, bool cl,
                                                 index_t e, const tap_t* taps, int64_t* indices) {
   int64_t n, c, o[kDims];
-  unflatten_element<index_t>(e, vx, cl, &n, &c, o);
   Window w[kDims];
-  table_windows(t, n, o, w);
+  output_windows<1, index_t>(t, vx, cl, e, &n, &c, o, w);
   indices[vx.offset(n, c, o[0], o[1], o[2])] =
       tap_to_index(g, w, static_cast<int64_t>(taps[vt.offset(n, c, o[0], o[1], o[2])]));
 }
