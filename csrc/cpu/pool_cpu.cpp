@@ -2859,7 +2859,6 @@ inline at::vec::Vectorized<acc_t> load_channels(const scalar_t* at, int64_t k, i
   return load_acc<acc_t>(at + k * L, width - k * L);
 }
 
-
 // Average: the pixels summed by blocks of kCascadeBlock added pairwise
 // (Cascade): the channels kernels' one running sum per channel over a whole
 // 300x300 float plane came out 1e-5 off, where torch's mean is 1e-7. A
@@ -2955,9 +2954,9 @@ void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   std::vector<Best> partial(static_cast<size_t>(chunks.pairs * chunks.chunks));
   const auto task = [&](int64_t pair, int64_t chunk, int64_t n, int64_t c0, int64_t width,
                         int64_t first, int64_t last) {
-    if (first == last) return;  // no rest past the full chunks
     Best& b = partial[pair * chunks.chunks + chunk];
-    // From -inf and the chunk's first pixel, as window_max starts.
+    // From -inf and the chunk's first pixel, as window_max starts (an empty
+    // last chunk stays so, and takes nothing in the join).
     for (int64_t k = 0; k < kVecs; ++k) {
       b.value[k] = Vec(-std::numeric_limits<acc_t>::infinity());
       b.code[k] = Vec(static_cast<acc_t>(first));
@@ -2982,11 +2981,10 @@ void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       scan(std::false_type{});
     }
   };
-  const bool rest = vi.pixels() > chunks.full * chunks.pixels;
   const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
     const Best* part = partial.data() + pair * chunks.chunks;
     Best best = part[0];
-    for (int64_t j = 1; j < chunks.full + (rest ? 1 : 0); ++j) {
+    for (int64_t j = 1; j < chunks.chunks; ++j) {
       for (int64_t k = 0; k < kVecs; ++k) {
         take_or_add<true>(best.value[k], best.code[k], part[j].value[k], part[j].code[k]);
       }
@@ -3012,11 +3010,12 @@ inline void write_global_plane(const PoolGeometry& g, const Layout5& vg, scalar_
                                int64_t code, bool zeroed = false) {
   const bool whole = w[0].count == vg.size[2] && w[1].count == vg.size[3] &&
                      w[2].count == vg.size[4] && dense_planes(vg);
-  if (whole && !(zeroed && code >= 0)) {
+  const bool fill = !(zeroed && code >= 0);  // zeros to write
+  if (whole && fill) {
     scalar_t* plane = dst + vg.offset(n, c, 0, 0, 0);
     std::fill(plane, plane + vg.pixels(), code < 0 ? value : scalar_t(0));
   }
-  for (const auto d : c10::irange(whole || (zeroed && code >= 0) ? 0 : vg.size[2])) {
+  for (const auto d : c10::irange(whole || !fill ? 0 : vg.size[2])) {
     for (const auto h : c10::irange(vg.size[3])) {
       scalar_t* row = dst + vg.offset(n, c, d, h, 0);
       const bool inside = code < 0 && d < w[0].count && h < w[1].count;
