@@ -216,21 +216,23 @@ def _saved(ctx):
     return saved[:ctx.n_tensors], args
 
 
+def call_op(name, no_derivative, *args):
+    """The op `name` (one with derivatives) on args. Where no derivative of the
+    call may be taken, and outside torch.compile (which traces the ops as they
+    are), below the op's Autograd kernel, which is Python and would cost a few
+    microseconds a call only to pass the call on."""
+    if no_derivative and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():
+            return getattr(ops, name).default(*args)
+    return getattr(pool_ops, name)(*args)
+
+
 def _late(name):
     """pool_ops.<name>, looked up when called: the formulas below are made
-    before _register_autograd wraps the ops they call. Where no derivative of
-    the call may be taken (a backward without create_graph: grad mode off)
-    the op is called below its Autograd kernel, which would only pass it on
-    (a few microseconds of Python a call)."""
-
-    def call(*args):
-        if not (torch.is_grad_enabled() or transforms_active() or torch.compiler.is_compiling()
-                or has_tangent(*args)):
-            with torch._C._AutoDispatchBelowAutograd():
-                return getattr(ops, name).default(*args)
-        return getattr(pool_ops, name)(*args)
-
-    return call
+    before _register_autograd wraps the ops they call. No derivative of the
+    call may be taken in a backward without create_graph (grad mode off)."""
+    return lambda *args: call_op(
+        name, not (torch.is_grad_enabled() or transforms_active() or has_tangent(*args)), *args)
 
 
 def _gather_at_indices(values, indices):

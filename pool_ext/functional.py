@@ -18,7 +18,7 @@ Beyond torch:
 import torch
 
 from ._geometry import resolve_output_size
-from ._meta import has_tangent, ops, pool_ops, transforms_active
+from ._meta import call_op, has_tangent, pool_ops, transforms_active
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
@@ -91,17 +91,6 @@ def _inference(input):
                 or transforms_active() or torch.jit.is_tracing() or torch.compiler.is_exporting())
 
 
-def _run(inference, name, *args):
-    """The op `name` (one with derivatives) on args; in inference (outside
-    torch.compile, which traces the ops as they are) below the op's Autograd
-    kernel, which is Python and would cost a few microseconds a call only to
-    pass the call on."""
-    if inference and not torch.compiler.is_compiling():
-        with torch._C._AutoDispatchBelowAutograd():
-            return getattr(ops, name).default(*args)
-    return getattr(pool_ops, name)(*args)
-
-
 def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     name = f"max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
@@ -110,7 +99,7 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
-    out, taps = _run(inference, "max_pool", x, *args)
+    out, taps = call_op("max_pool", inference, x, *args)
     if return_indices:
         return _unbatch((out, pool_ops._max_pool_indices(x, taps, *args)), unbatched)
     return _unbatch(out, unbatched)
@@ -120,8 +109,8 @@ def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_includ
     name = f"avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
-    out = _run(_inference(input), "avg_pool", x, kernel, stride, padding, ceil_mode, same, count_include_pad,
-               divisor_override)
+    out = call_op("avg_pool", _inference(input), x, kernel, stride, padding, ceil_mode, same,
+                  count_include_pad, divisor_override)
     return _unbatch(out, unbatched)
 
 
@@ -225,7 +214,7 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
-    out, taps = _run(inference, "adaptive_max_pool", x, size, sizes)
+    out, taps = call_op("adaptive_max_pool", inference, x, size, sizes)
     if return_indices:
         return _unbatch((out, pool_ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
     return _unbatch(out, unbatched)
@@ -236,7 +225,7 @@ def _adaptive_avg(ndim, kind, input, output_size, sizes):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
-    return _unbatch(_run(_inference(input), "adaptive_avg_pool", x, size, sizes), unbatched)
+    return _unbatch(call_op("adaptive_avg_pool", _inference(input), x, size, sizes), unbatched)
 
 
 def adaptive_max_pool1d(input, output_size, return_indices=False):
@@ -373,10 +362,10 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     for level in levels:
         size = [level, level]
         if mode == "avg":
-            pooled = _run(inference, "adaptive_avg_pool", x, size, sizes)
+            pooled = call_op("adaptive_avg_pool", inference, x, size, sizes)
         elif inference:
             pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
         else:
-            pooled, _taps = _run(inference, "adaptive_max_pool", x, size, sizes)
+            pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes)
         parts.append(pooled.flatten(1))
     return _unbatch(torch.cat(parts, dim=1), unbatched)
