@@ -7,7 +7,18 @@ import torch
 import torch.nn.functional as F
 
 import pool_ext.functional as PF
-from pool_testing import DEVICES, DTYPES, TOL, assert_same_format, make_rng, to_strided, with_layout
+from pool_testing import (
+    DEVICES,
+    DTYPES,
+    TOL,
+    assert_close_to_ref,
+    assert_equal,
+    assert_same_format,
+    make_rng,
+    random_values,
+    to_strided,
+    with_layout,
+)
 
 OPS = [
     ("max_pool2d", 2, dict(kernel_size=3, stride=2, padding=1)),
@@ -118,3 +129,54 @@ def test_channels_last_in_whole_packs_matches_torch(op, dtype, device):
         torch.testing.assert_close(grad.cpu().double(), want_grad, rtol=rtol, atol=atol)
         if idx is not None:
             assert torch.equal(idx.cpu(), want_idx), (channels, first)
+
+
+TAIL_OPS = OPS + [
+    ("max_pool2d", 2, dict(kernel_size=2)),
+    ("avg_pool2d", 2, dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", TAIL_OPS, ids=[f"{o[0]}-{i}" for i, o in enumerate(TAIL_OPS)])
+def test_channels_last_with_a_partial_vector_of_channels(op, dtype, device):
+    """Channel counts that are no whole number of vectors (5: less than one;
+    9-19: a vector and a few; 33: a block of 32 and one), where the CPU's
+    channels kernels take the last channels as the vector ending at the last
+    channel, recomputing some, or one loaded in part: values (adaptive
+    averages: close), indices and gradients bit-identical to the contiguous
+    input's, and close to torch's (in float64 on the same values), with NaN,
+    inf and ties."""
+    name, d, kwargs = op
+    fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+    rng = make_rng("partial-vector", name, str(kwargs), dtype)
+    for channels in (5, 9, 12, 13, 19, 33):
+        shape = (2, channels) + (5, 9, 10)[3 - d:]
+        x = random_values(rng, shape, dtype, specials=0.03, ties=rng.random() < 0.5).to(device)
+        results = []
+        for inp in (x, x.contiguous(memory_format=fmt)):
+            inp = inp.detach().requires_grad_()
+            fn = getattr(PF, name)
+            out, idx = fn(inp, **kwargs, return_indices=True) if "max" in name else (fn(inp, **kwargs), None)
+            if not results:
+                grad_out = random_values(rng, tuple(out.shape), dtype, specials=0.03).to(device)
+            (grad,) = torch.autograd.grad(out, inp, grad_out.contiguous(memory_format=fmt))
+            results.append((out, idx, grad))
+        (out, idx, grad), (out_cl, idx_cl, grad_cl) = results
+        msg = f"{channels} channels"
+        if name.startswith("adaptive_avg"):
+            # Planes sum an adaptive window run by run, channels tap by tap: close only.
+            assert_close_to_ref(out_cl, out.double(), dtype, msg=msg)
+        else:
+            assert_equal(out_cl, out, msg=msg)
+        assert_equal(grad_cl, grad, msg=msg)
+        x64 = x.detach().cpu().double().requires_grad_()
+        fn = getattr(F, name)
+        want, want_idx = fn(x64, **kwargs, return_indices=True) if "max" in name else (fn(x64, **kwargs), None)
+        (want_grad,) = torch.autograd.grad(want, x64, grad_out.cpu().double())
+        assert_close_to_ref(out_cl, want, dtype, msg=msg)
+        assert_close_to_ref(grad_cl, want_grad, dtype, msg=msg)
+        if idx is not None:
+            assert torch.equal(idx_cl.cpu(), idx.cpu()), msg
+            assert torch.equal(idx_cl.cpu(), want_idx), msg

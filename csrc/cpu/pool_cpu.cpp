@@ -783,15 +783,56 @@ inline std::pair<at::vec::Vectorized<acc_t>, at::vec::Vectorized<acc_t>> load_de
   return at::vec::deinterleave2(lo, hi);
 }
 
-// The first `count` lanes from at, the others zero: reads nothing past them.
+#if defined(CPU_CAPABILITY_AVX2)
+// Lanes [0, count) of a vector of 4-byte (8-byte) cells set.
+inline __m256i first_lanes32(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int32_t>(count)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+inline __m256i first_lanes64(int64_t count) {
+  return _mm256_cmpgt_epi64(_mm256_set1_epi64x(count), _mm256_setr_epi64x(0, 1, 2, 3));
+}
+#endif
+
+// The first `count` (<= size()) lanes from at, the others zero: reads
+// nothing past them. float and double by a masked load: at::vec's partial
+// load goes through memcpy, a call per vector.
 template <typename acc_t, typename scalar_t>
 inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    return _mm256_maskload_ps(at, first_lanes32(count));
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    return _mm256_maskload_pd(at, first_lanes64(count));
+  }
+#endif
+  scalar_t part[at::vec::Vectorized<acc_t>::size()] = {};
+  for (int64_t i = 0; i < count; ++i) part[i] = at[i];
+  return load_acc<acc_t>(part);
+}
+
+// Cells [0, count) of values into dst (count <= L lanes), narrowed.
+template <typename scalar_t, typename acc_t>
+inline void store_cells(const at::vec::Vectorized<acc_t>& v, scalar_t* dst, int64_t count) {
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+#if defined(CPU_CAPABILITY_AVX2)
+  // Masked stores: at::vec's partial store goes through memcpy.
+  if constexpr (std::is_same_v<scalar_t, float>) {
+    _mm256_maskstore_ps(dst, first_lanes32(count), v);
+    return;
+  } else if constexpr (std::is_same_v<scalar_t, double>) {
+    _mm256_maskstore_pd(dst, first_lanes64(count), v);
+    return;
+  }
+#endif
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return at::vec::Vectorized<acc_t>::loadu(at, count);
+    v.store(dst, static_cast<int>(count));
+  } else if (count == L) {
+    narrow_lanes(v, dst);
   } else {
-    scalar_t part[at::vec::Vectorized<acc_t>::size()] = {};
-    std::copy(at, at + count, part);
-    return load_acc<acc_t>(part);
+    scalar_t value[L];
+    narrow_lanes(v, value);
+    for (int64_t i = 0; i < count; ++i) dst[i] = value[i];
   }
 }
 
@@ -1444,17 +1485,30 @@ inline void prefetch_lines(const scalar_t* at, int64_t n) {
   }
 }
 
+// Reads a vector of lanes at `at`: whole, or (kPart) its first `width` lanes.
+template <bool kPart, typename acc_t, typename scalar_t>
+inline at::vec::Vectorized<acc_t> load_lanes(const scalar_t* at, int64_t width) {
+  if constexpr (kPart) {
+    return load_acc<acc_t>(at, width);
+  } else {
+    return load_acc<acc_t>(at);
+  }
+}
+
 // Channels [c0, c0 + kWidth) of one output over its taps (kWidth a whole
 // number of vectors) into value[0, kWidth) and (max) the winning codes into
-// code[0, kWidth), in acc_t lanes (codes exact there).
-template <int64_t kWidth, bool kMax, typename scalar_t, typename acc_t>
+// code[0, kWidth), in acc_t lanes (codes exact there). kPart: one vector
+// of which the first `width` lanes are channels (the last few, where a
+// scalar loop cost more than the whole vectors before it), stored whole.
+template <int64_t kWidth, bool kMax, bool kPart = false, typename scalar_t, typename acc_t>
 inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int64_t c0,
-                           acc_t* value, acc_t* code) {
+                           acc_t* value, acc_t* code, int64_t width = kWidth) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
+  static_assert(!kPart || kVecs == 1);
   Vec best[kVecs], best_code[kVecs];
   for (int64_t j = 0; j < kVecs; ++j) {
-    const Vec v = load_acc<acc_t>(taps[0].at + c0 + j * kLanes);
+    const Vec v = load_lanes<kPart, acc_t>(taps[0].at + c0 + j * kLanes, width);
     best[j] = kMax ? v : Vec(acc_t(0)) + v;
     best_code[j] = Vec(static_cast<acc_t>(taps[0].code));
   }
@@ -1462,7 +1516,8 @@ inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int6
     const scalar_t* x = taps[t].at + c0;
     const Vec tap_code(static_cast<acc_t>(taps[t].code));
     for (int64_t j = 0; j < kVecs; ++j) {
-      take_or_add<kMax>(best[j], best_code[j], load_acc<acc_t>(x + j * kLanes), tap_code);
+      take_or_add<kMax>(best[j], best_code[j], load_lanes<kPart, acc_t>(x + j * kLanes, width),
+                        tap_code);
     }
   }
   for (int64_t j = 0; j < kVecs; ++j) {
@@ -1477,10 +1532,12 @@ struct ChannelScratch {
   using acc_t = at::opmath_type<scalar_t>;
   WindowTable table;
   std::vector<ChannelTap<scalar_t>> row_taps, taps;
-  std::vector<acc_t> value, code;
+  std::vector<acc_t> value, code;  // a vector past the channels: channels_block's kPart
   std::vector<code_t> rest_code;
   explicit ChannelScratch(int64_t channels)
-      : value(channels), code(channels), rest_code(channels) {}
+      : value(channels + at::vec::Vectorized<acc_t>::size()),
+        code(channels + at::vec::Vectorized<acc_t>::size()),
+        rest_code(channels) {}
 };
 
 // Output rows [begin, end) of the channels forward, rows (n, od, oh) of
@@ -1553,7 +1610,17 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
         for (; c0 + kLanes <= channels; c0 += kLanes) {
           channels_block<kLanes, kMax>(taps.data(), count, c0, value + c0, code + c0);
         }
-        if (c0 > 0) finish(n, o, w, 0, c0, value, code, count);
+        // The last few: the vector ending at the last channel, which recomputes
+        // some of the one before (the same values), else a vector in part.
+        if (c0 < channels && channels >= kLanes) {
+          c0 = channels - kLanes;
+          channels_block<kLanes, kMax>(taps.data(), count, c0, value + c0, code + c0);
+        } else if (c0 < channels) {
+          channels_block<kLanes, kMax, true>(taps.data(), count, c0, value + c0, code + c0,
+                                             channels - c0);
+        }
+        c0 = channels;
+        finish(n, o, w, 0, c0, value, code, count);
       }
       if (c0 == channels) continue;  // next output
       // The other channels tap by tap, each tap's channels streamed into
@@ -2059,11 +2126,16 @@ struct GatherTerm {
 // The tap codes of a vector of channels as acc_t lanes: bytes to float in
 // two conversions where at::vec has them (a plain widening loop of eight
 // compiles to scalar conversions), else by a widening loop.
-template <typename acc_t, typename tap_t>
-inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at) {
+// kPart: the first `width` codes, the other lanes zero.
+template <bool kPart, typename acc_t, typename tap_t>
+inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at, int64_t width) {
   using Vec = at::vec::Vectorized<acc_t>;
-  if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<tap_t, uint8_t> &&
-                Vec::size() * 4 == at::vec::Vectorized<uint8_t>::size()) {
+  if constexpr (kPart) {
+    tap_t part[Vec::size()] = {};
+    for (int64_t i = 0; i < width; ++i) part[i] = at[i];
+    return load_codes<false, acc_t>(part, Vec::size());
+  } else if constexpr (std::is_same_v<acc_t, float> && std::is_same_v<tap_t, uint8_t> &&
+                       Vec::size() * 4 == at::vec::Vectorized<uint8_t>::size()) {
     const auto bytes = at::vec::Vectorized<uint8_t>::loadu_one_fourth(at);
     return at::vec::convert<float>(at::vec::convert<int32_t>(bytes));
   } else {
@@ -2077,13 +2149,16 @@ inline at::vec::Vectorized<acc_t> load_codes(const tap_t* at) {
 // vectors): the sum of its terms, in registers, into out (the cell's
 // channels from c0, narrowed to scalar_t). Values and tap codes are
 // widened to acc_t; a tap mask keeps a value or makes it +0, which leaves
-// the sum as skipping it would.
-template <int64_t kWidth, bool kMax, typename acc_t, typename value_t, typename tap_t,
-          typename scalar_t>
+// the sum as skipping it would (a sum from +0 is never -0). kPart: the
+// cell's last `width` channels, fewer than a vector, read and written in
+// part (a scalar loop there mispredicted on every tap compare).
+template <int64_t kWidth, bool kMax, bool kPart = false, typename acc_t, typename value_t,
+          typename tap_t, typename scalar_t>
 inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t c0,
-                         scalar_t* out) {
+                         scalar_t* out, int64_t width = kWidth) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
+  static_assert(!kPart || kVecs == 1);
   Vec a[kVecs];
   for (auto& v : a) v = Vec(acc_t(0));
   for (int64_t t = 0; t < count; ++t) {
@@ -2092,15 +2167,18 @@ inline void gather_block(const GatherTerm<value_t, tap_t>* terms, int64_t count,
       const tap_t* taps = terms[t].taps + c0;
       const Vec code(static_cast<acc_t>(terms[t].code));
       for (int64_t j = 0; j < kVecs; ++j) {
-        a[j] += load_acc<acc_t>(x + j * kLanes) & (load_codes<acc_t>(taps + j * kLanes) == code);
+        a[j] += load_lanes<kPart, acc_t>(x + j * kLanes, width) &
+                (load_codes<kPart, acc_t>(taps + j * kLanes, width) == code);
       }
     } else {
       for (int64_t j = 0; j < kVecs; ++j) {
-        a[j] += load_acc<acc_t>(x + j * kLanes);
+        a[j] += load_lanes<kPart, acc_t>(x + j * kLanes, width);
       }
     }
   }
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+  if constexpr (kPart) {
+    store_cells(a[0], out, width);
+  } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
     for (int64_t j = 0; j < kVecs; ++j) a[j].store(out + j * kLanes);
   } else {
     // In registers: narrow's loop compiled to scalar NaN tests here.
@@ -2183,13 +2261,21 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
       if constexpr (by_blocks) {
         // Blocks go straight to the cell's channels.
         for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
-          gather_block<kChannelBlock, kMax, acc_t>(term, count, c0, cell + c0);
+          gather_block<kChannelBlock, kMax, false, acc_t>(term, count, c0, cell + c0);
         }
         // The rest a vector at a time.
         constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
         for (; c0 + kLanes <= channels; c0 += kLanes) {
-          gather_block<kLanes, kMax, acc_t>(term, count, c0, cell + c0);
+          gather_block<kLanes, kMax, false, acc_t>(term, count, c0, cell + c0);
         }
+        // The last few as the forward takes them.
+        if (c0 < channels && channels >= kLanes) {
+          c0 = channels - kLanes;
+          gather_block<kLanes, kMax, false, acc_t>(term, count, c0, cell + c0);
+        } else if (c0 < channels) {
+          gather_block<kLanes, kMax, true, acc_t>(term, count, c0, cell + c0, channels - c0);
+        }
+        c0 = channels;
       }
       for (; c0 < channels; c0 += kChannelBlock) {
         const int64_t width = std::min(kChannelBlock, channels - c0);
@@ -2373,21 +2459,6 @@ void share_row(const PoolGeometry& g, const WindowTable& table, int64_t od, int6
     }
     w[2] = table.dim[2][o[2]];
     share[o[2]] = static_cast<acc_t>(gr[o[2] * step]) / static_cast<acc_t>(avg_divisor(g, w, o));
-  }
-}
-
-// Cells [0, count) of values into dst (count <= L lanes), narrowed.
-template <typename scalar_t, typename acc_t>
-inline void store_cells(const at::vec::Vectorized<acc_t>& v, scalar_t* dst, int64_t count) {
-  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    v.store(dst, static_cast<int>(count));
-  } else if (count == L) {
-    narrow_lanes(v, dst);
-  } else {
-    acc_t value[L];
-    v.store(value);
-    narrow(value, dst, count);
   }
 }
 
