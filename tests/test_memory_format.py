@@ -131,8 +131,14 @@ def test_channels_last_in_whole_packs_matches_torch(op, dtype, device):
             assert torch.equal(idx.cpu(), want_idx), (channels, first)
 
 
+# Beside OPS: windows that never overlap (each cell in one window at most,
+# or none: the gather looks its one term up), with gaps from dilation and
+# cells no window holds; and stride 1.
 TAIL_OPS = OPS + [
     ("max_pool2d", 2, dict(kernel_size=2)),
+    ("max_pool2d", 2, dict(kernel_size=2, stride=(2, 4), padding=1, dilation=(1, 2))),
+    ("avg_pool2d", 2, dict(kernel_size=2, stride=(3, 2), ceil_mode=True)),
+    ("max_pool3d", 3, dict(kernel_size=(1, 2, 2), stride=(2, 3, 2))),
     ("avg_pool2d", 2, dict(kernel_size=3, stride=1, padding=1, count_include_pad=False)),
 ]
 

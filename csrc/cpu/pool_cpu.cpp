@@ -2200,11 +2200,74 @@ inline void gather_tail(const GatherTerm<value_t, tap_t>* terms, int64_t count, 
   }
 }
 
+// The channels [0, channels) of one cell from its `count` terms, written
+// once.
+template <bool kMax, typename acc_t, typename value_t, typename tap_t, typename scalar_t>
+inline void gather_cell(const GatherTerm<value_t, tap_t>* terms, int64_t count, int64_t channels,
+                        scalar_t* cell) {
+  int64_t c0 = 0;
+  // Blocks compare tap codes in acc_t lanes: exact for byte taps.
+  if constexpr (!kMax || sizeof(tap_t) == 1) {
+    // Blocks go straight to the cell's channels.
+    for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
+      gather_block<kChannelBlock, kMax, false, acc_t>(terms, count, c0, cell + c0);
+    }
+    // The rest a vector at a time.
+    constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
+    for (; c0 + kLanes <= channels; c0 += kLanes) {
+      gather_block<kLanes, kMax, false, acc_t>(terms, count, c0, cell + c0);
+    }
+    // The last few as the forward takes them.
+    if (c0 < channels && channels >= kLanes) {
+      gather_block<kLanes, kMax, false, acc_t>(terms, count, channels - kLanes,
+                                               cell + channels - kLanes);
+    } else if (c0 < channels) {
+      gather_block<kLanes, kMax, true, acc_t>(terms, count, c0, cell + c0, channels - c0);
+    }
+    return;
+  }
+  acc_t sum[kChannelBlock];
+  for (; c0 < channels; c0 += kChannelBlock) {
+    const int64_t width = std::min(kChannelBlock, channels - c0);
+    gather_tail<kMax>(terms, count, c0, width, sum);
+    narrow(sum, cell + c0, width);
+  }
+}
+
 // State of the channels gather, one per task of a parallel loop.
 template <typename value_t, typename tap_t>
 struct GatherScratch {
   WindowTable table;
   std::vector<GatherTerm<value_t, tap_t>> row_terms, terms;
+  // Where at most one window along W holds each input column (strides at
+  // least the windows' span, as 2x2 stride 2): that window's output
+  // (owner, -1 where none) and the cell's W tap in it.
+  std::vector<int64_t> owner, owner_tap;
+
+  // Whether the table's sample has such columns; fills owner and owner_tap.
+  bool owners(const PoolGeometry& g, WindowTable& t) {
+    if (owner_sample != t.sample) {
+      owner_sample = t.sample;
+      const std::vector<Span>& cover = t.cover(g)[2];
+      single = true;
+      owner.assign(cover.size(), -1);
+      owner_tap.assign(cover.size(), 0);
+      for (const auto x : c10::irange(static_cast<int64_t>(cover.size()))) {
+        for (int64_t ow = cover[x].lo; ow < cover[x].hi; ++ow) {
+          const int64_t tw = tap_in(t.dim[2][ow], x);
+          if (tw < 0) continue;
+          single = single && owner[x] < 0;
+          owner[x] = ow;
+          owner_tap[x] = tw;
+        }
+      }
+    }
+    return single;
+  }
+
+ private:
+  int64_t owner_sample = -1;
+  bool single = false;
 };
 
 // Input rows [begin, end), rows (n, d, h) of vg (whose channel count is
@@ -2220,10 +2283,8 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
   TORCH_INTERNAL_ASSERT_DEBUG_ONLY(vg.stride[1] == 1);
   const int64_t out_h = g.dim[1].out, out_w = g.dim[2].out;
   // Blocks compare tap codes in acc_t lanes: exact for byte taps.
-  constexpr bool by_blocks = !kMax || sizeof(tap_t) == 1;
   WindowTable& table = s.table;
   auto &row_terms = s.row_terms, &terms = s.terms;
-  acc_t sum[kChannelBlock];
   for (const auto r : c10::irange(begin, end)) {
     const int64_t h = r % vg.size[3], d = (r / vg.size[3]) % vg.size[2];
     const int64_t n = r / (vg.size[3] * vg.size[2]);
@@ -2243,6 +2304,22 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
                              static_cast<tap_t>(encode_tap(g, td, th, 0))});
       }
     }
+    if (row_terms.size() <= 1 && s.owners(g, table)) {
+      // At most one term a cell, looked up: a cell outside every window
+      // (or every row's) sums none, and is zero.
+      scalar_t* cell = dst + vg.offset(n, 0, d, h, 0);
+      for (const auto x : c10::irange(vg.size[4])) {
+        const int64_t ow = row_terms.empty() ? -1 : s.owner[x];
+        GatherTerm<value_t, tap_t> term{};
+        if (ow >= 0) {
+          const auto& row = row_terms[0];
+          term = {row.value + ow * ld, kMax ? row.taps + ow * ld : nullptr,
+                  static_cast<tap_t>(row.code + s.owner_tap[x])};
+        }
+        gather_cell<kMax, acc_t>(&term, ow >= 0 ? 1 : 0, channels, cell + x * vg.stride[4]);
+      }
+      continue;
+    }
     for (const auto x : c10::irange(vg.size[4])) {
       terms.clear();
       const Span sw = cover[2][x];
@@ -2254,34 +2331,8 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
                            static_cast<tap_t>(row.code + tw)});
         }
       }
-      const auto* term = terms.data();
-      const auto count = static_cast<int64_t>(terms.size());
-      scalar_t* cell = dst + vg.offset(n, 0, d, h, x);
-      int64_t c0 = 0;
-      if constexpr (by_blocks) {
-        // Blocks go straight to the cell's channels.
-        for (; c0 + kChannelBlock <= channels; c0 += kChannelBlock) {
-          gather_block<kChannelBlock, kMax, false, acc_t>(term, count, c0, cell + c0);
-        }
-        // The rest a vector at a time.
-        constexpr int64_t kLanes = at::vec::Vectorized<acc_t>::size();
-        for (; c0 + kLanes <= channels; c0 += kLanes) {
-          gather_block<kLanes, kMax, false, acc_t>(term, count, c0, cell + c0);
-        }
-        // The last few as the forward takes them.
-        if (c0 < channels && channels >= kLanes) {
-          c0 = channels - kLanes;
-          gather_block<kLanes, kMax, false, acc_t>(term, count, c0, cell + c0);
-        } else if (c0 < channels) {
-          gather_block<kLanes, kMax, true, acc_t>(term, count, c0, cell + c0, channels - c0);
-        }
-        c0 = channels;
-      }
-      for (; c0 < channels; c0 += kChannelBlock) {
-        const int64_t width = std::min(kChannelBlock, channels - c0);
-        gather_tail<kMax>(term, count, c0, width, sum);
-        narrow(sum, cell + c0, width);
-      }
+      gather_cell<kMax, acc_t>(terms.data(), static_cast<int64_t>(terms.size()), channels,
+                               dst + vg.offset(n, 0, d, h, x));
     }
   }
 }
