@@ -15,6 +15,8 @@ Beyond torch:
   * ``spatial_pyramid_pool2d``.
 """
 
+import operator
+
 import torch
 
 from ._geometry import resolve_output_size
@@ -31,17 +33,41 @@ __all__ = [
 ]
 
 
+def _int(name, arg, value, what):
+    """value as torch's argument parser takes an int: an int, a numpy integer or
+    a 0-d integer tensor (anything with ``__index__``), never a bool or a float;
+    else a TypeError naming the op, the argument and the value."""
+    if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
+        return value
+    if not (isinstance(value, bool) or isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+        try:
+            return operator.index(value)
+        except TypeError:
+            pass
+    raise TypeError(f"{name}: {arg} must be {what}, but got {value!r} of type {type(value).__name__}")
+
+
 def _tuple(name, arg, value, ndim):
-    if isinstance(value, int):
-        return [value] * ndim
-    value = list(value)
+    what = f"a single int or a tuple of {ndim} ints"
+    if not isinstance(value, (list, tuple)):
+        return [_int(name, arg, value, what)] * ndim
+    value = [_int(name, arg, v, what) for v in value]
     if len(value) not in (1, ndim):
-        raise RuntimeError(f"{name}: {arg} must be a single int or a tuple of {ndim} ints, but got {value}")
+        raise RuntimeError(f"{name}: {arg} must be {what}, but got {value}")
     return value * ndim if len(value) == 1 else value
+
+
+def _flag(name, arg, value):
+    """A bool argument: torch's parser takes nothing else (not 0 or 1, not None)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: {arg} must be a bool, but got {value!r} of type {type(value).__name__}")
+    return value
 
 
 def _batched(name, input, ndim):
     """Returns the (N, C, *spatial) view of input and whether it was unbatched."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, but got {type(input).__name__}")
     if input.dim() not in (ndim + 1, ndim + 2):
         raise RuntimeError(
             f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
@@ -67,7 +93,7 @@ def _padding(name, padding, ndim):
 
 def _fixed_args(name, ndim, kernel_size, stride, padding):
     kernel = _tuple(name, "kernel_size", kernel_size, ndim)
-    stride = kernel if stride is None or (not isinstance(stride, int) and len(stride) == 0) else (
+    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else (
         _tuple(name, "stride", stride, ndim)
     )
     padding, same = _padding(name, padding, ndim)
@@ -95,7 +121,8 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
     name = f"max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
-    args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim), ceil_mode, same)
+    args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim),
+            _flag(name, "ceil_mode", ceil_mode), same)
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
@@ -109,8 +136,11 @@ def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_includ
     name = f"avg_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
-    out = call_op("avg_pool", _inference(input), x, kernel, stride, padding, ceil_mode, same,
-                  count_include_pad, divisor_override)
+    if divisor_override is not None:
+        divisor_override = _int(name, "divisor_override", divisor_override, "an int or None")
+    out = call_op("avg_pool", _inference(input), x, kernel, stride, padding,
+                  _flag(name, "ceil_mode", ceil_mode), same,
+                  _flag(name, "count_include_pad", count_include_pad), divisor_override)
     return _unbatch(out, unbatched)
 
 
@@ -181,7 +211,11 @@ def _output_size(name, output_size, ndim):
     keeps the input's extent. The op resolves it, so a traced or compiled
     graph follows the input's size instead of the size it was made with."""
     # As torch: an int (or None) stands for every dim; a sequence needs one entry per dim.
-    sizes = [output_size] * ndim if isinstance(output_size, int) or output_size is None else list(output_size)
+    what = f"an int, None or a tuple of {ndim} of them"
+    if isinstance(output_size, (list, tuple)):
+        sizes = [None if o is None else _int(name, "output_size", o, what) for o in output_size]
+    else:
+        sizes = [None if output_size is None else _int(name, "output_size", output_size, what)] * ndim
     if len(sizes) != ndim:
         raise RuntimeError(f"{name}: output_size must have {ndim} elements, but got {list(sizes)}")
     if any(o is not None and o < 0 for o in sizes):
@@ -265,6 +299,8 @@ def adaptive_avg_pool3d(input, output_size):
 
 
 def _variable_input(name, input, ndim, sizes):
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"{name}: input must be a Tensor, but got {type(input).__name__}")
     if input.dim() != ndim + 2:
         raise RuntimeError(
             f"{name}: expected a padded batch of {ndim + 2}D (N, C, *spatial), but got input of sizes "

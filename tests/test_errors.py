@@ -283,6 +283,66 @@ def test_spatial_pyramid_pool_errors():
         spp(x, sizes=torch.tensor([[8, 8], [8, 9]]))
 
 
+# ---------------------------------------------------------------- argument types
+
+# (id, op, kwargs, error pattern or None): torch's parser takes an int as an
+# int, a numpy integer or a 0-d integer tensor, and a flag only as a bool.
+ARGUMENT_TYPES = [
+    ("kernel-0d-tensor", "avg_pool2d", dict(kernel_size=torch.tensor(2)), None),
+    ("dilation-0d-tensor", "max_pool1d", dict(kernel_size=2, dilation=torch.tensor(2)), None),
+    ("kernel-bool", "max_pool2d", dict(kernel_size=True), r"kernel_size.*True"),
+    ("kernel-bool-in-tuple", "avg_pool2d", dict(kernel_size=(True, 2)), r"kernel_size.*True"),
+    ("kernel-float", "max_pool1d", dict(kernel_size=2.0), r"kernel_size.*2\.0"),
+    ("kernel-float-in-tuple", "avg_pool2d", dict(kernel_size=(2.0, 2)), r"kernel_size.*2\.0"),
+    ("kernel-string", "max_pool2d", dict(kernel_size="3"), r"kernel_size.*'3'"),
+    ("kernel-1d-tensor", "max_pool2d", dict(kernel_size=torch.tensor([2, 2])), r"kernel_size.*Tensor"),
+    ("stride-float", "avg_pool3d", dict(kernel_size=1, stride=2.0), r"stride.*2\.0"),
+    ("ceil-mode-int", "max_pool2d", dict(kernel_size=3, stride=2, ceil_mode=1), r"ceil_mode.*\b1\b"),
+    ("ceil-mode-none", "avg_pool1d", dict(kernel_size=3, ceil_mode=None), r"ceil_mode.*None"),
+    ("count-include-pad-int", "avg_pool2d", dict(kernel_size=3, padding=1, count_include_pad=0),
+     r"count_include_pad.*\b0\b"),
+    ("divisor-float", "avg_pool2d", dict(kernel_size=2, divisor_override=1.5), r"divisor_override.*1\.5"),
+    ("divisor-bool", "avg_pool3d", dict(kernel_size=1, divisor_override=True), r"divisor_override.*True"),
+    ("output-size-bool", "adaptive_max_pool2d", dict(output_size=True), r"output_size.*True"),
+    ("output-size-float", "adaptive_avg_pool1d", dict(output_size=(2.0,)), r"output_size.*2\.0"),
+]
+try:  # numpy is in CI's environment, not necessarily on a GPU machine
+    import numpy as np
+
+    ARGUMENT_TYPES += [
+        ("kernel-numpy-int", "max_pool2d", dict(kernel_size=np.int64(2)), None),
+        ("kernel-numpy-in-tuple", "max_pool3d", dict(kernel_size=(np.int32(2), 1, 2)), None),
+        ("padding-numpy-int", "avg_pool1d", dict(kernel_size=3, padding=np.int64(1)), None),
+        ("divisor-numpy-int", "avg_pool2d", dict(kernel_size=2, divisor_override=np.int64(3)), None),
+        ("ceil-mode-numpy-bool", "max_pool2d", dict(kernel_size=3, stride=2, ceil_mode=np.bool_(True)),
+         r"ceil_mode.*True"),
+    ]
+except ImportError:
+    pass
+
+
+@pytest.mark.parametrize("case", ARGUMENT_TYPES, ids=[c[0] for c in ARGUMENT_TYPES])
+def test_argument_types_as_torch_takes_them(case):
+    """Arguments of another type: where torch takes them, the same result; where
+    it raises a TypeError, a TypeError naming the op, the argument and the value
+    (not a Python error from inside ours, nor a schema error of the inner op)."""
+    _, name, kwargs, pattern = case
+    d = int(name[-2])
+    x = torch.randn((2, 3) + (4, 5, 6)[:d], dtype=torch.float64)
+    if pattern is None:
+        assert_equal(ours(name)(x, **kwargs), torchs(name)(x, **kwargs))
+    else:
+        assert_rejected(name, lambda: ours(name)(x, **kwargs), lambda: torchs(name)(x, **kwargs),
+                        TypeError, pattern)
+
+
+@pytest.mark.parametrize("name", ["max_pool2d", "avg_pool1d", "adaptive_avg_pool3d", "variable_max_pool1d"])
+def test_input_not_a_tensor(name):
+    args = (1, torch.tensor([1])) if name.startswith("variable") else (1,)
+    assert_rejected(name, lambda: ours(name)([[1.0, 2.0]], *args), None, TypeError, r"Tensor", r"list",
+                    torch_rejects=False)
+
+
 # ---------------------------------------------------------------- randomized: accept exactly what torch accepts
 
 
