@@ -220,19 +220,26 @@ def replace_pooling(model: nn.Module) -> nn.Module:
     """Swaps, in place, every torch.nn pooling layer of ``model`` for pool_ext's; returns ``model``.
 
     The new layers carry the old ones' settings, hooks and training flag; a
-    model that is itself a pooling layer is returned replaced.
+    layer registered in several places (one object, shared) is replaced by one
+    new layer, still shared; a model that is itself a pooling layer is
+    returned replaced.
     """
+    swapped = {}  # id of an old layer -> its replacement
+
     def swap(module):
         cls = _REPLACEMENTS.get(type(module))
         if cls is None:
             return module
-        new = cls.__new__(cls)
-        new.__dict__.update(module.__dict__)
-        return new
+        if id(module) not in swapped:
+            new = cls.__new__(cls)
+            new.__dict__.update(module.__dict__)
+            swapped[id(module)] = new
+        return swapped[id(module)]
 
+    # Every registration, repeats included (named_children and modules()
+    # yield a shared layer once).
     for parent in model.modules():
-        for name, child in list(parent.named_children()):
-            new = swap(child)
-            if new is not child:
-                setattr(parent, name, new)
+        for name, child in list(parent._modules.items()):
+            if child is not None and swap(child) is not child:
+                setattr(parent, name, swap(child))
     return swap(model)

@@ -158,6 +158,20 @@ def test_replace_pooling_keeps_hooks_mode_and_is_idempotent():
     assert model[0] is first
 
 
+def test_replace_pooling_keeps_shared_layers_shared():
+    """One layer object registered twice in a parent, and in two parents: every
+    registration gets the same new layer (named_children yields a repeat once)."""
+    pool = nn.MaxPool2d(2)
+    inner = nn.Sequential(pool, nn.ReLU())
+    model = nn.Sequential(pool, nn.ReLU(), pool, inner, nn.Sequential(pool))
+    x = torch.randn(1, 2, 32, 32)
+    expected = model(x)
+    pool_ext.nn.replace_pooling(model)
+    assert type(model[0]) is pnn.MaxPool2d
+    assert model[2] is model[0] and model[3][0] is model[0] and model[4][0] is model[0]
+    assert_equal(model(x), expected)
+
+
 def test_replace_pooling_of_a_pooling_layer():
     layer = nn.MaxPool2d(3, 2, 1, return_indices=True)
     new = pool_ext.nn.replace_pooling(layer)
