@@ -74,6 +74,32 @@ def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same)
     return [x.shape[0], x.shape[1], *out], taps
 
 
+def windows_holding_cells(in_sizes, out_sizes, kernel_size, stride, padding, dilation, same, device):
+    """Where a fixed window holds an input cell: None where all do (always but for
+    dilated windows reaching into padding, which can fall wholly on padding and
+    gaps), else a bool tensor of the output's spatial shape. A window without
+    cells pools -inf and has an index in padding, as torch's does."""
+    ndim = len(kernel_size)
+    if all(d == 1 for d in expand("", "dilation", dilation, ndim)):
+        return None
+    stride = list(kernel_size) if len(stride) == 0 else expand("", "stride", stride, ndim)
+    padding = expand("", "padding", padding, ndim)
+    dilation = expand("", "dilation", dilation, ndim)
+    holds = []
+    for size, out, k, s, p, d in zip(in_sizes, out_sizes, kernel_size, stride, padding, dilation):
+        if same:  # csrc/pool.h's same_pad_total, its smaller half first
+            p = max((out - 1) * s + d * (k - 1) + 1 - size, 0) // 2
+        holds.append([any(0 <= o * s - p + t * d < size for t in range(k)) for o in range(out)])
+    if all(all(h) for h in holds):
+        return None
+    mask = torch.ones((), dtype=torch.bool, device=device)
+    for i, h in enumerate(holds):
+        shape = [1] * ndim
+        shape[i] = len(h)
+        mask = mask & torch.tensor(h, dtype=torch.bool, device=device).view(shape)
+    return mask
+
+
 def check_sizes(name, x, sizes, ndim):
     """The shape, dtype and device checks of variable pooling's sizes (values need data)."""
     torch._check(

@@ -251,6 +251,16 @@ def _max_autograd(kind):
     in grad_output, and its derivative there is the same pick."""
     backward_op, indices = _late(f"_{kind}max_pool_backward"), _late(f"_{kind}max_pool_indices")
 
+    def pick(values, self, taps, args):
+        """values at each window's winner; zero for a window without cells
+        (dilated, in padding), whose index lies outside its row or the input."""
+        at = indices(self, taps, *args)
+        holds = None if kind else geo.windows_holding_cells(self.shape[2:], taps.shape[2:], *args[:4],
+                                                        args[5], self.device)
+        if holds is None:
+            return _gather_at_indices(values, at)
+        return torch.where(holds, _gather_at_indices(values, torch.where(holds, at, 0)), 0)
+
     def save_pool(ctx, inputs, output):
         self, *args = inputs
         ctx.mark_non_differentiable(output[1])
@@ -263,7 +273,7 @@ def _max_autograd(kind):
 
     def pool_jvp(ctx, self_t, *_):
         (self, taps), args = _saved(ctx)
-        return _gather_at_indices(self_t, indices(self, taps, *args)), None
+        return pick(self_t, self, taps, args), None
 
     def save_backward(ctx, inputs, output):
         _grad, self, taps, *args = inputs
@@ -273,7 +283,7 @@ def _max_autograd(kind):
         (self, taps), args = _saved(ctx)
         result = None
         if ctx.needs_input_grad[0]:
-            result = _gather_at_indices(grad_grad_input, indices(self, taps, *args))
+            result = pick(grad_grad_input, self, taps, args)
         return (result, *(None,) * (2 + len(args)))
 
     def backward_jvp(ctx, grad_t, *_):

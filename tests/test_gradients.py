@@ -181,3 +181,38 @@ def test_deterministic_backward(case, fmt, device, deterministic):
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
     assert results[0][1].abs().sum() > 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("padding", ["same", "explicit"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_max_pool_windows_without_cells(d, padding, device):
+    """Dilated windows that fall wholly on padding and gaps hold no cell: they pool
+    -inf with torch's index (explicit padding: torch's values and indices), which
+    lies outside the window's row or the input; every derivative through them is
+    zero (double backward and forward mode gathered at that index and crashed, or
+    read a cell of another row), and the others pick their winners."""
+    kernel, dilation = [1] * (d - 1) + [2], [1] * (d - 1) + [3]
+    pad = "same" if padding == "same" else [0] * (d - 1) + [1]
+    x = torch.arange(2 * 2 * 2 ** d, dtype=torch.float64).view((2, 2) + (2,) * d).to(device) + 1
+    x.requires_grad_()
+    out, idx = getattr(PF, f"max_pool{d}d")(x, kernel, 1, pad, dilation, return_indices=True)
+    empty = out == -torch.inf
+    # (with explicit padding, a window without cells along W means every one is)
+    assert empty.any() and (padding == "explicit" or not empty.all())
+    if padding == "explicit":
+        want, want_idx = getattr(F, f"max_pool{d}d")(x.detach().cpu(), kernel, 1, pad, dilation, return_indices=True)
+        assert torch.equal(out.detach().cpu(), want) and torch.equal(idx.cpu(), want_idx)
+    flat = x.detach().flatten(2)
+    winners = flat.gather(2, torch.where(empty, 0, idx).flatten(2)).view(out.shape)
+    assert torch.equal(torch.where(empty, out, winners), out.detach())
+
+    g = torch.ones_like(out, requires_grad=True)
+    (gx,) = torch.autograd.grad(out, x, g, create_graph=True)
+    w = torch.rand_like(x)
+    (gg,) = torch.autograd.grad(gx, g, w)
+    picked = w.flatten(2).gather(2, torch.where(empty, 0, idx).flatten(2)).view(out.shape)
+    assert torch.equal(gg, torch.where(empty, 0, picked))
+    with fwAD.dual_level():
+        dual = getattr(PF, f"max_pool{d}d")(fwAD.make_dual(x.detach(), w), kernel, 1, pad, dilation)
+        assert torch.equal(fwAD.unpack_dual(dual).tangent, torch.where(empty, 0, picked))
