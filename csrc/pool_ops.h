@@ -33,9 +33,8 @@ void dispatch_taps(const at::Tensor& taps, const F& f) {
 
 template <class K>
 std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tensor& self) {
-  const auto opts = self.options().memory_format(plan.format);
-  auto out = at::empty(plan.out_shape, opts);
-  auto taps = at::empty(plan.out_shape, opts.dtype(plan.tap_dtype));
+  auto out = empty_planned(plan, plan.out_shape, self.options());
+  auto taps = empty_planned(plan, plan.out_shape, self.options().dtype(plan.tap_dtype));
   if (out.numel() > 0) {
     K::max_forward(plan.geom, as_5d(self), as_5d(out), as_5d(taps));
   }
@@ -44,7 +43,7 @@ std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tenso
 
 template <class K>
 at::Tensor run_max_values(const PoolPlan& plan, const at::Tensor& self) {
-  auto out = at::empty(plan.out_shape, self.options().memory_format(plan.format));
+  auto out = empty_planned(plan, plan.out_shape, self.options());
   if (out.numel() > 0) {
     K::max_forward(plan.geom, as_5d(self), as_5d(out), at::Tensor());
   }
@@ -61,7 +60,7 @@ at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
   TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
-  auto grad_input = at::empty(self.sizes(), self.options().memory_format(plan.format));
+  auto grad_input = empty_planned(plan, self.sizes(), self.options());
   if (grad_input.numel() > 0) {
     K::max_backward(plan.geom, as_5d(grad_output), as_5d(taps), as_5d(grad_input));
   }
@@ -73,7 +72,7 @@ at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& taps) {
   check_like_output(plan, taps, "taps");
   TORCH_CHECK(taps.scalar_type() == plan.tap_dtype, plan.name, ": expected taps of dtype ",
               plan.tap_dtype, ", but got ", taps.scalar_type());
-  auto indices = at::empty(plan.out_shape, taps.options().dtype(at::kLong).memory_format(plan.format));
+  auto indices = empty_planned(plan, plan.out_shape, taps.options().dtype(at::kLong));
   if (indices.numel() > 0) {
     K::max_indices(plan.geom, as_5d(taps), as_5d(indices));
   }
@@ -82,7 +81,7 @@ at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& taps) {
 
 template <class K>
 at::Tensor run_avg(const PoolPlan& plan, const at::Tensor& self) {
-  auto out = at::empty(plan.out_shape, self.options().memory_format(plan.format));
+  auto out = empty_planned(plan, plan.out_shape, self.options());
   if (out.numel() > 0) {
     K::avg_forward(plan.geom, as_5d(self), as_5d(out));
   }
@@ -96,7 +95,7 @@ at::Tensor run_avg_backward(const PoolPlan& plan, const at::Tensor& grad_output,
   TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
-  auto grad_input = at::empty(self.sizes(), self.options().memory_format(plan.format));
+  auto grad_input = empty_planned(plan, self.sizes(), self.options());
   if (grad_input.numel() > 0) {
     K::avg_backward(plan.geom, as_5d(grad_output), as_5d(grad_input));
   }

@@ -43,8 +43,11 @@ void check_input(const std::string& name, const at::Tensor& self, int64_t ndim,
 }
 
 at::MemoryFormat format_of(const at::Tensor& self) {
-  // 1d pooling has no channels-last layout: its output is always contiguous.
-  return self.dim() >= 4 ? self.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  // A 1d input is channels-last where torch's 1d pooling, which pools it as
+  // (N, C, 1, L), finds it so: channels innermost, as a transposed (N, L, C)
+  // sequence batch is. Its output then has the same stride order.
+  return self.dim() >= 4 ? self.suggest_memory_format()
+                         : self.unsqueeze(2).suggest_memory_format();
 }
 
 PoolPlan start_plan(const std::string& name, const at::Tensor& self, int64_t ndim) {
@@ -266,6 +269,14 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
 void check_like_output(const PoolPlan& plan, const at::Tensor& t, const char* what) {
   TORCH_CHECK(t.sizes() == at::IntArrayRef(plan.out_shape), plan.name, " backward: expected ",
               what, " of sizes ", at::IntArrayRef(plan.out_shape), ", but got ", t.sizes());
+}
+
+at::Tensor empty_planned(const PoolPlan& plan, at::IntArrayRef shape,
+                         const at::TensorOptions& options) {
+  if (shape.size() == 3 && plan.format == at::MemoryFormat::ChannelsLast) {
+    return at::empty({shape[0], shape[2], shape[1]}, options).permute({0, 2, 1});
+  }
+  return at::empty(shape, options.memory_format(plan.format));
 }
 
 at::Tensor as_5d(const at::Tensor& t) {

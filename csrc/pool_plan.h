@@ -34,6 +34,11 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
 // Checks that a backward's grad_output (or saved taps) fits the plan.
 void check_like_output(const PoolPlan& plan, const at::Tensor& t, const char* what);
 
+// An uninitialised tensor of `shape` in the plan's memory format: for 1d
+// pooling's channels-last, (N, C, L) with C at stride 1 and L at stride C.
+at::Tensor empty_planned(const PoolPlan& plan, at::IntArrayRef shape,
+                         const at::TensorOptions& options);
+
 // View of an (N, C, *spatial) tensor as (N, C, D, H, W).
 at::Tensor as_5d(const at::Tensor& t);
 

@@ -27,7 +27,17 @@ def adaptive_max_window(size, out, variable):
 
 
 def memory_format(x):
-    return suggest_memory_format(x) if x.dim() >= 4 else torch.contiguous_format
+    """csrc/pool_plan.cpp's format_of: a 1d input (N, C, L) is channels-last
+    where (N, C, 1, L) is, as torch's 1d pooling finds it."""
+    return suggest_memory_format(x if x.dim() >= 4 else x.unsqueeze(2))
+
+
+def empty_planned(x, shape, dtype):
+    """pool_plan.cpp's empty_planned: an empty tensor in x's memory format."""
+    fmt = memory_format(x)
+    if len(shape) == 3 and fmt == torch.channels_last:
+        return torch.empty((shape[0], shape[2], shape[1]), dtype=dtype, device=x.device).permute(0, 2, 1)
+    return torch.empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
 
 
 def tap_dtype(taps_per_window):

@@ -20,9 +20,7 @@ _OP_NAMES = [
 
 
 def _empty_like_plan(x, shape, dtype=None):
-    return torch.empty(
-        shape, dtype=dtype or x.dtype, device=x.device, memory_format=geo.memory_format(x)
-    )
+    return geo.empty_planned(x, shape, dtype or x.dtype)
 
 
 # ---------------------------------------------------------------- fake kernels

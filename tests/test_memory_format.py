@@ -186,3 +186,54 @@ def test_channels_last_with_a_partial_vector_of_channels(op, dtype, device):
         if idx is not None:
             assert torch.equal(idx_cl.cpu(), idx.cpu()), msg
             assert torch.equal(idx_cl.cpu(), want_idx), msg
+
+
+ONE_D = [
+    ("max_pool1d", dict(kernel_size=3, stride=2, padding=1)),
+    ("avg_pool1d", dict(kernel_size=4, ceil_mode=True, count_include_pad=False)),
+    ("adaptive_max_pool1d", dict(output_size=5)),
+    ("adaptive_avg_pool1d", dict(output_size=1)),
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", ONE_D, ids=[o[0] for o in ONE_D])
+def test_one_d_channels_last_sequences(op, dtype, device):
+    """A sequence batch (N, L, C) transposed to (N, C, L), channels innermost (as
+    torch's 1d pooling, through (N, C, 1, L), finds channels-last): outputs,
+    indices and input gradients keep that stride order (torch's do, but for
+    its no-grad max_pool1d and adaptive_avg_pool1d's gradient), so the channels
+    kernels run (a contiguous output made the planes kernels read the input
+    strided: 20x slower); values, indices and gradients bit-identical to the
+    contiguous input's (adaptive averages: close). Unbatched, (C, L) seen as
+    (1, C, L) is not channels-last to torch either: values only."""
+    name, kwargs = op
+    rng = make_rng("nlc", name, dtype)
+    for shape in ((3, 12, 40), (12, 40)):
+        x = random_values(rng, shape, dtype, specials=0.03).to(device)
+        nlc = x.transpose(-1, -2).contiguous().transpose(-1, -2)
+        results = []
+        for inp in (x, nlc):
+            inp = inp.detach().requires_grad_()
+            fn = getattr(PF, name)
+            out, idx = fn(inp, **kwargs, return_indices=True) if "max" in name else (fn(inp, **kwargs), None)
+            if not results:
+                grad_out = random_values(rng, tuple(out.shape), dtype).to(device)
+            (grad,) = torch.autograd.grad(out, inp, grad_out)
+            results.append((out, idx, grad))
+        (out, idx, grad), (out_t, idx_t, grad_t) = results
+        for t in (out_t, grad_t) + ((idx_t,) if idx_t is not None else ()):
+            if t.shape[-1] > 1:  # (a length of 1 is both layouts)
+                assert t.transpose(-1, -2).is_contiguous() == (len(shape) == 3), (shape, t.stride())
+        if name.startswith("adaptive_avg"):
+            assert_close_to_ref(out_t, out.double(), dtype)
+        else:
+            assert_equal(out_t, out)
+        assert_equal(grad_t, grad)
+        if idx is not None:
+            assert torch.equal(idx_t, idx)
+        with torch.no_grad():
+            values_only = getattr(PF, name)(nlc, **kwargs)
+            if values_only.shape[-1] > 1:
+                assert values_only.transpose(-1, -2).is_contiguous() == (len(shape) == 3)

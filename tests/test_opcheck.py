@@ -31,12 +31,15 @@ def test_every_op_is_covered():
 def randn(shape, device, dtype=torch.float32, fmt=None, seed=0):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    if fmt == "nlc":  # 1d channels-last: (N, C, L) with channels innermost
+        return x.transpose(1, 2).contiguous().transpose(1, 2)
     return x.contiguous(memory_format=fmt) if fmt is not None else x
 
 
 # (id, input shape, dtype, memory format, kernel, stride, padding, dilation, ceil_mode, same)
 FIXED = [
     ("1d", (2, 3, 9), torch.float32, None, [3], [2], [1], [2], False, False),
+    ("1d-nlc", (2, 5, 9), torch.float32, "nlc", [2], [2], [0], [1], True, False),
     ("2d", (2, 3, 7, 6), torch.float32, None, [3, 2], [2, 1], [1, 1], [1, 2], True, False),
     ("2d-cl-f16", (2, 3, 7, 6), torch.float16, torch.channels_last, [3, 3], [2, 2], [1, 0], [1, 1], False, False),
     ("2d-same", (1, 2, 7, 5), torch.float64, None, [4, 3], [2, 2], [0, 0], [1, 1], False, True),
@@ -69,6 +72,7 @@ def fixed_samples(device, requires_grad):
 # (id, input shape, dtype, memory format, output size, sizes)
 ADAPTIVE = [
     ("1d", (2, 3, 9), torch.float32, None, [4], None),
+    ("1d-nlc-variable", (3, 4, 9), torch.float64, "nlc", [3], [[9], [4], [1]]),
     ("2d-larger", (2, 3, 5, 4), torch.float32, None, [7, 3], None),
     ("2d-cl-f16", (2, 3, 7, 6), torch.float16, torch.channels_last, [3, 3], None),
     ("3d", (1, 2, 4, 5, 5), torch.float64, None, [2, 3, 2], None),
