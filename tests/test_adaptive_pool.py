@@ -305,6 +305,27 @@ def test_global_average_split_among_threads_changes_no_bit(dtype):
                                atol=0, equal_nan=True)
 
 
+@pytest.mark.parametrize("d", [2, 3])
+def test_adaptive_average_of_small_planes_changes_no_bit_with_threads(d):
+    """Small planes of a batch of few samples (too few 64-channel groups to
+    keep every thread busy), which the CPU could pool through planes on some
+    thread counts and through channel groups on others, summing a window in
+    another order: one, two and eight threads give the same bits."""
+    g = torch.Generator().manual_seed(3)
+    shape, out = ((1, 17, 18, 6), (8, 2)) if d == 2 else ((1, 17, 18, 2, 3), (8, 1, 2))
+    x = torch.randn(shape, generator=g)
+    threads = torch.get_num_threads()
+    try:
+        runs = []
+        for n in (1, 2, 8):
+            torch.set_num_threads(n)
+            runs.append(ours(f"adaptive_avg_pool{d}d")(x, out))
+    finally:
+        torch.set_num_threads(threads)
+    for run in runs[1:]:
+        assert_equal(run, runs[0])
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
 @pytest.mark.parametrize("d", [1, 2, 3])

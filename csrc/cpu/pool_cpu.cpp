@@ -1703,8 +1703,13 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   const Layout5 v = layout_of(t);
   if (is_global(g) || v.size[1] < 16 || v.stride[1] == 1 || !dense_planes(v)) return false;
   // A task per sample and group: too few of them (one image, 64 channels)
-  // would leave threads idle that the planes kernels keep busy.
-  if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads()) return false;
+  // would leave threads idle that the planes kernels keep busy. Not for
+  // adaptive averages, which planes sum by runs and channels tap by tap:
+  // their bits would change with the thread count.
+  if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads() &&
+      !(g.adaptive && pass == Pass::kAvgForward)) {
+    return false;
+  }
   const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
   // 2-byte values go further forward: their planes kernels widen every
   // load, their transposes move half the bytes (3d 16x56x56 planes lose
