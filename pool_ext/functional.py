@@ -210,13 +210,8 @@ def _output_size(name, output_size, ndim):
     """output_size as the ops take it: one entry per dim, -1 where torch's None
     keeps the input's extent. The op resolves it, so a traced or compiled
     graph follows the input's size instead of the size it was made with."""
-    # As torch: an int stands for every dim; a sequence needs one entry per dim,
-    # None only in 2d and 3d. (Variable pooling also takes None for every dim.)
+    # As torch: an int (or None) stands for every dim; a sequence needs one entry per dim.
     what = f"an int, None or a tuple of {ndim} of them"
-    if name.startswith("adaptive_") and (output_size is None or ndim == 1 and isinstance(
-            output_size, (list, tuple)) and None in output_size):
-        raise TypeError(f"{name}: output_size must be an int or a tuple of ints (None only as an entry "
-                        f"of a 2d or 3d size), but got {output_size!r}")
     if isinstance(output_size, (list, tuple)):
         sizes = [None if o is None else _int(name, "output_size", o, what) for o in output_size]
     else:
