@@ -210,7 +210,9 @@ def _output_size(name, output_size, ndim):
     """output_size as the ops take it: one entry per dim, -1 where torch's None
     keeps the input's extent. The op resolves it, so a traced or compiled
     graph follows the input's size instead of the size it was made with."""
-    # As torch: an int (or None) stands for every dim; a sequence needs one entry per dim.
+    # As torch: an int stands for every dim; a sequence needs one entry per dim.
+    # Beyond torch, None (keep the input's extent) may also stand for every dim,
+    # and be an entry of a 1d size.
     what = f"an int, None or a tuple of {ndim} of them"
     if isinstance(output_size, (list, tuple)):
         sizes = [None if o is None else _int(name, "output_size", o, what) for o in output_size]
