@@ -388,22 +388,30 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     Returns:
         ``Tensor[N, C * sum(l * l for l in levels)]`` (``Tensor[C * ...]`` unbatched).
     """
+    name = "spatial_pyramid_pool2d"
     if mode not in ("max", "avg"):
-        raise ValueError(f"spatial_pyramid_pool2d: mode must be 'max' or 'avg', but got '{mode}'")
-    if len(levels) == 0 or any(int(l) < 1 for l in levels):
-        raise ValueError(f"spatial_pyramid_pool2d: levels must be positive ints, but got {tuple(levels)}")
-    x, unbatched = _batched("spatial_pyramid_pool2d", input, 2)
+        raise ValueError(f"{name}: mode must be 'max' or 'avg', but got '{mode}'")
+    levels = [_int(name, "levels", level, "a tuple of positive ints") for level in levels]
+    if len(levels) == 0 or any(level < 1 for level in levels):
+        raise ValueError(f"{name}: levels must be positive ints, but got {tuple(levels)}")
+    x, unbatched = _batched(name, input, 2)
     if sizes is not None and unbatched:
-        raise RuntimeError("spatial_pyramid_pool2d: sizes need a batched (N, C, H, W) input")
+        raise RuntimeError(f"{name}: sizes need a batched (N, C, H, W) input")
     inference = _inference(input)
     parts = []
-    for level in levels:
-        size = [level, level]
-        if mode == "avg":
-            pooled = call_op("adaptive_avg_pool", inference, x, size, sizes)
-        elif inference:
-            pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
-        else:
-            pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes)
-        parts.append(pooled.flatten(1))
+    try:
+        for level in levels:
+            size = [level, level]
+            if mode == "avg":
+                pooled = call_op("adaptive_avg_pool", inference, x, size, sizes)
+            elif inference:
+                pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
+            else:
+                pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes)
+            parts.append(pooled.flatten(1))
+    except RuntimeError as e:
+        # The ops' checks name the adaptive (or variable) op they run as.
+        if torch.compiler.is_compiling():
+            raise
+        raise RuntimeError(f"{name}: {e}") from None
     return _unbatch(torch.cat(parts, dim=1), unbatched)

@@ -279,8 +279,13 @@ def test_spatial_pyramid_pool_errors():
         assert re.search(pattern, str(info.value))
     with pytest.raises(ValueError, match="min"):
         pool_ext.nn.SpatialPyramidPool2d(mode="min")
-    with pytest.raises(RuntimeError, match=r"sizes\[1\D"):
+    # Errors of the ops it runs name it too (they name the adaptive op they run as).
+    with pytest.raises(RuntimeError, match=r"^spatial_pyramid_pool2d: .*sizes\[1\D"):
         spp(x, sizes=torch.tensor([[8, 8], [8, 9]]))
+    with pytest.raises(RuntimeError, match=r"^spatial_pyramid_pool2d: .*Long"):
+        spp(x.long())
+    with pytest.raises(TypeError, match=r"^spatial_pyramid_pool2d: levels.*2\.5"):
+        spp(x, levels=(1, 2.5))
 
 
 # ---------------------------------------------------------------- argument types
