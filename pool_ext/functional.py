@@ -214,7 +214,8 @@ def _output_size(name, output_size, ndim):
     # Beyond torch, None (keep the input's extent) may also stand for every dim,
     # and be an entry of a 1d size.
     what = f"an int, None or a tuple of {ndim} of them"
-    if isinstance(output_size, (list, tuple)):
+    # Sequences as torch iterates them: lists, tuples, ranges, 1-d tensors and arrays.
+    if isinstance(output_size, (list, tuple, range)) or getattr(output_size, "ndim", 0) == 1:
         sizes = [None if o is None else _int(name, "output_size", o, what) for o in output_size]
     else:
         sizes = [None if output_size is None else _int(name, "output_size", output_size, what)] * ndim

@@ -311,6 +311,8 @@ ARGUMENT_TYPES = [
     ("output-size-bool", "adaptive_max_pool2d", dict(output_size=True), r"output_size.*True"),
     ("output-size-float", "adaptive_avg_pool1d", dict(output_size=(2.0,)), r"output_size.*2\.0"),
     ("output-size-none-entry", "adaptive_max_pool2d", dict(output_size=(None, 2)), None),
+    ("output-size-1d-tensor", "adaptive_max_pool2d", dict(output_size=torch.tensor([2, 3])), None),
+    ("output-size-range", "adaptive_max_pool3d", dict(output_size=range(1, 4)), None),
 ]
 try:  # numpy is in CI's environment, not necessarily on a GPU machine
     import numpy as np
@@ -320,6 +322,7 @@ try:  # numpy is in CI's environment, not necessarily on a GPU machine
         ("kernel-numpy-in-tuple", "max_pool3d", dict(kernel_size=(np.int32(2), 1, 2)), None),
         ("padding-numpy-int", "avg_pool1d", dict(kernel_size=3, padding=np.int64(1)), None),
         ("divisor-numpy-int", "avg_pool2d", dict(kernel_size=2, divisor_override=np.int64(3)), None),
+        ("output-size-numpy-array", "adaptive_max_pool2d", dict(output_size=np.array([2, 3])), None),
         ("ceil-mode-numpy-bool", "max_pool2d", dict(kernel_size=3, stride=2, ceil_mode=np.bool_(True)),
          r"ceil_mode.*True"),
     ]
