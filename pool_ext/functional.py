@@ -39,7 +39,8 @@ def _int(name, arg, value, what):
     else a TypeError naming the op, the argument and the value."""
     if isinstance(value, (int, torch.SymInt)) and not isinstance(value, bool):
         return value
-    if not (isinstance(value, bool) or isinstance(value, torch.Tensor) and value.dtype == torch.bool):
+    # (torch takes a 0-d tensor of any integer dtype, bool included, and no other tensor)
+    if not isinstance(value, bool) and (not isinstance(value, torch.Tensor) or value.dim() == 0):
         try:
             return operator.index(value)
         except TypeError:
