@@ -305,16 +305,38 @@ def test_global_average_split_among_threads_changes_no_bit(dtype):
                                atol=0, equal_nan=True)
 
 
-@pytest.mark.parametrize("channels", [1, 8])
-def test_global_average_of_a_constant_is_as_close_as_torch(channels):
-    """float32 planes of 100-1023 cells of one value (below the cascade's
+@pytest.mark.parametrize("layout", ["planes", "channels_last"])
+@pytest.mark.parametrize("channels", [1, 8, 300])
+def test_global_average_of_a_constant_is_as_close_as_torch(channels, layout):
+    """float32 planes of 128-1023 cells of one value (below the cascades'
     length): the mean within 4e-7 of the value, as torch's is (one chain of adds
-    per lane drifted 1.4e-6); planes one at a time (1 channel) and eight at once."""
-    for length in (100, 255, 500, 991, 1023):
+    per lane drifted 1.4e-6, one per channel of a channels-last input 7.6e-6):
+    planes one at a time and eight at once; channels in registers (8) and
+    streamed (300); 1d sequences with channels innermost too."""
+    want = torch.tensor(3.1, dtype=torch.float32).double()
+    for length in (128, 255, 500, 991, 1023):
         x = torch.full((2, channels, length), 3.1)
-        want = torch.tensor(3.1, dtype=torch.float32).double()
+        if layout == "channels_last":
+            x = x.transpose(1, 2).contiguous().transpose(1, 2)
         got = ours("adaptive_avg_pool1d")(x, 1).double()
         assert ((got - want).abs() / want).max() < 4e-7, (length, got.flatten()[0].item())
+        x2 = torch.full((2, channels, 1, length), 3.1)
+        if layout == "channels_last":
+            x2 = x2.contiguous(memory_format=torch.channels_last)
+        got = ours("adaptive_avg_pool2d")(x2.view(2, channels, 3, -1) if length % 3 == 0 else x2, 1)
+        assert ((got.double() - want).abs() / want).max() < 4e-7, (length, got.flatten()[0].item())
+
+
+def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed():
+    """A channels-last average window of 128 taps or more sums by blocks added
+    pairwise, both where a few channels go through vector registers and where
+    many are streamed tap by tap: the same bits for the same channel."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 1031, 13, 17, generator=g).contiguous(memory_format=torch.channels_last)
+    for output_size in (1, (1, 2), (2, 3)):
+        streamed = ours("adaptive_avg_pool2d")(x, output_size)
+        few = x[:, :11].contiguous(memory_format=torch.channels_last)
+        assert_equal(ours("adaptive_avg_pool2d")(few, output_size), streamed[:, :11])
 
 
 @pytest.mark.parametrize("d", [2, 3])
