@@ -1495,10 +1495,10 @@ struct ChannelTap {
 
 constexpr int64_t kChannelBlock = 32;
 // Average windows of this many taps or more (global pooling of 128-1023
-// pixels, long adaptive windows) sum by blocks of kTapBlock taps added
-// pairwise (Cascade), each channel as the planes kernels' four chains and
-// cascades do: one chain per channel over 1023 taps of a constant drifted
-// 7.6e-6 (torch 1.5e-7). Shorter windows keep one chain.
+// pixels, long adaptive windows) sum by blocks of kTapBlock taps, the
+// blocks' sums into a total: as deep in roundings as a block and the number
+// of blocks, where one chain per channel over 1023 taps of a constant
+// drifted 7.6e-6 (torch 1.5e-7; now 1e-7). Shorter windows keep one chain.
 constexpr int64_t kCascadeTaps = 128;
 constexpr int64_t kTapBlock = 32;
 constexpr int64_t kGlobalChannels = 64;  // channels of one avg_forward_global_channels task
@@ -1537,26 +1537,19 @@ inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int6
   constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
   static_assert(!kPart || kVecs == 1);
   if constexpr (!kMax) {
-    if (count >= kCascadeTaps) {  // blocks of taps added pairwise (see kCascadeTaps)
-      Cascade<Vec> blocks[kVecs];
-      Vec sum[kVecs];
-      int64_t t = 0;
-      for (; t + kTapBlock <= count; t += kTapBlock) {
+    if (count >= kCascadeTaps) {  // by blocks (see kCascadeTaps)
+      Vec total[kVecs], sum[kVecs];
+      for (auto& v : total) v = Vec(acc_t(0));
+      for (int64_t t = 0; t < count; t += kTapBlock) {
         for (auto& v : sum) v = Vec(acc_t(0));
-        for (int64_t u = t; u < t + kTapBlock; ++u) {
+        for (int64_t u = t; u < std::min(t + kTapBlock, count); ++u) {
           for (int64_t j = 0; j < kVecs; ++j) {
             sum[j] += load_lanes<kPart, acc_t>(taps[u].at + c0 + j * kLanes, width);
           }
         }
-        for (int64_t j = 0; j < kVecs; ++j) blocks[j].add(sum[j]);
+        for (int64_t j = 0; j < kVecs; ++j) total[j] += sum[j];
       }
-      for (auto& v : sum) v = Vec(acc_t(0));
-      for (; t < count; ++t) {
-        for (int64_t j = 0; j < kVecs; ++j) {
-          sum[j] += load_lanes<kPart, acc_t>(taps[t].at + c0 + j * kLanes, width);
-        }
-      }
-      for (int64_t j = 0; j < kVecs; ++j) blocks[j].total(sum[j]).store(value + j * kLanes);
+      for (int64_t j = 0; j < kVecs; ++j) total[j].store(value + j * kLanes);
       return;
     }
   }
@@ -1588,9 +1581,8 @@ struct ChannelScratch {
   std::vector<ChannelTap<scalar_t>> row_taps, taps;
   std::vector<acc_t> value, code;  // a vector past the channels: channels_block's kPart
   std::vector<code_t> rest_code;
-  // The streamed average's blocks of kTapBlock taps, added pairwise as
-  // Cascade does, a level an array of channels: level k at k * width.
-  std::vector<acc_t> block, level;
+  // The streamed average's sum of a block of kTapBlock taps.
+  std::vector<acc_t> block;
   explicit ChannelScratch(int64_t channels)
       : value(channels + at::vec::Vectorized<acc_t>::size()),
         code(channels + at::vec::Vectorized<acc_t>::size()),
@@ -1598,45 +1590,36 @@ struct ChannelScratch {
 };
 
 // Channels [c0, c0 + width) of a long average window, streamed tap by tap,
-// into sum: blocks of kTapBlock taps added pairwise, in channels_block's
-// order (the same bits), a level of the cascade an array of channels.
+// into total: channels_block's blocks, in its order (the same bits), each
+// block's last tap added to the total in the same pass.
 template <typename scalar_t, typename code_t, typename acc_t>
-void sum_taps_cascaded(const ChannelTap<scalar_t>* taps, int64_t count, int64_t c0,
-                       int64_t width, int64_t next, acc_t* __restrict__ sum,
-                       ChannelScratch<scalar_t, code_t>& s) {
+void sum_taps_by_blocks(const ChannelTap<scalar_t>* taps, int64_t count, int64_t c0,
+                        int64_t width, int64_t next, acc_t* __restrict__ total,
+                        ChannelScratch<scalar_t, code_t>& s) {
   if (static_cast<int64_t>(s.block.size()) < width) s.block.resize(width);
-  acc_t* __restrict__ block = s.block.data();
-  // 0 + the first tap, then the others: as a fill with 0 and adding all, in
-  // a pass less.
-  const auto stream = [&](int64_t from, int64_t to, acc_t* __restrict__ dst) {
-    for (int64_t t = from; t < to; ++t) {
-      const scalar_t* __restrict__ at = taps[t].at + c0;
+  acc_t* __restrict__ sum = s.block.data();
+  for (int64_t t = 0; t < count; t += kTapBlock) {
+    const int64_t last = std::min(t + kTapBlock, count) - 1;
+    for (int64_t u = t; u <= last; ++u) {
+      const scalar_t* __restrict__ at = taps[u].at + c0;
       if (next > 0) prefetch_lines(at + next, width);
-      if (t == from) {
-        for (int64_t c = 0; c < width; ++c) dst[c] = acc_t(0) + static_cast<acc_t>(at[c]);
+      if (u == t && u == last) {  // a block of one tap: 0 + it
+        for (int64_t c = 0; c < width; ++c) sum[c] = acc_t(0) + static_cast<acc_t>(at[c]);
+      } else if (u == t) {
+        for (int64_t c = 0; c < width; ++c) sum[c] = acc_t(0) + static_cast<acc_t>(at[c]);
+        continue;
+      } else if (u < last) {
+        for (int64_t c = 0; c < width; ++c) sum[c] += static_cast<acc_t>(at[c]);
+        continue;
       } else {
-        for (int64_t c = 0; c < width; ++c) dst[c] += static_cast<acc_t>(at[c]);
+        for (int64_t c = 0; c < width; ++c) sum[c] += static_cast<acc_t>(at[c]);
       }
-    }
-    if (from == to) std::fill(dst, dst + width, acc_t(0));
-  };
-  uint64_t blocks = 0;
-  int64_t t = 0;
-  for (; t + kTapBlock <= count; t += kTapBlock, ++blocks) {
-    stream(t, t + kTapBlock, block);
-    int k = 0;
-    for (; (blocks >> k) & 1; ++k) {  // Cascade::add's carries
-      const acc_t* __restrict__ l = s.level.data() + k * width;
-      for (int64_t c = 0; c < width; ++c) block[c] = l[c] + block[c];
-    }
-    if (static_cast<int64_t>(s.level.size()) < (k + 1) * width) s.level.resize((k + 1) * width);
-    std::copy(block, block + width, s.level.data() + k * width);
-  }
-  stream(t, count, sum);
-  for (int k = 0; (blocks >> k) != 0; ++k) {  // Cascade::total
-    if ((blocks >> k) & 1) {
-      const acc_t* __restrict__ l = s.level.data() + k * width;
-      for (int64_t c = 0; c < width; ++c) sum[c] = l[c] + sum[c];
+      // The block's sum into the total (0 + it for the first block).
+      if (t == 0) {
+        for (int64_t c = 0; c < width; ++c) total[c] = acc_t(0) + sum[c];
+      } else {
+        for (int64_t c = 0; c < width; ++c) total[c] += sum[c];
+      }
     }
   }
 }
@@ -1742,7 +1725,7 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
       }
       if constexpr (!kMax) {
         if (count >= kCascadeTaps) {
-          sum_taps_cascaded(taps.data(), count, c0, width, next, v, s);
+          sum_taps_by_blocks(taps.data(), count, c0, width, next, v, s);
           finish(n, o, w, c0, width, v, k, count);
           continue;
         }
