@@ -328,9 +328,9 @@ def test_global_average_of_a_constant_is_as_close_as_torch(channels, layout):
 
 
 def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed():
-    """A channels-last average window of 128 taps or more sums by blocks added
-    pairwise, both where a few channels go through vector registers and where
-    many are streamed tap by tap: the same bits for the same channel."""
+    """A channels-last average window of 128 taps or more sums by blocks of
+    taps, both where a few channels go through vector registers and where many
+    are streamed tap by tap: the same bits for the same channel."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(2, 1031, 13, 17, generator=g).contiguous(memory_format=torch.channels_last)
     for output_size in (1, (1, 2), (2, 3)):
