@@ -3,7 +3,9 @@
 Every function takes exactly the arguments of its ``torch.nn.functional``
 namesake and returns the same values and indices. Inputs are ``(N, C, *spatial)``
 or unbatched ``(C, *spatial)``, in float32, float64, float16 or bfloat16, on
-the CPU or a CUDA device, contiguous, channels-last or strided.
+the CPU or a CUDA device, contiguous, channels-last or strided; outputs and
+gradients keep the input's memory format (for a batched 1d input, channels
+innermost counts as channels-last, as torch's 1d pooling finds it).
 
 Beyond torch:
   * ``padding="same"`` / ``"valid"`` on max and average pooling (TensorFlow's
