@@ -150,6 +150,9 @@ def _unpack(args):
     return [a.value if isinstance(a, _Whole) else a for a in args]
 
 
+_EAGER = {}  # op name -> its Autograd kernel's Function
+
+
 def _register_autograd(name, setup_context, backward, jvp):
     """Give op `name` its derivatives: setup_context(ctx, inputs, output) keeps
     what backward(ctx, *grads) and jvp(ctx, *tangents) need."""
@@ -183,6 +186,7 @@ def _register_autograd(name, setup_context, backward, jvp):
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
     _lib.impl(name, kernel, "Autograd", with_keyset=True)
+    _EAGER[name] = eager
 
     def call(*args):
         # Under torch.func's derivatives the Function is applied here, before
@@ -200,7 +204,7 @@ def _save(ctx, tensors, args):
     """Keep tensors and the op's other arguments for backward and jvp. sizes
     (a tensor among args, batched under vmap) is saved with the tensors."""
     ctx.tensor_args = [isinstance(a, torch.Tensor) for a in args]
-    saved = (*tensors, *(a for a in args if isinstance(a, torch.Tensor)))
+    saved = (*tensors, *(a for a, is_tensor in zip(args, ctx.tensor_args) if is_tensor))
     ctx.save_for_backward(*saved)
     ctx.save_for_forward(*saved)
     ctx.n_tensors = len(tensors)
@@ -219,9 +223,13 @@ def call_op(name, no_derivative, *args):
     call may be taken, and outside torch.compile (which traces the ops as they
     are), below the op's Autograd kernel, which is Python and would cost a few
     microseconds a call only to pass the call on."""
-    if no_derivative and not torch.compiler.is_compiling():
-        with torch._C._AutoDispatchBelowAutograd():
-            return getattr(ops, name).default(*args)
+    if not torch.compiler.is_compiling():
+        if no_derivative:
+            with torch._C._AutoDispatchBelowAutograd():
+                return getattr(ops, name).default(*args)
+        function = _EAGER.get(name)
+        if function is not None and not torch.jit.is_tracing() and not transforms_active():
+            return function.apply(*args)
     return getattr(pool_ops, name)(*args)
 
 

@@ -51,10 +51,13 @@ def _int(name, arg, value, what):
 
 
 def _tuple(name, arg, value, ndim):
+    # Plain ints first, by their exact type: these checks run on every call.
+    if type(value) is int:
+        return [value] * ndim
     what = f"a single int or a tuple of {ndim} ints"
     if not isinstance(value, (list, tuple)):
         return [_int(name, arg, value, what)] * ndim
-    value = [_int(name, arg, v, what) for v in value]
+    value = [v if type(v) is int else _int(name, arg, v, what) for v in value]
     if len(value) not in (1, ndim):
         raise RuntimeError(f"{name}: {arg} must be {what}, but got {value}")
     return value * ndim if len(value) == 1 else value
