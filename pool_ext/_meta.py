@@ -150,9 +150,6 @@ def _unpack(args):
     return [a.value if isinstance(a, _Whole) else a for a in args]
 
 
-_EAGER = {}  # op name -> its Autograd kernel's Function
-
-
 def _register_autograd(name, setup_context, backward, jvp):
     """Give op `name` its derivatives: setup_context(ctx, inputs, output) keeps
     what backward(ctx, *grads) and jvp(ctx, *tangents) need."""
@@ -186,7 +183,6 @@ def _register_autograd(name, setup_context, backward, jvp):
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
 
     _lib.impl(name, kernel, "Autograd", with_keyset=True)
-    _EAGER[name] = eager
 
     def call(*args):
         # Under torch.func's derivatives the Function is applied here, before
@@ -223,13 +219,13 @@ def call_op(name, no_derivative, *args):
     call may be taken, and outside torch.compile (which traces the ops as they
     are), below the op's Autograd kernel, which is Python and would cost a few
     microseconds a call only to pass the call on."""
-    if not torch.compiler.is_compiling():
-        if no_derivative:
-            with torch._C._AutoDispatchBelowAutograd():
-                return getattr(ops, name).default(*args)
-        function = _EAGER.get(name)
-        if function is not None and not torch.jit.is_tracing() and not transforms_active():
-            return function.apply(*args)
+    if no_derivative and not torch.compiler.is_compiling():
+        with torch._C._AutoDispatchBelowAutograd():
+            return getattr(ops, name).default(*args)
+    # With a derivative to keep, through the dispatcher, whose Autograd kernel
+    # applies the Function: applied here (3 us less), torch function modes and
+    # overrides acted inside it, unseen by autograd, and is_grads_batched's
+    # batched tensors lost their graph.
     return getattr(pool_ops, name)(*args)
 
 

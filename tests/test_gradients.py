@@ -216,3 +216,36 @@ def test_max_pool_windows_without_cells(d, padding, device):
     with fwAD.dual_level():
         dual = getattr(PF, f"max_pool{d}d")(fwAD.make_dual(x.detach(), w), kernel, 1, pad, dilation)
         assert torch.equal(fwAD.unpack_dual(dual).tangent, torch.where(empty, 0, picked))
+
+
+def test_batched_grads_with_create_graph_keep_the_graph():
+    """jacobian(create_graph=True, vectorize=True) runs the backward formulas on
+    the legacy vmap's batched tensors: the Jacobian stays differentiable, and
+    its derivative is torch's."""
+    from torch.autograd.functional import jacobian
+
+    x = torch.randn(1, 1, 4, 4, dtype=torch.float64, requires_grad=True)
+    results = []
+    for pool in (PF.avg_pool2d, F.avg_pool2d, PF.max_pool2d, F.max_pool2d):
+        jac = jacobian(lambda t: pool(t, 2).pow(2), x, create_graph=True, vectorize=True)
+        assert jac.requires_grad
+        results.append(torch.autograd.grad(jac.sum(), x)[0])
+    torch.testing.assert_close(results[0], results[1])
+    torch.testing.assert_close(results[2], results[3])
+
+
+def test_torch_function_mode_acts_where_autograd_sees_it():
+    """A TorchFunctionMode that changes the op's result does so outside the
+    op's autograd Function, as for torch's ops: the gradient follows it."""
+    from torch.overrides import TorchFunctionMode
+
+    class Double(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            return out * 2 if func is torch.ops.pool_ext.avg_pool.default else out
+
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
+    with Double():
+        y = PF.avg_pool2d(x, 2)
+    (grad,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(grad, torch.full_like(x, 0.5))
