@@ -11,9 +11,9 @@
 #
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
-# packed channels-last ones and global pooling, about 300), each tool for at
-# most SANITIZE_TIMEOUT seconds (default 150; exit 124 when cut short), so
-# that the whole pass fits one device session.
+# packed channels-last ones, the 1d channels-last ones and global pooling,
+# about 330), each tool for at most SANITIZE_TIMEOUT seconds (default 150;
+# exit 124 when cut short), so that the whole pass fits one device session.
 #
 # Logs go to $OUT (default /tmp/gpu_check_out). Every stage runs even when an
 # earlier one failed, except that a failed build stops everything; the exit
@@ -100,7 +100,7 @@ if [ "$MODE" != sanitize-only ]; then
 fi
 
 if [ "$MODE" = sanitize ] || [ "$MODE" = sanitize-only ]; then
-  SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global or whole_packs) and not on_host and not past_2_31}"
+  SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global or whole_packs or one_d_channels_last) and not on_host and not past_2_31}"
   for tool in memcheck racecheck initcheck; do
     header "compute-sanitizer --tool $tool -k '$SANITIZE_K' -> $OUT/$tool.log"
     timeout "${SANITIZE_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
