@@ -1499,7 +1499,7 @@ constexpr int64_t kChannelBlock = 32;
 // blocks' sums into a total: as deep in roundings as a block and the number
 // of blocks, where one chain per channel over 1023 taps of a constant
 // drifted 7.6e-6 (torch 1.5e-7; now 1e-7). Shorter windows keep one chain.
-constexpr int64_t kCascadeTaps = 128;
+constexpr int64_t kBlockedTaps = 128;
 constexpr int64_t kTapBlock = 32;
 constexpr int64_t kGlobalChannels = 64;  // channels of one avg_forward_global_channels task
 constexpr int64_t kPrefetchAhead = 2;
@@ -1537,7 +1537,7 @@ inline void channels_block(const ChannelTap<scalar_t>* taps, int64_t count, int6
   constexpr int64_t kLanes = Vec::size(), kVecs = kWidth / kLanes;
   static_assert(!kPart || kVecs == 1);
   if constexpr (!kMax) {
-    if (count >= kCascadeTaps) {  // by blocks (see kCascadeTaps)
+    if (count >= kBlockedTaps) {  // by blocks (see kBlockedTaps)
       Vec total[kVecs], sum[kVecs];
       for (auto& v : total) v = Vec(acc_t(0));
       for (int64_t t = 0; t < count; t += kTapBlock) {
@@ -1600,26 +1600,23 @@ void sum_taps_by_blocks(const ChannelTap<scalar_t>* taps, int64_t count, int64_t
   acc_t* __restrict__ sum = s.block.data();
   for (int64_t t = 0; t < count; t += kTapBlock) {
     const int64_t last = std::min(t + kTapBlock, count) - 1;
-    for (int64_t u = t; u <= last; ++u) {
+    for (int64_t u = t; u < last; ++u) {
       const scalar_t* __restrict__ at = taps[u].at + c0;
       if (next > 0) prefetch_lines(at + next, width);
-      if (u == t && u == last) {  // a block of one tap: 0 + it
+      if (u == t) {
         for (int64_t c = 0; c < width; ++c) sum[c] = acc_t(0) + static_cast<acc_t>(at[c]);
-      } else if (u == t) {
-        for (int64_t c = 0; c < width; ++c) sum[c] = acc_t(0) + static_cast<acc_t>(at[c]);
-        continue;
-      } else if (u < last) {
-        for (int64_t c = 0; c < width; ++c) sum[c] += static_cast<acc_t>(at[c]);
-        continue;
       } else {
         for (int64_t c = 0; c < width; ++c) sum[c] += static_cast<acc_t>(at[c]);
       }
-      // The block's sum into the total (0 + it for the first block).
-      if (t == 0) {
-        for (int64_t c = 0; c < width; ++c) total[c] = acc_t(0) + sum[c];
-      } else {
-        for (int64_t c = 0; c < width; ++c) total[c] += sum[c];
-      }
+    }
+    // The last tap, and the block's sum into the total (each from 0 where
+    // it is the first).
+    const scalar_t* __restrict__ at = taps[last].at + c0;
+    if (next > 0) prefetch_lines(at + next, width);
+    const bool alone = last == t, first = t == 0;
+    for (int64_t c = 0; c < width; ++c) {
+      const acc_t block = (alone ? acc_t(0) : sum[c]) + static_cast<acc_t>(at[c]);
+      total[c] = (first ? acc_t(0) : total[c]) + block;
     }
   }
 }
@@ -1712,6 +1709,13 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
       acc_t* __restrict__ v = value + c0;
       code_t* __restrict__ k = s.rest_code.data();
       const int64_t width = channels - c0;
+      if constexpr (!kMax) {
+        if (count >= kBlockedTaps) {
+          sum_taps_by_blocks(taps.data(), count, c0, width, next, v, s);
+          finish(n, o, w, c0, width, v, k, count);
+          continue;
+        }
+      }
       if (count == 0) {
         std::fill(v, v + width, kMax ? -std::numeric_limits<acc_t>::infinity() : acc_t(0));
         const int64_t first = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
@@ -1722,13 +1726,6 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
           for (int64_t c = 0; c < width; ++c) v[c] = acc_t(0) + v[c];
         }
         std::fill(k, k + width, static_cast<code_t>(taps[0].code));
-      }
-      if constexpr (!kMax) {
-        if (count >= kCascadeTaps) {
-          sum_taps_by_blocks(taps.data(), count, c0, width, next, v, s);
-          finish(n, o, w, c0, width, v, k, count);
-          continue;
-        }
       }
       for (int64_t t = 1; t < count; ++t) {
         const scalar_t* __restrict__ at = taps[t].at + c0;
@@ -2378,7 +2375,6 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
   const int64_t channels = vg.size[1];
   TORCH_INTERNAL_ASSERT_DEBUG_ONLY(vg.stride[1] == 1);
   const int64_t out_h = g.dim[1].out, out_w = g.dim[2].out;
-  // Blocks compare tap codes in acc_t lanes: exact for byte taps.
   WindowTable& table = s.table;
   auto &row_terms = s.row_terms, &terms = s.terms;
   for (const auto r : c10::irange(begin, end)) {
