@@ -53,6 +53,13 @@ def expand(name, arg, values, ndim):
     return values * ndim if len(values) == 1 else values
 
 
+def fixed_dims(name, kernel_size, stride, padding, dilation):
+    """Stride (the kernel where empty), padding and dilation, one entry per dim."""
+    ndim = len(kernel_size)
+    stride = list(kernel_size) if len(stride) == 0 else expand(name, "stride", stride, ndim)
+    return stride, expand(name, "padding", padding, ndim), expand(name, "dilation", dilation, ndim)
+
+
 def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same):
     """Output shape and taps per window of a fixed-window pooling of x (N, C, *spatial)."""
     ndim = len(kernel_size)
@@ -61,9 +68,7 @@ def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same)
         x.dim() == ndim + 2,
         lambda: f"{name}: expected a {ndim + 2}D (N, C, *spatial) input, but got one of sizes {list(x.shape)}",
     )
-    stride = list(kernel_size) if len(stride) == 0 else expand(name, "stride", stride, ndim)
-    padding = expand(name, "padding", padding, ndim)
-    dilation = expand(name, "dilation", dilation, ndim)
+    stride, padding, dilation = fixed_dims(name, kernel_size, stride, padding, dilation)
     if ndim == 3 and kind == "avg_pool" and not same:
         torch._check(
             all(size >= k for size, k in zip(x.shape[2:], kernel_size)),
@@ -89,12 +94,10 @@ def windows_holding_cells(in_sizes, out_sizes, kernel_size, stride, padding, dil
     dilated windows reaching into padding, which can fall wholly on padding and
     gaps), else a bool tensor of the output's spatial shape. A window without
     cells pools -inf and has an index in padding, as torch's does."""
-    ndim = len(kernel_size)
-    if all(d == 1 for d in expand("", "dilation", dilation, ndim)):
+    if all(d == 1 for d in dilation):  # (one entry, or one per dim)
         return None
-    stride = list(kernel_size) if len(stride) == 0 else expand("", "stride", stride, ndim)
-    padding = expand("", "padding", padding, ndim)
-    dilation = expand("", "dilation", dilation, ndim)
+    ndim = len(kernel_size)
+    stride, padding, dilation = fixed_dims("", kernel_size, stride, padding, dilation)
     holds = []
     for size, out, k, s, p, d in zip(in_sizes, out_sizes, kernel_size, stride, padding, dilation):
         if same:  # csrc/pool.h's same_pad_total, its smaller half first

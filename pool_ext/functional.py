@@ -70,10 +70,14 @@ def _flag(name, arg, value):
     return value
 
 
-def _batched(name, input, ndim):
-    """Returns the (N, C, *spatial) view of input and whether it was unbatched."""
+def _tensor(name, input):
     if not isinstance(input, torch.Tensor):
         raise TypeError(f"{name}: input must be a Tensor, but got {type(input).__name__}")
+
+
+def _batched(name, input, ndim):
+    """Returns the (N, C, *spatial) view of input and whether it was unbatched."""
+    _tensor(name, input)
     if input.dim() not in (ndim + 1, ndim + 2):
         raise RuntimeError(
             f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
@@ -308,8 +312,7 @@ def adaptive_avg_pool3d(input, output_size):
 
 
 def _variable_input(name, input, ndim, sizes):
-    if not isinstance(input, torch.Tensor):
-        raise TypeError(f"{name}: input must be a Tensor, but got {type(input).__name__}")
+    _tensor(name, input)
     if input.dim() != ndim + 2:
         raise RuntimeError(
             f"{name}: expected a padded batch of {ndim + 2}D (N, C, *spatial), but got input of sizes "

@@ -240,6 +240,7 @@ def replace_pooling(model: nn.Module) -> nn.Module:
     # yield a shared layer once).
     for parent in model.modules():
         for name, child in list(parent._modules.items()):
-            if child is not None and swap(child) is not child:
-                setattr(parent, name, swap(child))
+            new = swap(child) if child is not None else child
+            if new is not child:
+                setattr(parent, name, new)
     return swap(model)
