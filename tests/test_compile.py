@@ -189,6 +189,29 @@ def test_variable_pooling_aot_eager():
     check_same(eager, compiled_model, compiled, torch.randn(3, 3, 12, 12), sizes)
 
 
+class UnpoolsItsInput(nn.Module):
+    def forward(self, x):
+        out, idx = pool_ext.functional.max_pool2d(x, 2, return_indices=True)
+        return torch.nn.functional.max_unpool2d(out, idx, 2, output_size=x.shape[-2:])
+
+
+@pytest.mark.parametrize("model_cls, inputs", [
+    (Net, (torch.randn(2, 3, 16, 16),)),
+    (VariableNet, (torch.randn(3, 3, 12, 12), torch.tensor([[9, 11], [4, 3], [12, 12]]))),
+    (UnpoolsItsInput, (torch.randn(2, 3, 8, 8),)),
+])
+def test_fx_symbolic_trace(model_cls, inputs):
+    """torch.fx.symbolic_trace (behind torchvision's feature extractors and FX
+    quantization) records each of our functions as one call, as it records
+    torch.nn.functional's, and the traced module gives eager's results."""
+    torch.manual_seed(0)
+    eager = model_cls()
+    traced = torch.fx.symbolic_trace(copy.deepcopy(eager))
+    called = {node.target.__module__ for node in traced.graph.nodes if node.op == "call_function"}
+    assert "pool_ext.functional" in called, traced.code
+    check_same(eager, traced, traced, *inputs)
+
+
 def test_max_pool_with_indices_compiles():
     def f(x):
         out, idx = pool_ext.functional.max_pool2d(x, 2, return_indices=True)

@@ -235,17 +235,45 @@ def test_batched_grads_with_create_graph_keep_the_graph():
 
 
 def test_torch_function_mode_acts_where_autograd_sees_it():
-    """A TorchFunctionMode that changes the op's result does so outside the
-    op's autograd Function, as for torch's ops: the gradient follows it."""
+    """A TorchFunctionMode sees our function, as it sees torch.nn.functional's,
+    and one that changes its result (or the op's, called directly) does so
+    outside the op's autograd Function: the gradient follows it."""
     from torch.overrides import TorchFunctionMode
 
     class Double(TorchFunctionMode):
         def __torch_function__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
-            return out * 2 if func is torch.ops.pool_ext.avg_pool.default else out
+            return out * 2 if func in (PF.avg_pool2d, torch.ops.pool_ext.avg_pool.default) else out
 
     x = torch.randn(1, 2, 6, 6, dtype=torch.float64, requires_grad=True)
-    with Double():
-        y = PF.avg_pool2d(x, 2)
-    (grad,) = torch.autograd.grad(y.sum(), x)
-    torch.testing.assert_close(grad, torch.full_like(x, 0.5))
+    for pool in (lambda t: PF.avg_pool2d(t, 2),
+                 lambda t: torch.ops.pool_ext.avg_pool.default(t, [2, 2], [2, 2], [0, 0], False, False, True, None)):
+        with Double():
+            y = pool(x)
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        torch.testing.assert_close(grad, torch.full_like(x, 0.5))
+
+
+def test_tensor_subclass_sees_the_function():
+    """A tensor subclass's __torch_function__ gets our public function, which it
+    may replace, and its default keeps the subclass, as for torch's functions."""
+    seen = []
+
+    class Logged(torch.Tensor):
+        @classmethod
+        def __torch_function__(cls, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return super().__torch_function__(func, types, args, kwargs or {})
+
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64).as_subclass(Logged).requires_grad_()
+    calls = [lambda t: PF.max_pool2d(t, 2), lambda t: PF.adaptive_avg_pool2d(t, 3),
+             lambda t: PF.variable_max_pool2d(t, 2, torch.tensor([[8, 5], [3, 8]])),
+             lambda t: PF.spatial_pyramid_pool2d(t, (1, 2))]
+    for call, func in zip(calls, (PF.max_pool2d, PF.adaptive_avg_pool2d, PF.variable_max_pool2d,
+                                  PF.spatial_pyramid_pool2d)):
+        seen.clear()
+        y = call(x)
+        assert seen[0] is func and type(y) is Logged
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        plain = x.as_subclass(torch.Tensor).detach().requires_grad_()
+        torch.testing.assert_close(grad.as_subclass(torch.Tensor), torch.autograd.grad(call(plain).sum(), plain)[0])
