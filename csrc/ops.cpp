@@ -4,7 +4,10 @@
 // Tensors are (N, C, *spatial) with 1 to 3 spatial dims. Max pooling returns
 // the output and its `taps`: the position of each max inside its window
 // (uint8 when windows have at most 256 taps, else int64), which is all its
-// backward needs; `_*_indices` turns taps into torch's flat indices.
+// backward needs; `_*_indices` turns taps into torch's flat indices. Those
+// take int64 taps whatever the window, which adaptive_max_pool makes with
+// `long_taps`: a graph traced over symbolic sizes cannot know its windows,
+// and the taps' dtype would otherwise guard the sizes.
 // `_max_pool_values` and `_adaptive_max_pool_values` are the inference
 // forwards: the values alone, with no taps to find or write (functional.py
 // takes them when no gradient is needed). An adaptive output_size of -1
@@ -41,7 +44,9 @@ TORCH_LIBRARY(pool_ext, m) {
       "_avg_pool_backward(Tensor grad_output, Tensor self, int[] kernel_size, int[] stride, "
       "int[] padding, bool ceil_mode, bool same, bool count_include_pad, "
       "int? divisor_override) -> Tensor");
-  m.def("adaptive_max_pool(Tensor self, int[] output_size, Tensor? sizes) -> (Tensor, Tensor)");
+  m.def(
+      "adaptive_max_pool(Tensor self, int[] output_size, Tensor? sizes, bool long_taps=False) "
+      "-> (Tensor, Tensor)");
   m.def("_adaptive_max_pool_values(Tensor self, int[] output_size, Tensor? sizes) -> Tensor");
   m.def(
       "_adaptive_max_pool_backward(Tensor grad_output, Tensor self, Tensor taps, "

@@ -28,6 +28,13 @@ void dispatch_taps(const at::Tensor& taps, const F& f) {
   }
 }
 
+// Saved taps are the plan's dtype, or int64 (which holds any window's).
+inline void check_taps_dtype(const PoolPlan& plan, const at::Tensor& taps, const char* what) {
+  TORCH_CHECK(taps.scalar_type() == plan.tap_dtype || taps.scalar_type() == at::kLong, plan.name,
+              what, ": expected taps of dtype ", plan.tap_dtype, " or Long, but got ",
+              taps.scalar_type());
+}
+
 #define POOL_EXT_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
@@ -55,8 +62,7 @@ at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
                             const at::Tensor& self, const at::Tensor& taps) {
   check_like_output(plan, grad_output, "grad_output");
   check_like_output(plan, taps, "taps");
-  TORCH_CHECK(taps.scalar_type() == plan.tap_dtype, plan.name, " backward: expected taps of dtype ",
-              plan.tap_dtype, ", but got ", taps.scalar_type());
+  check_taps_dtype(plan, taps, " backward");
   TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
@@ -70,8 +76,7 @@ at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
 template <class K>
 at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& taps) {
   check_like_output(plan, taps, "taps");
-  TORCH_CHECK(taps.scalar_type() == plan.tap_dtype, plan.name, ": expected taps of dtype ",
-              plan.tap_dtype, ", but got ", taps.scalar_type());
+  check_taps_dtype(plan, taps, "");
   auto indices = empty_planned(plan, plan.out_shape, taps.options().dtype(at::kLong));
   if (indices.numel() > 0) {
     K::max_indices(plan.geom, as_5d(taps), as_5d(indices));
@@ -166,8 +171,13 @@ at::Tensor avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& se
 template <class K>
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
                                                      at::IntArrayRef output_size,
-                                                     const std::optional<at::Tensor>& sizes) {
-  return run_max<K>(plan_adaptive("max_pool", self, output_size, sizes), self);
+                                                     const std::optional<at::Tensor>& sizes,
+                                                     bool long_taps) {
+  auto plan = plan_adaptive("max_pool", self, output_size, sizes);
+  if (long_taps) {
+    plan.tap_dtype = at::kLong;
+  }
+  return run_max<K>(plan, self);
 }
 
 template <class K>

@@ -61,9 +61,10 @@ def _(grad_output, self, kernel_size, stride, padding, ceil_mode, same, count_in
 
 
 @torch.library.register_fake("pool_ext::adaptive_max_pool")
-def _(self, output_size, sizes):
-    shape, taps = geo.adaptive_plan("max_pool", self, output_size, sizes, with_taps=True)
-    return _empty_like_plan(self, shape), _empty_like_plan(self, shape, geo.tap_dtype(taps))
+def _(self, output_size, sizes, long_taps=False):
+    shape, taps = geo.adaptive_plan("max_pool", self, output_size, sizes, with_taps=not long_taps)
+    taps_dtype = torch.int64 if long_taps else geo.tap_dtype(taps)
+    return _empty_like_plan(self, shape), _empty_like_plan(self, shape, taps_dtype)
 
 
 @torch.library.register_fake("pool_ext::_adaptive_max_pool_values")
@@ -252,6 +253,9 @@ def _max_autograd(kind):
     The forward's derivative picks each window's winner; the backward is linear
     in grad_output, and its derivative there is the same pick."""
     backward_op, indices = _late(f"_{kind}max_pool_backward"), _late(f"_{kind}max_pool_indices")
+    # The forward's arguments its backward and indices ops take: all but
+    # adaptive_max_pool's long_taps.
+    shared = slice(2) if kind else slice(None)
 
     def pick(values, self, taps, args):
         """values at each window's winner; zero for a window without cells
@@ -270,12 +274,12 @@ def _max_autograd(kind):
 
     def pool_backward(ctx, grad, _grad_taps):
         (self, taps), args = _saved(ctx)
-        grad_input = backward_op(grad, self, taps, *args) if ctx.needs_input_grad[0] else None
+        grad_input = backward_op(grad, self, taps, *args[shared]) if ctx.needs_input_grad[0] else None
         return (grad_input, *(None,) * len(args))
 
     def pool_jvp(ctx, self_t, *_):
         (self, taps), args = _saved(ctx)
-        return pick(self_t, self, taps, args), None
+        return pick(self_t, self, taps, args[shared]), None
 
     def save_backward(ctx, inputs, output):
         _grad, self, taps, *args = inputs

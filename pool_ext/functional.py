@@ -275,6 +275,16 @@ def _check_channels(name, x, unbatched, size):
         )
 
 
+def _long_taps():
+    """Whether adaptive max pooling saves int64 taps whatever its windows:
+    under torch.compile and torch.export, where sizes may be symbolic, and
+    the dtype that the windows' taps fit would guard them (recompiling when
+    a size's divisibility changes; export refuses such a guard on a dim it
+    declared dynamic). Dynamo shows symbolic sizes as ints, hence not a
+    test of the sizes themselves."""
+    return torch.compiler.is_compiling()
+
+
 def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     name = f"{kind}_max_pool{ndim}d"
     x, unbatched = _batched(name, input, ndim)
@@ -283,7 +293,7 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
-    out, taps = call_op("adaptive_max_pool", inference, x, size, sizes)
+    out, taps = call_op("adaptive_max_pool", inference, x, size, sizes, _long_taps())
     if return_indices:
         return _unbatch((out, pool_ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
     return _unbatch(out, unbatched)
@@ -465,7 +475,7 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
             elif inference:
                 pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
             else:
-                pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes)
+                pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes, _long_taps())
             parts.append(pooled.flatten(1))
     except RuntimeError as e:
         # The ops' checks name the adaptive (or variable) op they run as.

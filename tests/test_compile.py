@@ -143,6 +143,48 @@ def test_cnn_export():
     torch.testing.assert_close(program.module()(x), model(x))
 
 
+class AdaptiveMax(nn.Module):
+    """Adaptive max pooling to a grid and to one cell, fixed and per-sample sized."""
+
+    def forward(self, x, sizes):
+        return torch.cat([pool_ext.functional.adaptive_max_pool2d(x, 3).flatten(1),
+                          pool_ext.functional.adaptive_max_pool2d(x, 1).flatten(1),
+                          pool_ext.functional.variable_max_pool2d(x, (2, 3), sizes).flatten(1),
+                          pool_ext.functional.spatial_pyramid_pool2d(x, (1, 2), "max", sizes)], dim=1)
+
+
+def adaptive_max_inputs(h, w, seed):
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.stack([torch.randint(1, h + 1, (3,), generator=g), torch.randint(1, w + 1, (3,), generator=g)], 1)
+    return torch.randn(3, 2, h, w, generator=g), sizes
+
+
+# Sizes whose divisibility by the grids, and whose windows' cells (up to 256
+# or over), change from one to the next: what the taps' dtype would depend on.
+ADAPTIVE_SIZES = [(9, 10), (12, 13), (20, 21), (33, 17), (24, 60)]  # (no two equal: duck sizing)
+
+
+def test_adaptive_max_compiles_once_for_all_sizes():
+    """With a gradient to keep, adaptive max pooling under dynamic shapes is one
+    graph for every size, as torch's is, and trains like eager."""
+    torch._dynamo.reset()
+    counter = CompileCounterWithBackend("aot_eager")
+    compiled = torch.compile(AdaptiveMax(), backend=counter, dynamic=True, fullgraph=True)
+    for i, (h, w) in enumerate(ADAPTIVE_SIZES):
+        check_same(AdaptiveMax(), AdaptiveMax(), compiled, *adaptive_max_inputs(h, w, i))
+    assert counter.frame_count == 1
+
+
+def test_adaptive_max_exports_with_dynamic_sizes():
+    """torch.export with dynamic height and width keeps no guard on them: the
+    program runs (and trains) at every size in the declared range."""
+    h, w, n = torch.export.Dim("h", min=8, max=64), torch.export.Dim("w", min=8, max=64), torch.export.Dim("n")
+    program = torch.export.export(AdaptiveMax(), adaptive_max_inputs(20, 20, 0),
+                                  dynamic_shapes={"x": {0: n, 2: h, 3: w}, "sizes": {0: n}})
+    for i, (h, w) in enumerate(ADAPTIVE_SIZES):
+        check_same(AdaptiveMax(), program.module(), program.module(), *adaptive_max_inputs(h, w, i))
+
+
 class PoolsItsInput(nn.Module):
     def forward(self, x):
         return torch.cat([pool_ext.functional.max_pool2d(x, 2).flatten(1),

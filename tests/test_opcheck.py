@@ -84,6 +84,8 @@ ADAPTIVE = [
     ("3d-variable", (2, 2, 4, 5, 3), torch.float32, None, [2, 2, 2], [[4, 5, 3], [1, 2, 2]]),
 ]
 
+LONG_TAPS = {"2d-cl-f16", "3d-variable"}
+
 
 def adaptive_samples(device, requires_grad):
     for case_id, shape, dtype, fmt, output_size, sizes in ADAPTIVE:
@@ -96,6 +98,12 @@ def adaptive_samples(device, requires_grad):
         yield case_id, ops._adaptive_max_pool_backward, (grad.requires_grad_(requires_grad), x, taps, output_size,
                                                          sizes)
         yield case_id, ops._adaptive_max_pool_indices, (x, taps, output_size, sizes)
+        if case_id in LONG_TAPS:  # as under torch.compile: int64 taps of small windows
+            _, taps = ops.adaptive_max_pool(x, output_size, sizes, True)
+            yield case_id, ops.adaptive_max_pool, (x.clone().requires_grad_(requires_grad), output_size, sizes,
+                                                   True)
+            yield case_id, ops._adaptive_max_pool_backward, (grad, x, taps, output_size, sizes)
+            yield case_id, ops._adaptive_max_pool_indices, (x, taps, output_size, sizes)
         yield case_id, ops.adaptive_avg_pool, (x.clone().requires_grad_(requires_grad), output_size, sizes)
         avg_grad = randn(out.shape, device, dtype, fmt, seed=2).requires_grad_(requires_grad)
         yield case_id, ops._adaptive_avg_pool_backward, (avg_grad, x, output_size, sizes)
@@ -121,11 +129,14 @@ def test_opcheck(op_name, requires_grad, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_taps_dtype(device):
-    """Saved window positions: uint8 up to 256 cells per window, int64 beyond."""
+    """Saved window positions: uint8 up to 256 cells per window, int64 beyond
+    (or, for adaptive max pooling, wherever long_taps asks)."""
     x = randn((1, 1, 20, 20), device)
     assert ops.max_pool(x, [16, 16], [1, 1], [0, 0], [1, 1], False, False)[1].dtype == torch.uint8
     assert ops.max_pool(x, [17, 17], [1, 1], [0, 0], [1, 1], False, False)[1].dtype == torch.int64
     assert ops.adaptive_max_pool(x, [1, 1], None)[1].dtype == torch.int64
+    assert ops.adaptive_max_pool(x, [10, 10], None)[1].dtype == torch.uint8
+    assert ops.adaptive_max_pool(x, [10, 10], None, True)[1].dtype == torch.int64
 
 
 @pytest.mark.parametrize("device", DEVICES)
