@@ -238,6 +238,14 @@ def _late(name):
         name, not (torch.is_grad_enabled() or transforms_active() or has_tangent(*args)), *args)
 
 
+def _zero_in_self(ctx, self):
+    """A backward op's derivative in its `self`: zero (given the winners, it is
+    linear in grad_output alone), but a tensor, as torch's formulas give it, so
+    that a second derivative reaching the input through it alone is zeros
+    rather than "not used in the graph"."""
+    return torch.zeros_like(self) if ctx.needs_input_grad[1] else None
+
+
 def _gather_at_indices(values, indices):
     """values (N, C, *in) picked at torch-format flat indices (N, C, *out)."""
     # reshape, not flatten: torch.autograd.grad(is_grads_batched=True) runs
@@ -290,7 +298,7 @@ def _max_autograd(kind):
         result = None
         if ctx.needs_input_grad[0]:
             result = pick(grad_grad_input, self, taps, args)
-        return (result, *(None,) * (2 + len(args)))
+        return (result, _zero_in_self(ctx, self), *(None,) * (1 + len(args)))
 
     def backward_jvp(ctx, grad_t, *_):
         (self, taps), args = _saved(ctx)
@@ -325,9 +333,9 @@ def _avg_autograd(kind):
         _save(ctx, (self,), args)
 
     def backward_backward(ctx, grad_grad_input):
-        _, args = _saved(ctx)
+        (self,), args = _saved(ctx)
         result = pool(grad_grad_input, *args) if ctx.needs_input_grad[0] else None
-        return (result, *(None,) * (1 + len(args)))
+        return (result, _zero_in_self(ctx, self), *(None,) * len(args))
 
     def backward_jvp(ctx, grad_t, *_):
         (self,), args = _saved(ctx)

@@ -234,6 +234,25 @@ def test_batched_grads_with_create_graph_keep_the_graph():
     torch.testing.assert_close(results[2], results[3])
 
 
+@pytest.mark.parametrize("name, args", [
+    ("max_pool2d", (2,)), ("avg_pool2d", (3, 1, 1)), ("adaptive_max_pool2d", (3,)), ("adaptive_avg_pool2d", (3,)),
+])
+def test_second_derivative_through_pooling_alone_is_zero(name, args):
+    """A gradient that depends on the input only through the pooling's backward
+    has a zero derivative there, as a tensor (torch's formulas give
+    zeros_like(self)), not "not used in the graph"; a strict Hessian too."""
+    x = torch.randn(1, 2, 6, 6, dtype=torch.float64)
+    results = []
+    for pool in (getattr(F, name), getattr(PF, name)):
+        t = x.clone().requires_grad_()
+        (g,) = torch.autograd.grad(pool(t, *args).sum(), t, create_graph=True)
+        (gg,) = torch.autograd.grad(g.pow(2).sum(), t)
+        hessian = torch.autograd.functional.hessian(lambda t: pool(t, *args).pow(2).sum(), x, strict=True)
+        results.append((gg, hessian))
+    torch.testing.assert_close(results[1], results[0])
+    assert not results[1][0].any()
+
+
 def test_torch_function_mode_acts_where_autograd_sees_it():
     """A TorchFunctionMode sees our function, as it sees torch.nn.functional's,
     and one that changes its result (or the op's, called directly) does so
