@@ -232,6 +232,8 @@ def replace_pooling(model: nn.Module) -> nn.Module:
             return module
         if id(module) not in swapped:
             new = cls.__new__(cls)
+            # The same hook dicts, not copies: handles made before the swap
+            # still remove their hooks.
             new.__dict__.update(module.__dict__)
             swapped[id(module)] = new
         return swapped[id(module)]

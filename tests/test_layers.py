@@ -147,10 +147,13 @@ def test_replace_pooling_nested():
 def test_replace_pooling_keeps_hooks_mode_and_is_idempotent():
     model = nn.Sequential(nn.MaxPool2d(2), nn.AvgPool2d(2))
     calls = []
-    model[0].register_forward_hook(lambda module, inputs, output: calls.append(type(module)))
+    handle = model[0].register_forward_hook(lambda module, inputs, output: calls.append(type(module)))
     model.eval()
     pool_ext.nn.replace_pooling(model)
     assert not model[0].training and not model[1].training
+    model(torch.randn(1, 1, 8, 8))
+    assert calls == [pnn.MaxPool2d]
+    handle.remove()  # a handle made before the swap still removes the hook
     model(torch.randn(1, 1, 8, 8))
     assert calls == [pnn.MaxPool2d]
     first = model[0]
