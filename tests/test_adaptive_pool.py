@@ -5,6 +5,8 @@ not divide, None entries), every dtype and layout, unbatched inputs, empty
 batches, NaN/inf, indices and gradients.
 """
 
+import math
+
 import pytest
 import torch
 
@@ -240,18 +242,23 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("d", [1, 2, 3])
-def test_global_max_of_long_channels_last_planes(d, dtype):
-    """Channels-last global max pooling of long planes (a vector of channels
-    at a time, pixels cut into chunks where samples are few): torch's values
-    and indices (NaN, ties, all -inf channels), alone or in a batch, on one
-    thread or two; and torch's gradient."""
+@pytest.mark.parametrize("planes", ["long", "short"])
+def test_global_max_of_long_channels_last_planes(planes, d, dtype):
+    """Channels-last global max pooling of long planes, and of short ones with
+    up to 64 channels (a vector of channels at a time, pixels cut into chunks
+    where samples are few): torch's values and indices (NaN, ties, all -inf
+    channels), alone or in a batch, on one thread or two; and torch's gradient."""
     g = torch.Generator().manual_seed(d)
-    spatial = {1: (5000,), 2: (61, 67), 3: (9, 21, 23)}[d]
-    x = torch.randint(-3, 4, (1, 85, *spatial), generator=g).to(dtype)  # many ties
+    if planes == "long":
+        spatial, channels = {1: (5000,), 2: (61, 67), 3: (9, 21, 23)}[d], 85
+    else:
+        spatial, channels = {1: (300,), 2: (13, 17), 3: (3, 5, 7)}[d], 40
+    cells = math.prod(spatial)
+    x = torch.randint(-3, 4, (1, channels, *spatial), generator=g).to(dtype)  # many ties
     x[0, 5] = -torch.inf
-    x[0, 6].view(-1)[[100, 2000]] = torch.nan
+    x[0, 6].view(-1)[[cells // 50, cells * 2 // 5]] = torch.nan
     x[0, 7].view(-1)[-1] = torch.nan
-    x[0, 8].view(-1)[[3, 4000]] = torch.inf
+    x[0, 8].view(-1)[[3, cells * 4 // 5]] = torch.inf
     x = x.movedim(1, -1).contiguous().movedim(-1, 1)  # channels-last
     batch = x.expand(5, *x.shape[1:]).movedim(1, -1).contiguous().movedim(-1, 1)
     want, want_idx = torchs(f"adaptive_max_pool{d}d")(x.contiguous(), 1, return_indices=True)
