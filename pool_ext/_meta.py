@@ -111,6 +111,7 @@ _lib = torch.library.Library("pool_ext", "IMPL")
 # What pool_ext.functional and the formulas below call: the ops, those with
 # derivatives wrapped for torch.func by _register_autograd.
 pool_ops = types.SimpleNamespace(**{name: getattr(ops, name) for name in _OP_NAMES})
+_DEFAULTS = {name: getattr(ops, name).default for name in _OP_NAMES}
 
 
 def has_tangent(*args):
@@ -222,7 +223,7 @@ def call_op(name, no_derivative, *args):
     microseconds a call only to pass the call on."""
     if no_derivative and not torch.compiler.is_compiling():
         with torch._C._AutoDispatchBelowAutograd():
-            return getattr(ops, name).default(*args)
+            return _DEFAULTS[name](*args)
     # With a derivative to keep, through the dispatcher, whose Autograd kernel
     # applies the Function: applied here (3 us less), torch function modes and
     # overrides acted inside it, unseen by autograd, and is_grads_batched's

@@ -245,6 +245,8 @@ def _output_size(name, output_size, ndim):
     # As torch: an int stands for every dim; a sequence needs one entry per dim.
     # Beyond torch, None (keep the input's extent) may also stand for every dim,
     # and be an entry of a 1d size.
+    if type(output_size) is int and output_size >= 0:  # (every call: one int first)
+        return [output_size] * ndim
     what = f"an int, None or a tuple of {ndim} of them"
     # Sequences as torch iterates them: lists, tuples, ranges, 1-d tensors and arrays.
     if isinstance(output_size, (list, tuple, range)) or getattr(output_size, "ndim", 0) == 1:
