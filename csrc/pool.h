@@ -108,6 +108,23 @@ C10_HOST_DEVICE inline bool is_global(const PoolGeometry& g) {
   return g.adaptive && g.dim[0].out == 1 && g.dim[1].out == 1 && g.dim[2].out == 1;
 }
 
+// Every window one cell, the output the input's shape: adaptive pooling to
+// the input's own size (VGG's 7x7 head on 224x224 images), or kernel 1 at
+// stride 1. The ops then copy (csrc/pool_ops.h).
+C10_HOST_DEVICE inline bool is_identity(const PoolGeometry& g) {
+  if (g.sizes != nullptr || (g.divisor_override != 0 && g.divisor_override != 1)) {
+    return false;
+  }
+  for (int k = 0; k < kDims; ++k) {
+    const PoolDim& d = g.dim[k];
+    if (d.in != d.out ||
+        !(g.adaptive || (d.kernel == 1 && d.stride == 1 && d.pad == 0 && d.dilation == 1))) {
+      return false;
+    }
+  }
+  return true;
+}
+
 // The cells of one window in one dim: positions begin + t * step for t in
 // [0, count), the t-th being tap first_tap + t of the window.
 struct Window {

@@ -38,11 +38,23 @@ inline void check_taps_dtype(const PoolPlan& plan, const at::Tensor& taps, const
 #define POOL_EXT_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
+// Where every window is one cell (is_identity), each op is a copy: the max
+// is the cell, its tap 0, and sums from +0 (averages, gathers) are the cell
+// + 0, which turns -0 into +0 as the kernels' sums do.
+inline void add_zero(const at::Tensor& from, at::Tensor& to) {
+  // A zero tensor on the CPU (which CUDA ops take as a scalar): the Scalar
+  // overload adds into a temporary and copies it out (2.5x the time).
+  at::add_out(to, from, at::zeros({}, from.options().device(at::kCPU)));
+}
+
 template <class K>
 std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tensor& self) {
   auto out = empty_planned(plan, plan.out_shape, self.options());
   auto taps = empty_planned(plan, plan.out_shape, self.options().dtype(plan.tap_dtype));
-  if (out.numel() > 0) {
+  if (out.numel() > 0 && is_identity(plan.geom)) {
+    out.copy_(self);
+    taps.zero_();
+  } else if (out.numel() > 0) {
     K::max_forward(plan.geom, as_5d(self), as_5d(out), as_5d(taps));
   }
   return {out, taps};
@@ -51,7 +63,9 @@ std::tuple<at::Tensor, at::Tensor> run_max(const PoolPlan& plan, const at::Tenso
 template <class K>
 at::Tensor run_max_values(const PoolPlan& plan, const at::Tensor& self) {
   auto out = empty_planned(plan, plan.out_shape, self.options());
-  if (out.numel() > 0) {
+  if (out.numel() > 0 && is_identity(plan.geom)) {
+    out.copy_(self);
+  } else if (out.numel() > 0) {
     K::max_forward(plan.geom, as_5d(self), as_5d(out), at::Tensor());
   }
   return out;
@@ -67,7 +81,9 @@ at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
   auto grad_input = empty_planned(plan, self.sizes(), self.options());
-  if (grad_input.numel() > 0) {
+  if (grad_input.numel() > 0 && is_identity(plan.geom)) {
+    add_zero(grad_output, grad_input);
+  } else if (grad_input.numel() > 0) {
     K::max_backward(plan.geom, as_5d(grad_output), as_5d(taps), as_5d(grad_input));
   }
   return grad_input;
@@ -87,7 +103,9 @@ at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& taps) {
 template <class K>
 at::Tensor run_avg(const PoolPlan& plan, const at::Tensor& self) {
   auto out = empty_planned(plan, plan.out_shape, self.options());
-  if (out.numel() > 0) {
+  if (out.numel() > 0 && is_identity(plan.geom)) {
+    add_zero(self, out);
+  } else if (out.numel() > 0) {
     K::avg_forward(plan.geom, as_5d(self), as_5d(out));
   }
   return out;
@@ -101,7 +119,9 @@ at::Tensor run_avg_backward(const PoolPlan& plan, const at::Tensor& grad_output,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
   auto grad_input = empty_planned(plan, self.sizes(), self.options());
-  if (grad_input.numel() > 0) {
+  if (grad_input.numel() > 0 && is_identity(plan.geom)) {
+    add_zero(grad_output, grad_input);
+  } else if (grad_input.numel() > 0) {
     K::avg_backward(plan.geom, as_5d(grad_output), as_5d(grad_input));
   }
   return grad_input;

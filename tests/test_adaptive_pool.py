@@ -591,3 +591,43 @@ def test_few_channels_of_one_pixel(kind, d, device):
         x = x.transpose(1, 2).reshape((3, channels) + (1,) * d)  # strides (C, 1, C, ...)
         assert x.stride(1) == 1
         run_case(kind, d, x, "channels_last", 1, [1] * d, device, rng)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last", "strided"])
+def test_one_cell_windows_copy_as_torch_pools(layout, dtype, device):
+    """Windows of one cell (adaptive pooling to the input's own size, as VGG's
+    7x7 head on 224x224 images; kernel 1 at stride 1) are a copy: torch's
+    values and indices (NaN, -0: an average of -0 is +0, a max -0), its
+    gradients and layouts."""
+    def signs(t):  # of the numbers (a NaN's sign bit is not one)
+        t = t.detach().cpu()
+        return torch.where(t.isnan(), False, torch.signbit(t))
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(2, 5, 4, 3, generator=g, dtype=torch.float64).to(dtype)
+    x[0, 1, 2, 1], x[1, 3, 0, 0], x[0, 0, 0, 0] = torch.nan, -0.0, torch.inf
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = torch.cat([x, x], dim=3)[..., ::2]
+    x = x.to(device)
+    grad = torch.randn(x.shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+    grad[1, 2, 3, 2] = -0.0
+    calls = [("adaptive_avg_pool2d", ((4, 3),)), ("adaptive_max_pool2d", ((4, None),)),
+             ("avg_pool2d", (1,)), ("max_pool2d", (1, 1))]
+    for name, args in calls:
+        if torch_accepts(torchs(name), x.cpu(), *args):
+            got_x, want_x = x.clone().requires_grad_(), x.cpu().clone().requires_grad_()
+            got, want = ours(name)(got_x, *args), torchs(name)(want_x, *args)
+            assert_equal(got, want)
+            assert torch.equal(signs(got), signs(want)), name
+            assert_same_format(got, want)
+            got.backward(grad)
+            want.backward(grad.cpu())
+            assert_equal(got_x.grad, want_x.grad)
+            assert torch.equal(signs(got_x.grad), signs(want_x.grad)), name
+            if "max" in name:
+                assert_equal(ours(name)(x, *args, return_indices=True)[1], torchs(name)(x.cpu(), *args,
+                                                                                 return_indices=True)[1])
