@@ -23,6 +23,9 @@ import torch
 # As torch.nn.functional's functions, ours hand inputs with a __torch_function__
 # (FX proxies, tensor subclasses) and torch function modes to that override,
 # naming the public function: torch.fx.symbolic_trace records it as one call.
+# Not under torch.compile, which handles subclasses and modes itself: its
+# trace of the override calls the function again, the override disabled but
+# still seen, and fails.
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from ._geometry import resolve_output_size
@@ -167,7 +170,7 @@ def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     Returns:
         ``Tensor[N, C, L_out]``, and with ``return_indices`` the int64 indices into ``L``.
     """
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool1d, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -183,7 +186,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
         ``Tensor[N, C, H_out, W_out]``, and with ``return_indices`` the int64 indices into ``H * W``
         (accepted by ``torch.nn.functional.max_unpool2d``).
     """
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool2d, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -197,7 +200,7 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     Returns:
         ``Tensor[N, C, D_out, H_out, W_out]``, and with ``return_indices`` indices into ``D * H * W``.
     """
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool3d, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
     return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -205,7 +208,7 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     """1d average pooling, as ``torch.nn.functional.avg_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, L_out]``."""
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(avg_pool1d, (input,),
                                      input, kernel_size, stride, padding, ceil_mode, count_include_pad)
     return _avg_pool(1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
@@ -217,7 +220,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
     ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, H_out, W_out]`` (unbatched ``Tensor[C, H, W]`` too).
     """
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode,
                                      count_include_pad, divisor_override)
     return _avg_pool(2, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -229,7 +232,7 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
 
     ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, D_out, H_out, W_out]``.
     """
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(avg_pool3d, (input,), input, kernel_size, stride, padding, ceil_mode,
                                      count_include_pad, divisor_override)
     return _avg_pool(3, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
@@ -311,7 +314,7 @@ def _adaptive_avg(ndim, kind, input, output_size, sizes):
 
 def adaptive_max_pool1d(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, output_size]``."""
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool1d, (input,), input, output_size, return_indices)
     return _adaptive_max(1, "adaptive", input, output_size, None, return_indices)
 
@@ -321,35 +324,35 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
 
     ``None`` in ``output_size`` keeps that input size.
     """
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool2d, (input,), input, output_size, return_indices)
     return _adaptive_max(2, "adaptive", input, output_size, None, return_indices)
 
 
 def adaptive_max_pool3d(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool3d, (input,), input, output_size, return_indices)
     return _adaptive_max(3, "adaptive", input, output_size, None, return_indices)
 
 
 def adaptive_avg_pool1d(input, output_size):
     """As ``torch.nn.functional.adaptive_avg_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, output_size]``."""
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool1d, (input,), input, output_size)
     return _adaptive_avg(1, "adaptive", input, output_size, None)
 
 
 def adaptive_avg_pool2d(input, output_size):
     """As ``torch.nn.functional.adaptive_avg_pool2d``: ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, *output_size]``."""
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool2d, (input,), input, output_size)
     return _adaptive_avg(2, "adaptive", input, output_size, None)
 
 
 def adaptive_avg_pool3d(input, output_size):
     """As ``torch.nn.functional.adaptive_avg_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
-    if has_torch_function_unary(input):
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool3d, (input,), input, output_size)
     return _adaptive_avg(3, "adaptive", input, output_size, None)
 
@@ -379,7 +382,7 @@ def variable_max_pool1d(input, output_size, sizes, return_indices=False):
         ``Tensor[N, C, output_size]``; with ``return_indices`` also indices into ``L``.
     Padding cells are never read and get zero gradient.
     """
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool1d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool1d", input, 1, sizes)
     return _adaptive_max(1, "variable", input, output_size, sizes, return_indices)
@@ -396,7 +399,7 @@ def variable_max_pool2d(input, output_size, sizes, return_indices=False):
         ``Tensor[N, C, H_out, W_out]``: what slicing each sample and calling
         ``adaptive_max_pool2d`` gives; with ``return_indices`` also indices into the padded ``H * W``.
     """
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool2d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool2d", input, 2, sizes)
     return _adaptive_max(2, "variable", input, output_size, sizes, return_indices)
@@ -404,7 +407,7 @@ def variable_max_pool2d(input, output_size, sizes, return_indices=False):
 
 def variable_max_pool3d(input, output_size, sizes, return_indices=False):
     """As ``variable_max_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``."""
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool3d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool3d", input, 3, sizes)
     return _adaptive_max(3, "variable", input, output_size, sizes, return_indices)
@@ -415,7 +418,7 @@ def variable_avg_pool1d(input, output_size, sizes):
 
     ``Tensor[N, C, L]`` with lengths ``Tensor[N]`` -> ``Tensor[N, C, output_size]``.
     """
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool1d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool1d", input, 1, sizes)
     return _adaptive_avg(1, "variable", input, output_size, sizes)
@@ -426,7 +429,7 @@ def variable_avg_pool2d(input, output_size, sizes):
 
     ``Tensor[N, C, H, W]`` with ``sizes`` ``Tensor[N, 2]`` -> ``Tensor[N, C, H_out, W_out]``.
     """
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool2d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool2d", input, 2, sizes)
     return _adaptive_avg(2, "variable", input, output_size, sizes)
@@ -434,7 +437,7 @@ def variable_avg_pool2d(input, output_size, sizes):
 
 def variable_avg_pool3d(input, output_size, sizes):
     """As ``variable_avg_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``."""
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool3d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool3d", input, 3, sizes)
     return _adaptive_avg(3, "variable", input, output_size, sizes)
@@ -456,7 +459,7 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     Returns:
         ``Tensor[N, C * sum(l * l for l in levels)]`` (``Tensor[C * ...]`` unbatched).
     """
-    if has_torch_function((input, sizes)):
+    if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(spatial_pyramid_pool2d, (input, sizes), input, levels, mode, sizes)
     name = "spatial_pyramid_pool2d"
     if mode not in ("max", "avg"):

@@ -243,11 +243,12 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("planes", ["long", "short"])
-def test_global_max_of_long_channels_last_planes(planes, d, dtype):
-    """Channels-last global max pooling of long planes, and of short ones with
-    up to 64 channels (a vector of channels at a time, pixels cut into chunks
-    where samples are few): torch's values and indices (NaN, ties, all -inf
-    channels), alone or in a batch, on one thread or two; and torch's gradient."""
+def test_global_max_of_channels_last_planes(planes, d, dtype):
+    """Channels-last global max pooling by the global channels kernel (a vector
+    of channels at a time): of long planes, whose pixels are cut into chunks
+    where samples are few, and of short ones with up to 64 channels. torch's
+    values and indices (NaN, ties, all -inf channels), alone or in a batch, on
+    one thread or two; and torch's gradient."""
     g = torch.Generator().manual_seed(d)
     if planes == "long":
         spatial, channels = {1: (5000,), 2: (61, 67), 3: (9, 21, 23)}[d], 85

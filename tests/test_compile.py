@@ -254,6 +254,27 @@ def test_fx_symbolic_trace(model_cls, inputs):
     check_same(eager, traced, traced, *inputs)
 
 
+class Tagged(torch.Tensor):
+    """A tensor subclass, as torchvision's tv_tensors are."""
+
+
+def test_tensor_subclass_compiles():
+    """torch.compile(fullgraph=True) takes a tensor subclass through our
+    functions (it traces the subclass itself: the functions hand subclasses to
+    handle_torch_function only outside it), keeping the subclass, as eager does."""
+    def f(x, sizes):
+        return (pool_ext.functional.max_pool2d(x, 2).relu() + 1,
+                pool_ext.functional.adaptive_avg_pool2d(x, 3),
+                pool_ext.functional.variable_max_pool2d(x, 2, sizes),
+                pool_ext.functional.spatial_pyramid_pool2d(x, (1, 2)))
+
+    torch._dynamo.reset()
+    x, sizes = torch.randn(2, 3, 8, 8).as_subclass(Tagged), torch.tensor([[8, 5], [3, 8]])
+    for got, want in zip(torch.compile(f, backend="eager", fullgraph=True)(x, sizes), f(x, sizes)):
+        assert type(got) is Tagged and type(want) is Tagged
+        torch.testing.assert_close(got.as_subclass(torch.Tensor), want.as_subclass(torch.Tensor))
+
+
 def test_max_pool_with_indices_compiles():
     def f(x):
         out, idx = pool_ext.functional.max_pool2d(x, 2, return_indices=True)
