@@ -13,6 +13,8 @@
 // takes them when no gradient is needed). An adaptive output_size of -1
 // keeps that input extent (torch's None), resolved here rather than in
 // Python so that traced and compiled graphs follow the input's size.
+// `_*_autograd` are the differentiable forwards with their derivative taken
+// in C++ (autograd.cpp): what pool_ext.functional calls in plain eager mode.
 #include <Python.h>
 #include <torch/csrc/autograd/autograd_not_implemented_fallback.h>
 #include <torch/library.h>
@@ -58,6 +60,16 @@ TORCH_LIBRARY(pool_ext, m) {
   m.def(
       "_adaptive_avg_pool_backward(Tensor grad_output, Tensor self, int[] output_size, "
       "Tensor? sizes) -> Tensor");
+  m.def(
+      "_max_pool_autograd(Tensor self, int[] kernel_size, int[] stride, int[] padding, "
+      "int[] dilation, bool ceil_mode, bool same) -> (Tensor, Tensor)");
+  m.def(
+      "_avg_pool_autograd(Tensor self, int[] kernel_size, int[] stride, int[] padding, "
+      "bool ceil_mode, bool same, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "_adaptive_max_pool_autograd(Tensor self, int[] output_size, Tensor? sizes, "
+      "bool long_taps=False) -> (Tensor, Tensor)");
+  m.def("_adaptive_avg_pool_autograd(Tensor self, int[] output_size, Tensor? sizes) -> Tensor");
 }
 
 // The inference forwards have no derivative (pool_ext/_meta.py gives the

@@ -480,7 +480,7 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
             elif inference:
                 pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
             else:
-                pooled, _taps = pool_ops.adaptive_max_pool(x, size, sizes, _long_taps())
+                pooled, _taps = call_op("adaptive_max_pool", False, x, size, sizes, _long_taps())
             parts.append(pooled.flatten(1))
     except RuntimeError as e:
         # The ops' checks name the adaptive (or variable) op they run as.

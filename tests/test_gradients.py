@@ -4,6 +4,8 @@ Max pooling is checked on inputs without ties (a scaled random permutation), so
 the finite differences never move a maximum.
 """
 
+import contextlib
+
 import pytest
 import torch
 from torch.autograd import gradcheck, gradgradcheck
@@ -97,6 +99,49 @@ def test_forward_ad_gradcheck(case):
     x = make_input(case_id, shape, is_max, fmt)
     assert gradcheck(fn, (x,), eps=1e-6, atol=1e-6, check_forward_ad=True, check_backward_ad=False,
                      check_undefined_grad=False, check_batched_forward_grad=True)
+
+
+def _graph_names(t):
+    """Names of the nodes of t's autograd graph."""
+    names, todo, seen = set(), [t.grad_fn], set()
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        names.add(node.name())
+        todo.extend(next_node for next_node, _ in node.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_derivatives_in_cpp_are_the_python_formulas(case):
+    """Plain eager calls take their derivative in C++ (csrc/autograd.cpp); under
+    a torch dispatch mode, even one that changes nothing, the Python Functions.
+    Both give the same gradient and second derivative (through create_graph),
+    bit for bit."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    case_id, fn, shape, is_max, fmt = case
+    x = make_input(case_id, shape, is_max, fmt)
+    weight = torch.randn_like(fn(x)).requires_grad_()
+    results, graphs = [], []
+    for mode in (None, Passthrough()):
+        with mode or contextlib.nullcontext():
+            y = fn(x)
+            (grad,) = torch.autograd.grad((y * weight).sum(), x, create_graph=True)
+            (grad_grad,) = torch.autograd.grad(grad.pow(2).sum(), weight)
+        results.append((y, grad, grad_grad))
+        graphs.append(_graph_names(y))
+    assert any("pool_ext::" in name for name in graphs[0])
+    assert not any("pool_ext::" in name for name in graphs[1])
+    assert any("_functionBackward" in name for name in graphs[1])
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
 
 
 JVP_CASES = [

@@ -16,7 +16,13 @@ OP_NAMES = {
     "avg_pool", "_avg_pool_backward",
     "adaptive_max_pool", "_adaptive_max_pool_values", "_adaptive_max_pool_backward", "_adaptive_max_pool_indices",
     "adaptive_avg_pool", "_adaptive_avg_pool_backward",
+    "_max_pool_autograd", "_avg_pool_autograd", "_adaptive_max_pool_autograd", "_adaptive_avg_pool_autograd",
 }
+
+# The differentiable forwards with their derivative in C++: their arguments.
+IN_CPP = {ops.max_pool: ops._max_pool_autograd, ops.avg_pool: ops._avg_pool_autograd,
+          ops.adaptive_max_pool: ops._adaptive_max_pool_autograd,
+          ops.adaptive_avg_pool: ops._adaptive_avg_pool_autograd}
 
 
 def test_every_op_is_covered():
@@ -110,7 +116,8 @@ def adaptive_samples(device, requires_grad):
 
 
 def all_samples(device, requires_grad):
-    return list(fixed_samples(device, requires_grad)) + list(adaptive_samples(device, requires_grad))
+    samples = list(fixed_samples(device, requires_grad)) + list(adaptive_samples(device, requires_grad))
+    return samples + [(case_id, IN_CPP[op], args) for case_id, op, args in samples if op in IN_CPP]
 
 
 @pytest.mark.parametrize("device", DEVICES)
