@@ -551,6 +551,26 @@ def test_small_planes_in_channel_groups(kind, d, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("channels", [8, 13])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_small_planes_with_few_channels(kind, channels, dtype, device):
+    """8-15 channels of 2d planes up to 14x14 go through one channel group on the
+    CPU: against torch, and bit-identical to the same values channels-last."""
+    rng = make_rng("few-channels", kind, channels, dtype)
+    name = f"adaptive_{kind}_pool2d"
+    for spatial, output_size in (((8, 8), (3, 3)), ((13, 11), (6, 4)), ((14, 14), (5, 7)), ((9, 6), (12, 4))):
+        base, _ = random_input(rng, (4, 2 * channels, *spatial), dtype, device, layout="contiguous", specials=0.05)
+        for x in (base[:, :channels], base[:, ::2]):
+            run_case(kind, 2, x, "strided", output_size, list(output_size), device, rng)
+            results = [outputs_and_grad(ours(name), layout, output_size, return_indices=kind == "max")
+                       for layout in (x, x.contiguous(memory_format=torch.channels_last))]
+            for planes, channels_last in zip(*results):
+                if planes is not None:
+                    assert_equal(planes, channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("spatial", [(7, 7), (2, 4), (3, 5), (2, 3, 5)], ids=str)
 def test_global_average_of_many_planes(spatial, dtype, device):
     """Global average pooling of planes with many channels (19: two groups of eight,

@@ -774,6 +774,34 @@ def run_small_planes_in_channel_groups(kind, spatial, dtype, device):
                     assert_equal(planes, channels)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("channels", [8, 12, 15])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_small_planes_with_few_channels(kind, channels, dtype, device):
+    """8-15 channels of 2d planes up to 14x14 (16x16 for the forward that keeps
+    taps) go through one channel group on the CPU where W windows step by 2 or
+    more; elsewhere through planes: against torch, and bit-identical to the same
+    values channels-last (outputs, indices, gradients)."""
+    rng = make_rng("few-channels", kind, channels, dtype)
+    name = f"{kind}_pool2d"
+    extra = {"count_include_pad": False} if kind == "avg" else {"dilation": (1, 2)}
+    cases = [{"kernel_size": 2}, {"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
+             {"kernel_size": 3, "stride": 2, "padding": "same"}, {"kernel_size": 3, "stride": 1, "padding": 1},
+             {"kernel_size": (2, 3), "stride": (1, 2), **extra}]
+    for spatial in ((8, 8), (12, 11), (14, 14), (16, 16)):
+        base, _ = random_input(rng, (4, 2 * channels, *spatial), dtype, device, layout="contiguous", specials=0.05)
+        for x in (base[:, :channels], base[:, ::2]):
+            for kwargs in cases:
+                if kwargs.get("padding") != "same":  # (torch has no "same" to compare with)
+                    run_case(kind, 2, x, "strided", kwargs, device, rng)
+                results = [outputs_and_grad(ours(name), layout, return_indices=kind == "max", **kwargs)
+                           for layout in (x, x.contiguous(memory_format=torch.channels_last))]
+                for planes, channels_last in zip(*results):
+                    if planes is not None:
+                        assert_equal(planes, channels_last)
+
+
 def test_max_backward_of_a_window_with_no_cell():
     """Dilation can step a window over the whole input: its output has no cell to
     send its gradient to, and the backward must not write one (it once wrote past

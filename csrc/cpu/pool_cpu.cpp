@@ -1787,9 +1787,23 @@ inline bool whole_rows(const PoolGeometry& g, int64_t lanes) {
          window_reach(d) <= d.in;
 }
 
+// 8-15 channels (one vector of float lanes) gain on the smallest 2d planes,
+// whose planes rows hold a few outputs (32 samples, one thread, float and
+// bfloat16 alike): 8x8 to 14x14 planes of 8 or 12 channels, 2x2 and 3x3/2
+// max and average, adaptive to 3x3 and 6x6, 2-5x faster forward, 1.3-2x
+// forward+backward. Not where W windows step by 1 (3x3/1 forwards and
+// backwards: 1.2-1.7x slower), nor 16x16 forwards of values alone (max
+// bfloat16 2x2, 3x3/2: 1.3-1.9x slower), though the forward keeping taps
+// still gains there (3x3/2: 2.7x). 3d and 1d not measured.
+inline bool few_channels_gain(const PoolGeometry& g, const Layout5& v, Pass pass) {
+  return g.ndim == 2 && (g.adaptive || g.dim[2].stride > 1) &&
+         v.pixels() <= (pass == Pass::kForward ? 256 : 196);
+}
+
 inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) {
   const Layout5 v = layout_of(t);
-  if (is_global(g) || v.size[1] < 16 || v.stride[1] == 1 || !dense_planes(v)) return false;
+  if (is_global(g) || v.size[1] < 8 || v.stride[1] == 1 || !dense_planes(v)) return false;
+  if (v.size[1] < 16 && !few_channels_gain(g, v, pass)) return false;
   // A task per sample and group: too few of them (one image, 64 channels)
   // would leave threads idle that the planes kernels keep busy. Not for
   // adaptive averages, which planes sum by runs and channels tap by tap:
