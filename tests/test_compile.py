@@ -10,6 +10,7 @@ from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
 
 import pool_ext
+import pool_ext.functional as PF
 
 
 class Net(nn.Module):
@@ -282,6 +283,27 @@ def test_max_pool_with_indices_compiles():
 
     x = torch.randn(2, 3, 8, 8)
     torch.testing.assert_close(torch.compile(f, fullgraph=True, backend="aot_eager")(x), f(x))
+
+
+@pytest.mark.parametrize("pool", [
+    lambda y: PF.max_pool2d(y, 3, 2, 1),
+    lambda y: PF.avg_pool2d(y, 3, 2, 1, count_include_pad=False),
+    lambda y: PF.adaptive_max_pool2d(y, 3),
+    lambda y: PF.adaptive_avg_pool2d(y, (3, 2)),
+    lambda y: PF.variable_max_pool2d(y, 2, torch.tensor([[8, 5], [3, 8]])),
+], ids=["max", "avg", "adaptive-max", "adaptive-avg", "variable-max"])
+def test_compiled_autograd_of_an_eager_graph(pool):
+    """Compiled autograd (fullgraph) runs the backward of a graph built in eager
+    mode, whose pooling nodes are our C++ autograd Functions: torch's gradient."""
+    from torch._dynamo import compiled_autograd
+
+    torch._dynamo.reset()
+    x = torch.randn(2, 2, 8, 8, requires_grad=True)
+    (want,) = torch.autograd.grad(pool(x * 2).pow(2).sum(), x)
+    loss = pool(x * 2).pow(2).sum()
+    with compiled_autograd._enable(torch.compile(backend="aot_eager", fullgraph=True)):
+        loss.backward()
+    torch.testing.assert_close(x.grad, want)
 
 
 @pytest.mark.slow
