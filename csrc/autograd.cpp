@@ -5,7 +5,8 @@
 // torch.func, double backward); pool_ext.functional takes these ops instead
 // in plain eager mode, where a call through those kernels and a Python
 // backward node cost a training step 10-12 us (a 1x8x8x8 max_pool2d
-// forward+backward: 37 -> 24 us, torch's 14). The gradient is the same op on the same tensors.
+// forward+backward: 37 -> 24 us, torch's 14). The gradient is the same op
+// on the same tensors.
 //
 // Both op calls skip the Autograd key: the forward, as a Function's always
 // runs, without a graph; the backward, unless the graph is being
