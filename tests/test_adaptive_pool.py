@@ -336,18 +336,18 @@ def test_global_average_of_a_constant_is_as_close_as_torch(channels, layout):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
-@pytest.mark.parametrize("spatial", [(13, 17), (24, 25)])
+@pytest.mark.parametrize("spatial", [(5, 7), (9, 11), (13, 17), (24, 25)])
 def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed(spatial, dtype):
-    """A channels-last average window of 128 taps or more sums by blocks of
-    taps, both where a few channels go through vector registers (in the
-    channels kernels, or for global pooling of up to 64 channels the global
-    one) and where many are streamed tap by tap: the same bits for the same
-    channel."""
+    """A channels-last average window sums in one order (from 128 taps by
+    blocks of taps) both where a few channels go through vector registers (in
+    the channels kernels, or for global pooling of up to 64 channels the
+    global one, several samples at a time: 6 = 4 + 2) and where many are
+    streamed tap by tap: the same bits for the same channel."""
     g = torch.Generator().manual_seed(5)
-    x = torch.randn(2, 1031, *spatial, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(6, 1031, *spatial, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     for output_size in (1, (1, 2), (2, 3)):
         streamed = ours("adaptive_avg_pool2d")(x, output_size)
-        for channels in (11, 40, 64):
+        for channels in (8, 11, 16, 24, 40, 64):
             few = x[:, :channels].contiguous(memory_format=torch.channels_last)
             assert_equal(ours("adaptive_avg_pool2d")(few, output_size), streamed[:, :channels])
 
