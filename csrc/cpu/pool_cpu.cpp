@@ -2999,15 +2999,17 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
 // faster than the channels kernels (which read a pixel's channels in one
 // run, faster with more channels): max from 32 pixels (16 or 64 channels of
 // 14x14 to 31x31: 1.1-2.2x); average of any size, summed in the channels
-// kernels' order, several samples at a time (one thread, 1-32 samples of
-// 3x3 to 31x31: 8-16 channels 1.1-2x faster, float 24-64 channels
-// 1.05-1.6x), but for 2- and 8-byte values of 17-64 channels only from
-// kBlockedTaps pixels (below it 0.75-0.95x).
+// kernels' order, several samples at a time (one thread, 8-32 samples of
+// 3x3 to 28x28: 1.1-2.5x faster), but under kBlockedTaps pixels only up to
+// 32 channels of 2-byte values and 24 of 8-byte ones (64 channels of half
+// 0.82-0.86x, 32 of double 0.91-0.96x).
 inline bool global_by_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                                bool max, const at::Tensor* taps) {
   const Layout5 v = layout_of(in);
   const int64_t pixels = v.pixels(), channels = v.size[1];
-  const bool short_avg = channels <= 16 || in.element_size() == 4 || pixels >= kBlockedTaps;
+  const int64_t size = in.element_size();
+  const bool short_avg =
+      pixels >= kBlockedTaps || channels <= (size == 4 ? 64 : size == 2 ? 32 : 24);
   const bool long_planes = pixels >= 4 * kCascadeBlock ||
                            (channels <= kGlobalChannels && (max ? pixels >= 32 : short_avg));
   return is_global(g) && g.sizes == nullptr && channels_inner(in, out) &&
@@ -3178,7 +3180,7 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
     // kUsed * kSamples chains: four where the channels allow, eight for 64.
     const auto by_samples = [&](auto used) {
       constexpr int64_t kUsed = decltype(used)::value;
-      constexpr int64_t kSamples = kUsed >= 4 ? 1 : 4 / kUsed;
+      constexpr int64_t kSamples = kUsed >= 8 ? 1 : 8 / kUsed;
       at::parallel_for(0, vi.size[0], grain(kSamples * pixels * width),
                        [&](int64_t begin, int64_t end) {
         int64_t n = begin;
