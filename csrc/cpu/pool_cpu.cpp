@@ -3193,13 +3193,13 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t origin[kDims] = {0, 0, 0};
   // Planes shorter than a chunk (global_by_channels takes them with at most
-  // kGlobalChannels channels) sum as the channels kernels sum windows of
-  // kBlockedTaps or more: blocks of kTapBlock pixels added in turn, the same
-  // bits, so that a channel's mean does not depend on the channel count.
-  // Only the vectors holding channels are kept (kUsed), for kSamples samples
-  // at once: each vector's adds are a chain bound by their latency, and
-  // samples' chains are independent (16 channels, two vectors, one sample
-  // at a time: half the time in waits); each sample's in its own order.
+  // kGlobalChannels channels) sum as the channels kernels sum their windows:
+  // from kBlockedTaps pixels blocks of kTapBlock added in turn, below it one
+  // running sum; the same bits, so that a channel's mean does not depend on
+  // the channel count. Only the vectors holding channels are kept (kUsed),
+  // for kSamples samples at once: each vector's adds are a chain bound by
+  // their latency, and samples' chains are independent (16 channels, two
+  // vectors, one sample at a time: half the time in waits).
   if (vi.pixels() < 4 * kCascadeBlock) {
     const int64_t width = vi.size[1], pixels = vi.pixels(), vecs = div_ceil(width, L);
     const int64_t block_size = pixels >= kBlockedTaps ? kTapBlock : pixels;
@@ -3242,7 +3242,7 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
         }
       }
     };
-    // kUsed * kSamples chains: four where the channels allow, eight for 64.
+    // Eight chains (kUsed * kSamples) where the channels fill up to eight vectors.
     const auto by_samples = [&](auto used) {
       constexpr int64_t kUsed = decltype(used)::value;
       constexpr int64_t kSamples = kUsed >= 8 ? 1 : 8 / kUsed;
