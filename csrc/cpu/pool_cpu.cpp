@@ -500,6 +500,9 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
 // pooling) does by its cascade sum: 1e5 float cells of one value came out
 // 6e-5 off with one accumulator.
 constexpr int64_t kCascadeBlock = 256;  // cells of a block
+// Sums of this many cells or more go by blocks, cascaded: the shortest
+// chunk of a global channels kernel too.
+constexpr int64_t kCascadeCells = 4 * kCascadeBlock;
 
 template <typename T>
 struct Cascade {
@@ -590,7 +593,7 @@ inline acc_t run_sum(const scalar_t* __restrict__ at, int64_t len) {
   constexpr int64_t L = Vec::size();
   Vec lanes;
   int64_t tail;
-  if (len >= 4 * kCascadeBlock) {
+  if (len >= kCascadeCells) {
     lanes = cascade_run<scalar_t, acc_t>(at, len, &tail);
   } else if (len >= kFourChains * L) {
     tail = len / L * L;
@@ -725,7 +728,7 @@ template <typename scalar_t, typename acc_t>
 inline acc_t plane_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
   const Runs r = runs_of(w, vi);
   if (r.usable) return runs_sum<scalar_t, acc_t>(w, plane, vi, r);
-  if (w[0].count * w[1].count * w[2].count >= 4 * kCascadeBlock) {
+  if (w[0].count * w[1].count * w[2].count >= kCascadeCells) {
     return cascade_window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
   }
   return window_sum<scalar_t, acc_t>(w, plane, vi.spatial_strides());
@@ -2989,7 +2992,7 @@ inline at::vec::Vectorized<float> sum_eight_planes(const scalar_t* const* plane,
   const int64_t whole = pixels / kTile * kTile;
   for (int j = 0; j < kTile; ++j) {
     Vec a;
-    if (whole >= 4 * kCascadeBlock) {  // long planes by blocks, cascaded (see Cascade)
+    if (whole >= kCascadeCells) {  // long planes by blocks, cascaded (see Cascade)
       int64_t all;
       a = cascade_run<scalar_t, float>(plane[j], whole, &all);
     } else if (whole >= kFourChains * kTile) {
@@ -3075,7 +3078,7 @@ inline bool global_by_channels(const PoolGeometry& g, const at::Tensor& in, cons
   const int64_t size = in.element_size();
   const bool short_avg =
       pixels >= kBlockedTaps || channels <= (size == 4 ? 64 : size == 2 ? 32 : 24);
-  const bool long_planes = pixels >= 4 * kCascadeBlock ||
+  const bool long_planes = pixels >= kCascadeCells ||
                            (channels <= kGlobalChannels && (max ? pixels >= 32 : short_avg));
   return is_global(g) && g.sizes == nullptr && channels_inner(in, out) &&
          (taps == nullptr || taps->stride(1) == 1) && long_planes &&
@@ -3096,7 +3099,7 @@ inline GlobalChunks global_chunks(const Layout5& v) {
   const int64_t blocks = v.pixels() / kCascadeBlock, wanted = 4 * at::get_num_threads();
   int64_t chunk_blocks = blocks + 1;
   if (pairs < wanted) {
-    chunk_blocks = 4;
+    chunk_blocks = kCascadeCells / kCascadeBlock;
     while (chunk_blocks * wanted < blocks * pairs) chunk_blocks *= 2;
   }
   const int64_t full = blocks / chunk_blocks;
@@ -3200,7 +3203,7 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   // for kSamples samples at once: each vector's adds are a chain bound by
   // their latency, and samples' chains are independent (16 channels, two
   // vectors, one sample at a time: half the time in waits).
-  if (vi.pixels() < 4 * kCascadeBlock) {
+  if (vi.pixels() < kCascadeCells) {
     const int64_t width = vi.size[1], pixels = vi.pixels(), vecs = div_ceil(width, L);
     const int64_t block_size = pixels >= kBlockedTaps ? kTapBlock : pixels;
     Window win[kDims];
