@@ -36,21 +36,19 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
 }
 
-// Below the Autograd key unless a graph of the gradient is wanted.
-struct BackwardGuard {
-  std::optional<at::AutoDispatchBelowADInplaceOrView> below;
-  BackwardGuard() {
+// The gradients of a forward op's n_args arguments: for self, where it
+// needs one, grad_input(saved tensors), run below the Autograd key unless a
+// graph of the gradient is wanted (create_graph); none for the rest.
+template <typename F>
+variable_list self_grad(AutogradContext* ctx, size_t n_args, const F& grad_input) {
+  variable_list grads(n_args);
+  if (ctx->needs_input_grad(0)) {
+    std::optional<at::AutoDispatchBelowADInplaceOrView> below;
     if (!at::GradMode::is_enabled()) {
       below.emplace();
     }
+    grads[0] = grad_input(ctx->get_saved_variables());
   }
-};
-
-// The gradients of a forward op's arguments: grad_input for self, none for
-// the rest.
-variable_list input_grad(at::Tensor grad_input, size_t n_args) {
-  variable_list grads(n_args);
-  grads[0] = std::move(grad_input);
   return grads;
 }
 
@@ -81,17 +79,12 @@ struct MaxPool : torch::autograd::Function<MaxPool> {
     static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&,
                                               const at::Tensor&, IntList, IntList, IntList,
                                               IntList, bool, bool)>("pool_ext::_max_pool_backward");
-    if (!ctx->needs_input_grad(0)) {
-      return variable_list(7);
-    }
-    const auto saved = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
-    BackwardGuard guard;
-    return input_grad(op.call(grads[0], saved[0], saved[1], d["kernel_size"].toIntVector(),
-                              d["stride"].toIntVector(), d["padding"].toIntVector(),
-                              d["dilation"].toIntVector(), d["ceil_mode"].toBool(),
-                              d["same"].toBool()),
-                      7);
+    return self_grad(ctx, 7, [&](const variable_list& saved) {
+      return op.call(grads[0], saved[0], saved[1], d["kernel_size"].toIntVector(),
+                     d["stride"].toIntVector(), d["padding"].toIntVector(),
+                     d["dilation"].toIntVector(), d["ceil_mode"].toBool(), d["same"].toBool());
+    });
   }
 };
 
@@ -122,18 +115,12 @@ struct AvgPool : torch::autograd::Function<AvgPool> {
     static const auto op =
         find_op<at::Tensor(const at::Tensor&, const at::Tensor&, IntList, IntList, IntList, bool,
                            bool, bool, std::optional<int64_t>)>("pool_ext::_avg_pool_backward");
-    if (!ctx->needs_input_grad(0)) {
-      return variable_list(8);
-    }
-    const auto saved = ctx->get_saved_variables();
     auto& d = ctx->saved_data;
-    BackwardGuard guard;
-    return input_grad(op.call(grads[0], saved[0], d["kernel_size"].toIntVector(),
-                              d["stride"].toIntVector(), d["padding"].toIntVector(),
-                              d["ceil_mode"].toBool(), d["same"].toBool(),
-                              d["count_include_pad"].toBool(),
-                              d["divisor_override"].toOptional<int64_t>()),
-                      8);
+    return self_grad(ctx, 8, [&](const variable_list& saved) {
+      return op.call(grads[0], saved[0], d["kernel_size"].toIntVector(), d["stride"].toIntVector(),
+                     d["padding"].toIntVector(), d["ceil_mode"].toBool(), d["same"].toBool(),
+                     d["count_include_pad"].toBool(), d["divisor_override"].toOptional<int64_t>());
+    });
   }
 };
 
@@ -163,15 +150,10 @@ struct AdaptiveMaxPool : torch::autograd::Function<AdaptiveMaxPool> {
                                               const at::Tensor&, IntList,
                                               const std::optional<at::Tensor>&)>(
         "pool_ext::_adaptive_max_pool_backward");
-    if (!ctx->needs_input_grad(0)) {
-      return variable_list(4);
-    }
-    const auto saved = ctx->get_saved_variables();
-    BackwardGuard guard;
-    return input_grad(op.call(grads[0], saved[0], saved[1],
-                              ctx->saved_data["output_size"].toIntVector(),
-                              optional_sizes(saved[2])),
-                      4);
+    return self_grad(ctx, 4, [&](const variable_list& saved) {
+      return op.call(grads[0], saved[0], saved[1], ctx->saved_data["output_size"].toIntVector(),
+                     optional_sizes(saved[2]));
+    });
   }
 };
 
@@ -194,14 +176,10 @@ struct AdaptiveAvgPool : torch::autograd::Function<AdaptiveAvgPool> {
         find_op<at::Tensor(const at::Tensor&, const at::Tensor&, IntList,
                            const std::optional<at::Tensor>&)>(
             "pool_ext::_adaptive_avg_pool_backward");
-    if (!ctx->needs_input_grad(0)) {
-      return variable_list(3);
-    }
-    const auto saved = ctx->get_saved_variables();
-    BackwardGuard guard;
-    return input_grad(op.call(grads[0], saved[0], ctx->saved_data["output_size"].toIntVector(),
-                              optional_sizes(saved[1])),
-                      3);
+    return self_grad(ctx, 3, [&](const variable_list& saved) {
+      return op.call(grads[0], saved[0], ctx->saved_data["output_size"].toIntVector(),
+                     optional_sizes(saved[1]));
+    });
   }
 };
 
