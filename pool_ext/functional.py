@@ -29,7 +29,7 @@ import torch
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
 from ._geometry import resolve_output_size
-from ._meta import call_op, has_tangent, pool_ops, transforms_active
+from ._meta import call_op, has_tangent, pool_ops
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
@@ -85,14 +85,15 @@ def _tensor(name, input):
 def _batched(name, input, ndim):
     """Returns the (N, C, *spatial) view of input and whether it was unbatched."""
     _tensor(name, input)
-    if input.dim() not in (ndim + 1, ndim + 2):
-        raise RuntimeError(
-            f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
-            f"batch size for input, but got: {list(input.shape)}"
-        )
-    if input.dim() == ndim + 1:
+    dim = input.dim()
+    if dim == ndim + 2:
+        return input, False
+    if dim == ndim + 1:
         return input.unsqueeze(0), True
-    return input, False
+    raise RuntimeError(
+        f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
+        f"batch size for input, but got: {list(input.shape)}"
+    )
 
 
 def _padding(name, padding, ndim):
@@ -109,10 +110,15 @@ def _padding(name, padding, ndim):
 
 
 def _fixed_args(name, ndim, kernel_size, stride, padding):
-    kernel = _tuple(name, "kernel_size", kernel_size, ndim)
-    stride = kernel if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0) else (
-        _tuple(name, "stride", stride, ndim)
-    )
+    # Single ints inline, by their exact type: the common call, and these run on every call.
+    kernel = [kernel_size] * ndim if type(kernel_size) is int else (
+        _tuple(name, "kernel_size", kernel_size, ndim))
+    if stride is None or (isinstance(stride, (list, tuple)) and len(stride) == 0):
+        stride = kernel
+    else:
+        stride = [stride] * ndim if type(stride) is int else _tuple(name, "stride", stride, ndim)
+    if type(padding) is int:
+        return kernel, stride, [padding] * ndim, False
     padding, same = _padding(name, padding, ndim)
     return kernel, stride, padding, same
 
@@ -130,16 +136,15 @@ def _inference(input):
     input that requires it, forward-mode AD, torch.func, or a trace or export
     (the program it makes may train). Max pooling then takes its values-only
     op (no taps found or kept)."""
-    return not (torch.is_grad_enabled() and input.requires_grad or has_tangent(input)
-                or transforms_active() or torch.jit.is_tracing() or torch.compiler.is_exporting())
+    return not (torch.is_grad_enabled() and input.requires_grad or torch._C._are_functorch_transforms_active()
+                or torch.jit.is_tracing() or torch.compiler.is_exporting() or has_tangent(input))
 
 
-def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    name = f"max_pool{ndim}d"
+def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
-    args = (kernel, stride, padding, _tuple(name, "dilation", dilation, ndim),
-            _flag(name, "ceil_mode", ceil_mode), same)
+    dilation = [dilation] * ndim if type(dilation) is int else _tuple(name, "dilation", dilation, ndim)
+    args = (kernel, stride, padding, dilation, _flag(name, "ceil_mode", ceil_mode), same)
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
@@ -149,8 +154,7 @@ def _max_pool(ndim, input, kernel_size, stride, padding, dilation, ceil_mode, re
     return _unbatch(out, unbatched)
 
 
-def _avg_pool(ndim, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    name = f"avg_pool{ndim}d"
+def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
     x, unbatched = _batched(name, input, ndim)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     if divisor_override is not None:
@@ -173,7 +177,7 @@ def max_pool1d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool1d, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    return _max_pool(1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool("max_pool1d", 1, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -189,7 +193,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool2d, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    return _max_pool(2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool("max_pool2d", 2, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -203,7 +207,7 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool3d, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
-    return _max_pool(3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
@@ -211,7 +215,7 @@ def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(avg_pool1d, (input,),
                                      input, kernel_size, stride, padding, ceil_mode, count_include_pad)
-    return _avg_pool(1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
+    return _avg_pool("avg_pool1d", 1, input, kernel_size, stride, padding, ceil_mode, count_include_pad, None)
 
 
 def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -223,7 +227,8 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(avg_pool2d, (input,), input, kernel_size, stride, padding, ceil_mode,
                                      count_include_pad, divisor_override)
-    return _avg_pool(2, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return _avg_pool("avg_pool2d", 2, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)
 
 
 def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
@@ -235,7 +240,8 @@ def avg_pool3d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(avg_pool3d, (input,), input, kernel_size, stride, padding, ceil_mode,
                                      count_include_pad, divisor_override)
-    return _avg_pool(3, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)
+    return _avg_pool("avg_pool3d", 3, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                     divisor_override)
 
 
 # ---------------------------------------------------------------- adaptive
@@ -290,8 +296,7 @@ def _long_taps():
     return torch.compiler.is_compiling()
 
 
-def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
-    name = f"{kind}_max_pool{ndim}d"
+def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
@@ -304,8 +309,7 @@ def _adaptive_max(ndim, kind, input, output_size, sizes, return_indices):
     return _unbatch(out, unbatched)
 
 
-def _adaptive_avg(ndim, kind, input, output_size, sizes):
-    name = f"{kind}_avg_pool{ndim}d"
+def _adaptive_avg(name, ndim, input, output_size, sizes):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
@@ -316,7 +320,7 @@ def adaptive_max_pool1d(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, output_size]``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool1d, (input,), input, output_size, return_indices)
-    return _adaptive_max(1, "adaptive", input, output_size, None, return_indices)
+    return _adaptive_max("adaptive_max_pool1d", 1, input, output_size, None, return_indices)
 
 
 def adaptive_max_pool2d(input, output_size, return_indices=False):
@@ -326,35 +330,35 @@ def adaptive_max_pool2d(input, output_size, return_indices=False):
     """
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool2d, (input,), input, output_size, return_indices)
-    return _adaptive_max(2, "adaptive", input, output_size, None, return_indices)
+    return _adaptive_max("adaptive_max_pool2d", 2, input, output_size, None, return_indices)
 
 
 def adaptive_max_pool3d(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool3d, (input,), input, output_size, return_indices)
-    return _adaptive_max(3, "adaptive", input, output_size, None, return_indices)
+    return _adaptive_max("adaptive_max_pool3d", 3, input, output_size, None, return_indices)
 
 
 def adaptive_avg_pool1d(input, output_size):
     """As ``torch.nn.functional.adaptive_avg_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, output_size]``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool1d, (input,), input, output_size)
-    return _adaptive_avg(1, "adaptive", input, output_size, None)
+    return _adaptive_avg("adaptive_avg_pool1d", 1, input, output_size, None)
 
 
 def adaptive_avg_pool2d(input, output_size):
     """As ``torch.nn.functional.adaptive_avg_pool2d``: ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, *output_size]``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool2d, (input,), input, output_size)
-    return _adaptive_avg(2, "adaptive", input, output_size, None)
+    return _adaptive_avg("adaptive_avg_pool2d", 2, input, output_size, None)
 
 
 def adaptive_avg_pool3d(input, output_size):
     """As ``torch.nn.functional.adaptive_avg_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool3d, (input,), input, output_size)
-    return _adaptive_avg(3, "adaptive", input, output_size, None)
+    return _adaptive_avg("adaptive_avg_pool3d", 3, input, output_size, None)
 
 
 # ---------------------------------------------------------------- variable
@@ -385,7 +389,7 @@ def variable_max_pool1d(input, output_size, sizes, return_indices=False):
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool1d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool1d", input, 1, sizes)
-    return _adaptive_max(1, "variable", input, output_size, sizes, return_indices)
+    return _adaptive_max("variable_max_pool1d", 1, input, output_size, sizes, return_indices)
 
 
 def variable_max_pool2d(input, output_size, sizes, return_indices=False):
@@ -402,7 +406,7 @@ def variable_max_pool2d(input, output_size, sizes, return_indices=False):
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool2d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool2d", input, 2, sizes)
-    return _adaptive_max(2, "variable", input, output_size, sizes, return_indices)
+    return _adaptive_max("variable_max_pool2d", 2, input, output_size, sizes, return_indices)
 
 
 def variable_max_pool3d(input, output_size, sizes, return_indices=False):
@@ -410,7 +414,7 @@ def variable_max_pool3d(input, output_size, sizes, return_indices=False):
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool3d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool3d", input, 3, sizes)
-    return _adaptive_max(3, "variable", input, output_size, sizes, return_indices)
+    return _adaptive_max("variable_max_pool3d", 3, input, output_size, sizes, return_indices)
 
 
 def variable_avg_pool1d(input, output_size, sizes):
@@ -421,7 +425,7 @@ def variable_avg_pool1d(input, output_size, sizes):
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool1d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool1d", input, 1, sizes)
-    return _adaptive_avg(1, "variable", input, output_size, sizes)
+    return _adaptive_avg("variable_avg_pool1d", 1, input, output_size, sizes)
 
 
 def variable_avg_pool2d(input, output_size, sizes):
@@ -432,7 +436,7 @@ def variable_avg_pool2d(input, output_size, sizes):
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool2d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool2d", input, 2, sizes)
-    return _adaptive_avg(2, "variable", input, output_size, sizes)
+    return _adaptive_avg("variable_avg_pool2d", 2, input, output_size, sizes)
 
 
 def variable_avg_pool3d(input, output_size, sizes):
@@ -440,7 +444,7 @@ def variable_avg_pool3d(input, output_size, sizes):
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool3d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool3d", input, 3, sizes)
-    return _adaptive_avg(3, "variable", input, output_size, sizes)
+    return _adaptive_avg("variable_avg_pool3d", 3, input, output_size, sizes)
 
 
 # ---------------------------------------------------------------- pyramid
