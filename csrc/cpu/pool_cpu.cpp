@@ -506,8 +506,15 @@ constexpr int64_t kCascadeCells = 4 * kCascadeBlock;
 
 template <typename T>
 struct Cascade {
-  T level[64];
+  // Left uninitialised (a level is written before it is read): Vectorized
+  // zeroes itself, and a global average's 64 levels of 64 channels were
+  // 16 KB of stores per task.
+  union {
+    T level[64];
+  };
   uint64_t count = 0;
+
+  Cascade() {}
 
   void add(T block) {
     int k = 0;
@@ -3274,34 +3281,33 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   const auto task = [&](int64_t pair, int64_t chunk, int64_t n, int64_t c0, int64_t width,
                         int64_t first, int64_t last) {
     Cascade<Lanes> cascade;
-    Lanes sum;
-    for (auto& v : sum.v) v = Vec(acc_t(0));
-    int64_t in_block = 0;
     const auto sum_pixels = [&](auto full) {
       constexpr bool kFull = decltype(full)::value;
       const int64_t vecs = div_ceil(width, L);  // holding any of the channels
-      for_plane_pixels(src, vi, n, c0, first, last, [&](const scalar_t* pixel) {
-        // All kVecs in the loop, a trip count the compiler unrolls and keeps
-        // in registers, the vectors past the channels skipped.
-        for (int64_t k = 0; k < kVecs; ++k) {
-          if (kFull || k < vecs) sum.v[k] += load_channels<acc_t, scalar_t, kFull>(pixel, k, width);
+      // Block by block, each summed in a loop of its own: with the cascade's
+      // add in the loop, the compiler stored the sums on every pixel.
+      for (int64_t begin = first;; begin += kCascadeBlock) {
+        const int64_t end = std::min(begin + kCascadeBlock, last);
+        Lanes sum;
+        for (auto& v : sum.v) v = Vec(acc_t(0));
+        for_plane_pixels(src, vi, n, c0, begin, end, [&](const scalar_t* pixel) {
+          // All kVecs in the loop, a trip count the compiler unrolls and
+          // keeps in registers, the vectors past the channels skipped.
+          for (int64_t k = 0; k < kVecs; ++k) {
+            if (kFull || k < vecs) sum.v[k] += load_channels<acc_t, scalar_t, kFull>(pixel, k, width);
+          }
+        });
+        if (end - begin < kCascadeBlock) {
+          // The rest (maybe none: a full chunk's sums start from +0 and so
+          // are never -0, and adding +0 leaves its one level-m sum as it is).
+          return cascade.total(sum);
         }
-        if (++in_block == kCascadeBlock) {
-          cascade.add(sum);
-          for (auto& v : sum.v) v = Vec(acc_t(0));
-          in_block = 0;
-        }
-      });
+        cascade.add(sum);
+      }
     };
     // Whole blocks: a trip count the compiler keeps in registers.
-    if (width == kGlobalChannels) {
-      sum_pixels(std::true_type{});
-    } else {
-      sum_pixels(std::false_type{});
-    }
-    // A full chunk's sums start from +0 and so are never -0: adding +0
-    // leaves its one level-m sum as it is.
-    partial[pair * chunks.chunks + chunk] = cascade.total(sum);
+    partial[pair * chunks.chunks + chunk] =
+        width == kGlobalChannels ? sum_pixels(std::true_type{}) : sum_pixels(std::false_type{});
   };
   const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
     const Lanes* part = partial.data() + pair * chunks.chunks;
