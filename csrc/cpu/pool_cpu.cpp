@@ -2614,9 +2614,10 @@ template <typename scalar_t, typename tap_t, typename acc_t, typename Offset>
 inline void scatter_plane(acc_t* __restrict__ base, const int64_t* __restrict__ cell,
                           const Offset& offset, const tap_t* __restrict__ tap,
                           const scalar_t* __restrict__ grad, int64_t outputs) {
+  const Offset at = offset;
   for (int64_t o = 0; o < outputs; ++o) {
     if (cell[o] == WindowTable::kNoCell) continue;
-    base[cell[o] + offset(static_cast<int64_t>(tap[o]))] += static_cast<acc_t>(grad[o]);
+    base[cell[o] + at(static_cast<int64_t>(tap[o]))] += static_cast<acc_t>(grad[o]);
   }
 }
 
