@@ -3179,6 +3179,32 @@ inline at::vec::Vectorized<acc_t> load_channels(const scalar_t* at, int64_t k, i
   return load_acc<acc_t>(at + k * L, width - k * L);
 }
 
+// sums[k] (k < kUsed) plus vector k of channels [c0, c0 + width) of the
+// pixels [first, last) of sample n, in order; those past the channels add
+// zeros; kFull: all kUsed vectors whole. Not inlined: inlined into its
+// caller's cascade, the compiler kept a sum in memory across pixels.
+template <int64_t kUsed, bool kFull, typename acc_t, typename scalar_t>
+C10_NOINLINE void sum_channels(const scalar_t* src, const Layout5& v, int64_t n, int64_t c0,
+                               int64_t width, int64_t first, int64_t last,
+                               at::vec::Vectorized<acc_t>* sums) {
+  at::vec::Vectorized<acc_t> acc[kUsed];
+  for (int64_t k = 0; k < kUsed; ++k) acc[k] = sums[k];
+  for_plane_pixels(src, v, n, c0, first, last, [&](const scalar_t* pixel) {
+    for (int64_t k = 0; k < kUsed; ++k) acc[k] += load_channels<acc_t, scalar_t, kFull>(pixel, k, width);
+  });
+  for (int64_t k = 0; k < kUsed; ++k) sums[k] = acc[k];
+}
+
+// f(integral_constant<kUsed>) for the fewest of 1, 2, 4 or kMost vectors
+// that hold `vecs`: a trip count for the channel loops of the global kernels.
+template <int64_t kMost, typename F>
+inline auto with_used_vecs(int64_t vecs, const F& f) {
+  if (vecs <= 1) return f(std::integral_constant<int64_t, 1>{});
+  if (vecs <= 2) return f(std::integral_constant<int64_t, 2>{});
+  if (vecs <= 4) return f(std::integral_constant<int64_t, 4>{});
+  return f(std::integral_constant<int64_t, kMost>{});
+}
+
 // Average: the pixels summed by blocks of kCascadeBlock added pairwise
 // (Cascade): the channels kernels' one running sum per channel over a whole
 // 300x300 float plane came out 1e-5 off, where torch's mean is 1e-7. A
@@ -3217,32 +3243,38 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
     Window win[kDims];
     windows_at(g, 0, origin, win);  // (fixed extents: the same for every sample)
     const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
-    const auto samples_in_turn = [&](auto used, auto samples, int64_t n) {
+    // kFull: the channels fill all kUsed vectors.
+    const auto samples_in_turn = [&](auto used, auto samples, auto full, int64_t n) {
       constexpr int64_t kUsed = decltype(used)::value, kSamples = decltype(samples)::value;
-      Vec block[kSamples][kUsed], total[kSamples][kUsed];
+      constexpr bool kFull = decltype(full)::value;
+      Vec total[kSamples][kUsed];
       for (int64_t s = 0; s < kSamples; ++s) {
-        for (int64_t k = 0; k < kUsed; ++k) block[s][k] = total[s][k] = Vec(acc_t(0));
+        for (int64_t k = 0; k < kUsed; ++k) total[s][k] = Vec(acc_t(0));
       }
+      // Block by block, each summed in a loop of its own (with the fold into
+      // the totals inside the pixel loop, the compiler stored every sum on
+      // every pixel); the last block, if short, only in the result.
+      Vec block[kSamples][kUsed];
       int64_t in_block = 0;
-      for_plane_pixels(src, vi, n, 0, 0, pixels, [&](const scalar_t* pixel) {
+      for (int64_t begin = 0; begin < pixels; begin += block_size) {
         for (int64_t s = 0; s < kSamples; ++s) {
-          for (int64_t k = 0; k < kUsed; ++k) {
-            if (k < vecs) {
-              block[s][k] += load_channels<acc_t, scalar_t, false>(pixel + s * vi.stride[0], k,
+          for (int64_t k = 0; k < kUsed; ++k) block[s][k] = Vec(acc_t(0));
+        }
+        in_block = std::min(block_size, pixels - begin);
+        for_plane_pixels(src, vi, n, 0, begin, begin + in_block, [&](const scalar_t* pixel) {
+          for (int64_t s = 0; s < kSamples; ++s) {
+            for (int64_t k = 0; k < kUsed; ++k) {
+              block[s][k] += load_channels<acc_t, scalar_t, kFull>(pixel + s * vi.stride[0], k,
                                                                    width);
             }
           }
+        });
+        if (in_block < block_size) break;
+        for (int64_t s = 0; s < kSamples; ++s) {
+          for (int64_t k = 0; k < kUsed; ++k) total[s][k] = total[s][k] + block[s][k];
         }
-        if (++in_block == block_size) {
-          for (int64_t s = 0; s < kSamples; ++s) {
-            for (int64_t k = 0; k < kUsed; ++k) {
-              total[s][k] = total[s][k] + block[s][k];
-              block[s][k] = Vec(acc_t(0));
-            }
-          }
-          in_block = 0;
-        }
-      });
+        in_block = 0;
+      }
       for (int64_t s = 0; s < kSamples; ++s) {
         alignas(64) acc_t sum[kUsed * L];
         for (int64_t k = 0; k < kUsed; ++k) {
@@ -3254,27 +3286,28 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       }
     };
     // Eight chains (kUsed * kSamples) where the channels fill up to eight vectors.
+    // (Whole vectors, 8 16 32 or 64 channels, without the test of a last
+    // part vector per load: with it, the compiler kept the sums in memory.)
     const auto by_samples = [&](auto used) {
       constexpr int64_t kUsed = decltype(used)::value;
       constexpr int64_t kSamples = kUsed >= 8 ? 1 : 8 / kUsed;
-      at::parallel_for(0, vi.size[0], grain(kSamples * pixels * width),
-                       [&](int64_t begin, int64_t end) {
-        int64_t n = begin;
-        for (; n + kSamples <= end; n += kSamples) {
-          samples_in_turn(used, std::integral_constant<int64_t, kSamples>{}, n);
-        }
-        for (; n < end; ++n) samples_in_turn(used, std::integral_constant<int64_t, 1>{}, n);
-      });
+      const auto run = [&](auto full) {
+        at::parallel_for(0, vi.size[0], grain(kSamples * pixels * width),
+                         [&](int64_t begin, int64_t end) {
+          int64_t n = begin;
+          for (; n + kSamples <= end; n += kSamples) {
+            samples_in_turn(used, std::integral_constant<int64_t, kSamples>{}, full, n);
+          }
+          for (; n < end; ++n) samples_in_turn(used, std::integral_constant<int64_t, 1>{}, full, n);
+        });
+      };
+      if (width == kUsed * L) {
+        run(std::true_type{});
+      } else {
+        run(std::false_type{});
+      }
     };
-    if (vecs <= 1) {
-      by_samples(std::integral_constant<int64_t, 1>{});
-    } else if (vecs <= 2) {
-      by_samples(std::integral_constant<int64_t, 2>{});
-    } else if (vecs <= 4) {
-      by_samples(std::integral_constant<int64_t, 4>{});
-    } else {
-      by_samples(std::integral_constant<int64_t, kVecs>{});
-    }
+    with_used_vecs<kVecs>(vecs, by_samples);
     return;
   }
   const GlobalChunks chunks = global_chunks(vi);
@@ -3282,22 +3315,19 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   const auto task = [&](int64_t pair, int64_t chunk, int64_t n, int64_t c0, int64_t width,
                         int64_t first, int64_t last) {
     Cascade<Lanes> cascade;
-    const auto sum_pixels = [&](auto full) {
+    // The first kUsed vectors (those past the channels add zeros), all
+    // whole where kFull: trip counts the compiler unrolls and keeps in
+    // registers (a test per vector kept the sums in memory).
+    const auto sum_pixels = [&](auto used, auto full) {
+      constexpr int64_t kUsed = decltype(used)::value;
       constexpr bool kFull = decltype(full)::value;
-      const int64_t vecs = div_ceil(width, L);  // holding any of the channels
       // Block by block, each summed in a loop of its own: with the cascade's
       // add in the loop, the compiler stored the sums on every pixel.
       for (int64_t begin = first;; begin += kCascadeBlock) {
         const int64_t end = std::min(begin + kCascadeBlock, last);
         Lanes sum;
         for (auto& v : sum.v) v = Vec(acc_t(0));
-        for_plane_pixels(src, vi, n, c0, begin, end, [&](const scalar_t* pixel) {
-          // All kVecs in the loop, a trip count the compiler unrolls and
-          // keeps in registers, the vectors past the channels skipped.
-          for (int64_t k = 0; k < kVecs; ++k) {
-            if (kFull || k < vecs) sum.v[k] += load_channels<acc_t, scalar_t, kFull>(pixel, k, width);
-          }
-        });
+        sum_channels<kUsed, kFull>(src, vi, n, c0, width, begin, end, sum.v);
         if (end - begin < kCascadeBlock) {
           // The rest (maybe none: a full chunk's sums start from +0 and so
           // are never -0, and adding +0 leaves its one level-m sum as it is).
@@ -3306,9 +3336,10 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
         cascade.add(sum);
       }
     };
-    // Whole blocks: a trip count the compiler keeps in registers.
-    partial[pair * chunks.chunks + chunk] =
-        width == kGlobalChannels ? sum_pixels(std::true_type{}) : sum_pixels(std::false_type{});
+    partial[pair * chunks.chunks + chunk] = with_used_vecs<kVecs>(div_ceil(width, L), [&](auto used) {
+      return width == decltype(used)::value * L ? sum_pixels(used, std::true_type{})
+                                                : sum_pixels(used, std::false_type{});
+    });
   };
   const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
     const Lanes* part = partial.data() + pair * chunks.chunks;
