@@ -2512,8 +2512,9 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
   const int64_t channels = vg.size[1], cells = vg.pixels() * channels;
   const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  with_tap_offsets(g, grad_out.numel(), [&](const auto& offset) {
+  with_tap_offsets(g, grad_out.numel(), [&](const auto& offset_of) {
     at::parallel_for(0, vg.size[0], grain(outputs * channels), [&](int64_t begin, int64_t end) {
+      const auto offset = offset_of;  // (a copy, kept in registers across the stores)
       WindowTable table;
       std::vector<acc_t> scratch(kInPlace ? 0 : cells);
       for (const auto n : c10::irange(begin, end)) {
@@ -3596,7 +3597,8 @@ struct CpuKernels {
   static void max_backward(const PoolGeometry& g, const at::Tensor& grad_out,
                            const at::Tensor& taps, const at::Tensor& grad_in) {
     advise_huge_pages(grad_in);
-    if (few_channels_last(g, grad_in)) {
+    // (Not where the channels kernel scatters: a copy there costs more.)
+    if (few_channels_last(g, grad_in) && !(channels_inner(grad_in, taps) && scatters_channels(g, grad_in))) {
       through_planes<2, 1>(grad_in, {grad_out, taps}, {grad_in},
                            [&](const auto& i, const auto& o) { max_backward(g, i[0], i[1], o[0]); });
       return;
