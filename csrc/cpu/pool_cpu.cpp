@@ -3359,6 +3359,34 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   for_global_chunks(vi, chunks, task, join);
 }
 
+// value[k] and code[k] (k < kUsed), the scan's winners so far, taking
+// vector k of channels [c0, c0 + width) of the pixels [first, last) of
+// sample n in order, pixel p as code p; as sum_channels, the vectors past
+// the channels take zeros, and the winners stay in registers.
+template <int64_t kUsed, bool kFull, typename acc_t, typename scalar_t>
+C10_NOINLINE void max_channels(const scalar_t* src, const Layout5& v, int64_t n, int64_t c0,
+                               int64_t width, int64_t first, int64_t last,
+                               at::vec::Vectorized<acc_t>* value, at::vec::Vectorized<acc_t>* code) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  Vec best[kUsed], at[kUsed];
+  for (int64_t k = 0; k < kUsed; ++k) {
+    best[k] = value[k];
+    at[k] = code[k];
+  }
+  auto p = static_cast<acc_t>(first);
+  for_plane_pixels(src, v, n, c0, first, last, [&](const scalar_t* pixel) {
+    const Vec tap(p);
+    p += 1;
+    for (int64_t k = 0; k < kUsed; ++k) {
+      take_or_add<true>(best[k], at[k], load_channels<acc_t, scalar_t, kFull>(pixel, k, width), tap);
+    }
+  });
+  for (int64_t k = 0; k < kUsed; ++k) {
+    value[k] = best[k];
+    code[k] = at[k];
+  }
+}
+
 // Max: each lane keeps the scan's winner (max_takes from the first cell on,
 // pixel numbers as tap codes in acc_t lanes); chunks join in order by the
 // same rule, which continues the scan: the last NaN, else the first max.
@@ -3386,25 +3414,14 @@ void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       b.value[k] = Vec(-std::numeric_limits<acc_t>::infinity());
       b.code[k] = Vec(static_cast<acc_t>(first));
     }
-    const auto scan = [&](auto full) {
-      constexpr bool kFull = decltype(full)::value;
-      const int64_t vecs = div_ceil(width, L);
-      auto p = static_cast<acc_t>(first);
-      for_plane_pixels(src, vi, n, c0, first, last, [&](const scalar_t* pixel) {
-        const Vec code(p);
-        p += 1;
-        for (int64_t k = 0; k < kVecs; ++k) {
-          if (!kFull && k >= vecs) continue;
-          take_or_add<true>(b.value[k], b.code[k],
-                            load_channels<acc_t, scalar_t, kFull>(pixel, k, width), code);
-        }
-      });
-    };
-    if (width == kGlobalChannels) {
-      scan(std::true_type{});
-    } else {
-      scan(std::false_type{});
-    }
+    with_used_vecs<kVecs>(div_ceil(width, L), [&](auto used) {
+      constexpr int64_t kUsed = decltype(used)::value;
+      if (width == kUsed * L) {
+        max_channels<kUsed, true>(src, vi, n, c0, width, first, last, b.value, b.code);
+      } else {
+        max_channels<kUsed, false>(src, vi, n, c0, width, first, last, b.value, b.code);
+      }
+    });
   };
   const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
     const Best* part = partial.data() + pair * chunks.chunks;
