@@ -3172,12 +3172,14 @@ void for_global_chunks(const Layout5& v, const GlobalChunks& k, const Task& task
 }
 
 // Vector k of a pixel's kGlobalChannels channels, of which `width` are
-// there (kFull: all): whole vectors by one load, the last one in part.
+// there (kFull: all): whole vectors by one load, the last one in part, and
+// zeros past it (from the channels' end, so that no pointer past the tensor
+// is formed: nothing is read there).
 template <typename acc_t, typename scalar_t, bool kFull>
 inline at::vec::Vectorized<acc_t> load_channels(const scalar_t* at, int64_t k, int64_t width) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
   if (kFull || (k + 1) * L <= width) return load_acc<acc_t>(at + k * L);
-  return load_acc<acc_t>(at + k * L, width - k * L);
+  return load_acc<acc_t>(at + std::min(k * L, width), width - k * L);
 }
 
 // sums[k] (k < kUsed) plus vector k of channels [c0, c0 + width) of the
