@@ -342,11 +342,16 @@ def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed(
     blocks of taps) both where a few channels go through vector registers (in
     the channels kernels, or for global pooling of up to 64 channels the
     global one, several samples at a time: 6 = 4 + 2) and where many are
-    streamed tap by tap: the same bits for the same channel."""
+    streamed tap by tap: the same bits for the same channel. Global pooling
+    of many channels from 128 pixels takes the global kernel too, 64
+    channels at a time; the variable op, whose windows never take it, gives
+    the streamed sums there."""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 1031, *spatial, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    full = torch.tensor([list(spatial)] * x.shape[0])
     for output_size in (1, (1, 2), (2, 3)):
-        streamed = ours("adaptive_avg_pool2d")(x, output_size)
+        streamed = ours("variable_avg_pool2d")(x, output_size, full)
+        assert_equal(ours("adaptive_avg_pool2d")(x, output_size), streamed)
         for channels in (8, 11, 16, 24, 40, 64):
             few = x[:, :channels].contiguous(memory_format=torch.channels_last)
             assert_equal(ours("adaptive_avg_pool2d")(few, output_size), streamed[:, :channels])
