@@ -2592,11 +2592,11 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
 }
 
 // One row of a planes max backward: output ow's gradient onto its saved
-// tap, offset(tap) from its window's origin. Restrict-qualified so the loop
-// keeps its pointers in registers rather than reloading them after every
-// store.
+// tap, offset(tap) from its window's origin. Restrict-qualified, and the
+// offset function a copy, so the loop keeps its pointers in registers rather
+// than reloading them after every store.
 template <typename scalar_t, typename tap_t, typename acc_t, typename Offset>
-inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table, const Offset& offset,
+inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table, const Offset offset,
                         const tap_t* __restrict__ tap, int64_t st,
                         const scalar_t* __restrict__ grad, int64_t sg, int64_t width) {
   const Window* __restrict__ w = table.dim[2].data();
@@ -2613,12 +2613,11 @@ inline void scatter_row(acc_t* __restrict__ base, const WindowTable& table, cons
 // (WindowTable::cells).
 template <typename scalar_t, typename tap_t, typename acc_t, typename Offset>
 inline void scatter_plane(acc_t* __restrict__ base, const int64_t* __restrict__ cell,
-                          const Offset& offset, const tap_t* __restrict__ tap,
+                          const Offset offset, const tap_t* __restrict__ tap,
                           const scalar_t* __restrict__ grad, int64_t outputs) {
-  const Offset at = offset;
   for (int64_t o = 0; o < outputs; ++o) {
     if (cell[o] == WindowTable::kNoCell) continue;
-    base[cell[o] + at(static_cast<int64_t>(tap[o]))] += static_cast<acc_t>(grad[o]);
+    base[cell[o] + offset(static_cast<int64_t>(tap[o]))] += static_cast<acc_t>(grad[o]);
   }
 }
 
@@ -3199,14 +3198,21 @@ C10_NOINLINE void sum_channels(const scalar_t* src, const Layout5& v, int64_t n,
   for (int64_t k = 0; k < kUsed; ++k) sums[k] = acc[k];
 }
 
-// f(integral_constant<kUsed>) for the fewest of 1, 2, 4 or kMost vectors
-// that hold `vecs`: a trip count for the channel loops of the global kernels.
-template <int64_t kMost, typename F>
-inline auto with_used_vecs(int64_t vecs, const F& f) {
-  if (vecs <= 1) return f(std::integral_constant<int64_t, 1>{});
-  if (vecs <= 2) return f(std::integral_constant<int64_t, 2>{});
-  if (vecs <= 4) return f(std::integral_constant<int64_t, 4>{});
-  return f(std::integral_constant<int64_t, kMost>{});
+// f(integral_constant<kUsed>, bool_constant<kFull>) for `width` channels:
+// kUsed the fewest of 1, 2, 4 or kMost vectors of L lanes that hold them,
+// kFull whether they fill those vectors. Trip counts for the channel loops
+// of the global kernels, and no test of a last part vector per load: with
+// either test in the loops, the compiler kept their sums in memory.
+template <int64_t kMost, int64_t L, typename F>
+inline auto with_channel_vectors(int64_t width, const F& f) {
+  const auto fill = [&](auto used) {
+    return width == decltype(used)::value * L ? f(used, std::true_type{}) : f(used, std::false_type{});
+  };
+  const int64_t vecs = div_ceil(width, L);
+  if (vecs <= 1) return fill(std::integral_constant<int64_t, 1>{});
+  if (vecs <= 2) return fill(std::integral_constant<int64_t, 2>{});
+  if (vecs <= 4) return fill(std::integral_constant<int64_t, 4>{});
+  return fill(std::integral_constant<int64_t, kMost>{});
 }
 
 // Average: the pixels summed by blocks of kCascadeBlock added pairwise
@@ -3291,32 +3297,23 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       }
     };
     // Eight chains (kUsed * kSamples) where the channels fill up to eight vectors.
-    // (Whole vectors, 8 16 32 or 64 channels, without the test of a last
-    // part vector per load: with it, the compiler kept the sums in memory.)
-    const auto by_samples = [&](auto used) {
+    const auto by_samples = [&](auto used, auto full) {
       constexpr int64_t kUsed = decltype(used)::value;
       constexpr int64_t kSamples = kUsed >= 8 ? 1 : 8 / kUsed;
-      const auto run = [&](auto full) {
-        at::parallel_for(0, vi.size[0], grain(kSamples * pixels * width),
-                         [&](int64_t begin, int64_t end) {
-          int64_t n = begin;
-          for (; n + kSamples <= end; n += kSamples) {
-            samples_in_turn(used, std::integral_constant<int64_t, kSamples>{}, full, n);
-          }
-          for (; n < end; ++n) samples_in_turn(used, std::integral_constant<int64_t, 1>{}, full, n);
-        });
-      };
-      if (width == kUsed * L) {
-        run(std::true_type{});
-      } else {
-        run(std::false_type{});
-      }
+      at::parallel_for(0, vi.size[0], grain(kSamples * pixels * width),
+                       [&](int64_t begin, int64_t end) {
+        int64_t n = begin;
+        for (; n + kSamples <= end; n += kSamples) {
+          samples_in_turn(used, std::integral_constant<int64_t, kSamples>{}, full, n);
+        }
+        for (; n < end; ++n) samples_in_turn(used, std::integral_constant<int64_t, 1>{}, full, n);
+      });
     };
     // More channels than kGlobalChannels (planes of kBlockedTaps pixels or
     // more: global_by_channels) a group at a time.
     for (c0 = 0; c0 < vi.size[1]; c0 += kGlobalChannels) {
       width = std::min(kGlobalChannels, vi.size[1] - c0);
-      with_used_vecs<kVecs>(div_ceil(width, L), by_samples);
+      with_channel_vectors<kVecs, L>(width, by_samples);
     }
     return;
   }
@@ -3326,8 +3323,7 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
                         int64_t first, int64_t last) {
     Cascade<Lanes> cascade;
     // The first kUsed vectors (those past the channels add zeros), all
-    // whole where kFull: trip counts the compiler unrolls and keeps in
-    // registers (a test per vector kept the sums in memory).
+    // whole where kFull.
     const auto sum_pixels = [&](auto used, auto full) {
       constexpr int64_t kUsed = decltype(used)::value;
       constexpr bool kFull = decltype(full)::value;
@@ -3346,10 +3342,7 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
         cascade.add(sum);
       }
     };
-    partial[pair * chunks.chunks + chunk] = with_used_vecs<kVecs>(div_ceil(width, L), [&](auto used) {
-      return width == decltype(used)::value * L ? sum_pixels(used, std::true_type{})
-                                                : sum_pixels(used, std::false_type{});
-    });
+    partial[pair * chunks.chunks + chunk] = with_channel_vectors<kVecs, L>(width, sum_pixels);
   };
   const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
     const Lanes* part = partial.data() + pair * chunks.chunks;
@@ -3423,13 +3416,9 @@ void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
       b.value[k] = Vec(-std::numeric_limits<acc_t>::infinity());
       b.code[k] = Vec(static_cast<acc_t>(first));
     }
-    with_used_vecs<kVecs>(div_ceil(width, L), [&](auto used) {
-      constexpr int64_t kUsed = decltype(used)::value;
-      if (width == kUsed * L) {
-        max_channels<kUsed, true>(src, vi, n, c0, width, first, last, b.value, b.code);
-      } else {
-        max_channels<kUsed, false>(src, vi, n, c0, width, first, last, b.value, b.code);
-      }
+    with_channel_vectors<kVecs, L>(width, [&](auto used, auto full) {
+      max_channels<decltype(used)::value, decltype(full)::value>(src, vi, n, c0, width, first, last,
+                                                                  b.value, b.code);
     });
   };
   const auto join = [&](int64_t pair, int64_t n, int64_t c0, int64_t width) {
