@@ -181,6 +181,13 @@ def _register_autograd(name, setup_context, backward, jvp):
 
     def kernel(keyset, *args):
         if (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)) or has_tangent(*args):
+            if _differentiating():
+                # Reached only from torch.ops directly, or from torch.compile's fake
+                # run of `call` below, which takes NotImplementedError for a graph
+                # break (torch 2.11 fails compiling on eager's setup_context error).
+                raise NotImplementedError(
+                    f"pool_ext::{name}: torch.func's derivatives reach the pool_ext ops "
+                    "through pool_ext.functional and pool_ext.nn, not through torch.ops")
             return eager.apply(*args)
         with torch._C._AutoDispatchBelowAutograd():
             return op.redispatch(keyset & torch._C._after_autograd_keyset, *args)
@@ -190,8 +197,9 @@ def _register_autograd(name, setup_context, backward, jvp):
     def call(*args):
         # Under torch.func's derivatives the Function is applied here, before
         # the dispatcher: from the Autograd kernel it would find no functorch
-        # rule. torch.compile cannot trace it there; the op as it is fails
-        # loudly under such a transform, and traces under vmap.
+        # rule. torch.compile cannot trace it there: the op as it is raises
+        # NotImplementedError under such a transform (a graph break, or an
+        # error with fullgraph=True), and traces under vmap.
         if not torch.compiler.is_compiling() and _differentiating():
             return transformable.apply(*_pack(args))
         return op(*args)

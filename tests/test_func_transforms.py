@@ -191,8 +191,8 @@ def test_dual_tensors_through_the_ops(device):
 
 def test_compile_around_transforms():
     """torch.compile traces our ops under vmap; under torch.func's derivatives
-    (torch 2.14) it cannot, so it runs them eagerly (torch's gradients), and
-    fullgraph=True raises instead of tracing a wrong graph."""
+    it cannot, so it runs them eagerly (torch's gradients), and fullgraph=True
+    raises instead of tracing a wrong graph (torch 2.11 and 2.14)."""
     xs = torch.randn(3, 2, 3, 8, 8)
 
     def per_sample(module):
@@ -208,11 +208,27 @@ def test_compile_around_transforms():
     try:
         got = torch.compile(per_sample(PF), fullgraph=True)(xs)
     except RuntimeError:
-        # torch 2.14: Dynamo's Unsupported (a RuntimeError), as its fake run of a
-        # register_autograd op under grad asks for an autograd.Function with setup_context.
+        # Dynamo's Unsupported (a RuntimeError): the ops' Autograd kernel raises
+        # NotImplementedError under grad in its fake run.
         pass
     else:  # a torch that traces it must trace it right
         torch.testing.assert_close(got, per_sample(F)(xs))
+
+
+def test_ops_called_directly_under_derivative_transforms_say_where_derivatives_are():
+    """torch.ops.pool_ext's ops have no torch.func rules of their own (the
+    functional layer applies them): under grad or jvp they raise, naming the
+    op and the way in, rather than torch's setup_context error."""
+    x = torch.randn(2, 3, 6, 6)
+    ops = torch.ops.pool_ext
+    calls = {
+        "max_pool": lambda a: ops.max_pool(a, [2, 2], [2, 2], [0, 0], [1, 1], False, False)[0],
+        "adaptive_avg_pool": lambda a: ops.adaptive_avg_pool(a, [3, 3], None),
+    }
+    for name, call in calls.items():
+        for transform in (lambda f: grad(lambda a: f(a).sum())(x), lambda f: jvp(f, (x,), (x,))):
+            with pytest.raises(NotImplementedError, match=f"pool_ext::{name}: .*pool_ext.functional"):
+                transform(call)
 
 
 def test_functionalize():
