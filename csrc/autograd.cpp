@@ -19,6 +19,7 @@
 // lists is unhashable), and no mark_non_differentiable, which it refuses
 // (the integer taps need none).
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/irange.h>
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -157,6 +158,23 @@ struct AdaptiveMaxPool : torch::autograd::Function<AdaptiveMaxPool> {
   }
 };
 
+// Whether an adaptive average pooled to one cell: torch's global average is
+// a mean, which keeps no input; an average's backward takes only the input's
+// sizes, strides and options, never its values. So that changing the input
+// in place after the call (`x.relu_()` after `adaptive_avg_pool2d(x, 1)`)
+// does not fail the backward, as with torch, the global average keeps an
+// alias of the input with a version counter of its own, outside the graph:
+// like the mean's, its gradient does not depend on the input (a second
+// derivative does not reach it). Other averages keep the input, as torch's.
+bool global(const at::Tensor& out) {
+  for (const auto k : c10::irange(2, out.dim())) {
+    if (out.size(k) != 1) {
+      return false;
+    }
+  }
+  return true;
+}
+
 struct AdaptiveAvgPool : torch::autograd::Function<AdaptiveAvgPool> {
   static constexpr bool is_traceable = true;
   static at::Tensor forward(AutogradContext* ctx, const at::Tensor& self, IntList output_size,
@@ -166,7 +184,8 @@ struct AdaptiveAvgPool : torch::autograd::Function<AdaptiveAvgPool> {
             "pool_ext::adaptive_avg_pool");
     at::AutoDispatchBelowADInplaceOrView below;
     auto out = op.call(self, output_size, sizes);
-    ctx->save_for_backward({self, sizes.value_or(at::Tensor())});
+    ctx->save_for_backward(
+        {global(out) ? self.variable_data() : self, sizes.value_or(at::Tensor())});
     ctx->saved_data["output_size"] = output_size.vec();
     return out;
   }

@@ -341,3 +341,48 @@ def test_tensor_subclass_sees_the_function():
         (grad,) = torch.autograd.grad(y.sum(), x)
         plain = x.as_subclass(torch.Tensor).detach().requires_grad_()
         torch.testing.assert_close(grad.as_subclass(torch.Tensor), torch.autograd.grad(call(plain).sum(), plain)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, args, shape, fmt", [
+    ("adaptive_avg_pool1d", (1,), (2, 3, 7), None),
+    ("adaptive_avg_pool2d", (1,), (2, 3, 5, 6), CL),
+    ("adaptive_avg_pool2d", ((None, 1),), (2, 3, 1, 6), None),
+    ("adaptive_avg_pool3d", (1,), (2, 3, 3, 4, 5), None),
+    ("adaptive_avg_pool2d", ((3, 2),), (2, 3, 5, 6), None),
+    ("avg_pool2d", (3, 2, 1), (2, 3, 7, 6), CL),
+    ("max_pool2d", (2,), (2, 3, 6, 6), None),
+    ("adaptive_max_pool2d", (1,), (2, 3, 5, 6), None),
+])
+def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, device):
+    """Changing the input in place after the call: torch's global average (a
+    mean, which keeps no input) still gives its gradient, and so does ours;
+    torch's other pooling keeps its input and fails the backward, as ours does.
+    The global average's gradient, like the mean's, is not a function of the
+    input: a second derivative through it alone does not reach the input."""
+    x = torch.randn(shape, device=device, dtype=torch.float64)
+    x = x.contiguous(memory_format=fmt) if fmt else x
+    weight = torch.randn_like(getattr(F, name)(x, *args))
+
+    def gradient(module, change):
+        leaf = x.clone().requires_grad_()
+        y = leaf * 1  # a non-leaf, which may be changed in place
+        out = getattr(module, name)(y, *args)
+        if change:
+            y.mul_(-3.0)
+        try:
+            (grad,) = torch.autograd.grad((out * weight).sum(), leaf, create_graph=True)
+        except RuntimeError as error:
+            assert "modified by an inplace operation" in str(error)
+            return None
+        return grad
+
+    unchanged = gradient(PF, change=False)
+    # Whether the gradient is a function of the input (weight needs no grad here).
+    assert unchanged.requires_grad == gradient(F, change=False).requires_grad
+    expected = gradient(F, change=True)
+    got = gradient(PF, change=True)
+    assert (got is None) == (expected is None)
+    if got is not None:
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
+        torch.testing.assert_close(got, unchanged, rtol=0, atol=0)
