@@ -290,8 +290,9 @@ def test_max_pool_with_indices_compiles():
     lambda y: PF.avg_pool2d(y, 3, 2, 1, count_include_pad=False),
     lambda y: PF.adaptive_max_pool2d(y, 3),
     lambda y: PF.adaptive_avg_pool2d(y, (3, 2)),
+    lambda y: PF.adaptive_avg_pool2d(y, 1),
     lambda y: PF.variable_max_pool2d(y, 2, torch.tensor([[8, 5], [3, 8]])),
-], ids=["max", "avg", "adaptive-max", "adaptive-avg", "variable-max"])
+], ids=["max", "avg", "adaptive-max", "adaptive-avg", "global-avg", "variable-max"])
 def test_compiled_autograd_of_an_eager_graph(pool):
     """Compiled autograd (fullgraph) runs the backward of a graph built in eager
     mode, whose pooling nodes are our C++ autograd Functions: torch's gradient."""
