@@ -39,16 +39,20 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 
 // The gradients of a forward op's n_args arguments: for self, where it
 // needs one, grad_input(saved tensors), run below the Autograd key unless a
-// graph of the gradient is wanted (create_graph); none for the rest.
+// graph of the gradient is wanted (create_graph); none for the rest. The
+// saved tensors are unpacked before that: unpacking runs saved-tensor hooks,
+// and non-reentrant checkpointing's recomputes the forward there, which
+// below the Autograd key would save nothing (CheckpointError).
 template <typename F>
 variable_list self_grad(AutogradContext* ctx, size_t n_args, const F& grad_input) {
   variable_list grads(n_args);
   if (ctx->needs_input_grad(0)) {
+    const variable_list saved = ctx->get_saved_variables();
     std::optional<at::AutoDispatchBelowADInplaceOrView> below;
     if (!at::GradMode::is_enabled()) {
       below.emplace();
     }
-    grads[0] = grad_input(ctx->get_saved_variables());
+    grads[0] = grad_input(saved);
   }
   return grads;
 }

@@ -386,3 +386,34 @@ def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, 
     if got is not None:
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
         torch.testing.assert_close(got, unchanged, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("reentrant", [False, True])
+@pytest.mark.parametrize("name, args", [
+    ("max_pool2d", (3, 2, 1)),
+    ("avg_pool2d", (2,)),
+    ("adaptive_max_pool2d", (3,)),
+    ("adaptive_avg_pool2d", (1,)),
+    ("adaptive_avg_pool2d", ((3, 2),)),
+    ("variable_avg_pool2d", (2, torch.tensor([[6, 3], [2, 5]]))),
+])
+def test_activation_checkpointing(name, args, reentrant):
+    """torch.utils.checkpoint recomputes the forward in the backward: the
+    non-reentrant kind inside the first unpacking of a saved tensor, here the
+    pooling's (the block's last op), which the C++ derivatives do before going
+    below the Autograd key. The same gradient as without checkpointing."""
+    from torch.utils.checkpoint import checkpoint
+
+    x = torch.randn(2, 3, 6, 5, dtype=torch.float64)
+    pool = getattr(PF, name)
+
+    def block(t):
+        return pool(t.sin(), *args)
+
+    grads = []
+    for checkpointed in (False, True):
+        leaf = x.clone().requires_grad_()
+        out = checkpoint(block, leaf, use_reentrant=reentrant) if checkpointed else block(leaf)
+        out.backward(torch.ones_like(out))
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
