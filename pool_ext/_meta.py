@@ -196,9 +196,10 @@ def _register_autograd(name, setup_context, backward, jvp):
         if (torch.is_grad_enabled() and torch._C._any_requires_grad(*args)) or has_tangent(*args):
             if _differentiating():
                 # Reached only from torch.ops directly, or from torch.compile's fake
-                # run of `call` below, which takes NotImplementedError for a graph
-                # break (torch 2.11 fails compiling on eager's setup_context error).
-                raise NotImplementedError(
+                # run of `call` below (torch 2.14 breaks the graph there; 2.11 fails
+                # the compile, as it must: a NotImplementedError would break the
+                # graph, and its graph breaks inside jacrev or vjp give zeros).
+                raise RuntimeError(
                     f"pool_ext::{name}: torch.func's derivatives reach the pool_ext ops "
                     "through pool_ext.functional and pool_ext.nn, not through torch.ops")
             return eager.apply(*args)
