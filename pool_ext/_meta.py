@@ -363,6 +363,18 @@ def _max_autograd(kind):
     _register_autograd(f"_{kind}max_pool_backward", save_backward, backward_backward, backward_jvp)
 
 
+def _kept_input(self, output):
+    """What an adaptive average keeps of its input for its backward: for a
+    global one (every output extent 1), as its C++ derivative (csrc/autograd.cpp)
+    and torch's mean do, nothing the graph or an in-place change of the input
+    reaches: an alias with a version counter of its own. The input itself
+    under torch.func (whose levels an alias would leave) and torch.compile."""
+    if (all(size == 1 for size in output.shape[2:]) and not transforms_active()
+            and not torch.compiler.is_compiling()):
+        return self.data
+    return self
+
+
 def _avg_autograd(kind):
     """Average pooling: linear, so the forward's derivative is the forward and
     the backward's derivative in grad_output is the backward."""
@@ -370,7 +382,7 @@ def _avg_autograd(kind):
 
     def save_pool(ctx, inputs, output):
         self, *args = inputs
-        _save(ctx, (self,), args)
+        _save(ctx, (_kept_input(self, output) if kind else self,), args)
 
     def pool_backward(ctx, grad):
         (self,), args = _saved(ctx)

@@ -354,28 +354,37 @@ def test_tensor_subclass_sees_the_function():
     ("max_pool2d", (2,), (2, 3, 6, 6), None),
     ("adaptive_max_pool2d", (1,), (2, 3, 5, 6), None),
 ])
-def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, device):
+@pytest.mark.parametrize("mode", ["eager", "dispatch_mode"])
+def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, device, mode):
     """Changing the input in place after the call: torch's global average (a
     mean, which keeps no input) still gives its gradient, and so does ours;
     torch's other pooling keeps its input and fails the backward, as ours does.
     The global average's gradient, like the mean's, is not a function of the
-    input: a second derivative through it alone does not reach the input."""
+    input: a second derivative through it alone does not reach the input.
+    Under a torch dispatch mode the derivatives are the Python formulas'."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
     x = torch.randn(shape, device=device, dtype=torch.float64)
     x = x.contiguous(memory_format=fmt) if fmt else x
     weight = torch.randn_like(getattr(F, name)(x, *args))
 
     def gradient(module, change):
-        leaf = x.clone().requires_grad_()
-        y = leaf * 1  # a non-leaf, which may be changed in place
-        out = getattr(module, name)(y, *args)
-        if change:
-            y.mul_(-3.0)
-        try:
-            (grad,) = torch.autograd.grad((out * weight).sum(), leaf, create_graph=True)
-        except RuntimeError as error:
-            assert "modified by an inplace operation" in str(error)
-            return None
-        return grad
+        with Passthrough() if mode == "dispatch_mode" else contextlib.nullcontext():
+            leaf = x.clone().requires_grad_()
+            y = leaf * 1  # a non-leaf, which may be changed in place
+            out = getattr(module, name)(y, *args)
+            if change:
+                y.mul_(-3.0)
+            try:
+                (grad,) = torch.autograd.grad((out * weight).sum(), leaf, create_graph=True)
+            except RuntimeError as error:
+                assert "modified by an inplace operation" in str(error)
+                return None
+            return grad
 
     unchanged = gradient(PF, change=False)
     # Whether the gradient is a function of the input (weight needs no grad here).
