@@ -119,10 +119,10 @@ def _binding(op):
     """The C++ callable an OpOverload's __call__ passes its arguments to (the
     dispatcher's entry): called straight, 0.2-0.3 us less an eager call. Our ops
     are defined in C++, so torch never gives them its Python-object dispatch
-    (torch.library.custom_op's), the other thing that __call__ looks at. Only
-    outside torch.compile, which traces the OpOverload."""
-    assert getattr(op, "_pyobj_dispatcher", None) is None
-    return op._op
+    (torch.library.custom_op's), the other thing that __call__ looks at; where
+    it has, the OpOverload. Only outside torch.compile, which traces the
+    OpOverload."""
+    return op if getattr(op, "_pyobj_dispatcher", None) is not None else op._op
 
 
 _BINDINGS = {name: _binding(op) for name, op in _DEFAULTS.items()}
