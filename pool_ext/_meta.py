@@ -214,8 +214,8 @@ def _register_autograd(name, setup_context, backward, jvp):
         # Under torch.func's derivatives the Function is applied here, before
         # the dispatcher: from the Autograd kernel it would find no functorch
         # rule. torch.compile cannot trace it there: the op as it is raises
-        # NotImplementedError under such a transform (a graph break, or an
-        # error with fullgraph=True), and traces under vmap.
+        # a RuntimeError under such a transform (in `kernel` above), and
+        # traces under vmap.
         if torch.compiler.is_compiling():
             return op(*args)
         if _differentiating():

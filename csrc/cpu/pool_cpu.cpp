@@ -2537,16 +2537,21 @@ void max_backward_scatter_channels(const PoolGeometry& g, const at::Tensor& grad
   });
 }
 
-// Whether a channels-last max backward scatters: a dense channels-last
-// gradient, samples for every thread (a task per sample), and few channels
-// where windows overlap (adaptive ones, or fixed ones wider than their
+// Whether a channels-last max backward scatters: channels innermost in the
+// gradient and taps (channels_inner), a dense channels-last gradient,
+// samples for every thread (a task per sample), and few channels where
+// windows overlap (adaptive ones, or fixed ones wider than their
 // stride): 3x3/2 and 3x3/1 1.1-4x faster up to 96 channels (float; bfloat16
 // 1.0-3x), adaptive 13x13 -> 6x6 1.2-11x. Where fixed windows do not overlap
 // the gather looks each cell's one term up, faster from 16 channels
 // (2x2/2: 0.5-0.9x). Samples of up to 256K cells, whose sums stay in
 // cache between their zeroing and the scatter (64x112x112 float, 3.2 MB:
 // 0.75-1.2x between runs); other sums than float's take such a scratch.
-inline bool scatters_channels(const PoolGeometry& g, const at::Tensor& grad_in) {
+inline bool scatters_channels(const PoolGeometry& g, const at::Tensor& grad_in,
+                              const at::Tensor& taps) {
+  if (!channels_inner(grad_in, taps)) {
+    return false;
+  }
   const Layout5 v = layout_of(grad_in);
   bool overlap = g.adaptive;
   for (const auto& d : g.dim) overlap = overlap || (d.kernel - 1) * d.dilation + 1 > d.stride;
@@ -2628,7 +2633,7 @@ void max_backward_cpu(const PoolGeometry& g, const at::Tensor& grad_out, const a
   const Layout5 vo = layout_of(grad_out), vt = layout_of(taps);
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   const auto* tap = taps.const_data_ptr<tap_t>();
-  if (channels_inner(grad_in, taps) && scatters_channels(g, grad_in)) {
+  if (scatters_channels(g, grad_in, taps)) {
     max_backward_scatter_channels<scalar_t, tap_t>(g, grad_out, taps, grad_in);
     return;
   }
@@ -3613,7 +3618,7 @@ struct CpuKernels {
                            const at::Tensor& taps, const at::Tensor& grad_in) {
     advise_huge_pages(grad_in);
     // (Not where the channels kernel scatters: a copy there costs more.)
-    if (few_channels_last(g, grad_in) && !(channels_inner(grad_in, taps) && scatters_channels(g, grad_in))) {
+    if (few_channels_last(g, grad_in) && !scatters_channels(g, grad_in, taps)) {
       through_planes<2, 1>(grad_in, {grad_out, taps}, {grad_in},
                            [&](const auto& i, const auto& o) { max_backward(g, i[0], i[1], o[0]); });
       return;
