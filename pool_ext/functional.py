@@ -33,8 +33,11 @@ from ._meta import call_op, has_tangent, pool_ops
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
+    "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
     "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+    "adaptive_max_pool3d_with_indices",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
     "variable_max_pool1d", "variable_max_pool2d", "variable_max_pool3d",
     "variable_avg_pool1d", "variable_avg_pool2d", "variable_avg_pool3d",
@@ -210,6 +213,36 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
 
 
+def max_pool1d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                            return_indices=False):
+    """As ``torch.nn.functional.max_pool1d_with_indices``: :func:`max_pool1d` that
+    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
+        return handle_torch_function(max_pool1d_with_indices, (input,),
+                                     input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool("max_pool1d", 1, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                            return_indices=False):
+    """As ``torch.nn.functional.max_pool2d_with_indices``: :func:`max_pool2d` that
+    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
+        return handle_torch_function(max_pool2d_with_indices, (input,),
+                                     input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool("max_pool2d", 2, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
+def max_pool3d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                            return_indices=False):
+    """As ``torch.nn.functional.max_pool3d_with_indices``: :func:`max_pool3d` that
+    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
+        return handle_torch_function(max_pool3d_with_indices, (input,),
+                                     input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
+    return _max_pool("max_pool3d", 3, input, kernel_size, stride, padding, dilation, ceil_mode, True)
+
+
 def avg_pool1d(input, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
     """1d average pooling, as ``torch.nn.functional.avg_pool1d``: ``Tensor[N, C, L]`` -> ``Tensor[N, C, L_out]``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
@@ -338,6 +371,33 @@ def adaptive_max_pool3d(input, output_size, return_indices=False):
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool3d, (input,), input, output_size, return_indices)
     return _adaptive_max("adaptive_max_pool3d", 3, input, output_size, None, return_indices)
+
+
+def adaptive_max_pool1d_with_indices(input, output_size, return_indices=False):
+    """As ``torch.nn.functional.adaptive_max_pool1d_with_indices``: :func:`adaptive_max_pool1d`
+    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
+        return handle_torch_function(adaptive_max_pool1d_with_indices, (input,),
+                                     input, output_size, return_indices)
+    return _adaptive_max("adaptive_max_pool1d", 1, input, output_size, None, True)
+
+
+def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
+    """As ``torch.nn.functional.adaptive_max_pool2d_with_indices``: :func:`adaptive_max_pool2d`
+    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
+        return handle_torch_function(adaptive_max_pool2d_with_indices, (input,),
+                                     input, output_size, return_indices)
+    return _adaptive_max("adaptive_max_pool2d", 2, input, output_size, None, True)
+
+
+def adaptive_max_pool3d_with_indices(input, output_size, return_indices=False):
+    """As ``torch.nn.functional.adaptive_max_pool3d_with_indices``: :func:`adaptive_max_pool3d`
+    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    if has_torch_function_unary(input) and not torch.compiler.is_compiling():
+        return handle_torch_function(adaptive_max_pool3d_with_indices, (input,),
+                                     input, output_size, return_indices)
+    return _adaptive_max("adaptive_max_pool3d", 3, input, output_size, None, True)
 
 
 def adaptive_avg_pool1d(input, output_size):

@@ -662,3 +662,42 @@ def test_one_cell_windows_copy_as_torch_pools(layout, dtype, device):
             if "max" in name:
                 assert_equal(ours(name)(x, *args, return_indices=True)[1], torchs(name)(x.cpu(), *args,
                                                                                  return_indices=True)[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_adaptive_max_pool_with_indices(d, device):
+    """adaptive_max_pool{d}d_with_indices, as torch.nn.functional's: (output,
+    indices) whatever return_indices says, those of adaptive_max_pool{d}d with
+    return_indices=True, torch's values; an override sees this function."""
+    rng = make_rng("with_indices", d)
+    name = f"adaptive_max_pool{d}d"
+    with_indices = ours(f"{name}_with_indices")
+    for _ in range(CASES_PER_SEED):
+        shape, output_size, _ = random_adaptive_case(rng, "max", d)
+        x, _ = random_input(rng, shape, torch.float32, device)
+        for return_indices in (False, True):
+            xl = leaf(x)
+            out, idx = with_indices(xl, output_size, return_indices)
+            ref_out, ref_idx = ours(name)(x, output_size, return_indices=True)
+            assert_equal(out, ref_out)
+            assert_equal(idx, ref_idx)
+            ref, _ = torch_reference(torchs(f"{name}_with_indices"), to_strided(x, device="cpu"), output_size)
+            assert_equal(out, ref[0])
+            grad_out = random_grad(rng, out)
+            (grad,) = torch.autograd.grad(out, xl, grad_out)
+            assert_close_to_ref(grad, scatter_grad(grad_out, idx, x.shape, d), x.dtype)
+
+    seen = []
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn((1, 2) + (4,) * d, device=device)
+    with Mode():
+        with_indices(x, 2)
+    assert seen[0] is with_indices
+    with pytest.raises(RuntimeError, match=name):
+        with_indices(torch.randn((1, 2) + (4,) * d, device=device), -2)
