@@ -24,6 +24,11 @@
 # .venv/lib/python3.11/site-packages/mlxtend (pure Python, 3 MB); else it is
 # skipped (exit 125).
 #
+# After the build, a probe checks that an argument error of our C++ ops raises
+# rather than killing the process (it did on the first GPU machine); if it
+# does not, it prints the toolchain, the C++ runtimes and a gdb backtrace. A
+# test run killed by a signal is rerun one process per file.
+#
 # Logs go to $OUT (default /tmp/gpu_check_out). Every stage runs even when an
 # earlier one failed, except that a failed build stops everything; the exit
 # code of each stage is printed at the end, and the script exits non-zero if
@@ -112,6 +117,40 @@ fi
 record build "$code"
 [ "$code" = 0 ] || summary
 
+header "probe: a C++ argument check raises a RuntimeError, on the CPU and CUDA"
+# The first GPU session saw any TORCH_CHECK error of our ops kill the process
+# (torch 2.11, an /opt/gcc toolchain); nowhere else has it happened. Ten seconds
+# here say whether it still does, and if so, what is needed to see why.
+PROBE='import torch, pool_ext
+for dev in ("cpu", "cuda"):
+    try:
+        torch.ops.pool_ext.adaptive_avg_pool(torch.ones(1, 1, 4, 4, device=dev), [-5, -5], None)
+    except RuntimeError as e:
+        print(dev, "raises:", str(e).splitlines()[0])
+    else:
+        raise SystemExit(dev + ": no error raised")'
+timeout 60 python3 -X faulthandler -c "$PROBE"
+code=$?
+record probe "$code"
+if [ "$code" != 0 ]; then
+  header "probe failed: toolchain, libraries, backtrace"
+  command -v c++ g++ gcc
+  c++ --version | head -1
+  echo "CC=${CC:-} CXX=${CXX:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} LD_PRELOAD=${LD_PRELOAD:-}"
+  python3 -c 'import re, sys, torch
+print(sys.executable, "torch", torch.__version__, "cxx11 ABI", torch._C._GLIBCXX_USE_CXX11_ABI)
+print(", ".join(re.findall(r"GCC [\d.]+|CXX_COMPILER=[^,]*", torch.__config__.show())))'
+  ldd pool_ext/_C*.so | grep -E "stdc|gcc_s|gomp|c10|torch|cudart"
+  GDB="$(command -v gdb || command -v cuda-gdb || true)"
+  if [ -n "$GDB" ]; then
+    PY="$(python3 -c 'import sys; print(sys.executable)')"
+    timeout 120 "$GDB" -batch -ex run -ex "info sharedlibrary" -ex bt --args "$PY" -c "$PROBE" \
+      > "$OUT/probe_gdb.log" 2>&1
+    # The signal, the C++ runtimes loaded, and the native frames.
+    grep -E "signal|stdc\+\+|gcc_s|gomp|pool_ext|^#[0-9]" "$OUT/probe_gdb.log" | head -60
+  fi
+fi
+
 MODE="${1:-}"
 if [ "$MODE" != sanitize-only ]; then
   header "tests -> $OUT/tests.log"
@@ -119,6 +158,18 @@ if [ "$MODE" != sanitize-only ]; then
   limited tests "${TESTS_S:-360}" "$OUT/tests.log" python3 -m pytest -q tests
   # The verdict, or where a crash happened (faulthandler's frames in the tests).
   grep -E 'passed|failed|^FAILED|^ERROR|Fatal Python error|File "[^"]*/tests/' "$OUT/tests.log" | tail -8
+  code="${STAGES[-1]##*=}"
+  if [ "$code" -gt 5 ] && [ "$code" != 124 ] && [ "$code" != 125 ]; then
+    # Killed by a signal (pytest's own codes are 0-5): one process per file, so one
+    # crash does not hide the other files' results. Time is kept for the benchmark.
+    header "tests crashed (exit $code): file by file -> $OUT/tests_<file>.log"
+    for f in tests/test_*.py; do
+      name="$(basename "$f" .py)"
+      [ $((DEADLINE - $(date +%s))) -gt $((${BENCH_S:-240} + 70)) ] || { echo "(no time for $name on)"; break; }
+      limited "$name" 120 "$OUT/tests_$name.log" python3 -m pytest -q "$f"
+      grep -E 'passed|failed|Fatal Python error' "$OUT/tests_$name.log" | tail -1
+    done
+  fi
 
   header "benchmark -> $OUT/bench_cuda.txt, $OUT/bench_cuda.json"
   # shellcheck disable=SC2086  # BENCH_ARGS is a list of flags
