@@ -74,8 +74,8 @@ at::Tensor run_max_values(const PoolPlan& plan, const at::Tensor& self) {
 template <class K>
 at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
                             const at::Tensor& self, const at::Tensor& taps) {
-  check_like_output(plan, grad_output, "grad_output");
-  check_like_output(plan, taps, "taps");
+  check_like_output(plan, self, grad_output, " backward", "grad_output");
+  check_like_output(plan, self, taps, " backward", "taps");
   check_taps_dtype(plan, taps, " backward");
   TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
@@ -90,8 +90,8 @@ at::Tensor run_max_backward(const PoolPlan& plan, const at::Tensor& grad_output,
 }
 
 template <class K>
-at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& taps) {
-  check_like_output(plan, taps, "taps");
+at::Tensor run_max_indices(const PoolPlan& plan, const at::Tensor& self, const at::Tensor& taps) {
+  check_like_output(plan, self, taps, "", "taps");
   check_taps_dtype(plan, taps, "");
   auto indices = empty_planned(plan, plan.out_shape, taps.options().dtype(at::kLong));
   if (indices.numel() > 0) {
@@ -114,7 +114,7 @@ at::Tensor run_avg(const PoolPlan& plan, const at::Tensor& self) {
 template <class K>
 at::Tensor run_avg_backward(const PoolPlan& plan, const at::Tensor& grad_output,
                             const at::Tensor& self) {
-  check_like_output(plan, grad_output, "grad_output");
+  check_like_output(plan, self, grad_output, " backward", "grad_output");
   TORCH_CHECK(grad_output.scalar_type() == self.scalar_type(), plan.name,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
@@ -164,7 +164,7 @@ at::Tensor max_pool_indices(const at::Tensor& self, const at::Tensor& taps,
                             bool same) {
   return run_max_indices<K>(plan_fixed("max_pool", self, kernel_size, stride, padding, dilation,
                                        ceil_mode, same, false, std::nullopt),
-                            taps);
+                            self, taps);
 }
 
 template <class K>
@@ -218,7 +218,7 @@ template <class K>
 at::Tensor adaptive_max_pool_indices(const at::Tensor& self, const at::Tensor& taps,
                                      at::IntArrayRef output_size,
                                      const std::optional<at::Tensor>& sizes) {
-  return run_max_indices<K>(plan_adaptive("max_pool", self, output_size, sizes), taps);
+  return run_max_indices<K>(plan_adaptive("max_pool", self, output_size, sizes), self, taps);
 }
 
 template <class K>

@@ -267,9 +267,12 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
   return plan;
 }
 
-void check_like_output(const PoolPlan& plan, const at::Tensor& t, const char* what) {
-  TORCH_CHECK(t.sizes() == at::IntArrayRef(plan.out_shape), plan.name, " backward: expected ",
-              what, " of sizes ", at::IntArrayRef(plan.out_shape), ", but got ", t.sizes());
+void check_like_output(const PoolPlan& plan, const at::Tensor& self, const at::Tensor& t,
+                       const char* op, const char* what) {
+  TORCH_CHECK(t.device() == self.device(), plan.name, op, ": expected ", what, " on ",
+              self.device(), " (the input's device), but got it on ", t.device());
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(plan.out_shape), plan.name, op, ": expected ", what,
+              " of sizes ", at::IntArrayRef(plan.out_shape), ", but got ", t.sizes());
 }
 
 at::Tensor empty_planned(const PoolPlan& plan, at::IntArrayRef shape,

@@ -31,8 +31,11 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
 PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
                        const std::optional<at::Tensor>& sizes);
 
-// Checks that a backward's grad_output (or saved taps) fits the plan.
-void check_like_output(const PoolPlan& plan, const at::Tensor& t, const char* what);
+// Checks that a backward's grad_output (or saved taps) fits the plan, on
+// self's device: the dispatcher picks the CUDA kernel when any argument is
+// on a GPU, and a kernel must not be handed another device's pointer.
+void check_like_output(const PoolPlan& plan, const at::Tensor& self, const at::Tensor& t,
+                       const char* op, const char* what);
 
 // An uninitialised tensor of `shape` in the plan's memory format: for 1d
 // pooling's channels-last, (N, C, L) with C at stride 1 and L at stride C.

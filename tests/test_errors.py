@@ -265,6 +265,55 @@ def test_variable_sizes_on_another_device(kind, d):
                     r"cpu", torch_rejects=False)
 
 
+def backward_and_indices_calls(x, moved, to):
+    """(op name in errors, call(run)) of each backward and indices op given input
+    x and `moved` ("grad_output" or "taps") moved by `to`; run(op, *args) calls op."""
+    ops = torch.ops.pool_ext
+    fixed = ([2, 2], [2, 2], [0, 0], [1, 1], False, False)
+    _, taps = ops.max_pool(x, *fixed)
+    _, adaptive_taps = ops.adaptive_max_pool(x, [3, 3], None)
+    grad, adaptive_grad = torch.randn_like(taps, dtype=x.dtype), torch.randn_like(adaptive_taps, dtype=x.dtype)
+    if moved == "grad_output":
+        grad, adaptive_grad = to(grad), to(adaptive_grad)
+        return [
+            ("max_pool2d backward", lambda run: run(ops._max_pool_backward.default, grad, x, taps, *fixed)),
+            ("avg_pool2d backward", lambda run: run(ops._avg_pool_backward.default, grad, x, *fixed[:3],
+                                                    False, False, True, None)),
+            ("adaptive_max_pool2d backward", lambda run: run(ops._adaptive_max_pool_backward.default,
+                                                             adaptive_grad, x, adaptive_taps, [3, 3], None)),
+            ("adaptive_avg_pool2d backward", lambda run: run(ops._adaptive_avg_pool_backward.default,
+                                                             adaptive_grad, x, [3, 3], None)),
+        ]
+    taps, adaptive_taps = to(taps), to(adaptive_taps)
+    return [
+        ("max_pool2d backward", lambda run: run(ops._max_pool_backward.default, grad, x, taps, *fixed)),
+        ("max_pool2d", lambda run: run(ops._max_pool_indices.default, x, taps, *fixed)),
+        ("adaptive_max_pool2d backward", lambda run: run(ops._adaptive_max_pool_backward.default,
+                                                         adaptive_grad, x, adaptive_taps, [3, 3], None)),
+        ("adaptive_max_pool2d", lambda run: run(ops._adaptive_max_pool_indices.default, x, adaptive_taps,
+                                                [3, 3], None)),
+    ]
+
+
+@pytest.mark.parametrize("moved", ["grad_output", "taps"])
+def test_backward_and_indices_ops_refuse_another_device(moved):
+    """grad_output and saved taps must be on the input's device: the dispatcher
+    runs the CUDA kernel when any argument is on a GPU, which must not be handed
+    a host pointer. Checked here on the CPU kernel, given meta tensors (whose
+    data it must never touch); on a GPU, with CPU and CUDA tensors mixed."""
+    cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+    x = torch.randn(1, 2, 6, 6)
+    for name, call in backward_and_indices_calls(x, moved, lambda t: t.to("meta")):
+        with pytest.raises(RuntimeError, match=rf"{name}: expected {moved} on cpu .*but got it on meta"):
+            call(lambda op, *args: op.redispatch(cpu, *args))
+    if HAS_CUDA:
+        for x, to in ((torch.randn(1, 2, 6, 6, device="cuda"), lambda t: t.cpu()),
+                      (torch.randn(1, 2, 6, 6), lambda t: t.cuda())):
+            for name, call in backward_and_indices_calls(x, moved, to):
+                with pytest.raises(RuntimeError, match=rf"{name}: expected {moved} on {x.device}"):
+                    call(lambda op, *args: op(*args))
+
+
 def test_spatial_pyramid_pool_errors():
     x = torch.randn(2, 3, 8, 8)
     spp = pool_ext.functional.spatial_pyramid_pool2d
