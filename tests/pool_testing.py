@@ -346,3 +346,34 @@ def torch_reference(fn, x, *args, **kwargs):
         if "Unsupported memory format" not in str(e):
             raise
         return fn(x.contiguous(), *args, **kwargs), False
+
+
+def check_with_indices(name, x, args, rng):
+    """ours ``{name}_with_indices(x, *args, return_indices)``, as torch.nn.functional's:
+    ``(output, indices)`` whichever return_indices, equal to ours ``name`` with
+    ``return_indices=True``, the values torch's, the gradient through the indices;
+    a TorchFunctionMode sees the function itself."""
+    with_indices = ours(f"{name}_with_indices")
+    d = int(name[-2])
+    for return_indices in (False, True):
+        xl = leaf(x)
+        out, idx = with_indices(xl, *args, return_indices)
+        ref_out, ref_idx = ours(name)(x, *args, return_indices=True)
+        assert_equal(out, ref_out)
+        assert_equal(idx, ref_idx)
+        ref, _ = torch_reference(torchs(f"{name}_with_indices"), to_strided(x, device="cpu"), *args)
+        assert_equal(out, ref[0])
+        grad_out = random_grad(rng, out)
+        (grad,) = torch.autograd.grad(out, xl, grad_out)
+        assert_close_to_ref(grad, scatter_grad(grad_out, idx, x.shape, d), x.dtype)
+
+    seen = []
+
+    class Mode(torch.overrides.TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(func)
+            return func(*args, **(kwargs or {}))
+
+    with Mode():
+        with_indices(x, *args)
+    assert seen[0] is with_indices

@@ -12,8 +12,8 @@ import torch
 
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
-    assert_equal, assert_same_format, check_max_indices, expected_max_indices, inputs_in_every_layout,
-    is_batched, leaf, make_rng, over_kinds_and_inputs,
+    assert_equal, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
+    inputs_in_every_layout, is_batched, leaf, make_rng, over_kinds_and_inputs,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
 
@@ -667,37 +667,11 @@ def test_one_cell_windows_copy_as_torch_pools(layout, dtype, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_adaptive_max_pool_with_indices(d, device):
-    """adaptive_max_pool{d}d_with_indices, as torch.nn.functional's: (output,
-    indices) whatever return_indices says, those of adaptive_max_pool{d}d with
-    return_indices=True, torch's values; an override sees this function."""
+    """adaptive_max_pool{d}d_with_indices, as torch.nn.functional's (see check_with_indices)."""
     rng = make_rng("with_indices", d)
-    name = f"adaptive_max_pool{d}d"
-    with_indices = ours(f"{name}_with_indices")
     for _ in range(CASES_PER_SEED):
         shape, output_size, _ = random_adaptive_case(rng, "max", d)
         x, _ = random_input(rng, shape, torch.float32, device)
-        for return_indices in (False, True):
-            xl = leaf(x)
-            out, idx = with_indices(xl, output_size, return_indices)
-            ref_out, ref_idx = ours(name)(x, output_size, return_indices=True)
-            assert_equal(out, ref_out)
-            assert_equal(idx, ref_idx)
-            ref, _ = torch_reference(torchs(f"{name}_with_indices"), to_strided(x, device="cpu"), output_size)
-            assert_equal(out, ref[0])
-            grad_out = random_grad(rng, out)
-            (grad,) = torch.autograd.grad(out, xl, grad_out)
-            assert_close_to_ref(grad, scatter_grad(grad_out, idx, x.shape, d), x.dtype)
-
-    seen = []
-
-    class Mode(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            seen.append(func)
-            return func(*args, **(kwargs or {}))
-
-    x = torch.randn((1, 2) + (4,) * d, device=device)
-    with Mode():
-        with_indices(x, 2)
-    assert seen[0] is with_indices
-    with pytest.raises(RuntimeError, match=name):
-        with_indices(torch.randn((1, 2) + (4,) * d, device=device), -2)
+        check_with_indices(f"adaptive_max_pool{d}d", x, (output_size,), rng)
+    with pytest.raises(RuntimeError, match=f"adaptive_max_pool{d}d"):
+        ours(f"adaptive_max_pool{d}d_with_indices")(torch.randn((1, 2) + (4,) * d, device=device), -2)

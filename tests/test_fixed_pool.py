@@ -16,10 +16,10 @@ import torch.nn.functional as F
 
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
-    assert_same_format, check_max_indices, expand_arg, expected_max_indices, fixed_window,
+    assert_same_format, check_max_indices, check_with_indices, expand_arg, expected_max_indices, fixed_window,
     inputs_in_every_layout, is_batched, leaf, over_kinds_and_inputs,
     layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
-    to_strided, torch_accepts, torch_generator, torch_reference, torchs, with_layout, TORCH_CPU_3D_CONTIGUOUS_ONLY,
+    to_strided, torch_accepts, torch_generator, torchs, with_layout, TORCH_CPU_3D_CONTIGUOUS_ONLY,
 )
 
 CASES_PER_SEED = 12
@@ -888,39 +888,13 @@ def test_kernels_far_past_the_input(kernel, padding, shape):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_max_pool_with_indices(d, device):
-    """max_pool{d}d_with_indices, as torch.nn.functional's: (output, indices)
-    whatever return_indices says, the indices and gradient of max_pool{d}d with
-    return_indices=True, torch's values; an override sees this function."""
+    """max_pool{d}d_with_indices, as torch.nn.functional's (see check_with_indices)."""
     rng = make_rng("with_indices", d)
-    name = f"max_pool{d}d"
-    with_indices = ours(f"{name}_with_indices")
     for _ in range(CASES_PER_SEED):
         shape, kwargs = random_fixed_case(rng, "max", d)
         args = (kwargs["kernel_size"], kwargs.get("stride"), kwargs["padding"], kwargs["dilation"],
                 kwargs["ceil_mode"])  # positionally: return_indices comes after them all
         x, _ = random_input(rng, shape, torch.float32, device)
-        for return_indices in (False, True):
-            xl = leaf(x)
-            out, idx = with_indices(xl, *args, return_indices)
-            ref_out, ref_idx = ours(name)(x, *args, return_indices=True)
-            assert_equal(out, ref_out)
-            assert_equal(idx, ref_idx)
-            ref, _ = torch_reference(torchs(f"{name}_with_indices"), to_strided(x, device="cpu"), *args)
-            assert_equal(out, ref[0])
-            grad_out = random_grad(rng, out)
-            (grad,) = torch.autograd.grad(out, xl, grad_out)
-            assert_close_to_ref(grad, scatter_grad(grad_out, idx, x.shape, d), x.dtype)
-
-    seen = []
-
-    class Mode(torch.overrides.TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            seen.append(func)
-            return func(*args, **(kwargs or {}))
-
-    x = torch.randn((1, 2) + (4,) * d, device=device)
-    with Mode():
-        with_indices(x, 2)
-    assert seen[0] is with_indices
-    with pytest.raises(RuntimeError, match=name):
-        with_indices(torch.randn((1, 2) + (4,) * d, device=device), 0)
+        check_with_indices(f"max_pool{d}d", x, args, rng)
+    with pytest.raises(RuntimeError, match=f"max_pool{d}d"):
+        ours(f"max_pool{d}d_with_indices")(torch.randn((1, 2) + (4,) * d, device=device), 0)
