@@ -276,9 +276,14 @@ def test_tensor_subclass_compiles():
         torch.testing.assert_close(got.as_subclass(torch.Tensor), want.as_subclass(torch.Tensor))
 
 
-def test_max_pool_with_indices_compiles():
+@pytest.mark.parametrize("pool", [
+    lambda x: PF.max_pool2d(x, 2, return_indices=True),
+    lambda x: PF.max_pool2d_with_indices(x, 2),
+    lambda x: PF.adaptive_max_pool2d_with_indices(x, 4),
+], ids=["return_indices", "with_indices", "adaptive_with_indices"])
+def test_max_pool_with_indices_compiles(pool):
     def f(x):
-        out, idx = pool_ext.functional.max_pool2d(x, 2, return_indices=True)
+        out, idx = pool(x)
         return torch.nn.functional.max_unpool2d(out, idx, 2, output_size=x.shape[-2:])
 
     x = torch.randn(2, 3, 8, 8)
