@@ -67,7 +67,8 @@ def _extension():
     cxx = ["-O0", "-g"] if debug else ["-O3"]
     # at::parallel_for runs its tasks through OpenMP pragmas compiled into the
     # caller: without -fopenmp the CPU kernels would run on one thread.
-    cxx += ["-DPy_LIMITED_API=0x03090000", "-fopenmp"]
+    # (py_limited_api below makes torch define Py_LIMITED_API as its oldest Python, 3.10.)
+    cxx += ["-fopenmp"]
     cpu_arch = os.environ.get("POOL_EXT_CPU_ARCH", "native-avx2" if _cpu_has_avx2() else "generic")
     if cpu_arch == "native-avx2":
         # CPU_CAPABILITY selects ATen's AVX2 at::vec::Vectorized, as torch's own AVX2 kernels do.
@@ -97,6 +98,6 @@ setup(
     install_requires=["torch"],
     extras_require={"test": ["pytest"], "examples": ["tqdm", "mlxtend", "matplotlib"]},
     cmdclass={"build_ext": BuildExtension.with_options(no_python_abi_suffix=True)},
-    options={"bdist_wheel": {"py_limited_api": "cp39"}},
-    python_requires=">=3.9",
+    options={"bdist_wheel": {"py_limited_api": "cp310"}},
+    python_requires=">=3.10",
 )
