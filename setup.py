@@ -1,7 +1,8 @@
 """Builds pool_ext: C++ CPU kernels always, CUDA kernels when a CUDA toolkit is found.
 
 Switches (environment variables):
-  POOL_EXT_CUDA=0/1      force the CUDA kernels off / on (default: on when a toolkit is found)
+  POOL_EXT_CUDA=0/1      force the CUDA kernels off / on (default: on when a toolkit is found
+                         and torch is a CUDA build)
   POOL_EXT_CUDA_ARCH     compute capabilities to build for, e.g. "9.0" or "8.0;9.0"
                          (default: TORCH_CUDA_ARCH_LIST, else 9.0)
   POOL_EXT_DEBUG=1       build with -O0 -g and device debug info
@@ -26,6 +27,7 @@ DEFAULT_CUDA_HOME = "/usr/local/cuda-13.0"
 if "CUDA_HOME" not in os.environ and os.path.isdir(DEFAULT_CUDA_HOME):
     os.environ["CUDA_HOME"] = DEFAULT_CUDA_HOME
 
+import torch  # noqa: E402
 from torch.utils.cpp_extension import (  # noqa: E402
     CUDA_HOME,
     BuildExtension,
@@ -43,10 +45,15 @@ def _cuda_wanted():
     has_toolkit = CUDA_HOME is not None and (
         os.path.exists(os.path.join(CUDA_HOME, "bin", "nvcc")) or shutil.which("nvcc")
     )
+    # A CPU-only torch (torch.version.cuda is None) has no CUDA libraries to link against.
+    torch_has_cuda = torch.version.cuda is not None
     if setting is None:
-        return bool(has_toolkit)
-    if _flag("POOL_EXT_CUDA", "1") and not has_toolkit:
-        raise RuntimeError("POOL_EXT_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
+        return bool(has_toolkit) and torch_has_cuda
+    if _flag("POOL_EXT_CUDA", "1"):
+        if not has_toolkit:
+            raise RuntimeError("POOL_EXT_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME")
+        if not torch_has_cuda:
+            raise RuntimeError(f"POOL_EXT_CUDA=1 but torch {torch.__version__} is a CPU-only build")
     return _flag("POOL_EXT_CUDA", "1")
 
 
