@@ -126,12 +126,22 @@ def _fixed_args(name, ndim, kernel_size, stride, padding):
     return kernel, stride, padding, same
 
 
+_unsafe_view = torch.ops.aten._unsafe_view.default
+
+
 def _unbatch(result, unbatched):
     if not unbatched:
         return result
     if isinstance(result, tuple):
-        return tuple(t.squeeze(0) for t in result)
-    return result.squeeze(0)
+        return tuple(_drop_batch(t) for t in result)
+    return _drop_batch(result)
+
+
+def _drop_batch(t):
+    # The op's fresh (1, C, ...) output without its batch dim, not as a view (as
+    # torch's 2d and 3d pooling return unbatched outputs): detach_() and in-place
+    # ops under another grad mode then work on it as on torch's.
+    return _unsafe_view(t, t.shape[1:])
 
 
 def _inference(input):

@@ -426,3 +426,28 @@ def test_activation_checkpointing(name, args, reentrant):
         out.backward(torch.ones_like(out))
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[1], grads[0], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name, args, shape", [
+    ("max_pool2d", (2,), (3, 8, 8)),
+    ("max_pool1d", (2,), (3, 8)),
+    ("avg_pool3d", (2,), (3, 4, 4, 4)),
+    ("adaptive_max_pool2d", (3,), (3, 8, 8)),
+    ("adaptive_avg_pool1d", (1,), (3, 8)),
+])
+def test_unbatched_outputs_are_not_views(name, args, shape):
+    """Unbatched outputs (and indices) are fresh tensors, not views of the op's
+    batched output, as torch's 2d and 3d pooling return them: detach_() and an
+    in-place op with grad enabled on an output made under no_grad work."""
+    x = torch.randn(shape, requires_grad=True)
+    outputs = [PF.__dict__[name](x, *args)]
+    if "max" in name:
+        outputs += list(PF.__dict__[name](x, *args, return_indices=True))
+    assert not any(t._is_view() for t in outputs)
+    outputs[0].detach_()
+    with torch.no_grad():
+        y = PF.__dict__[name](x, *args)
+    b = torch.zeros(1, requires_grad=True)
+    y.add_(b)
+    (grad,) = torch.autograd.grad(y.sum(), b)
+    assert grad.item() == y.numel()
