@@ -217,6 +217,10 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
     TORCH_CHECK(o >= -1, name,
                 ": output_size must be non-negative (or -1: the input's extent), but got "
                 "output_size=", output_size);
+    // Each sample has its own extent: "the input's extent" would be the padded one.
+    TORCH_CHECK(o != -1 || !sizes.has_value(), name,
+                ": output_size must be given in full (no None or -1: each sample has its own "
+                "extent), but got output_size=", output_size);
   }
 
   PoolPlan plan = start_plan(name, self, ndim);

@@ -144,6 +144,11 @@ def adaptive_plan(kind, x, output_size, sizes, with_taps=False):
     variable = sizes is not None
     if variable:
         check_sizes(f"variable_{kind}{ndim}d", x, sizes, ndim)
+        torch._check(
+            -1 not in output_size,
+            lambda: f"variable_{kind}{ndim}d: output_size must be given in full (no None or -1: each "
+            f"sample has its own extent), but got output_size={list(output_size)}",
+        )
     output_size = resolve_output_size(x.shape[2:], output_size)
     taps = None
     if with_taps:

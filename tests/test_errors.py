@@ -210,6 +210,21 @@ def variable_rejects(kind, d, sizes, exc_type, *patterns, x=None):
 
 
 @pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
+def test_variable_output_size_none(kind, d):
+    """None (the input's extent) has no one meaning when each sample has its own
+    extent: the padded one would upsample short samples, unlike slicing each."""
+    name = f"variable_{kind}_pool{d}d"
+    x, sizes = torch.randn((3, 2) + (5,) * d), torch.full((3, d), 4)
+    for output_size in (None, (None,) * d, (2,) * (d - 1) + (None,)):
+        assert_rejected(name, lambda: getattr(pool_ext.functional, name)(x, output_size, sizes), never_called,
+                        RuntimeError, r"output_size", r"None", torch_rejects=False)
+    fake = torch.empty((3, 2) + (5,) * d, device="meta")
+    op = getattr(torch.ops.pool_ext, f"adaptive_{kind}_pool")
+    with pytest.raises(RuntimeError, match=rf"{name}: output_size must be given in full"):
+        op(fake, [-1] * d, sizes.to("meta"))
+
+
+@pytest.mark.parametrize("kind,d", VARIABLE, ids=VARIABLE_IDS)
 def test_variable_sizes_wrong_shape(kind, d):
     for shape in ((3, d + 1), (4, d), (2, d), (3, d, 1)) + (((3,),) if d > 1 else ()):
         variable_rejects(kind, d, torch.full(shape, 4), RuntimeError, r"sizes", r"shape", shape_pattern(shape))
