@@ -356,6 +356,9 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
+    if sizes is None and size == [1] * ndim and not torch.jit.is_tracing() and 0 in x.shape[2:]:
+        # torch's global average is a mean: over empty planes NaN, with an empty gradient.
+        return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
     return _unbatch(call_op("adaptive_avg_pool", _inference(input), x, size, sizes), unbatched)
 
 

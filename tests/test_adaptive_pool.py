@@ -162,6 +162,26 @@ def test_zero_output_size(kind, d, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
+def test_empty_spatial_dims(kind, d, device):
+    """An empty spatial dim: torch's global average (a mean) gives NaN and an
+    empty gradient, as ours; any other adaptive pooling of it raises in both."""
+    name = f"adaptive_{kind}_pool{d}d"
+    for shape in ((2, 3, 0) + (4,) * (d - 1), (3,) + (4,) * (d - 1) + (0,), (2, 0, 0) + (4,) * (d - 1)):
+        for output_size in (1, (1,) * d, 2, (None,) + (1,) * (d - 1)):
+            x = torch.randn(shape)
+            if not torch_accepts(torchs(name), x, output_size):
+                with pytest.raises(RuntimeError, match=name):
+                    ours(name)(x.to(device), output_size)
+                continue
+            ref, _, ref_grad = outputs_and_grad(torchs(name), x, output_size)
+            out, _, grad = outputs_and_grad(ours(name), x.to(device), output_size)
+            assert_equal(out, ref)
+            assert grad.shape == ref_grad.shape and grad.numel() == 0
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
 def test_empty_batch_and_unbatched(kind, d, device):
     rng = make_rng("empty", kind, d)
     fn = ours(f"adaptive_{kind}_pool{d}d")
