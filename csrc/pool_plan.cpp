@@ -39,8 +39,10 @@ void check_input(const std::string& name, const at::Tensor& self, int64_t ndim,
                 self.sizes());
   }
   const auto t = self.scalar_type();
-  TORCH_CHECK(t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
-              ": expected a float32, float64, float16 or bfloat16 input, but got ", t);
+  // NotImplementedError, as torch's kernels raise for a dtype they lack.
+  TORCH_CHECK_NOT_IMPLEMENTED(
+      t == at::kFloat || t == at::kDouble || t == at::kHalf || t == at::kBFloat16, name,
+      ": expected a float32, float64, float16 or bfloat16 input, but got ", t);
 }
 
 at::MemoryFormat format_of(const at::Tensor& self) {

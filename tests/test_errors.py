@@ -329,6 +329,27 @@ def test_backward_and_indices_ops_refuse_another_device(moved):
                     call(lambda op, *args: op(*args))
 
 
+@pytest.mark.parametrize("dtype, scalar_type", [(torch.int64, "Long"), (torch.uint8, "Byte"), (torch.bool, "Bool"),
+                                                (torch.complex64, "ComplexFloat")])
+def test_unsupported_dtypes(dtype, scalar_type):
+    """Integer, bool and complex inputs raise NotImplementedError naming the op and
+    the dtype, the type torch raises for a dtype its kernels lack (torch's CPU
+    max_pool2d/3d take integers; we do not)."""
+    calls = [(f"{kind}_pool{d}d", (2,)) for kind in ("max", "avg") for d in (1, 2, 3)]
+    calls += [(f"adaptive_{kind}_pool{d}d", (2,)) for kind in ("max", "avg") for d in (1, 2, 3)]
+    for name, args in calls:
+        d = int(name[-2])
+        x = torch.zeros((1, 2) + (4,) * d, dtype=dtype)
+        try:
+            getattr(F, name)(x, *args)
+        except RuntimeError as e:
+            assert type(e) is NotImplementedError or dtype != torch.complex64, (name, e)
+        with pytest.raises(NotImplementedError, match=rf"{name}: .*but got {scalar_type}"):
+            getattr(PF, name)(x, *args)
+    with pytest.raises(NotImplementedError, match="variable_max_pool2d"):
+        PF.variable_max_pool2d(torch.zeros(1, 2, 4, 4, dtype=dtype), 2, torch.tensor([[4, 4]]))
+
+
 def test_spatial_pyramid_pool_errors():
     x = torch.randn(2, 3, 8, 8)
     spp = pool_ext.functional.spatial_pyramid_pool2d
