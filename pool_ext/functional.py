@@ -140,7 +140,10 @@ def _unbatch(result, unbatched):
 def _drop_batch(t):
     # The op's fresh (1, C, ...) output without its batch dim, not as a view (as
     # torch's 2d and 3d pooling return unbatched outputs): detach_() and in-place
-    # ops under another grad mode then work on it as on torch's.
+    # ops under another grad mode then work on it as on torch's. A trace records
+    # _unsafe_view's shape as constants, and squeeze(0) follows the input.
+    if torch.jit.is_tracing():
+        return t.squeeze(0)
     return _unsafe_view(t, t.shape[1:])
 
 
@@ -356,7 +359,8 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
-    if sizes is None and size == [1] * ndim and not torch.jit.is_tracing() and 0 in x.shape[2:]:
+    if (sizes is None and not torch.jit.is_tracing() and 0 in x.shape[2:]
+            and resolve_output_size(x.shape[2:], size) == [1] * ndim):
         # torch's global average is a mean: over empty planes NaN, with an empty gradient.
         return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
     return _unbatch(call_op("adaptive_avg_pool", _inference(input), x, size, sizes), unbatched)

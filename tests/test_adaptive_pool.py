@@ -166,8 +166,9 @@ def test_empty_spatial_dims(kind, d, device):
     """An empty spatial dim: torch's global average (a mean) gives NaN and an
     empty gradient, as ours; any other adaptive pooling of it raises in both."""
     name = f"adaptive_{kind}_pool{d}d"
-    for shape in ((2, 3, 0) + (4,) * (d - 1), (3,) + (4,) * (d - 1) + (0,), (2, 0, 0) + (4,) * (d - 1)):
-        for output_size in (1, (1,) * d, 2, (None,) + (1,) * (d - 1)):
+    for shape in ((2, 3, 0) + (4,) * (d - 1), (3,) + (4,) * (d - 1) + (0,), (2, 0, 0) + (4,) * (d - 1),
+                  (2, 3) + (1,) * (d - 1) + (0,)):
+        for output_size in (1, (1,) * d, 2, (None,) + (1,) * (d - 1), (1,) * (d - 1) + (None,)):
             x = torch.randn(shape)
             if not torch_accepts(torchs(name), x, output_size):
                 with pytest.raises(RuntimeError, match=name):

@@ -112,6 +112,8 @@ def test_cnn_jit_trace():
     (pool_ext.nn.AdaptiveMaxPool2d((3, None)), (2, 3, 12, 16), (2, 3, 12, 23)),
     (pool_ext.nn.AdaptiveAvgPool3d((None, 2, None)), (2, 3, 5, 6, 7), (3, 3, 4, 9, 5)),
     (pool_ext.nn.AdaptiveAvgPool1d(None), (2, 3, 8), (2, 3, 11)),
+    (pool_ext.nn.AdaptiveMaxPool2d((3, None)), (3, 12, 16), (3, 12, 23)),  # unbatched
+    (pool_ext.nn.MaxPool2d(2), (3, 8, 10), (4, 12, 14)),
 ])
 def test_none_output_size_follows_the_input(layer, shape, other):
     """A None output size keeps the input's extent in a trace run at another
