@@ -567,5 +567,5 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
         # The ops' checks name the adaptive (or variable) op they run as.
         if torch.compiler.is_compiling():
             raise
-        raise RuntimeError(f"{name}: {e}") from None
+        raise type(e)(f"{name}: {e}") from None  # (NotImplementedError stays one)
     return _unbatch(torch.cat(parts, dim=1), unbatched)

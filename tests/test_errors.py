@@ -315,12 +315,15 @@ def test_backward_and_indices_ops_refuse_another_device(moved):
     """grad_output and saved taps must be on the input's device: the dispatcher
     runs the CUDA kernel when any argument is on a GPU, which must not be handed
     a host pointer. Checked here on the CPU kernel, given meta tensors (whose
-    data it must never touch); on a GPU, with CPU and CUDA tensors mixed."""
+    data it must never touch), and on the fake kernels; on a GPU, CPU and CUDA tensors mixed."""
     cpu = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
     x = torch.randn(1, 2, 6, 6)
     for name, call in backward_and_indices_calls(x, moved, lambda t: t.to("meta")):
         with pytest.raises(RuntimeError, match=rf"{name}: expected {moved} on cpu .*but got it on meta"):
             call(lambda op, *args: op.redispatch(cpu, *args))
+        # Called plainly, a meta tensor among the arguments picks the fake kernel: the same check.
+        with pytest.raises(RuntimeError, match=rf"{name}: expected {moved} on cpu .*but got it on meta"):
+            call(lambda op, *args: op(*args))
     if HAS_CUDA:
         for x, to in ((torch.randn(1, 2, 6, 6, device="cuda"), lambda t: t.cpu()),
                       (torch.randn(1, 2, 6, 6), lambda t: t.cuda())):
@@ -348,6 +351,8 @@ def test_unsupported_dtypes(dtype, scalar_type):
             getattr(PF, name)(x, *args)
     with pytest.raises(NotImplementedError, match="variable_max_pool2d"):
         PF.variable_max_pool2d(torch.zeros(1, 2, 4, 4, dtype=dtype), 2, torch.tensor([[4, 4]]))
+    with pytest.raises(NotImplementedError, match="spatial_pyramid_pool2d"):
+        PF.spatial_pyramid_pool2d(torch.zeros(1, 2, 4, 4, dtype=dtype))
 
 
 def test_spatial_pyramid_pool_errors():
