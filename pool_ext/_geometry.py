@@ -60,10 +60,22 @@ def fixed_dims(name, kernel_size, stride, padding, dilation):
     return stride, expand(name, "padding", padding, ndim), expand(name, "dilation", dilation, ndim)
 
 
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def check_dtype(name, x):
+    """As csrc's check_input: a NotImplementedError, as torch's for a dtype it lacks."""
+    torch._check_not_implemented(
+        x.dtype in FLOAT_DTYPES,
+        lambda: f"{name}: expected a float32, float64, float16 or bfloat16 input, but got {x.dtype}",
+    )
+
+
 def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same):
     """Output shape and taps per window of a fixed-window pooling of x (N, C, *spatial)."""
     ndim = len(kernel_size)
     name = f"{kind}{ndim}d"
+    check_dtype(name, x)
     torch._check(
         x.dim() == ndim + 2,
         lambda: f"{name}: expected a {ndim + 2}D (N, C, *spatial) input, but got one of sizes {list(x.shape)}",
@@ -142,6 +154,7 @@ def adaptive_plan(kind, x, output_size, sizes, with_taps=False):
     the input, which under dynamic shapes is a guard: only max's forward asks."""
     ndim = len(output_size)
     variable = sizes is not None
+    check_dtype(f"{'variable' if variable else 'adaptive'}_{kind}{ndim}d", x)
     if variable:
         check_sizes(f"variable_{kind}{ndim}d", x, sizes, ndim)
         torch._check(

@@ -349,6 +349,8 @@ def test_unsupported_dtypes(dtype, scalar_type):
             assert type(e) is NotImplementedError or dtype != torch.complex64, (name, e)
         with pytest.raises(NotImplementedError, match=rf"{name}: .*but got {scalar_type}"):
             getattr(PF, name)(x, *args)
+        with pytest.raises(NotImplementedError, match=rf"{name}: "):  # the fake kernels too
+            getattr(PF, name)(x.to("meta"), *args)
     with pytest.raises(NotImplementedError, match="variable_max_pool2d"):
         PF.variable_max_pool2d(torch.zeros(1, 2, 4, 4, dtype=dtype), 2, torch.tensor([[4, 4]]))
     with pytest.raises(NotImplementedError, match="spatial_pyramid_pool2d"):
