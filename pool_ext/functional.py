@@ -359,7 +359,8 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
-    if (sizes is None and x.numel() == 0 and 0 in x.shape[2:] and not torch.jit.is_tracing()
+    # (not in a trace, where numel() and shapes are traced values)
+    if (sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]
             and resolve_output_size(x.shape[2:], size) == [1] * ndim):
         # torch's global average is a mean: over empty planes NaN, with an empty gradient.
         return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
