@@ -229,7 +229,8 @@ def max_pool3d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
 def max_pool1d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                             return_indices=False):
     """As ``torch.nn.functional.max_pool1d_with_indices``: :func:`max_pool1d` that
-    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does:
+    ``Tensor[N, C, L]`` (or ``[C, L]``) -> ``(Tensor[N, C, L_out], int64 indices of that shape)``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool1d_with_indices, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -239,7 +240,8 @@ def max_pool1d_with_indices(input, kernel_size, stride=None, padding=0, dilation
 def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                             return_indices=False):
     """As ``torch.nn.functional.max_pool2d_with_indices``: :func:`max_pool2d` that
-    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does:
+    ``Tensor[N, C, H, W]`` (or ``[C, H, W]``) -> ``(Tensor[N, C, H_out, W_out], int64 indices of that shape)``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool2d_with_indices, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -249,7 +251,8 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
 def max_pool3d_with_indices(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
                             return_indices=False):
     """As ``torch.nn.functional.max_pool3d_with_indices``: :func:`max_pool3d` that
-    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does:
+    ``Tensor[N, C, D, H, W]`` (or unbatched) -> ``(Tensor[N, C, D_out, H_out, W_out], int64 indices)``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(max_pool3d_with_indices, (input,),
                                      input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)
@@ -393,7 +396,8 @@ def adaptive_max_pool3d(input, output_size, return_indices=False):
 
 def adaptive_max_pool1d_with_indices(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool1d_with_indices``: :func:`adaptive_max_pool1d`
-    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does:
+    ``Tensor[N, C, *S]`` (or ``[C, *S]``) -> ``(Tensor[N, C, *output_size], int64 indices of that shape)``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool1d_with_indices, (input,),
                                      input, output_size, return_indices)
@@ -402,7 +406,8 @@ def adaptive_max_pool1d_with_indices(input, output_size, return_indices=False):
 
 def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool2d_with_indices``: :func:`adaptive_max_pool2d`
-    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does:
+    ``Tensor[N, C, *S]`` (or ``[C, *S]``) -> ``(Tensor[N, C, *output_size], int64 indices of that shape)``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool2d_with_indices, (input,),
                                      input, output_size, return_indices)
@@ -411,7 +416,8 @@ def adaptive_max_pool2d_with_indices(input, output_size, return_indices=False):
 
 def adaptive_max_pool3d_with_indices(input, output_size, return_indices=False):
     """As ``torch.nn.functional.adaptive_max_pool3d_with_indices``: :func:`adaptive_max_pool3d`
-    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does."""
+    that returns ``(output, indices)`` whatever ``return_indices`` says, as torch's does:
+    ``Tensor[N, C, *S]`` (or ``[C, *S]``) -> ``(Tensor[N, C, *output_size], int64 indices of that shape)``."""
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_max_pool3d_with_indices, (input,),
                                      input, output_size, return_indices)
