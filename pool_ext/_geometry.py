@@ -148,19 +148,25 @@ def resolve_output_size(spatial, output_size):
     return [size if o == -1 else o for size, o in zip(spatial, output_size)]
 
 
+def adaptive_name(kind, output_size, sizes):
+    """The op an adaptive pooling is named as in errors: variable_* with sizes."""
+    return f"{'variable' if sizes is not None else 'adaptive'}_{kind}{len(output_size)}d"
+
+
 def adaptive_plan(kind, x, output_size, sizes, with_taps=False):
     """Output shape of an adaptive (variable, with sizes) pooling and, with_taps,
     the taps of its widest window. Those depend on whether the windows divide
     the input, which under dynamic shapes is a guard: only max's forward asks."""
     ndim = len(output_size)
     variable = sizes is not None
-    check_dtype(f"{'variable' if variable else 'adaptive'}_{kind}{ndim}d", x)
+    name = adaptive_name(kind, output_size, sizes)
+    check_dtype(name, x)
     if variable:
-        check_sizes(f"variable_{kind}{ndim}d", x, sizes, ndim)
+        check_sizes(name, x, sizes, ndim)
         torch._check(
             -1 not in output_size,
-            lambda: f"variable_{kind}{ndim}d: output_size must be given in full (no None or -1: each "
-            f"sample has its own extent), but got output_size={list(output_size)}",
+            lambda: f"{name}: output_size must be given in full (no None or -1: each sample has its "
+            f"own extent), but got output_size={list(output_size)}",
         )
     output_size = resolve_output_size(x.shape[2:], output_size)
     taps = None

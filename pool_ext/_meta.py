@@ -34,10 +34,6 @@ def _check_like_output(name, self, shape, **tensors):
                      lambda: f"{name}: expected {what} of sizes {list(shape)}, but got {list(t.shape)}")
 
 
-def _adaptive_name(kind, output_size, sizes):
-    return f"{'variable' if sizes is not None else 'adaptive'}_{kind}{len(output_size)}d"
-
-
 # ---------------------------------------------------------------- fake kernels
 
 
@@ -96,7 +92,7 @@ def _(self, output_size, sizes):
 @torch.library.register_fake("pool_ext::_adaptive_max_pool_backward")
 def _(grad_output, self, taps, output_size, sizes):
     shape, _ = geo.adaptive_plan("max_pool", self, output_size, sizes)
-    _check_like_output(_adaptive_name("max_pool", output_size, sizes) + " backward", self, shape,
+    _check_like_output(geo.adaptive_name("max_pool", output_size, sizes) + " backward", self, shape,
                        grad_output=grad_output, taps=taps)
     return _empty_like_plan(self, self.shape)
 
@@ -104,7 +100,7 @@ def _(grad_output, self, taps, output_size, sizes):
 @torch.library.register_fake("pool_ext::_adaptive_max_pool_indices")
 def _(self, taps, output_size, sizes):
     shape, _ = geo.adaptive_plan("max_pool", self, output_size, sizes)
-    _check_like_output(_adaptive_name("max_pool", output_size, sizes), self, shape, taps=taps)
+    _check_like_output(geo.adaptive_name("max_pool", output_size, sizes), self, shape, taps=taps)
     return _empty_like_plan(self, shape, torch.int64)
 
 
@@ -117,7 +113,7 @@ def _(self, output_size, sizes):
 @torch.library.register_fake("pool_ext::_adaptive_avg_pool_backward")
 def _(grad_output, self, output_size, sizes):
     shape, _ = geo.adaptive_plan("avg_pool", self, output_size, sizes)
-    _check_like_output(_adaptive_name("avg_pool", output_size, sizes) + " backward", self, shape,
+    _check_like_output(geo.adaptive_name("avg_pool", output_size, sizes) + " backward", self, shape,
                        grad_output=grad_output)
     return _empty_like_plan(self, self.shape)
 
