@@ -290,21 +290,22 @@ def backward_and_indices_calls(x, moved, to):
     grad, adaptive_grad = torch.randn_like(taps, dtype=x.dtype), torch.randn_like(adaptive_taps, dtype=x.dtype)
     if moved == "grad_output":
         grad, adaptive_grad = to(grad), to(adaptive_grad)
-        return [
-            ("max_pool2d backward", lambda run: run(ops._max_pool_backward.default, grad, x, taps, *fixed)),
+    else:
+        taps, adaptive_taps = to(taps), to(adaptive_taps)
+    calls = [
+        ("max_pool2d backward", lambda run: run(ops._max_pool_backward.default, grad, x, taps, *fixed)),
+        ("adaptive_max_pool2d backward", lambda run: run(ops._adaptive_max_pool_backward.default,
+                                                         adaptive_grad, x, adaptive_taps, [3, 3], None)),
+    ]
+    if moved == "grad_output":
+        return calls + [
             ("avg_pool2d backward", lambda run: run(ops._avg_pool_backward.default, grad, x, *fixed[:3],
                                                     False, False, True, None)),
-            ("adaptive_max_pool2d backward", lambda run: run(ops._adaptive_max_pool_backward.default,
-                                                             adaptive_grad, x, adaptive_taps, [3, 3], None)),
             ("adaptive_avg_pool2d backward", lambda run: run(ops._adaptive_avg_pool_backward.default,
                                                              adaptive_grad, x, [3, 3], None)),
         ]
-    taps, adaptive_taps = to(taps), to(adaptive_taps)
-    return [
-        ("max_pool2d backward", lambda run: run(ops._max_pool_backward.default, grad, x, taps, *fixed)),
+    return calls + [
         ("max_pool2d", lambda run: run(ops._max_pool_indices.default, x, taps, *fixed)),
-        ("adaptive_max_pool2d backward", lambda run: run(ops._adaptive_max_pool_backward.default,
-                                                         adaptive_grad, x, adaptive_taps, [3, 3], None)),
         ("adaptive_max_pool2d", lambda run: run(ops._adaptive_max_pool_indices.default, x, adaptive_taps,
                                                 [3, 3], None)),
     ]

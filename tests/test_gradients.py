@@ -440,13 +440,13 @@ def test_unbatched_outputs_are_not_views(name, args, shape):
     batched output, as torch's 2d and 3d pooling return them: detach_() and an
     in-place op with grad enabled on an output made under no_grad work."""
     x = torch.randn(shape, requires_grad=True)
-    outputs = [PF.__dict__[name](x, *args)]
+    outputs = [getattr(PF, name)(x, *args)]
     if "max" in name:
-        outputs += list(PF.__dict__[name](x, *args, return_indices=True))
+        outputs += list(getattr(PF, name)(x, *args, return_indices=True))
     assert not any(t._is_view() for t in outputs)
     outputs[0].detach_()
     with torch.no_grad():
-        y = PF.__dict__[name](x, *args)
+        y = getattr(PF, name)(x, *args)
     b = torch.zeros(1, requires_grad=True)
     y.add_(b)
     (grad,) = torch.autograd.grad(y.sum(), b)
