@@ -92,11 +92,32 @@ def _batched(name, input, ndim):
     if dim == ndim + 2:
         return input, False
     if dim == ndim + 1:
+        # (not in a trace, where numel() is a traced value)
+        if not torch.jit.is_tracing() and input.numel() == 0:
+            _check_unbatched_empty(name, input)
         return input.unsqueeze(0), True
     raise RuntimeError(
         f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
         f"batch size for input, but got: {list(input.shape)}"
     )
+
+
+def _empty_error(name, shape, channels):
+    """The ops' error for an empty channel (channels=True) or spatial dim."""
+    what = "non-zero channels and spatial sizes (only the batch may be empty)" if channels else (
+        "non-zero spatial sizes")
+    return RuntimeError(f"{name}: expected input with {what}, but got input of sizes {list(shape)}")
+
+
+def _check_unbatched_empty(name, input):
+    """The ops' checks of empty dims, made here for an unbatched (C, *spatial)
+    input: the ops see (1, C, *spatial) and would quote that shape. Fixed
+    pooling needs channels; adaptive takes none. An adaptive average of an
+    empty spatial dim may be a global mean: _adaptive_avg decides."""
+    if input.shape[0] == 0 and name.startswith(("max_", "avg_")):
+        raise _empty_error(name, input.shape, True)
+    if 0 in input.shape[1:] and not name.startswith("adaptive_avg"):
+        raise _empty_error(name, input.shape, False)
 
 
 def _padding(name, padding, ndim):
@@ -329,10 +350,7 @@ def _check_channels(name, x, unbatched, size):
         return
     if name not in ("adaptive_avg_pool1d", "adaptive_avg_pool2d") and not (
             name == "adaptive_avg_pool3d" and resolve_output_size(x.shape[2:], size) == [1, 1, 1]):
-        raise RuntimeError(
-            f"{name}: expected input with non-zero channels and spatial sizes (only the batch may be "
-            f"empty), but got input of sizes {list(x.shape)}"
-        )
+        raise _empty_error(name, x.shape, True)
 
 
 def _long_taps():
@@ -363,10 +381,12 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
     # (not in a trace, where numel() and shapes are traced values)
-    if (sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]
-            and resolve_output_size(x.shape[2:], size) == [1] * ndim):
-        # torch's global average is a mean: over empty planes NaN, with an empty gradient.
-        return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
+    if sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]:
+        if resolve_output_size(x.shape[2:], size) == [1] * ndim:
+            # torch's global average is a mean: over empty planes NaN, with an empty gradient.
+            return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
+        if unbatched:
+            raise _empty_error(name, input.shape, False)
     return _unbatch(call_op("adaptive_avg_pool", _inference(input), x, size, sizes), unbatched)
 
 

@@ -42,6 +42,11 @@ def shape_pattern(shape):
     return re.escape(", ".join(str(s) for s in shape))
 
 
+def whole_shape_pattern(shape):
+    """The shape as a whole list: an unbatched input's, not the (1, ...) one the ops see."""
+    return r"\[" + shape_pattern(shape) + r"\]"
+
+
 # ---------------------------------------------------------------- fixed windows
 
 FIXED_CASES = [
@@ -88,11 +93,13 @@ def test_fixed_wrong_number_of_dims(kind, d):
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_fixed_zero_size_dims(kind, d):
-    """Only the batch may be empty: zero channels or spatial sizes are errors in torch."""
+    """Only the batch may be empty: zero channels or spatial sizes are errors in torch.
+    The message quotes the input's shape, batched or not."""
     for shape in ((1, 2, 0) + (5,) * (d - 1), (1, 2) + (5,) * (d - 1) + (0,), (1, 0) + (5,) * d,
-                  (2, 0) + (5,) * (d - 1), (0,) + (5,) * d):
+                  (2, 0) + (5,) * (d - 1), (0,) + (5,) * d, (0, 0) + (5,) * (d - 1)):
         assert_rejected(f"{kind}_pool{d}d", fixed_call(PF, kind, d, shape, kernel_size=1),
-                        fixed_call(F, kind, d, shape, kernel_size=1), RuntimeError, shape_pattern(shape))
+                        fixed_call(F, kind, d, shape, kernel_size=1), RuntimeError,
+                        whole_shape_pattern(shape))
 
 
 @pytest.mark.parametrize("d", [2, 3])
@@ -171,9 +178,10 @@ def test_adaptive_errors(kind, d):
     for shape in ((5,) * d, (2, 3, 2) + (5,) * d):
         assert_rejected(name, adaptive_call(PF, kind, d, shape, 2), adaptive_call(F, kind, d, shape, 2),
                         RuntimeError, shape_pattern(shape))
-    for shape in ((1, 2, 0) + (5,) * (d - 1), (1, 2) + (5,) * (d - 1) + (0,), (2, 0) + (5,) * (d - 1)):
+    for shape in ((1, 2, 0) + (5,) * (d - 1), (1, 2) + (5,) * (d - 1) + (0,), (2, 0) + (5,) * (d - 1),
+                  (2,) + (5,) * (d - 1) + (0,), (0, 0) + (5,) * (d - 1)):
         assert_rejected(name, adaptive_call(PF, kind, d, shape, 2), adaptive_call(F, kind, d, shape, 2),
-                        RuntimeError, shape_pattern(shape))
+                        RuntimeError, whole_shape_pattern(shape))
 
 
 @pytest.mark.parametrize("d", [2, 3])
