@@ -2119,7 +2119,8 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
   // Full-precision gradients with dense planes need no scratch: the plane
   // itself sums, in the same order.
   constexpr bool exact = std::is_same_v<scalar_t, acc_t>;
-  const bool direct = exact && dense_planes(vg);
+  const bool dense = dense_planes(vg);
+  const bool direct = exact && dense;
   const int64_t width = vg.size[4];
   // Planes finish in order along their outermost windowed dim: rows of a
   // 2d plane (dim 1, units of W cells), slices of a 3d one (dim 0, units
@@ -2157,8 +2158,21 @@ void backward_planes(const PoolGeometry& g, const at::Tensor& grad_out, const at
       };
       // Rows [copied, upto) into the gradient: from the scratch (whole rows,
       // zeroed), or zeros where `zeros` (rows no window reaches).
-      int64_t copy_d = 0, copy_h = 0;  // the row at `copied`
+      int64_t copy_d = 0, copy_h = 0;  // the row at `copied` (planes not dense)
       const auto copy_to = [&](int64_t upto, bool zeros) {
+        if (dense && upto > copied) {
+          // The rows lie end to end: one run, whole vectors across row ends
+          // (13x13 bfloat16 planes narrowed a row at a time spent half their
+          // time in the scalar tails).
+          scalar_t* at = dst + vg.offset(n, c, 0, 0, 0) + copied;
+          if (zeros) {
+            std::fill(at, at + (upto - copied), scalar_t(0));
+          } else {
+            narrow_all(base + copied, at, upto - copied);
+          }
+          copied = upto;
+          return;
+        }
         for (; copied < upto; copied += width) {
           scalar_t* row = dst + vg.offset(n, c, copy_d, copy_h, 0);
           if (++copy_h == vg.size[3]) {
