@@ -60,6 +60,12 @@ inline bool dense_planes(const Layout5& v) {
   return v.stride[4] == 1 && v.stride[3] == v.size[4] && v.stride[2] == v.size[3] * v.size[4];
 }
 
+// Channels-last, packed: cell (n, c, d, h, w) at ((n * D + d) * H + h) * W + w) * C + c.
+inline bool packed_channels_last(const Layout5& v) {
+  return v.stride[1] == 1 && v.stride[4] == v.size[1] && v.stride[3] == v.size[4] * v.stride[4] &&
+         v.stride[2] == v.size[3] * v.stride[3] && v.stride[0] == v.size[2] * v.stride[2];
+}
+
 // Moves between planes (cell c * plane_ld + p) and channels-last (cell
 // p * pixel_ld + c), to channels-last or back, by 8x8 tiles (1-, 2- and
 // 4-byte cells in registers), loops at the edges. Tile (c, p): channels
@@ -2604,9 +2610,7 @@ inline bool scatters_channels(const PoolGeometry& g, const at::Tensor& grad_in,
   for (const auto& d : g.dim) overlap = overlap || (d.kernel - 1) * d.dilation + 1 > d.stride;
   const int64_t cells = v.pixels() * v.size[1];
   return v.size[1] <= (overlap ? 96 : 15) && v.size[0] >= at::get_num_threads() &&
-         cells <= (int64_t{1} << 18) &&
-         v.stride[1] == 1 && v.stride[4] == v.size[1] && v.stride[3] == v.size[4] * v.stride[4] &&
-         v.stride[2] == v.size[3] * v.stride[3] && v.stride[0] == v.size[2] * v.stride[2];
+         cells <= (int64_t{1} << 18) && packed_channels_last(v);
 }
 
 // Average: each output's share (gradient / divisor, as avg_grad_lanes forms
@@ -3567,6 +3571,46 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
+// Channels-last, packed: every pixel of a sample's extent holds the same row
+// of channel shares (avg_backward_global's values), zero outside it. The
+// row is formed and narrowed once per sample and copied to each pixel: the
+// channels gather formed it per cell (64x512x14x14 bfloat16: 0.60 -> 0.30 ms).
+template <typename scalar_t>
+void avg_backward_global_channels(const PoolGeometry& g, const at::Tensor& grad_out,
+                                  const at::Tensor& grad_in) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Layout5 vo = layout_of(grad_out), vg = layout_of(grad_in);
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  const int64_t channels = vg.size[1], pixels = vg.pixels();
+  const int64_t origin[kDims] = {0, 0, 0};
+  at::parallel_for(0, vg.size[0] * pixels, grain(channels), [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> share(channels);
+    Window w[kDims];
+    int64_t sample = -1;
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t n = i / pixels, p = i % pixels;
+      if (n != sample) {
+        sample = n;
+        windows_at(g, n, origin, w);
+        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, origin));
+        for (const auto c : c10::irange(channels)) {
+          share[c] = static_cast<scalar_t>(
+              acc_t(0) + static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]) / divisor);
+        }
+      }
+      const int64_t x = p % vg.size[4], h = p / vg.size[4] % vg.size[3],
+                    d = p / (vg.size[4] * vg.size[3]);
+      scalar_t* cell = dst + i * channels;
+      if (d < w[0].count && h < w[1].count && x < w[2].count) {
+        std::copy(share.begin(), share.end(), cell);
+      } else {
+        std::fill(cell, cell + channels, scalar_t(0));
+      }
+    }
+  });
+}
+
 // With POOL_EXT_HUGE_PAGES=1, a fresh gradient the kernel is about to
 // fill, of 32 MB or more (sizes glibc maps anew on every allocation): on
 // Linux, ask for transparent huge pages over it (given only on request where
@@ -3719,6 +3763,8 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cpu", [&] {
       if (is_global(g) && !channels_inner(grad_in, grad_in)) {
         avg_backward_global<scalar_t>(g, grad_out, grad_in);
+      } else if (is_global(g) && packed_channels_last(layout_of(grad_in))) {
+        avg_backward_global_channels<scalar_t>(g, grad_out, grad_in);
       } else {
         avg_backward_cpu<scalar_t>(g, grad_out, grad_in);
       }
