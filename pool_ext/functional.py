@@ -92,9 +92,6 @@ def _batched(name, input, ndim):
     if dim == ndim + 2:
         return input, False
     if dim == ndim + 1:
-        # (not in a trace, where numel() is a traced value)
-        if not torch.jit.is_tracing() and input.numel() == 0:
-            _check_unbatched_empty(name, input)
         return input.unsqueeze(0), True
     raise RuntimeError(
         f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
@@ -109,14 +106,18 @@ def _empty_error(name, shape, channels):
     return RuntimeError(f"{name}: expected input with {what}, but got input of sizes {list(shape)}")
 
 
-def _check_unbatched_empty(name, input):
+def _check_unbatched_empty(name, input, fixed):
     """The ops' checks of empty dims, made here for an unbatched (C, *spatial)
-    input: the ops see (1, C, *spatial) and would quote that shape. Fixed
-    pooling needs channels; adaptive takes none. An adaptive average of an
-    empty spatial dim may be a global mean: _adaptive_avg decides."""
-    if input.shape[0] == 0 and name.startswith(("max_", "avg_")):
+    input, after the arguments' (the ops make theirs after parsing too): the
+    ops see (1, C, *spatial) and would quote that shape. Fixed pooling needs
+    channels; adaptive takes none (an adaptive average, which may be a global
+    mean of empty planes, decides in _adaptive_avg). Not in a trace, where
+    numel() is a traced value."""
+    if torch.jit.is_tracing() or input.numel() != 0:
+        return
+    if fixed and input.shape[0] == 0:
         raise _empty_error(name, input.shape, True)
-    if 0 in input.shape[1:] and not name.startswith("adaptive_avg"):
+    if 0 in input.shape[1:]:
         raise _empty_error(name, input.shape, False)
 
 
@@ -182,6 +183,8 @@ def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mo
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     dilation = [dilation] * ndim if type(dilation) is int else _tuple(name, "dilation", dilation, ndim)
     args = (kernel, stride, padding, dilation, _flag(name, "ceil_mode", ceil_mode), same)
+    if unbatched:
+        _check_unbatched_empty(name, input, True)
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
@@ -196,9 +199,12 @@ def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = _int(name, "divisor_override", divisor_override, "an int or None")
-    out = call_op("avg_pool", _inference(input), x, kernel, stride, padding,
-                  _flag(name, "ceil_mode", ceil_mode), same,
-                  _flag(name, "count_include_pad", count_include_pad), divisor_override)
+    ceil_mode = _flag(name, "ceil_mode", ceil_mode)
+    count_include_pad = _flag(name, "count_include_pad", count_include_pad)
+    if unbatched:
+        _check_unbatched_empty(name, input, True)
+    out = call_op("avg_pool", _inference(input), x, kernel, stride, padding, ceil_mode, same,
+                  count_include_pad, divisor_override)
     return _unbatch(out, unbatched)
 
 
@@ -367,6 +373,8 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
+    if unbatched:
+        _check_unbatched_empty(name, input, False)
     inference = _inference(input)
     if not return_indices and inference:
         return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
@@ -578,6 +586,8 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     x, unbatched = _batched(name, input, 2)
     if sizes is not None and unbatched:
         raise RuntimeError(f"{name}: sizes need a batched (N, C, H, W) input")
+    if unbatched:  # (named as the ops' errors are below)
+        _check_unbatched_empty(f"{name}: adaptive_{mode}_pool2d", input, False)
     inference = _inference(input)
     parts = []
     try:

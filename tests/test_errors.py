@@ -604,3 +604,26 @@ def test_a_valid_call_after_errors_still_works():
     with pytest.raises(RuntimeError):
         ours("max_pool2d")(x, 3, padding=2)
     assert_equal(ours("max_pool2d")(x, 3, padding=1), F.max_pool2d(x, 3, padding=1))
+
+
+def test_unbatched_empty_input_after_argument_errors():
+    """An unbatched input with an empty dim: argument errors first, as torch's
+    parser raises them, then the empty dim, quoting the input's own shape (the
+    ops see it with a batch dim added), in every family that takes one."""
+    for shape in ((0, 5, 5), (3, 0, 5)):
+        for call in (lambda m, x: m.max_pool2d(x, kernel_size=1.5),
+                     lambda m, x: m.avg_pool2d(x, 1, ceil_mode=1),
+                     lambda m, x: m.adaptive_max_pool2d(x, 1.5)):
+            assert_rejected("pool2d", lambda: call(PF, torch.randn(shape)), lambda: call(F, torch.randn(shape)),
+                            TypeError)
+    empty = torch.randn(3, 0, 5)
+    # (the *_with_indices functions name the op they run, as torch's do)
+    for name, call in (("max_pool2d", lambda: PF.max_pool2d_with_indices(empty, 1)),
+                       ("adaptive_max_pool2d", lambda: PF.adaptive_max_pool2d_with_indices(empty, 2)),
+                       ("spatial_pyramid_pool2d: adaptive_max_pool2d", lambda: PF.spatial_pyramid_pool2d(empty)),
+                       ("spatial_pyramid_pool2d: adaptive_avg_pool2d",
+                        lambda: PF.spatial_pyramid_pool2d(empty, mode="avg"))):
+        assert_rejected(name, call, never_called, RuntimeError, whole_shape_pattern(empty.shape),
+                        torch_rejects=False)
+    with pytest.raises(RuntimeError, match="sizes need a batched"):
+        PF.spatial_pyramid_pool2d(empty, sizes=torch.tensor([[1, 1]]))
