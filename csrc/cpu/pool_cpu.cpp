@@ -2797,10 +2797,13 @@ inline void gather_cells_stride2(const acc_t* const* rows, int64_t nrows, int64_
   for (int64_t u = 0; u < U; ++u) {
     const auto [lo, hi] = at::vec::interleave2(even[u], odd[u]);
     const int64_t first = 2 * (m0 + u * L) - pad;  // the cell of lane 0 of lo
-    if (first >= 0 && first + 2 * L <= width) {
-      store_cells(lo, out + first, L);
-      store_cells(hi, out + first + L, L);
-    } else if (first < width) {
+    if (first >= 0 && first < width) {
+      // (the row's last cells by masked stores: through a buffer and
+      // memcpy, the tail of a 56-wide row was half of a 2x2 backward)
+      const int64_t count = std::min(2 * L, width - first);
+      store_cells(lo, out + first, std::min(L, count));
+      if (count > L) store_cells(hi, out + first + L, count - L);
+    } else if (first < width) {  // cells before the row's start (padding) skipped
       acc_t cell[2 * L];
       lo.store(cell);
       hi.store(cell + L);
