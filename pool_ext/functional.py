@@ -110,9 +110,8 @@ def _check_unbatched_empty(name, input, fixed):
     """The ops' checks of empty dims, made here for an unbatched (C, *spatial)
     input, after the arguments' (the ops make theirs after parsing too): the
     ops see (1, C, *spatial) and would quote that shape. Fixed pooling needs
-    channels; adaptive takes none (an adaptive average, which may be a global
-    mean of empty planes, decides in _adaptive_avg). Not in a trace, where
-    numel() is a traced value."""
+    channels; adaptive takes none (an adaptive average asks after its global
+    mean of empty planes). Not in a trace, where numel() is a traced value."""
     if torch.jit.is_tracing() or input.numel() != 0:
         return
     if fixed and input.shape[0] == 0:
@@ -389,12 +388,12 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
     # (not in a trace, where numel() and shapes are traced values)
-    if sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]:
-        if resolve_output_size(x.shape[2:], size) == [1] * ndim:
-            # torch's global average is a mean: over empty planes NaN, with an empty gradient.
-            return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
-        if unbatched:
-            raise _empty_error(name, input.shape, False)
+    if (sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]
+            and resolve_output_size(x.shape[2:], size) == [1] * ndim):
+        # torch's global average is a mean: over empty planes NaN, with an empty gradient.
+        return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
+    if unbatched:
+        _check_unbatched_empty(name, input, False)
     return _unbatch(call_op("adaptive_avg_pool", _inference(input), x, size, sizes), unbatched)
 
 
