@@ -875,6 +875,14 @@ inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at, int64_t count) {
 template <typename scalar_t, typename acc_t>
 inline void store_cells(const at::vec::Vectorized<acc_t>& v, scalar_t* dst, int64_t count) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    // A full vector by a plain store: AMD's masked stores run several
+    // times slower (on this Zen 4, half a 2x2 average backward's time).
+    if (count == L) {
+      v.store(dst);
+      return;
+    }
+  }
 #if defined(CPU_CAPABILITY_AVX2)
   // Masked stores: at::vec's partial store goes through memcpy.
   if constexpr (std::is_same_v<scalar_t, float>) {
@@ -2758,7 +2766,8 @@ void share_row(const PoolGeometry& g, const WindowTable& table, int64_t od, int6
 // up, in order. U independent chains: one is bound by the adds' latency.
 template <int64_t U, typename scalar_t, typename acc_t>
 inline void gather_cells_stride1(const acc_t* const* rows, int64_t nrows, int64_t kw,
-                                 int64_t from, int64_t w0, int64_t width, scalar_t* out) {
+                                 int64_t from, int64_t w0, int64_t width,
+                                 scalar_t* const* outs, int64_t nouts) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
   Vec sum[U];
@@ -2769,18 +2778,21 @@ inline void gather_cells_stride1(const acc_t* const* rows, int64_t nrows, int64_
       for (int64_t u = 0; u < U; ++u) sum[u] = sum[u] + Vec::loadu(at - t + u * L);
     }
   }
-  for (int64_t u = 0; u < U; ++u) {
-    store_cells(sum[u], out + w0 + u * L, std::min(L, width - w0 - u * L));
+  for (int64_t i = 0; i < nouts; ++i) {
+    for (int64_t u = 0; u < U; ++u) {
+      store_cells(sum[u], outs[i] + w0 + u * L, std::min(L, width - w0 - u * L));
+    }
   }
 }
 
 // The same for W stride 2: U vectors of even cells and U of odd ones
 // (terms even_terms and odd_terms, shares m - q for lane m), interleaved
-// into 2 * U * L cells from 2 * m0 - pad, those inside [0, width) stored.
+// into 2 * U * L cells from 2 * m0 - pad, those inside [0, width) stored
+// (into each of the nouts rows).
 template <int64_t U, typename scalar_t, typename acc_t>
 inline void gather_cells_stride2(const acc_t* const* rows, int64_t nrows, int64_t even_terms,
                                  int64_t odd_terms, int64_t m0, int64_t pad, int64_t width,
-                                 scalar_t* out) {
+                                 scalar_t* const* outs, int64_t nouts) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
   Vec even[U], odd[U];
@@ -2801,22 +2813,48 @@ inline void gather_cells_stride2(const acc_t* const* rows, int64_t nrows, int64_
       // (the row's last cells by masked stores: through a buffer and
       // memcpy, the tail of a 56-wide row was half of a 2x2 backward)
       const int64_t count = std::min(2 * L, width - first);
-      store_cells(lo, out + first, std::min(L, count));
-      if (count > L) store_cells(hi, out + first + L, count - L);
+      for (int64_t i = 0; i < nouts; ++i) {
+        store_cells(lo, outs[i] + first, std::min(L, count));
+        if (count > L) store_cells(hi, outs[i] + first + L, count - L);
+      }
     } else if (first < width) {  // cells before the row's start (padding) skipped
       acc_t cell[2 * L];
       lo.store(cell);
       hi.store(cell + L);
       const int64_t skip = first < 0 ? -first : 0;
       const int64_t count = std::min(2 * L, width - first) - skip;
-      if constexpr (std::is_same_v<scalar_t, acc_t>) {
-        std::copy(cell + skip, cell + skip + count, out + first + skip);
-      } else {
-        narrow(cell + skip, out + first + skip, count);
+      for (int64_t i = 0; i < nouts; ++i) {
+        if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          std::copy(cell + skip, cell + skip + count, outs[i] + first + skip);
+        } else {
+          narrow(cell + skip, outs[i] + first + skip, count);
+        }
       }
     }
   }
 }
+
+// The cells of a row that has one share row and W windows 2 wide at
+// stride 2 without padding (2x2 and 2x2x2 average pooling): cells 2m and
+// 2m + 1 both take share m (+0 added, as the sums start from +0), into
+// each of the nouts rows; gather_cells_stride2's loops, a term at a time,
+// cost twice this here.
+template <typename scalar_t, typename acc_t>
+inline void pair_cells(const acc_t* share, int64_t width, scalar_t* const* outs, int64_t nouts) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  for (int64_t m = 0; 2 * m < width; m += L) {
+    const Vec v = Vec(acc_t(0)) + Vec::loadu(share + m);
+    const auto [lo, hi] = at::vec::interleave2(v, v);
+    const int64_t count = std::min(2 * L, width - 2 * m);
+    for (int64_t i = 0; i < nouts; ++i) {
+      store_cells(lo, outs[i] + 2 * m, std::min(L, count));
+      if (count > L) store_cells(hi, outs[i] + 2 * m + L, count - L);
+    }
+  }
+}
+
+inline bool same_span(const Span& a, const Span& b) { return a.lo == b.lo && a.hi == b.hi; }
 
 // Whether the average backward of planes gathers by gather_planes_avg:
 // fixed windows, W stride 1 or 2, unit-stride gradient rows.
@@ -2860,6 +2898,7 @@ void gather_planes_avg(const PoolGeometry& g, const at::Tensor& grad_out,
     WindowTable table;
     std::vector<acc_t> shares(out_rows * row_len);
     std::vector<const acc_t*> rows;
+    std::vector<scalar_t*> outs;
     for (const auto task : c10::irange(begin, end)) {
       const int64_t n = task / vg.size[1], c = task % vg.size[1];
       table.build(g, n);
@@ -2873,37 +2912,54 @@ void gather_planes_avg(const PoolGeometry& g, const at::Tensor& grad_out,
                     share + left);
         }
       }
-      for (const auto d : c10::irange(vg.size[2])) {
-        for (const auto h : c10::irange(vg.size[3])) {
-          const Span sd = spans[0][d], sh = spans[1][h];
+      // Rows covered by the same outputs (runs of D and of H with one span:
+      // k consecutive rows where stride = kernel) are the same cells, so a
+      // run is summed once and stored into each of its rows: half the
+      // loads and shuffles of a 2x2 backward.
+      for (int64_t d = 0, d_end; d < vg.size[2]; d = d_end) {
+        const Span sd = spans[0][d];
+        for (d_end = d + 1; d_end < vg.size[2] && same_span(spans[0][d_end], sd); ++d_end) {}
+        for (int64_t h = 0, h_end; h < vg.size[3]; h = h_end) {
+          const Span sh = spans[1][h];
+          for (h_end = h + 1; h_end < vg.size[3] && same_span(spans[1][h_end], sh); ++h_end) {}
           rows.clear();
           for (int64_t od = sd.lo; od < sd.hi; ++od) {
             for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
               rows.push_back(shares.data() + (od * vo.size[3] + oh) * row_len + left);
             }
           }
+          outs.clear();
+          for (int64_t rd = d; rd < d_end; ++rd) {
+            for (int64_t rh = h; rh < h_end; ++rh) outs.push_back(dst + vg.offset(n, c, rd, rh, 0));
+          }
           const int64_t nrows = static_cast<int64_t>(rows.size());
-          scalar_t* out = dst + vg.offset(n, c, d, h, 0);
+          const int64_t nouts = static_cast<int64_t>(outs.size());
           const int64_t width = vg.size[4];
           if (!stride2) {
             int64_t w0 = 0;
             for (; w0 + 4 * L <= width; w0 += 4 * L) {
-              gather_cells_stride1<4>(rows.data(), nrows, dw.kernel, w0 + dw.pad, w0, width, out);
+              gather_cells_stride1<4>(rows.data(), nrows, dw.kernel, w0 + dw.pad, w0, width,
+                                      outs.data(), nouts);
             }
             for (; w0 < width; w0 += L) {
-              gather_cells_stride1<1>(rows.data(), nrows, dw.kernel, w0 + dw.pad, w0, width, out);
+              gather_cells_stride1<1>(rows.data(), nrows, dw.kernel, w0 + dw.pad, w0, width,
+                                      outs.data(), nouts);
             }
+            continue;
+          }
+          if (nrows == 1 && dw.kernel == 2 && dw.pad == 0) {
+            pair_cells(rows[0], width, outs.data(), nouts);
             continue;
           }
           // Cells u = w + pad in [2 * m0, 2 * m0 + 2L), from m0 = pad / 2.
           int64_t m0 = dw.pad / 2;
           for (; 2 * (m0 + 2 * L) - dw.pad <= width; m0 += 2 * L) {
             gather_cells_stride2<2>(rows.data(), nrows, even_terms, odd_terms, m0, dw.pad, width,
-                                    out);
+                                    outs.data(), nouts);
           }
           for (; 2 * m0 - dw.pad < width; m0 += L) {
             gather_cells_stride2<1>(rows.data(), nrows, even_terms, odd_terms, m0, dw.pad, width,
-                                    out);
+                                    outs.data(), nouts);
           }
         }
       }
