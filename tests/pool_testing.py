@@ -195,6 +195,15 @@ def assert_equal(actual, expected, msg=None):
     torch.testing.assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0, equal_nan=True, msg=msg)
 
 
+def assert_same_bits(actual, expected, msg=None):
+    """Bit-for-bit by the stored bits: -0 against +0 and NaN payloads too."""
+    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[actual.element_size()]
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    same = torch.equal(actual.detach().cpu().contiguous().view(bits),
+                       expected.detach().cpu().contiguous().view(bits))
+    assert same, msg or "not the same bits"
+
+
 def assert_close_to_ref(actual, expected64, dtype, msg=None):
     """actual (in dtype) against a float64 reference, with dtype-appropriate tolerances."""
     assert actual.dtype == dtype, (actual.dtype, dtype)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from pool_testing import (
-    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal,
+    DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal, assert_same_bits,
     assert_same_format, check_max_indices, check_with_indices, expand_arg, expected_max_indices, fixed_window,
     inputs_in_every_layout, is_batched, leaf, over_kinds_and_inputs,
     layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
@@ -563,10 +563,6 @@ def test_max_pool_inference_forward(d, dtype, device):
     through the CPU's channel groups."""
     rng = make_rng("inference", d, dtype)
     name = f"max_pool{d}d"
-    bits = {2: torch.int16, 4: torch.int32, 8: torch.int64}[torch.finfo(dtype).bits // 8]
-
-    def same_bits(actual, expected):  # -0 against 0 and NaN payloads too
-        assert torch.equal(actual.detach().cpu().view(bits), expected.detach().cpu().view(bits))
 
     cases = ({"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 2},
              {"kernel_size": 3, "stride": 1, "dilation": 2, "ceil_mode": True})
@@ -582,18 +578,18 @@ def test_max_pool_inference_forward(d, dtype, device):
                     x = with_layout(values.to(device), layout, rng)
                     for kwargs in cases:
                         expected, _ = ours(name)(x, **kwargs, return_indices=True)
-                        same_bits(ours(name)(x, **kwargs), expected)
+                        assert_same_bits(ours(name)(x, **kwargs), expected)
                         xl = leaf(x)
                         with torch.no_grad():
-                            same_bits(ours(name)(xl, **kwargs), expected)
+                            assert_same_bits(ours(name)(xl, **kwargs), expected)
                         out = ours(name)(xl, **kwargs)
                         assert out.grad_fn is not None
-                        same_bits(out, expected)
+                        assert_same_bits(out, expected)
     finally:
         torch.set_num_threads(threads)
     args = ([3] * d, [2] * d, [1] * d, [1] * d, False, False)
     x = random_values(rng, (2, 20) + (7, 9, 37)[3 - d:], dtype).to(device)
-    same_bits(torch.ops.pool_ext._max_pool_values(x, *args), torch.ops.pool_ext.max_pool(x, *args)[0])
+    assert_same_bits(torch.ops.pool_ext._max_pool_values(x, *args), torch.ops.pool_ext.max_pool(x, *args)[0])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -800,6 +796,40 @@ def test_small_planes_with_few_channels(kind, channels, dtype, device):
                 for planes, channels_last in zip(*results):
                     if planes is not None:
                         assert_equal(planes, channels_last)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_average_backward_of_two_wide_windows_through_planes(d, dtype, device):
+    """Average backward of W windows 2 wide at stride 2 over planes (the CPU gathers
+    these planes row by row, each pair of cells from one share, each row once for
+    all rows that the same outputs cover): odd and even extents, ceil_mode, other H
+    and D windows; against torch, and bit-identical to the channels-last layout
+    (8 channels: there the channels kernels) for a gradient holding -0, NaN and inf."""
+    rng = make_rng("two-wide", d, dtype)
+    spatial = {1: [(37,), (64,)], 2: [(66, 70), (35, 37)], 3: [(4, 33, 40), (5, 9, 37)]}[d]
+    cases = [{"kernel_size": 2}, {"kernel_size": 2, "ceil_mode": True},
+             {"kernel_size": (3,) * (d - 1) + (2,), "stride": (2,) * (d - 1) + (2,), "ceil_mode": True,
+              "count_include_pad": False},
+             {"kernel_size": (1,) * (d - 1) + (2,), "stride": (3,) * (d - 1) + (2,), "divisor_override": 3}]
+    if d == 1:  # (avg_pool1d has no divisor_override)
+        cases[-1] = {"kernel_size": 2, "padding": 1, "count_include_pad": False}
+    name = f"avg_pool{d}d"
+    for size in spatial:
+        x, _ = random_input(rng, (2, 8, *size), dtype, device, layout="contiguous", specials=0.05)
+        channels_last = x.movedim(1, -1).contiguous().movedim(-1, 1)
+        for kwargs in cases:
+            run_case("avg", d, x, "contiguous", kwargs, device, rng)
+            out = ours(name)(x, **kwargs)
+            grad_out = random_values(rng, tuple(out.shape), dtype, specials=0.1,
+                                     special_values=(-0.0, NAN, INF, -INF)).to(device)
+            grads = []
+            for layout in (x, channels_last):
+                xl = leaf(layout)
+                (grad,) = torch.autograd.grad(ours(name)(xl, **kwargs), xl, grad_out)
+                grads.append(grad)
+            assert_same_bits(grads[0], grads[1], msg=str(kwargs))
 
 
 def test_max_backward_of_a_window_with_no_cell():
