@@ -191,8 +191,13 @@ def random_grad(rng, like):
 
 
 def assert_equal(actual, expected, msg=None):
-    """Bit-for-bit (NaN equal to NaN), same dtype."""
-    torch.testing.assert_close(actual.cpu(), expected.cpu(), rtol=0, atol=0, equal_nan=True, msg=msg)
+    """Bit-for-bit, same dtype: -0 apart from +0 (which assert_close takes as equal),
+    NaN equal to NaN whatever its payload (sums in another order may flip a NaN's sign)."""
+    actual, expected = actual.detach().cpu(), expected.detach().cpu()
+    torch.testing.assert_close(actual, expected, rtol=0, atol=0, equal_nan=True, msg=msg)
+    if actual.is_floating_point():
+        zeros = actual == 0
+        assert torch.equal(actual[zeros].signbit(), expected[zeros].signbit()), msg or "-0 against +0"
 
 
 def assert_same_bits(actual, expected, msg=None):
