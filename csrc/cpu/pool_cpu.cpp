@@ -1137,33 +1137,38 @@ void sweep_inside(const PoolGeometry& g, const Window* w, const scalar_t* plane,
     std::fill(result + rest.lo, result + rest.hi, acc_t(0));
   }
   const int64_t step_w = g.dim[2].stride * vi.stride[4];
-  // float16 rows are widened once per tap row (F16C, 8 cells at a time) and
-  // swept as floats: converting tap by tap ran avg_pool1d k4's float16
-  // forward at 3x bfloat16's time (whose conversion is a shift).
+  // float16 rows are widened (F16C, 8 cells at a time) and swept as floats:
+  // converting tap by tap ran avg_pool1d k4's float16 forward at 3x
+  // bfloat16's time (whose conversion is a shift). Where the stride skips
+  // most cells, widening them all cost more than it saved: sums, beyond
+  // twice the kernel; max, whose tap by tap sweep branches, beyond 8 times.
+  // Chunks of outputs keep the floats in a stack buffer (in cache).
   const PoolDim& dw = g.dim[2];
-  const bool widen_rows = std::is_same_v<scalar_t, c10::Half> && vi.stride[4] == 1;
-  const int64_t first_cell = rest.lo * dw.stride - dw.pad;
-  const int64_t row_cells = (rest.hi - 1 - rest.lo) * dw.stride + (dw.kernel - 1) * dw.dilation + 1;
-  thread_local std::vector<acc_t> wide;
-  if (widen_rows) wide.resize(row_cells);
+  constexpr int64_t kWideCells = 2048;
+  const int64_t span = (dw.kernel - 1) * dw.dilation + 1;
+  const bool widen_rows = std::is_same_v<scalar_t, c10::Half> && vi.stride[4] == 1 &&
+                          dw.stride <= (kMax ? 8 : 2) * dw.kernel && 2 * span <= kWideCells;
+  const int64_t chunk = widen_rows ? (kWideCells - span) / dw.stride + 1 : 0;
   for (int64_t td = w[0].first_tap; td < w[0].first_tap + w[0].count; ++td) {
     for (int64_t th = w[1].first_tap; th < w[1].first_tap + w[1].count; ++th) {
       const scalar_t* row = plane + tap_position(w[0], td) * vi.stride[2] +
                             tap_position(w[1], th) * vi.stride[3];
       if (widen_rows) {
-        // (rest's windows lie inside the row: cells first_cell on, row_cells of them)
-        widen(row + first_cell, wide.data(), row_cells);
-        const Interior shifted{0, rest.hi - rest.lo};
-        for (int64_t tw = 0; tw < dw.kernel; ++tw) {
-          const acc_t* at = wide.data() + tw * dw.dilation;
-          with_step(dw.stride, [&](auto step) {
-            if constexpr (kMax) {
-              max_sweep(at, step, shifted, result + rest.lo, best_tap + rest.lo,
-                        static_cast<int32_t>(encode_tap(g, td, th, tw)));
-            } else {
-              sum_sweep(at, step, shifted, result + rest.lo);
-            }
-          });
+        acc_t wide[kWideCells];
+        for (int64_t lo = rest.lo; lo < rest.hi; lo += chunk) {
+          // (rest's windows lie inside the row: cells from lo * stride - pad)
+          const int64_t n = std::min(chunk, rest.hi - lo);
+          widen(row + lo * dw.stride - dw.pad, wide, (n - 1) * dw.stride + span);
+          for (int64_t tw = 0; tw < dw.kernel; ++tw) {
+            with_step(dw.stride, [&](auto step) {
+              if constexpr (kMax) {
+                max_sweep(wide + tw * dw.dilation, step, Interior{0, n}, result + lo,
+                          best_tap + lo, static_cast<int32_t>(encode_tap(g, td, th, tw)));
+              } else {
+                sum_sweep(wide + tw * dw.dilation, step, Interior{0, n}, result + lo);
+              }
+            });
+          }
         }
         continue;
       }
