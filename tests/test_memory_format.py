@@ -237,3 +237,39 @@ def test_one_d_channels_last_sequences(op, dtype, device):
             values_only = getattr(PF, name)(nlc, **kwargs)
             if values_only.shape[-1] > 1:
                 assert values_only.transpose(-1, -2).is_contiguous() == (len(shape) == 3)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_channels_last_average_backward_over_chunks_of_samples(dtype, device):
+    """The CPU's channels-last average backward forms its shares about 1 MB of
+    them at a time, a sample or a few: fixed windows with samples over that size
+    (one a chunk), adaptive and variable ones with several a chunk and a last
+    chunk part full, bit-identical to the same values laid out contiguous (-0 and
+    NaN in the gradient), and close to torch."""
+    rng = make_rng("average-chunks", dtype)
+    g = torch.Generator().manual_seed(5)
+    x = random_values(rng, (6, 64, 72, 72), dtype, specials=0.01).to(device)
+    cases = [("avg_pool2d", dict(kernel_size=3, stride=1, padding=1)),
+             ("adaptive_avg_pool2d", dict(output_size=(30, 31))),
+             ("variable_avg_pool2d", dict(output_size=(30, 31)))]
+    sizes = torch.randint(1, 73, (6, 2), generator=g).to(device)
+    for name, kwargs in cases:
+        if name.startswith("variable"):
+            kwargs = dict(kwargs, sizes=sizes)
+        grads = []
+        for layout in (x.contiguous(memory_format=torch.channels_last), x.contiguous()):
+            xl = layout.detach().requires_grad_()
+            out = getattr(PF, name)(xl, **kwargs)
+            if not grads:
+                grad_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(dtype).to(device)
+                grad_out[grad_out.abs() < 0.1] = -0.0
+                grad_out.view(-1)[::97] = float("nan")
+            (grad,) = torch.autograd.grad(out, xl, grad_out)
+            grads.append(grad)
+        assert grads[0].stride(1) == 1, name
+        assert_equal(grads[0], grads[1], msg=name)
+        if not name.startswith("variable"):
+            xt = x.double().requires_grad_()
+            (expected,) = torch.autograd.grad(getattr(F, name)(xt, **kwargs), xt, grad_out.double())
+            assert_close_to_ref(grads[0], expected, dtype, msg=name)
