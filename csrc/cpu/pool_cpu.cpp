@@ -2548,6 +2548,22 @@ void gather_channel_rows(const PoolGeometry& g, const value_t* values, const tap
   }
 }
 
+// The rows of samples [n0, n1) of a channels-last grad_in, split over
+// threads; values (and taps): dense channels-last blocks shaped like those
+// samples' outputs.
+template <bool kMax, typename scalar_t, typename value_t, typename tap_t>
+void gather_channel_samples(const PoolGeometry& g, const at::Tensor& grad_in,
+                            const value_t* values, const tap_t* taps, int64_t n0, int64_t n1) {
+  const Layout5 vg = layout_of(grad_in);
+  const int64_t channels = vg.size[1], rows = vg.size[2] * vg.size[3];
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  at::parallel_for(n0 * rows, n1 * rows, grain(vg.size[4] * channels * gather_cost(g)),
+                   [&](int64_t begin, int64_t end) {
+    GatherScratch<value_t, tap_t> s;
+    gather_channel_rows<kMax>(g, values, taps, channels, dst, vg, begin, end, s, n0);
+  });
+}
+
 // values (and taps) are dense channels-last blocks shaped like the output.
 // A channels-last grad_in gathers by rows split over threads; a planes one
 // (via_channels) one sample and group of channels at a time.
@@ -2560,11 +2576,7 @@ void gather_channels(const PoolGeometry& g, const at::Tensor& grad_in, const val
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t cost = vg.size[4] * channels * gather_cost(g);
   if (vg.stride[1] == 1) {
-    at::parallel_for(0, vg.size[0] * vg.size[2] * vg.size[3], grain(cost),
-                     [&](int64_t begin, int64_t end) {
-      Scratch s;
-      gather_channel_rows<kMax>(g, values, taps, channels, dst, vg, begin, end, s);
-    });
+    gather_channel_samples<kMax, scalar_t>(g, grad_in, values, taps, 0, vg.size[0]);
     return;
   }
   struct State {
@@ -2677,8 +2689,6 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
       at::empty({std::min(chunk, samples) * per_sample}, grad_out.options().dtype(acc_type));
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   auto* share = shares.mutable_data_ptr<acc_t>();
-  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
-  const int64_t rows = vg.size[2] * vg.size[3];
   for (int64_t n0 = 0; n0 < samples; n0 += chunk) {
     const int64_t n1 = std::min(samples, n0 + chunk);
     at::parallel_for(n0 * vo.pixels(), n1 * vo.pixels(), grain(channels),
@@ -2700,16 +2710,12 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
         });
       }
     });
-    if (!chunked) {
-      gather_channels<false, scalar_t>(g, grad_in, share, static_cast<const uint8_t*>(nullptr));
-      continue;
+    const auto* no_taps = static_cast<const uint8_t*>(nullptr);
+    if (chunked) {
+      gather_channel_samples<false, scalar_t>(g, grad_in, share, no_taps, n0, n1);
+    } else {
+      gather_channels<false, scalar_t>(g, grad_in, share, no_taps);
     }
-    at::parallel_for(n0 * rows, n1 * rows, grain(vg.size[4] * channels * gather_cost(g)),
-                     [&](int64_t begin, int64_t end) {
-      GatherScratch<acc_t, uint8_t> s;
-      gather_channel_rows<false>(g, share, static_cast<const uint8_t*>(nullptr), channels, dst, vg,
-                                 begin, end, s, n0);
-    });
   }
 }
 
@@ -2841,6 +2847,20 @@ inline void gather_cells_stride1(const acc_t* const* rows, int64_t nrows, int64_
   }
 }
 
+// lo then hi, 2L cells from cell `first` (>= 0), into each of the nouts rows:
+// those before `width` only, the row's last ones by masked stores (through a
+// buffer and memcpy, the tail of a 56-wide row was half of a 2x2 backward).
+template <typename scalar_t, typename acc_t>
+inline void store_pair(const at::vec::Vectorized<acc_t>& lo, const at::vec::Vectorized<acc_t>& hi,
+                       int64_t first, int64_t width, scalar_t* const* outs, int64_t nouts) {
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  const int64_t count = std::min(2 * L, width - first);
+  for (int64_t i = 0; i < nouts; ++i) {
+    store_cells(lo, outs[i] + first, std::min(L, count));
+    if (count > L) store_cells(hi, outs[i] + first + L, count - L);
+  }
+}
+
 // The same for W stride 2: U vectors of even cells and U of odd ones
 // (terms even_terms and odd_terms, shares m - q for lane m), interleaved
 // into 2 * U * L cells from 2 * m0 - pad, those inside [0, width) stored
@@ -2866,13 +2886,7 @@ inline void gather_cells_stride2(const acc_t* const* rows, int64_t nrows, int64_
     const auto [lo, hi] = at::vec::interleave2(even[u], odd[u]);
     const int64_t first = 2 * (m0 + u * L) - pad;  // the cell of lane 0 of lo
     if (first >= 0 && first < width) {
-      // (the row's last cells by masked stores: through a buffer and
-      // memcpy, the tail of a 56-wide row was half of a 2x2 backward)
-      const int64_t count = std::min(2 * L, width - first);
-      for (int64_t i = 0; i < nouts; ++i) {
-        store_cells(lo, outs[i] + first, std::min(L, count));
-        if (count > L) store_cells(hi, outs[i] + first + L, count - L);
-      }
+      store_pair(lo, hi, first, width, outs, nouts);
     } else if (first < width) {  // cells before the row's start (padding) skipped
       acc_t cell[2 * L];
       lo.store(cell);
@@ -2902,11 +2916,7 @@ inline void pair_cells(const acc_t* share, int64_t width, scalar_t* const* outs,
   for (int64_t m = 0; 2 * m < width; m += L) {
     const Vec v = Vec(acc_t(0)) + Vec::loadu(share + m);
     const auto [lo, hi] = at::vec::interleave2(v, v);
-    const int64_t count = std::min(2 * L, width - 2 * m);
-    for (int64_t i = 0; i < nouts; ++i) {
-      store_cells(lo, outs[i] + 2 * m, std::min(L, count));
-      if (count > L) store_cells(hi, outs[i] + 2 * m + L, count - L);
-    }
+    store_pair(lo, hi, 2 * m, width, outs, nouts);
   }
 }
 
