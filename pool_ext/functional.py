@@ -368,7 +368,21 @@ def _long_taps():
     return torch.compiler.is_compiling()
 
 
+def _check_sequence_dims(name, ndim, input, output_size):
+    """As torch's adaptive 2d and 3d pooling, before its other checks: an output_size
+    sequence needs an input of more dims than it has entries (a ValueError), where
+    one int passes (as the global average of a lone (H, W) image)."""
+    _tensor(name, input)
+    if ndim > 1 and isinstance(output_size, (list, tuple)) and input.dim() <= len(output_size):
+        raise ValueError(
+            f"{name}: Input dimension should be at least {len(output_size) + 1}, but got input of "
+            f"sizes {list(input.shape)}"
+        )
+
+
 def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
+    if sizes is None:
+        _check_sequence_dims(name, ndim, input, output_size)
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
@@ -383,14 +397,45 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     return _unbatch(out, unbatched)
 
 
+def _global_mean_of_any_dims(name, ndim, input, output_size):
+    """torch's adaptive_avg_pool2d/3d to one cell is a mean over the last ndim
+    dims, which takes any number of dims before them (a (N, T, C, H, W) batch
+    of video frames, a lone (H, W) image), where its other output sizes need
+    (C, *S) or (N, C, *S). So here: the leading dims are folded into (N, C)
+    for the op and unfolded after. None where the input has those dims, or the
+    output is not one cell."""
+    dim = input.dim()
+    if dim in (ndim + 1, ndim + 2) or dim < ndim:
+        return None
+    size = _output_size(name, output_size, ndim)
+    spatial = input.shape[dim - ndim:]
+    if resolve_output_size(spatial, size) != [1] * ndim:
+        return None
+    lead = input.shape[:dim - ndim]
+    n = 1
+    for s in lead[:-1]:
+        n *= s
+    x = input.reshape(n, lead[-1] if lead else 1, *spatial)
+    out = _adaptive_avg(name, ndim, x, output_size, None)
+    # (a fresh tensor, as torch's mean: not a view, as _drop_batch says)
+    shape = (*lead, *([1] * ndim))
+    return out.reshape(shape) if torch.jit.is_tracing() else _unsafe_view(out, shape)
+
+
 def _adaptive_avg(name, ndim, input, output_size, sizes):
+    if sizes is None and ndim > 1:
+        _check_sequence_dims(name, ndim, input, output_size)
+        mean = _global_mean_of_any_dims(name, ndim, input, output_size)
+        if mean is not None:
+            return mean
     x, unbatched = _batched(name, input, ndim)
     size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
     # (not in a trace, where numel() and shapes are traced values)
     if (sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]
-            and resolve_output_size(x.shape[2:], size) == [1] * ndim):
+            and x.is_floating_point() and resolve_output_size(x.shape[2:], size) == [1] * ndim):
         # torch's global average is a mean: over empty planes NaN, with an empty gradient.
+        # (Other dtypes go on to the op, whose error names it.)
         return _unbatch(x.mean(tuple(range(2, ndim + 2)), keepdim=True), unbatched)
     if unbatched:
         _check_unbatched_empty(name, input, False)
@@ -459,14 +504,20 @@ def adaptive_avg_pool1d(input, output_size):
 
 
 def adaptive_avg_pool2d(input, output_size):
-    """As ``torch.nn.functional.adaptive_avg_pool2d``: ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, *output_size]``."""
+    """As ``torch.nn.functional.adaptive_avg_pool2d``: ``Tensor[N, C, H, W]`` -> ``Tensor[N, C, *output_size]``.
+
+    To one cell (a mean, as torch's), any dims may lead: ``Tensor[*, H, W]`` -> ``Tensor[*, 1, 1]``.
+    """
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool2d, (input,), input, output_size)
     return _adaptive_avg("adaptive_avg_pool2d", 2, input, output_size, None)
 
 
 def adaptive_avg_pool3d(input, output_size):
-    """As ``torch.nn.functional.adaptive_avg_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``."""
+    """As ``torch.nn.functional.adaptive_avg_pool3d``: ``Tensor[N, C, D, H, W]`` -> ``Tensor[N, C, *output_size]``.
+
+    To one cell (a mean, as torch's), any dims may lead: ``Tensor[*, D, H, W]`` -> ``Tensor[*, 1, 1, 1]``.
+    """
     if has_torch_function_unary(input) and not torch.compiler.is_compiling():
         return handle_torch_function(adaptive_avg_pool3d, (input,), input, output_size)
     return _adaptive_avg("adaptive_avg_pool3d", 3, input, output_size, None)

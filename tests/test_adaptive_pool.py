@@ -418,6 +418,46 @@ def test_average_of_negative_zeros_is_positive_zero(d, dtype, device):
                 assert not torch.signbit(got).any(), (spatial, layout, output_size)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [2, 3])
+def test_global_average_of_any_leading_dims(d, device):
+    """torch's adaptive_avg_pool2d/3d to one cell is a mean over the last d dims,
+    which takes any dims before them (video frames (N, T, C, H, W), a lone
+    (H, W) image); other output sizes, and adaptive max pooling, need
+    (C, *S) or (N, C, *S). Ours likewise: values, shapes and gradients."""
+    name = f"adaptive_avg_pool{d}d"
+    rng = make_rng("leading", d)
+    for spatial in ((5, 4, 3)[:d], (1, 4, 3)[:d]):
+        for lead in ((), (2, 3, 4), (2, 1, 2, 3), (0, 3, 2), (3, 0), (2, 3, 0, 2)):
+            if len(lead) + d in (d + 1, d + 2):
+                continue
+            base, _ = random_input(rng, lead + spatial, torch.float64, "cpu", layout="contiguous", specials=0)
+            inputs = [base, base.transpose(0, -1).contiguous().transpose(0, -1)]
+            if base.dim() == 5:
+                inputs.append(base.contiguous(memory_format=torch.channels_last_3d))
+            for x in inputs:
+                for output_size in (1, (1,) * d, (None,) + (1,) * (d - 1)):
+                    try:
+                        ref, _, ref_grad = outputs_and_grad(torchs(name), x, output_size)
+                    except (RuntimeError, ValueError) as e:
+                        # (a size sequence needs more dims than it has entries: a ValueError)
+                        with pytest.raises(type(e), match=name):
+                            ours(name)(x.to(device), output_size)
+                        continue
+                    out, _, grad = outputs_and_grad(ours(name), x.to(device), output_size)
+                    assert out.shape == ref.shape and grad.shape == x.shape, (x.shape, output_size)
+                    torch.testing.assert_close(out.cpu(), ref, equal_nan=True)
+                    torch.testing.assert_close(grad.cpu(), ref_grad)
+    x = torch.randn((2, 3, 4) + (5,) * d, device=device)
+    with torch.no_grad():
+        out = ours(name)(leaf(x), 1)
+    assert not out._is_view()  # a fresh tensor, as torch's mean: detach_() works
+    out.detach_()
+    for fn, output_size in ((ours(name), 2), (ours(f"adaptive_max_pool{d}d"), 1)):
+        with pytest.raises(RuntimeError, match=f"adaptive_(avg|max)_pool{d}d"):
+            fn(x, output_size)
+
+
 def test_adaptive_avg_pool3d_to_one_of_no_channels():
     """torch takes no channels in adaptive_avg_pool3d to 1x1x1 (a mean), though not to other sizes."""
     x = torch.randn(2, 0, 3, 4, 5)
