@@ -85,15 +85,16 @@ def _tensor(name, input):
         raise TypeError(f"{name}: input must be a Tensor, but got {type(input).__name__}")
 
 
-def _batched(name, input, ndim):
-    """Returns the (N, C, *spatial) view of input and whether it was unbatched."""
+def _batched(name, input, ndim, too_few=RuntimeError):
+    """Returns the (N, C, *spatial) view of input and whether it was unbatched.
+    too_few: the error for fewer dims (torch's avg_pool2d raises an IndexError)."""
     _tensor(name, input)
     dim = input.dim()
     if dim == ndim + 2:
         return input, False
     if dim == ndim + 1:
         return input.unsqueeze(0), True
-    raise RuntimeError(
+    raise (too_few if dim < ndim + 1 else RuntimeError)(
         f"{name}: Expected {ndim + 1}D or {ndim + 2}D (batch mode) tensor with optional 0 dim "
         f"batch size for input, but got: {list(input.shape)}"
     )
@@ -120,6 +121,11 @@ def _check_unbatched_empty(name, input, fixed):
         raise _empty_error(name, input.shape, False)
 
 
+class PaddingStringError(TypeError, ValueError):
+    """A padding string other than 'same' or 'valid': torch's pooling takes no
+    string (a TypeError), torch's convolutions raise a ValueError for a bad one."""
+
+
 def _padding(name, padding, ndim):
     """(padding list, same) for an int, a tuple or TensorFlow's 'same' / 'valid'."""
     if isinstance(padding, str):
@@ -127,7 +133,7 @@ def _padding(name, padding, ndim):
             return [0] * ndim, True
         if padding == "valid":
             return [0] * ndim, False
-        raise ValueError(
+        raise PaddingStringError(
             f"{name}: padding must be an int, a tuple of ints, 'same' or 'valid', but got '{padding}'"
         )
     return _tuple(name, "padding", padding, ndim), False
@@ -194,7 +200,7 @@ def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mo
 
 
 def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    x, unbatched = _batched(name, input, ndim)
+    x, unbatched = _batched(name, input, ndim, IndexError if ndim == 2 else RuntimeError)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = _int(name, "divisor_override", divisor_override, "an int or None")
@@ -405,6 +411,9 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
     for the op and unfolded after. None where the input has those dims, or the
     output is not one cell."""
     dim = input.dim()
+    if dim < ndim and type(output_size) is int and output_size == 1:
+        # (torch's mean over dims the input lacks)
+        _batched(name, input, ndim, IndexError)
     if dim in (ndim + 1, ndim + 2) or dim < ndim:
         return None
     size = _output_size(name, output_size, ndim)

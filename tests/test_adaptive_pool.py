@@ -448,6 +448,11 @@ def test_global_average_of_any_leading_dims(d, device):
                     assert out.shape == ref.shape and grad.shape == x.shape, (x.shape, output_size)
                     torch.testing.assert_close(out.cpu(), ref, equal_nan=True)
                     torch.testing.assert_close(grad.cpu(), ref_grad)
+    for shape in ((), (5,), (5, 4))[:d]:  # torch's mean over dims the input lacks
+        with pytest.raises(IndexError):
+            torchs(name)(torch.randn(shape), 1)
+        with pytest.raises(IndexError, match=name):
+            ours(name)(torch.randn(shape, device=device), 1)
     x = torch.randn((2, 3, 4) + (5,) * d, device=device)
     with torch.no_grad():
         out = ours(name)(leaf(x), 1)
