@@ -535,8 +535,9 @@ def sweep(name, d, draw, rng, count):
         if ref_err is not None:
             if err is None:
                 missed_rejects.append(f"{what}: torch rejects ({str(ref_err)[:100]}), ours accepts")
-            elif isinstance(ref_err, RuntimeError) and not isinstance(err, RuntimeError):
-                missed_rejects.append(f"{what}: torch raises RuntimeError, ours {type(err).__name__}: {err}")
+            elif not isinstance(err, type(ref_err)):
+                missed_rejects.append(
+                    f"{what}: torch raises {type(ref_err).__name__}, ours {type(err).__name__}: {err}")
             elif name not in str(err):
                 missed_rejects.append(f"{what}: message does not name the op: {err}")
             continue
