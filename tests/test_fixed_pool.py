@@ -267,6 +267,26 @@ def test_max_pool_infinities(d, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [2, 3])
+def test_max_pool_window_of_only_neg_inf_after_a_finite_one(d, device):
+    """A window of only -inf takes its first cell in every layout, as torch's
+    contiguous kernels do (its channels-last-3d max_pool3d gives it the
+    previous window's index, outside it)."""
+    x = torch.full((1, 2, 3) + (2,) * (d - 1), -INF)
+    x[:, :, 0] = 0
+    kwargs = {"kernel_size": (2,) + (1,) * (d - 1), "stride": 1, "return_indices": True}
+    want_out, want_idx = torchs(f"max_pool{d}d")(x, **kwargs)
+    assert want_idx[0, 0, 1].flatten().tolist() == list(range(2 ** (d - 1), 2 ** d))
+    for layout in ("contiguous", "channels_last"):
+        xx = x.to(device)
+        if layout == "channels_last":
+            xx = xx.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+        out, idx = ours(f"max_pool{d}d")(xx, **kwargs)
+        assert_equal(out, want_out)
+        assert_equal(idx, want_idx)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 @pytest.mark.parametrize("d", [2, 3])
 def test_large_windows(kind, d, device):
