@@ -184,10 +184,12 @@ def _inference(input):
 
 
 def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    x, unbatched = _batched(name, input, ndim)
+    # The arguments' types before the input's dims, as torch's parser checks them.
+    _tensor(name, input)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     dilation = [dilation] * ndim if type(dilation) is int else _tuple(name, "dilation", dilation, ndim)
     args = (kernel, stride, padding, dilation, _flag(name, "ceil_mode", ceil_mode), same)
+    x, unbatched = _batched(name, input, ndim)
     if unbatched:
         _check_unbatched_empty(name, input, True)
     inference = _inference(input)
@@ -200,12 +202,13 @@ def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mo
 
 
 def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-    x, unbatched = _batched(name, input, ndim, IndexError if ndim == 2 else RuntimeError)
+    _tensor(name, input)
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     if divisor_override is not None:
         divisor_override = _int(name, "divisor_override", divisor_override, "an int or None")
     ceil_mode = _flag(name, "ceil_mode", ceil_mode)
     count_include_pad = _flag(name, "count_include_pad", count_include_pad)
+    x, unbatched = _batched(name, input, ndim, IndexError if ndim == 2 else RuntimeError)
     if unbatched:
         _check_unbatched_empty(name, input, True)
     out = call_op("avg_pool", _inference(input), x, kernel, stride, padding, ceil_mode, same,
@@ -379,7 +382,8 @@ def _check_sequence_dims(name, ndim, input, output_size):
     sequence needs an input of more dims than it has entries (a ValueError), where
     one int passes (as the global average of a lone (H, W) image)."""
     _tensor(name, input)
-    if ndim > 1 and isinstance(output_size, (list, tuple)) and input.dim() <= len(output_size):
+    if (ndim > 1 and (isinstance(output_size, (list, tuple, range)) or getattr(output_size, "ndim", 0) == 1)
+            and input.dim() <= len(output_size)):
         raise ValueError(
             f"{name}: Input dimension should be at least {len(output_size) + 1}, but got input of "
             f"sizes {list(input.shape)}"
@@ -389,8 +393,9 @@ def _check_sequence_dims(name, ndim, input, output_size):
 def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     if sizes is None:
         _check_sequence_dims(name, ndim, input, output_size)
+    _tensor(name, input)
+    size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
     x, unbatched = _batched(name, input, ndim)
-    size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
     if unbatched:
         _check_unbatched_empty(name, input, False)
@@ -437,8 +442,9 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
         if mean is not None:
             return mean
+    _tensor(name, input)
+    size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
     x, unbatched = _batched(name, input, ndim)
-    size = _output_size(name, output_size, ndim)
     _check_channels(name, x, unbatched, size)
     # (not in a trace, where numel() and shapes are traced values)
     if (sizes is None and not torch.jit.is_tracing() and x.numel() == 0 and 0 in x.shape[2:]

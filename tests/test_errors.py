@@ -636,3 +636,17 @@ def test_unbatched_empty_input_after_argument_errors():
                         torch_rejects=False)
     with pytest.raises(RuntimeError, match="sizes need a batched"):
         PF.spatial_pyramid_pool2d(empty, sizes=torch.tensor([[1, 1]]))
+
+
+@pytest.mark.parametrize("name, shape, kwargs", [
+    ("max_pool2d", (4, 4), dict(kernel_size=2.0)),
+    ("avg_pool2d", (4,), dict(kernel_size=(2, 2.0))),
+    ("max_pool3d", (2, 3, 2, 4, 4, 4), dict(kernel_size=2, ceil_mode=1)),
+    ("adaptive_max_pool1d", (2, 3, 4, 4), dict(output_size=(2.0,))),
+    ("adaptive_avg_pool2d", (2, 3, 4, 4, 4), dict(output_size=(2.0, 2))),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_argument_types_before_input_dims(name, shape, kwargs):
+    """torch's parser checks the arguments' types before the ops check the
+    input's dims: a wrong type with a wrong number of dims is a TypeError."""
+    assert_rejected(name, lambda: getattr(PF, name)(torch.randn(shape), **kwargs),
+                    lambda: getattr(F, name)(torch.randn(shape), **kwargs), TypeError)
