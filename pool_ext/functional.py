@@ -208,6 +208,8 @@ def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_
         divisor_override = _int(name, "divisor_override", divisor_override, "an int or None")
     ceil_mode = _flag(name, "ceil_mode", ceil_mode)
     count_include_pad = _flag(name, "count_include_pad", count_include_pad)
+    if divisor_override == 0:  # (before the dims, as torch's avg_pool2d, which indexes them)
+        raise RuntimeError(f"{name}: divisor must be not zero, but got divisor_override=0")
     x, unbatched = _batched(name, input, ndim, IndexError if ndim == 2 else RuntimeError)
     if unbatched:
         _check_unbatched_empty(name, input, True)
@@ -341,8 +343,7 @@ def _output_size(name, output_size, ndim):
     if type(output_size) is int and output_size >= 0:  # (every call: one int first)
         return [output_size] * ndim
     what = f"an int, None or a tuple of {ndim} of them"
-    # Sequences as torch iterates them: lists, tuples, ranges, 1-d tensors and arrays.
-    if isinstance(output_size, (list, tuple, range)) or getattr(output_size, "ndim", 0) == 1:
+    if _is_size_sequence(output_size):
         sizes = [None if o is None else _int(name, "output_size", o, what) for o in output_size]
     else:
         sizes = [None if output_size is None else _int(name, "output_size", output_size, what)] * ndim
@@ -377,13 +378,16 @@ def _long_taps():
     return torch.compiler.is_compiling()
 
 
+def _is_size_sequence(output_size):
+    """Sequences as torch iterates them: lists, tuples, ranges, 1-d tensors and arrays."""
+    return isinstance(output_size, (list, tuple, range)) or getattr(output_size, "ndim", 0) == 1
+
+
 def _check_sequence_dims(name, ndim, input, output_size):
     """As torch's adaptive 2d and 3d pooling, before its other checks: an output_size
     sequence needs an input of more dims than it has entries (a ValueError), where
     one int passes (as the global average of a lone (H, W) image)."""
-    _tensor(name, input)
-    if (ndim > 1 and (isinstance(output_size, (list, tuple, range)) or getattr(output_size, "ndim", 0) == 1)
-            and input.dim() <= len(output_size)):
+    if ndim > 1 and _is_size_sequence(output_size) and input.dim() <= len(output_size):
         raise ValueError(
             f"{name}: Input dimension should be at least {len(output_size) + 1}, but got input of "
             f"sizes {list(input.shape)}"
@@ -391,9 +395,9 @@ def _check_sequence_dims(name, ndim, input, output_size):
 
 
 def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
+    _tensor(name, input)
     if sizes is None:
         _check_sequence_dims(name, ndim, input, output_size)
-    _tensor(name, input)
     size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched, size)
@@ -417,8 +421,9 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
     output is not one cell."""
     dim = input.dim()
     if dim < ndim and type(output_size) is int and output_size == 1:
-        # (torch's mean over dims the input lacks)
-        _batched(name, input, ndim, IndexError)
+        raise IndexError(  # (as torch's mean over dims the input lacks)
+            f"{name}: Dimension out of range: a mean over the last {ndim} dims of an input of sizes "
+            f"{list(input.shape)}")
     if dim in (ndim + 1, ndim + 2) or dim < ndim:
         return None
     size = _output_size(name, output_size, ndim)
@@ -437,12 +442,12 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
 
 
 def _adaptive_avg(name, ndim, input, output_size, sizes):
+    _tensor(name, input)
     if sizes is None and ndim > 1:
         _check_sequence_dims(name, ndim, input, output_size)
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
         if mean is not None:
             return mean
-    _tensor(name, input)
     size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched, size)

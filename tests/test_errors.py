@@ -146,10 +146,10 @@ def test_window_past_int64_cells(kind):
 
 @pytest.mark.parametrize("d", [2, 3])
 def test_avg_divisor_override_zero(d):
-    shape = (1, 2) + (6,) * d
-    assert_rejected(f"avg_pool{d}d", fixed_call(PF, "avg", d, shape, kernel_size=2, divisor_override=0),
-                    fixed_call(F, "avg", d, shape, kernel_size=2, divisor_override=0), RuntimeError,
-                    r"divisor", r"\b0\b")
+    for shape in ((1, 2) + (6,) * d, (6,) * d):  # (before the input's dims, as torch)
+        assert_rejected(f"avg_pool{d}d", fixed_call(PF, "avg", d, shape, kernel_size=2, divisor_override=0),
+                        fixed_call(F, "avg", d, shape, kernel_size=2, divisor_override=0), RuntimeError,
+                        r"divisor", r"\b0\b")
 
 
 @pytest.mark.parametrize("shape,kwargs", [
