@@ -2920,7 +2920,13 @@ inline void pair_cells(const acc_t* share, int64_t width, scalar_t* const* outs,
   }
 }
 
-inline bool same_span(const Span& a, const Span& b) { return a.lo == b.lo && a.hi == b.hi; }
+// The end of the run of rows from `first` (before `size`) covered by the same
+// outputs as it: spans[first, end) all equal.
+inline int64_t same_span_end(const Span* spans, int64_t first, int64_t size) {
+  int64_t end = first + 1;
+  while (end < size && spans[end].lo == spans[first].lo && spans[end].hi == spans[first].hi) ++end;
+  return end;
+}
 
 // Whether the average backward of planes gathers by gather_planes_avg:
 // fixed windows, W stride 1 or 2, unit-stride gradient rows.
@@ -2984,10 +2990,10 @@ void gather_planes_avg(const PoolGeometry& g, const at::Tensor& grad_out,
       // loads and shuffles of a 2x2 backward.
       for (int64_t d = 0, d_end; d < vg.size[2]; d = d_end) {
         const Span sd = spans[0][d];
-        for (d_end = d + 1; d_end < vg.size[2] && same_span(spans[0][d_end], sd); ++d_end) {}
+        d_end = same_span_end(spans[0].data(), d, vg.size[2]);
         for (int64_t h = 0, h_end; h < vg.size[3]; h = h_end) {
           const Span sh = spans[1][h];
-          for (h_end = h + 1; h_end < vg.size[3] && same_span(spans[1][h_end], sh); ++h_end) {}
+          h_end = same_span_end(spans[1].data(), h, vg.size[3]);
           rows.clear();
           for (int64_t od = sd.lo; od < sd.hi; ++od) {
             for (int64_t oh = sh.lo; oh < sh.hi; ++oh) {
