@@ -17,6 +17,7 @@ Beyond torch:
   * ``spatial_pyramid_pool2d``.
 """
 
+import math
 import operator
 
 import torch
@@ -431,10 +432,7 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
     if resolve_output_size(spatial, size) != [1] * ndim:
         return None
     lead = input.shape[:dim - ndim]
-    n = 1
-    for s in lead[:-1]:
-        n *= s
-    x = input.reshape(n, lead[-1] if lead else 1, *spatial)
+    x = input.reshape(math.prod(lead[:-1]), lead[-1] if lead else 1, *spatial)
     out = _adaptive_avg(name, ndim, x, output_size, None)
     # (a fresh tensor, as torch's mean: not a view, as _drop_batch says)
     shape = (*lead, *([1] * ndim))
