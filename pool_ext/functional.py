@@ -15,6 +15,9 @@ Beyond torch:
   * ``variable_*_pool*d``: a padded batch where each sample is pooled
     adaptively over its own valid extent;
   * ``spatial_pyramid_pool2d``.
+
+While ``torch.onnx.export`` traces a model, the functions take forms made of
+torch ops that ONNX translates (pool_ext/_onnx.py).
 """
 
 import math
@@ -29,6 +32,7 @@ import torch
 # still seen, and fails.
 from torch.overrides import handle_torch_function, has_torch_function, has_torch_function_unary
 
+from . import _onnx
 from ._geometry import resolve_output_size
 from ._meta import call_op, has_tangent, pool_ops
 
@@ -190,6 +194,8 @@ def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mo
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     dilation = [dilation] * ndim if type(dilation) is int else _tuple(name, "dilation", dilation, ndim)
     args = (kernel, stride, padding, dilation, _flag(name, "ceil_mode", ceil_mode), same)
+    if _onnx.exporting():
+        return _onnx.max_pool(ndim, input, *args, return_indices)
     x, unbatched = _batched(name, input, ndim)
     if unbatched:
         _check_unbatched_empty(name, input, True)
@@ -211,6 +217,9 @@ def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_
     count_include_pad = _flag(name, "count_include_pad", count_include_pad)
     if divisor_override == 0:  # (before the dims, as torch's avg_pool2d, which indexes them)
         raise RuntimeError(f"{name}: divisor must be not zero, but got divisor_override=0")
+    if _onnx.exporting():
+        return _onnx.avg_pool(ndim, input, kernel, stride, padding, ceil_mode, same, count_include_pad,
+                              divisor_override)
     x, unbatched = _batched(name, input, ndim, IndexError if ndim == 2 else RuntimeError)
     if unbatched:
         _check_unbatched_empty(name, input, True)
@@ -400,6 +409,10 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     if sizes is None:
         _check_sequence_dims(name, ndim, input, output_size)
     size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
+    if _onnx.exporting():
+        if sizes is None:
+            return _onnx.adaptive("max", ndim, input, size, return_indices)
+        return _onnx.variable("max", ndim, input, size, sizes, return_indices)
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched, size)
     if unbatched:
@@ -441,6 +454,11 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
 
 def _adaptive_avg(name, ndim, input, output_size, sizes):
     _tensor(name, input)
+    if _onnx.exporting():
+        size = _output_size(name, output_size, ndim)
+        if sizes is None:
+            return _onnx.adaptive("avg", ndim, input, size)
+        return _onnx.variable("avg", ndim, input, size, sizes)
     if sizes is None and ndim > 1:
         _check_sequence_dims(name, ndim, input, output_size)
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
@@ -657,11 +675,15 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
     if unbatched:  # (named as the ops' errors are below)
         _check_unbatched_empty(f"{name}: adaptive_{mode}_pool2d", input, False)
     inference = _inference(input)
+    exporting = _onnx.exporting()
     parts = []
     try:
         for level in levels:
             size = [level, level]
-            if mode == "avg":
+            if exporting:
+                pooled = (_onnx.adaptive(mode, 2, x, size) if sizes is None else
+                          _onnx.variable(mode, 2, x, size, sizes))
+            elif mode == "avg":
                 pooled = call_op("adaptive_avg_pool", inference, x, size, sizes)
             elif inference:
                 pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
