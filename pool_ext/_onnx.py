@@ -21,7 +21,7 @@ def exporting():
     """Whether torch.onnx.export is tracing this call. Both of its exporters
     trace (torch.export, or torch.jit.trace where dynamo=False), so the ONNX
     flag is read only in a trace: the first use of torch.onnx imports it (60 ms),
-    and each call of its test costs a microsecond."""
+    and each read costs a microsecond (the two tests before it, 0.2)."""
     return (torch.compiler.is_exporting() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export()
 
 
@@ -48,8 +48,8 @@ def max_pool(ndim, input, kernel, stride, padding, dilation, ceil_mode, same, re
         return pool(input, kernel, stride, padding, dilation, ceil_mode, return_indices)
     if return_indices:
         raise _unsupported(f"max_pool{ndim}d", "padding='same' with return_indices=True")
-    # -inf padding is never the max over a window that has a real cell, as every
-    # "same" window has (only its index could name a padding cell).
+    # -inf padding never beats a real cell; a window with none (a dilated one
+    # can fall on padding and the gaps between its taps) pools -inf, as ours.
     pads = _same_pads(input.shape[-ndim:], kernel, stride, dilation)
     return pool(TF.pad(input, pads, value=-math.inf), kernel, stride, 0, dilation)
 
