@@ -25,6 +25,11 @@ def exporting():
     return (torch.compiler.is_exporting() or torch.jit.is_tracing()) and torch.onnx.is_in_onnx_export()
 
 
+def _widened(t):
+    """t in the dtype our kernels sum in: float64 stays, the others are float32."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def _unsupported(name, what):
     return NotImplementedError(f"{name}: torch.onnx.export does not support {what}")
 
@@ -42,46 +47,85 @@ def _same_pads(spatial, kernel, stride, dilation):
     return pads
 
 
+def _batched(ndim, input, pool):
+    """pool(input) of an (N, C, *S) input, or of an unbatched (C, *S) one as a batch
+    of one (the older exporter's pooling takes batches only)."""
+    if input.dim() != ndim + 1:
+        return pool(input)
+    out = pool(input.unsqueeze(0))
+    return tuple(t.squeeze(0) for t in out) if isinstance(out, tuple) else out.squeeze(0)
+
+
 def max_pool(ndim, input, kernel, stride, padding, dilation, ceil_mode, same, return_indices):
     pool = _MAX[ndim - 1]
     if not same:
-        return pool(input, kernel, stride, padding, dilation, ceil_mode, return_indices)
+        return _batched(ndim, input, lambda x: pool(x, kernel, stride, padding, dilation, ceil_mode,
+                                                    return_indices))
     if return_indices:
         raise _unsupported(f"max_pool{ndim}d", "padding='same' with return_indices=True")
     # -inf padding never beats a real cell; a window with none (a dilated one
     # can fall on padding and the gaps between its taps) pools -inf, as ours.
     pads = _same_pads(input.shape[-ndim:], kernel, stride, dilation)
-    return pool(TF.pad(input, pads, value=-math.inf), kernel, stride, 0, dilation)
+    return _batched(ndim, input, lambda x: pool(TF.pad(x, pads, value=-math.inf), kernel, stride, 0, dilation))
+
+
+def _window_cells(ndim, spatial, out_spatial, kernel, stride, padding, device):
+    """The cells of each window, padding counted (torch's divisor with
+    count_include_pad: a window's padding after the input counts up to
+    `padding`), broadcast as the output's spatial dims."""
+    cells = 1
+    for i in range(ndim):
+        start = torch.arange(out_spatial[i], device=device) * stride[i] - padding[i]
+        count = (start + kernel[i]).clamp_max(spatial[i] + padding[i]) - start
+        cells = cells * count.reshape(-1, *([1] * (ndim - 1 - i)))
+    return cells
 
 
 def avg_pool(ndim, input, kernel, stride, padding, ceil_mode, same, count_include_pad, divisor_override):
     pool = _AVG[ndim - 1]
-    extra = () if ndim == 1 else (divisor_override,)
-    if not same:
-        return pool(input, kernel, stride, padding, ceil_mode, count_include_pad, *extra)
-    pads = _same_pads(input.shape[-ndim:], kernel, stride, [1] * ndim)
-    means = pool(TF.pad(input, pads), kernel, stride, 0, False, True, *extra)
-    if divisor_override is not None:
+    spatial = input.shape[-ndim:]
+    if same:
+        pads = _same_pads(spatial, kernel, stride, [1] * ndim)
+        means = _batched(ndim, input, lambda x: pool(TF.pad(x, pads), kernel, stride))
+        if divisor_override is not None:  # (every window is whole inside the padded input)
+            return (_widened(means) * math.prod(kernel) / divisor_override).to(input.dtype)
+        # "same" divides by the real cells: the mean over the window with padding
+        # as zeros, over the share of the window that is real.
+        ones = input.new_ones((1, 1, *spatial))
+        return means / pool(TF.pad(ones, pads), kernel, stride)[0, 0]
+    # ONNX's average pooling has no divisor_override (torch's exporters drop it):
+    # the mean with padding counted, times its divisor, over the one asked for.
+    include_pad = count_include_pad or divisor_override is not None
+    means = _batched(ndim, input, lambda x: pool(x, kernel, stride, padding, ceil_mode, include_pad))
+    if divisor_override is None:
         return means
-    # "same" divides by the real cells: the mean over the window with padding
-    # as zeros, over the share of the window that is real.
-    ones = input.new_ones((1,) * (input.dim() - ndim) + tuple(input.shape[-ndim:]))
-    return means / pool(TF.pad(ones, pads), kernel, stride)
+    cells = _window_cells(ndim, spatial, means.shape[-ndim:], kernel, stride, padding, input.device)
+    return (_widened(means) * cells / divisor_override).to(input.dtype)
 
 
 def adaptive(kind, ndim, input, size, return_indices=False):
     """Adaptive pooling to `size` (functional._output_size's: -1 keeps that
-    extent). To one cell, torch's (ONNX's global pooling); else masks: ONNX
-    has no adaptive pooling, torch's export has none of max, and its average's
-    windows are fixed at the sizes traced, whatever dims were declared dynamic."""
+    extent). Averages to one cell: torch's (ONNX's global pooling); maxima to
+    one cell: a max over the spatial dims; else masks. ONNX has no adaptive
+    pooling: torch's export has no adaptive max (and turns its one-cell form's
+    float16 into float32), and fixes its adaptive average's windows at the
+    sizes traced, whatever dims were declared dynamic."""
     size = [input.shape[-ndim + i] if o == -1 else o for i, o in enumerate(size)]
-    # (other dims: torch's pooling, which takes them to one cell, or raises)
-    if not return_indices and input.dim() in (ndim + 1, ndim + 2) and any(o != 1 for o in size):
-        batched = input.dim() == ndim + 2
-        out = _masked(kind, input if batched else input.unsqueeze(0), size, None)
-        return out if batched else out.squeeze(0)
-    pool = _ADAPTIVE[kind][ndim - 1]
-    return pool(input, size, return_indices) if kind == "max" else pool(input, size)
+    name = f"adaptive_{kind}_pool{ndim}d"
+    if input.dim() not in (ndim + 1, ndim + 2) or (kind == "avg" and all(o == 1 for o in size)):
+        # (other dims: torch's pooling, which takes them to one cell, or raises)
+        pool = _ADAPTIVE[kind][ndim - 1]
+        return pool(input, size, return_indices) if kind == "max" else pool(input, size)
+    if return_indices:
+        raise _unsupported(name, "return_indices=True")
+    if kind == "max" and all(o == 1 for o in size):
+        # (unsqueezed after, not keepdim: torch 2.14 exports a float16 amax whose
+        # result is a graph output as float32, dropping the cast back)
+        out = input.amax(tuple(range(-ndim, 0)))
+        for _ in range(ndim):
+            out = out.unsqueeze(-1)
+        return out
+    return _batched(ndim, input, lambda x: _masked(kind, x, size, None))
 
 
 def variable(kind, ndim, input, size, sizes, return_indices=False):
@@ -102,21 +146,25 @@ def _masked(kind, input, size, extents):
     sum are taken one dim at a time (a window is a box), each output's window a
     mask over that dim's cells."""
     n, ndim = input.shape[0], len(size)
-    x = input if kind == "max" else input.to(torch.float64 if input.dtype == torch.float64 else torch.float32)
+    x = input if kind == "max" else _widened(input)
     cells = 1  # the cells of each window (averages), broadcast as (N, 1, *size)
     for i, out in enumerate(size):
         dim = 2 + i
-        extent = x.shape[dim] if extents is None else extents[:, i].reshape(n, 1, 1)
+        # (sizes out of range, unchecked here, pool as the nearest in range)
+        extent = x.shape[dim] if extents is None else extents[:, i].clamp_min(1).clamp_max(x.shape[dim])
+        extent = extent if extents is None else extent.reshape(n, 1, 1)
         o = torch.arange(out, device=input.device).reshape(1, out, 1)
         start = o * extent // out
         end = ((o + 1) * extent + out - 1) // out
         cell = torch.arange(x.shape[dim], device=input.device).reshape(1, 1, -1)
-        inside = ((cell >= start) & (cell < end)).reshape(-1, 1, *([1] * (ndim - 1)), out, x.shape[dim])
+        inside = (cell >= start) & (cell < end)  # (N or 1, out, extent)
+        inside = inside.reshape(inside.shape[0], 1, *([1] * (ndim - 1)), out, x.shape[dim])
         last = ndim + 1  # (dims counted from the start: the legacy exporter's transposes need that)
         along = x.movedim(dim, last).unsqueeze(last)  # (N, C, the other dims, 1, extent)
         if kind == "max":
             x = torch.where(inside, along, -math.inf).amax(last + 1).movedim(last, dim)
         else:
             x = torch.where(inside, along, 0).sum(last + 1).movedim(last, dim)
-            cells = cells * (end - start).reshape(-1, 1, *([1] * i), out, *([1] * (ndim - 1 - i)))
+            count = end - start
+            cells = cells * count.reshape(count.shape[0], 1, *([1] * i), out, *([1] * (ndim - 1 - i)))
     return x if kind == "max" else (x / cells).to(input.dtype)

@@ -92,7 +92,9 @@ def test_fixed_windows_are_torch_pooling(monkeypatch, kind, d):
             assert torch.equal(got[1], want[1])
         else:
             fn = getattr(PF, f"avg_pool{d}d")
-            got, want = run_both(monkeypatch, lambda: fn(x, kernel, None, padding, ceil_mode, False))
+            # (divisor_override: a mean times its divisor, which ONNX's average pooling lacks)
+            extra = [rng.random() < 0.5] + ([rng.choice([None, rng.randint(-5, 7) or 1])] if d > 1 else [])
+            got, want = run_both(monkeypatch, lambda: fn(x, kernel, None, padding, ceil_mode, *extra))
             assert_values(got, want)
 
 
@@ -105,7 +107,7 @@ def test_adaptive(monkeypatch, kind, d):
         rng = make_rng("onnx-adaptive", kind, d, case)
         dtype = rng.choice([torch.float32, torch.float64, torch.bfloat16])
         x = random_x(rng, [rng.randint(1, 8) for _ in range(d)], dtype, specials=0.1 if kind == "max" else 0)
-        size = rng.choice([1, tuple(rng.choice([None, rng.randint(1, 10)]) for _ in range(d))])
+        size = rng.choice([1, tuple(rng.choice([None, rng.randint(0, 10)]) for _ in range(d))])
         fn = getattr(PF, f"adaptive_{kind}_pool{d}d")
         got, want = run_both(monkeypatch, lambda: fn(x, size))
         assert_values(got, want)
@@ -131,10 +133,18 @@ def test_variable(monkeypatch, kind, d):
             x[i] = fill
         if d == 1 and rng.random() < 0.5:
             sizes = sizes.reshape(n)
-        size = rng.choice([1, tuple(rng.randint(1, 10) for _ in range(d))])
+        size = rng.choice([1, tuple(rng.randint(0, 10) for _ in range(d))])
         fn = getattr(PF, f"variable_{kind}_pool{d}d")
         got, want = run_both(monkeypatch, lambda: fn(x, size, sizes))
         assert_values(got, want)
+        # An exported graph does not check sizes: it pools out-of-range ones as the nearest in range.
+        wild = sizes.clone()
+        wild.view(-1)[rng.randrange(wild.numel())] = rng.choice([-3, 0, 9, 100])
+        with monkeypatch.context() as m:
+            m.setattr(_onnx, "exporting", lambda: True)
+            got = fn(x, size, wild)
+        in_range = torch.minimum(wild.reshape(n, d).clamp_min(1), torch.tensor(extents, dtype=wild.dtype))
+        assert_values(got, fn(x, size, in_range))
 
 
 @pytest.mark.parametrize("mode", ["max", "avg"])
@@ -155,6 +165,8 @@ def test_what_export_refuses(exporting):
         PF.max_pool2d(x, 3, 2, "same", return_indices=True)
     with pytest.raises(NotImplementedError, match=r"variable_max_pool2d: .* return_indices=True"):
         PF.variable_max_pool2d(x, 2, torch.tensor([[8, 8], [3, 4]]), return_indices=True)
+    with pytest.raises(NotImplementedError, match=r"adaptive_max_pool2d: .* return_indices=True"):
+        PF.adaptive_max_pool2d(x, (2, 3), return_indices=True)
     with pytest.raises(RuntimeError, match=r"variable_avg_pool2d: output_size must be given in full"):
         PF.variable_avg_pool2d(x, (2, None), torch.tensor([[8, 8], [3, 4]]))
 
@@ -191,8 +203,12 @@ class Net(torch.nn.Module):
         outs = [pool(y) for pool in self.pools]
         outs += [PF.max_pool2d(y, 3, 2, "same"), PF.avg_pool2d(y, 3, 2, "same"),
                  PF.avg_pool1d(y.flatten(2), 4, 3, "same"), PF.max_pool3d(y.unsqueeze(1), 2, padding="same"),
+                 PF.avg_pool2d(y, 3, 2, 1, ceil_mode=True, divisor_override=5),
+                 PF.avg_pool2d(y, 4, 3, "same", divisor_override=3),
                  PF.variable_max_pool2d(y, (2, 3), sizes), PF.variable_avg_pool2d(y, 1, sizes),
                  self.spp(y, sizes)]
+        # unbatched (the older exporter's pooling takes batches only)
+        outs += [PF.max_pool2d(y[0], 2), PF.avg_pool2d(y[0], 3, 2, "same"), PF.adaptive_max_pool2d(y[0], (2, 3))]
         return tuple(outs)
 
 
@@ -256,3 +272,25 @@ def test_legacy_export_runs_in_onnxruntime():
         torch.onnx.export(model, (x, sizes), buffer, dynamo=False)
     assert_standard_onnx(onnx.load_from_string(buffer.getvalue()))
     assert_runs_as_eager(model, buffer.getvalue(), x, sizes)
+
+
+def test_export_keeps_float16():
+    """A float16 model's outputs stay float16 (torch's export of its one-cell
+    adaptive max pooling returns float32)."""
+    pytest.importorskip("onnxscript")
+    onnxruntime = pytest.importorskip("onnxruntime")
+
+    class Half(torch.nn.Module):
+        def forward(self, x):
+            return (PF.adaptive_max_pool2d(x, 1), PF.adaptive_avg_pool2d(x, 1), PF.max_pool2d(x, 2),
+                    PF.adaptive_max_pool2d(x, (2, 3)))
+
+    x = random_values(make_rng("onnx-half"), (2, 3, 8, 9), torch.float16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(Half(), (x,), dynamo=True, verbose=False)
+    session = onnxruntime.InferenceSession(program.model_proto.SerializeToString())
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    for g, w in zip(got, Half()(x)):
+        assert g.dtype == w.numpy().dtype
+        torch.testing.assert_close(torch.from_numpy(g), w, rtol=2e-3, atol=2e-3)
