@@ -103,13 +103,16 @@ def avg_pool(ndim, input, kernel, stride, padding, ceil_mode, same, count_includ
     return (_widened(means) * cells / divisor_override).to(input.dtype)
 
 
-def adaptive(kind, ndim, input, size, return_indices=False):
+def adaptive(kind, ndim, input, size, sizes=None, return_indices=False):
     """Adaptive pooling to `size` (functional._output_size's: -1 keeps that
-    extent). Averages to one cell: torch's (ONNX's global pooling); maxima to
-    one cell: a max over the spatial dims; else masks. ONNX has no adaptive
-    pooling: torch's export has no adaptive max (and turns its one-cell form's
-    float16 into float32), and fixes its adaptive average's windows at the
-    sizes traced, whatever dims were declared dynamic."""
+    extent), or variable pooling where `sizes` is given. Averages to one cell:
+    torch's (ONNX's global pooling); maxima to one cell: a max over the
+    spatial dims; else masks. ONNX has no adaptive pooling: torch's export
+    has no adaptive max (and turns its one-cell form's float16 into float32),
+    and fixes its adaptive average's windows at the sizes traced, whatever
+    dims were declared dynamic."""
+    if sizes is not None:
+        return _variable(kind, ndim, input, size, sizes, return_indices)
     size = [input.shape[-ndim + i] if o == -1 else o for i, o in enumerate(size)]
     name = f"adaptive_{kind}_pool{ndim}d"
     if input.dim() not in (ndim + 1, ndim + 2) or (kind == "avg" and all(o == 1 for o in size)):
@@ -128,7 +131,7 @@ def adaptive(kind, ndim, input, size, return_indices=False):
     return _batched(ndim, input, lambda x: _masked(kind, x, size, None))
 
 
-def variable(kind, ndim, input, size, sizes, return_indices=False):
+def _variable(kind, ndim, input, size, sizes, return_indices):
     """Variable pooling: as the ops, without their check of `sizes` (data, not
     known at export)."""
     name = f"variable_{kind}_pool{ndim}d"

@@ -410,9 +410,7 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
         _check_sequence_dims(name, ndim, input, output_size)
     size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
     if _onnx.exporting():
-        if sizes is None:
-            return _onnx.adaptive("max", ndim, input, size, return_indices)
-        return _onnx.variable("max", ndim, input, size, sizes, return_indices)
+        return _onnx.adaptive("max", ndim, input, size, sizes, return_indices)
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched, size)
     if unbatched:
@@ -455,10 +453,7 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
 def _adaptive_avg(name, ndim, input, output_size, sizes):
     _tensor(name, input)
     if _onnx.exporting():
-        size = _output_size(name, output_size, ndim)
-        if sizes is None:
-            return _onnx.adaptive("avg", ndim, input, size)
-        return _onnx.variable("avg", ndim, input, size, sizes)
+        return _onnx.adaptive("avg", ndim, input, _output_size(name, output_size, ndim), sizes)
     if sizes is None and ndim > 1:
         _check_sequence_dims(name, ndim, input, output_size)
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
@@ -681,8 +676,7 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
         for level in levels:
             size = [level, level]
             if exporting:
-                pooled = (_onnx.adaptive(mode, 2, x, size) if sizes is None else
-                          _onnx.variable(mode, 2, x, size, sizes))
+                pooled = _onnx.adaptive(mode, 2, x, size, sizes)
             elif mode == "avg":
                 pooled = call_op("adaptive_avg_pool", inference, x, size, sizes)
             elif inference:

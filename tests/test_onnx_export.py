@@ -13,7 +13,6 @@ import warnings
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import pool_ext
 import pool_ext.functional as PF
@@ -36,13 +35,17 @@ def assert_values(got, want):
     torch.testing.assert_close(got, want, rtol=rtol, atol=atol, equal_nan=True)
 
 
-def run_both(monkeypatch, fn):
-    """(ours, the export form) of fn()."""
-    want = fn()
+def exported(monkeypatch, fn):
+    """fn() as it runs inside torch.onnx.export."""
     with monkeypatch.context() as m:
         m.setattr(_onnx, "exporting", lambda: True)
-        got = fn()
-    return got, want
+        return fn()
+
+
+def run_both(monkeypatch, fn):
+    """(the export form, ours) of fn()."""
+    want = fn()
+    return exported(monkeypatch, fn), want
 
 
 def random_x(rng, spatial, dtype, *, specials=0.0):
@@ -140,9 +143,7 @@ def test_variable(monkeypatch, kind, d):
         # An exported graph does not check sizes: it pools out-of-range ones as the nearest in range.
         wild = sizes.clone()
         wild.view(-1)[rng.randrange(wild.numel())] = rng.choice([-3, 0, 9, 100])
-        with monkeypatch.context() as m:
-            m.setattr(_onnx, "exporting", lambda: True)
-            got = fn(x, size, wild)
+        got = exported(monkeypatch, lambda: fn(x, size, wild))
         in_range = torch.minimum(wild.reshape(n, d).clamp_min(1), torch.tensor(extents, dtype=wild.dtype))
         assert_values(got, fn(x, size, in_range))
 
