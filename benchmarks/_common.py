@@ -362,13 +362,15 @@ def load(path):
     return saved["header"], saved["rows"]
 
 
-def report(header, rows, columns, summary, targets, args):
-    """Prints the header lines, the table, the summary and target lines; saves JSON."""
+def report(header, rows, columns, summary, targets, args, table=True):
+    """Prints the header lines, the table (unless not ``table``), the summary and
+    target lines; saves JSON."""
     bullet = "- " if args.markdown else ""
     print("\n".join(bullet + h for h in header))
     print()
-    print(format_table(rows, columns, args.markdown))
-    print()
+    if table:
+        print(format_table(rows, columns, args.markdown))
+        print()
     print("\n".join(bullet + s for s in summary + targets))
     for r in rows:
         if r["torch_ms"] is None:
