@@ -2694,21 +2694,33 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
     at::parallel_for(n0 * vo.pixels(), n1 * vo.pixels(), grain(channels),
                      [&](int64_t begin, int64_t end) {
       WindowTable table;
-      for (const auto p : c10::irange(begin, end)) {
-        int64_t n, o[kDims];
-        unflatten_pixel(p, vo, &n, o);
-        table.build(g, n);
-        const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
-        const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
-        const scalar_t* gr = grad + vo.offset(n, 0, o[0], o[1], o[2]);
-        acc_t* sh = share + (p - n0 * vo.pixels()) * channels;
-        with_step(vo.stride[1], [&](auto step) {
-          const int64_t sc = step;
+      // The first pixel's place by division, the rest's by stepping (W
+      // fastest): divisions per pixel were a third of small backwards.
+      int64_t n, o[kDims];
+      unflatten_pixel(begin, vo, &n, o);
+      with_step(vo.stride[1], [&](auto step) {
+        const int64_t sc = step;
+        for (const auto p : c10::irange(begin, end)) {
+          table.build(g, n);
+          const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
+          const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
+          const scalar_t* gr = grad + vo.offset(n, 0, o[0], o[1], o[2]);
+          acc_t* sh = share + (p - n0 * vo.pixels()) * channels;
           for (int64_t c = 0; c < channels; ++c) {
             sh[c] = static_cast<acc_t>(gr[c * sc]) / divisor;
           }
-        });
-      }
+          if (++o[2] == vo.size[4]) {
+            o[2] = 0;
+            if (++o[1] == vo.size[3]) {
+              o[1] = 0;
+              if (++o[0] == vo.size[2]) {
+                o[0] = 0;
+                ++n;
+              }
+            }
+          }
+        }
+      });
     });
     const auto* no_taps = static_cast<const uint8_t*>(nullptr);
     if (chunked) {
