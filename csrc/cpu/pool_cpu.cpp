@@ -385,6 +385,25 @@ struct RowCursor {
   }
 };
 
+// Walks pixels (n, d, h, w) in order from pixel `first`, as RowCursor walks
+// rows: one division chain up front, then increments.
+struct PixelCursor {
+  const Layout5& v;
+  int64_t n, x[kDims];
+
+  PixelCursor(int64_t first, const Layout5& layout) : v(layout) { unflatten_pixel(first, v, &n, x); }
+
+  void next() {
+    if (++x[2] < v.size[4]) return;
+    x[2] = 0;
+    if (++x[1] < v.size[3]) return;
+    x[1] = 0;
+    if (++x[0] < v.size[2]) return;
+    x[0] = 0;
+    ++n;
+  }
+};
+
 // ---------------------------------------------------------------- forward
 
 // Calls f with the element step of a row sweep: a compile-time 1 or 2 for
@@ -2694,13 +2713,12 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
     at::parallel_for(n0 * vo.pixels(), n1 * vo.pixels(), grain(channels),
                      [&](int64_t begin, int64_t end) {
       WindowTable table;
-      // The first pixel's place by division, the rest's by stepping (W
-      // fastest): divisions per pixel were a third of small backwards.
-      int64_t n, o[kDims];
-      unflatten_pixel(begin, vo, &n, o);
+      // (Stepped, not divided per pixel: the divisions were a third of small backwards.)
+      PixelCursor px(begin, vo);
       with_step(vo.stride[1], [&](auto step) {
         const int64_t sc = step;
         for (const auto p : c10::irange(begin, end)) {
+          const int64_t n = px.n, *o = px.x;
           table.build(g, n);
           const Window w[kDims] = {table.dim[0][o[0]], table.dim[1][o[1]], table.dim[2][o[2]]};
           const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
@@ -2709,16 +2727,7 @@ void avg_backward_gather_channels(const PoolGeometry& g, const at::Tensor& grad_
           for (int64_t c = 0; c < channels; ++c) {
             sh[c] = static_cast<acc_t>(gr[c * sc]) / divisor;
           }
-          if (++o[2] == vo.size[4]) {
-            o[2] = 0;
-            if (++o[1] == vo.size[3]) {
-              o[1] = 0;
-              if (++o[0] == vo.size[2]) {
-                o[0] = 0;
-                ++n;
-              }
-            }
-          }
+          px.next();
         }
       });
     });
