@@ -452,10 +452,11 @@ def _global_mean_of_any_dims(name, ndim, input, output_size):
 
 def _adaptive_avg(name, ndim, input, output_size, sizes):
     _tensor(name, input)
+    if sizes is None:
+        _check_sequence_dims(name, ndim, input, output_size)
     if _onnx.exporting():
         return _onnx.adaptive("avg", ndim, input, _output_size(name, output_size, ndim), sizes)
     if sizes is None and ndim > 1:
-        _check_sequence_dims(name, ndim, input, output_size)
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
         if mean is not None:
             return mean

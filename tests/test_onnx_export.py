@@ -172,6 +172,17 @@ def test_what_export_refuses(exporting):
         PF.variable_avg_pool2d(x, (2, None), torch.tensor([[8, 8], [3, 4]]))
 
 
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_export_raises_as_eager(monkeypatch, kind):
+    """A malformed adaptive call raises the same error while exporting as in
+    eager mode: an output_size sequence longer than the input's dims allow."""
+    fn = getattr(PF, f"adaptive_{kind}_pool2d")
+    x = torch.randn(5, 6)
+    for call in (lambda: fn(x, (2, 2)), lambda: exported(monkeypatch, lambda: fn(x, (2, 2)))):
+        with pytest.raises(ValueError, match=rf"adaptive_{kind}_pool2d: Input dimension should be at least 3"):
+            call()
+
+
 def test_not_exporting_elsewhere():
     """Eager calls, traces and torch.export keep pool_ext's ops: only the ONNX
     exporter's flag turns the export forms on."""
