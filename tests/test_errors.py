@@ -349,29 +349,74 @@ def test_backward_and_indices_ops_refuse_another_device(moved):
                     call(lambda op, *args: op(*args))
 
 
-@pytest.mark.parametrize("dtype, scalar_type", [(torch.int64, "Long"), (torch.uint8, "Byte"), (torch.bool, "Bool"),
-                                                (torch.complex64, "ComplexFloat")])
-def test_unsupported_dtypes(dtype, scalar_type):
-    """Integer, bool and complex inputs raise NotImplementedError naming the op and
-    the dtype, the type torch raises for a dtype its kernels lack (torch's CPU
-    max_pool2d/3d take integers; we do not)."""
-    calls = [(f"{kind}_pool{d}d", (2,)) for kind in ("max", "avg") for d in (1, 2, 3)]
-    calls += [(f"adaptive_{kind}_pool{d}d", (2,)) for kind in ("max", "avg") for d in (1, 2, 3)]
-    for name, args in calls:
-        d = int(name[-2])
-        x = torch.zeros((1, 2) + (4,) * d, dtype=dtype)
-        try:
-            getattr(F, name)(x, *args)
-        except RuntimeError as e:
-            assert type(e) is NotImplementedError or dtype != torch.complex64, (name, e)
-        with pytest.raises(NotImplementedError, match=rf"{name}: .*but got {scalar_type}"):
-            getattr(PF, name)(x, *args)
-        with pytest.raises(NotImplementedError, match=rf"{name}: "):  # the fake kernels too
-            getattr(PF, name)(x.to("meta"), *args)
+def result_or_error(call):
+    """What call() gives: its result, or the exception it raises."""
+    try:
+        return call()
+    except Exception as e:  # noqa: BLE001 (any error torch raises is the expected outcome)
+        return e
+
+
+def assert_same_outcome(got, want, what):
+    """The same results (values, dtypes, indices), or errors of the same type and message."""
+    if isinstance(want, Exception) or isinstance(got, Exception):
+        assert type(got) is type(want) and str(got) == str(want), (what, got, want)
+        return
+    got, want = (got, want) if isinstance(want, tuple) else ((got,), (want,))
+    for g, w in zip(got, want, strict=True):
+        g, w = (t.dequantize() if t.is_quantized else t for t in (g, w))
+        assert g.dtype == w.dtype and g.shape == w.shape and torch.equal(g, w), what
+
+
+OTHER_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool,
+                torch.complex64, torch.quint8]
+
+
+@pytest.mark.parametrize("dtype", OTHER_DTYPES, ids=str)
+def test_other_dtypes_run_torch_pooling(dtype):
+    """Integer, bool, complex and quantized inputs, which our kernels do not
+    take, run torch's own pooling through pool_ext.functional and pool_ext.nn:
+    its values and indices where it has a kernel (max_pool2d/3d of integers,
+    averages of int64, quantized pooling), its very error where it has none.
+    The ops themselves (and their fake kernels) refuse them, naming the op and
+    the dtype; so do variable and spatial pyramid pooling, which torch lacks."""
+    rng = make_rng("other-dtypes", str(dtype))
+    for kind in ("max", "avg"):
+        for d in (1, 2, 3):
+            shape = (2, 3) + tuple(rng.randint(3, 7) for _ in range(d))
+            x = torch.randn(shape) * 10
+            x = (torch.quantize_per_tensor(x, 0.1, 0, dtype) if dtype == torch.quint8
+                 else x.to(dtype))
+            calls = [(f"{kind}_pool{d}d", (2,)), (f"{kind}_pool{d}d", (3, 2, 1, *((1,) if kind == "max" else ())))]
+            calls += [(f"adaptive_{kind}_pool{d}d", (2,)), (f"adaptive_{kind}_pool{d}d", (1,))]
+            for name, args in calls:
+                for kwargs in ({}, {"return_indices": True}) if kind == "max" else ({},):
+                    for t in (x, x[0]):  # batched and unbatched
+                        want = result_or_error(lambda: getattr(F, name)(t, *args, **kwargs))
+                        got = result_or_error(lambda: getattr(PF, name)(t, *args, **kwargs))
+                        assert_same_outcome(got, want, (name, args, kwargs, t.shape))
+            layer = getattr(pool_ext.nn, f"{kind.capitalize()}Pool{d}d")(2)
+            torch_layer = getattr(torch.nn, f"{kind.capitalize()}Pool{d}d")(2)
+            assert_same_outcome(result_or_error(lambda: layer(x)), result_or_error(lambda: torch_layer(x)), "layer")
+            with pytest.raises(NotImplementedError, match=rf"{kind}_pool{d}d: padding='same' needs a floating"):
+                getattr(PF, f"{kind}_pool{d}d")(x, 3, 1, "same")
+    if dtype == torch.quint8:
+        return
+    x = torch.zeros(1, 2, 4, 4, dtype=dtype)
+    scalar_type = {torch.uint8: "Byte", torch.int8: "Char", torch.int16: "Short", torch.int32: "Int",
+                   torch.int64: "Long", torch.bool: "Bool", torch.complex64: "ComplexFloat"}[dtype]
+    ops = torch.ops.pool_ext
+    for t in (x, x.to("meta")):  # the CPU kernels and the fake kernels
+        for name, call in (("max_pool2d", lambda: ops.max_pool(t, [2, 2], [2, 2], [0, 0], [1, 1], False, False)),
+                           ("avg_pool2d", lambda: ops.avg_pool(t, [2, 2], [2, 2], [0, 0], False, False, True, None)),
+                           ("adaptive_max_pool2d", lambda: ops.adaptive_max_pool(t, [2, 2], None)),
+                           ("adaptive_avg_pool2d", lambda: ops.adaptive_avg_pool(t, [2, 2], None))):
+            with pytest.raises(NotImplementedError, match=rf"{name}: .*but got ({scalar_type}|{dtype})"):
+                call()
     with pytest.raises(NotImplementedError, match="variable_max_pool2d"):
-        PF.variable_max_pool2d(torch.zeros(1, 2, 4, 4, dtype=dtype), 2, torch.tensor([[4, 4]]))
+        PF.variable_max_pool2d(x, 2, torch.tensor([[4, 4]]))
     with pytest.raises(NotImplementedError, match="spatial_pyramid_pool2d"):
-        PF.spatial_pyramid_pool2d(torch.zeros(1, 2, 4, 4, dtype=dtype))
+        PF.spatial_pyramid_pool2d(x)
 
 
 def test_spatial_pyramid_pool_errors():
