@@ -219,30 +219,16 @@ _REPLACEMENTS = {
 def replace_pooling(model: nn.Module) -> nn.Module:
     """Swaps, in place, every torch.nn pooling layer of ``model`` for pool_ext's; returns ``model``.
 
-    The new layers carry the old ones' settings, hooks and training flag; a
-    layer registered in several places (one object, shared) is replaced by one
-    new layer, still shared; a model that is itself a pooling layer is
-    returned replaced.
+    Each such layer object becomes pool_ext's layer of the same kind (its
+    class changes): its settings, hooks and training flag stay, and so does
+    every reference to it, so a layer shared between parents, or also held
+    outside the model's modules, is swapped everywhere. A model that is itself
+    a pooling layer is swapped too. Left as they are: subclasses of torch.nn's
+    layers (which may override ``forward``) and layers whose ``forward`` was
+    patched on the instance (wrappers that call torch's ``forward``).
     """
-    swapped = {}  # id of an old layer -> its replacement
-
-    def swap(module):
+    for module in model.modules():
         cls = _REPLACEMENTS.get(type(module))
-        if cls is None:
-            return module
-        if id(module) not in swapped:
-            new = cls.__new__(cls)
-            # The same hook dicts, not copies: handles made before the swap
-            # still remove their hooks.
-            new.__dict__.update(module.__dict__)
-            swapped[id(module)] = new
-        return swapped[id(module)]
-
-    # Every registration, repeats included (named_children and modules()
-    # yield a shared layer once).
-    for parent in model.modules():
-        for name, child in list(parent._modules.items()):
-            new = swap(child) if child is not None else child
-            if new is not child:
-                setattr(parent, name, new)
-    return swap(model)
+        if cls is not None and "forward" not in module.__dict__:
+            module.__class__ = cls
+    return model

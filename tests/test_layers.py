@@ -177,8 +177,38 @@ def test_replace_pooling_keeps_shared_layers_shared():
 
 def test_replace_pooling_of_a_pooling_layer():
     layer = nn.MaxPool2d(3, 2, 1, return_indices=True)
-    new = pool_ext.nn.replace_pooling(layer)
-    assert type(new) is pnn.MaxPool2d and new.return_indices and repr(new) == repr(layer)
     x = torch.randn(1, 2, 9, 9)
-    for g, e in zip(new(x), layer(x)):
+    expected, before = layer(x), repr(layer)
+    new = pool_ext.nn.replace_pooling(layer)
+    assert new is layer and type(new) is pnn.MaxPool2d and new.return_indices and repr(new) == before
+    for g, e in zip(new(x), expected):
         assert_equal(g, e)
+
+
+def test_replace_pooling_reaches_every_reference():
+    """The layer objects themselves change kind: a reference held outside the
+    model's modules (a list, a closure) runs pool_ext's layer too."""
+    pool = nn.AvgPool2d(2)
+    model = nn.Sequential(pool)
+    elsewhere = [pool]
+    pool_ext.nn.replace_pooling(model)
+    assert type(elsewhere[0]) is pnn.AvgPool2d and elsewhere[0] is model[0]
+
+
+def test_replace_pooling_leaves_subclasses_and_patched_forwards():
+    """A subclass may override forward, and a forward patched onto an instance
+    (as wrappers do) calls torch's: both stay torch's layers, untouched."""
+    class Custom(nn.MaxPool2d):
+        def forward(self, input):
+            return super().forward(input) * 2
+
+    patched = nn.MaxPool2d(2)
+    torch_forward = patched.forward
+    patched.forward = lambda input: torch_forward(input) + 1
+    model = nn.Sequential(Custom(2), patched, nn.MaxPool2d(2))
+    x = torch.randn(1, 1, 8, 8)
+    expected = model(x)
+    pool_ext.nn.replace_pooling(model)
+    assert type(model[0]) is Custom and type(model[1]) is nn.MaxPool2d
+    assert type(model[2]) is pnn.MaxPool2d
+    assert_equal(model(x), expected)
