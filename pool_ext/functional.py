@@ -188,17 +188,25 @@ def _inference(input):
                 or torch.jit.is_tracing() or torch.compiler.is_exporting() or has_tangent(input))
 
 
+# torch's functions as they are at import: a user who then points
+# torch.nn.functional's names at ours still reaches torch's here.
+_TORCH_POOLING = {f"{kind}_pool{d}d": getattr(torch.nn.functional, f"{kind}_pool{d}d")
+                  for kind in ("max", "avg", "adaptive_max", "adaptive_avg") for d in (1, 2, 3)}
+
+
 def _by_torch(name, input, same, *args):
     """torch.nn.functional's `name` on input, for the dtypes our kernels do
     not take: integers, bool, complex and quantized tensors (the kernels take
     floating ones). torch's pooling gives its results where it has a kernel
     (max_pool2d/3d of integers, averages of int64, quantized pooling) and its
     error where it has none, as a drop-in must. Its functions take no padding
-    string; "same" raises here, "valid" arrives as 0."""
+    string; "same" raises here, "valid" arrives as 0. (The ONNX export forms
+    come first: they batch unbatched inputs for the older exporter, and apply
+    divisor_override, which torch's exporters drop.)"""
     if same:
         raise NotImplementedError(
             f"{name}: padding='same' needs a floating-point input, but got {input.dtype}")
-    return getattr(torch.nn.functional, name)(input, *args)
+    return _TORCH_POOLING[name](input, *args)
 
 
 def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
@@ -207,10 +215,10 @@ def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mo
     kernel, stride, padding, same = _fixed_args(name, ndim, kernel_size, stride, padding)
     dilation = [dilation] * ndim if type(dilation) is int else _tuple(name, "dilation", dilation, ndim)
     args = (kernel, stride, padding, dilation, _flag(name, "ceil_mode", ceil_mode), same)
-    if not input.is_floating_point():
-        return _by_torch(name, input, same, *args[:5], return_indices)
     if _onnx.exporting():
         return _onnx.max_pool(ndim, input, *args, return_indices)
+    if not input.is_floating_point():
+        return _by_torch(name, input, same, *args[:5], return_indices)
     x, unbatched = _batched(name, input, ndim)
     if unbatched:
         _check_unbatched_empty(name, input, True)
@@ -232,12 +240,12 @@ def _avg_pool(name, ndim, input, kernel_size, stride, padding, ceil_mode, count_
     count_include_pad = _flag(name, "count_include_pad", count_include_pad)
     if divisor_override == 0:  # (before the dims, as torch's avg_pool2d, which indexes them)
         raise RuntimeError(f"{name}: divisor must be not zero, but got divisor_override=0")
-    if not input.is_floating_point():
-        extra = () if ndim == 1 else (divisor_override,)  # (torch's avg_pool1d has none)
-        return _by_torch(name, input, same, kernel, stride, padding, ceil_mode, count_include_pad, *extra)
     if _onnx.exporting():
         return _onnx.avg_pool(ndim, input, kernel, stride, padding, ceil_mode, same, count_include_pad,
                               divisor_override)
+    if not input.is_floating_point():
+        extra = () if ndim == 1 else (divisor_override,)  # (torch's avg_pool1d has none)
+        return _by_torch(name, input, same, kernel, stride, padding, ceil_mode, count_include_pad, *extra)
     x, unbatched = _batched(name, input, ndim, IndexError if ndim == 2 else RuntimeError)
     if unbatched:
         _check_unbatched_empty(name, input, True)
@@ -427,10 +435,10 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     if sizes is None:
         _check_sequence_dims(name, ndim, input, output_size)
     size = _output_size(name, output_size, ndim)  # (types before the input's dims, as torch)
-    if sizes is None and not input.is_floating_point():
-        return _by_torch(name, input, False, output_size, return_indices)
     if _onnx.exporting():
         return _onnx.adaptive("max", ndim, input, size, sizes, return_indices)
+    if sizes is None and not input.is_floating_point():
+        return _by_torch(name, input, False, output_size, return_indices)
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched, size)
     if unbatched:
@@ -474,11 +482,11 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
     _tensor(name, input)
     if sizes is None:
         _check_sequence_dims(name, ndim, input, output_size)
-        if not input.is_floating_point():
-            _output_size(name, output_size, ndim)  # (its types checked as for other inputs)
-            return _by_torch(name, input, False, output_size)
     if _onnx.exporting():
         return _onnx.adaptive("avg", ndim, input, _output_size(name, output_size, ndim), sizes)
+    if sizes is None and not input.is_floating_point():
+        _output_size(name, output_size, ndim)  # (its types checked as for other inputs)
+        return _by_torch(name, input, False, output_size)
     if sizes is None and ndim > 1:
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
         if mean is not None:

@@ -387,8 +387,12 @@ def test_other_dtypes_run_torch_pooling(dtype):
             x = torch.randn(shape) * 10
             x = (torch.quantize_per_tensor(x, 0.1, 0, dtype) if dtype == torch.quint8
                  else x.to(dtype))
-            calls = [(f"{kind}_pool{d}d", (2,)), (f"{kind}_pool{d}d", (3, 2, 1, *((1,) if kind == "max" else ())))]
-            calls += [(f"adaptive_{kind}_pool{d}d", (2,)), (f"adaptive_{kind}_pool{d}d", (1,))]
+            # Every argument away from its default too: each must reach torch's function.
+            extra = (2, True) if kind == "max" else (True, False) if d == 1 else (True, False, 3)
+            calls = [(f"{kind}_pool{d}d", (2,)), (f"{kind}_pool{d}d", (3, 2, 1, *extra)),
+                     (f"{kind}_pool{d}d", ((2, 3, 2)[:d], 1, 0))]
+            calls += [(f"adaptive_{kind}_pool{d}d", (size,))
+                      for size in (2, 1, (None, 3, 2)[:d], (3, None, 2)[-d:])]
             for name, args in calls:
                 for kwargs in ({}, {"return_indices": True}) if kind == "max" else ({},):
                     for t in (x, x[0]):  # batched and unbatched

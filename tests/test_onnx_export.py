@@ -183,6 +183,21 @@ def test_export_raises_as_eager(monkeypatch, kind):
             call()
 
 
+def test_integer_inputs_take_the_export_forms(monkeypatch):
+    """Integer inputs, which eager mode hands to torch's pooling, take the
+    export forms too while exporting: unbatched ones batched for the older
+    exporter. (Not divisor_override on int64 averages: the form's factor
+    rounds otherwise than torch's integer division.)"""
+    x = torch.randint(0, 100, (3, 8, 8), dtype=torch.int64)
+    for fn, args in ((PF.max_pool2d, (2,)), (PF.avg_pool2d, (3, 2, 1, False, True))):
+        got, want = run_both(monkeypatch, lambda: fn(x, *args))
+        assert got.shape == want.shape and torch.equal(got, want)
+    calls, batched = [], _onnx._batched
+    monkeypatch.setattr(_onnx, "_batched", lambda ndim, t, pool: calls.append(t.dim()) or batched(ndim, t, pool))
+    exported(monkeypatch, lambda: PF.max_pool2d(x, 2))
+    assert calls == [3]  # the export form ran, on the unbatched input
+
+
 def test_not_exporting_elsewhere():
     """Eager calls, traces and torch.export keep pool_ext's ops: only the ONNX
     exporter's flag turns the export forms on."""
