@@ -1,13 +1,16 @@
 """pool_ext.nn layers mirror torch.nn's (constructors, extra_repr, results), and
 replace_pooling swaps torch.nn pooling layers in place."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
 
 import pool_ext
+import pool_ext.functional as pf
 import pool_ext.nn as pnn
-from pool_testing import assert_equal
+from pool_testing import DEVICES, assert_equal
 
 # (class name, input shape, constructor args, constructor kwargs)
 MIRRORED = [
@@ -212,3 +215,73 @@ def test_replace_pooling_leaves_subclasses_and_patched_forwards():
     assert type(model[0]) is Custom and type(model[1]) is nn.MaxPool2d
     assert type(model[2]) is pnn.MaxPool2d
     assert_equal(model(x), expected)
+
+
+# ---------------------------------------------------------------- autocast, inference mode
+
+
+def make_mixed_cnn():
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.AvgPool2d(3, 1, 1),
+        nn.Conv2d(8, 8, 3, padding=1), nn.AdaptiveAvgPool2d(3), nn.AdaptiveMaxPool2d((2, 1)),
+        nn.Flatten(), nn.Linear(16, 4),
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", (torch.bfloat16, torch.float16), ids=("bf16", "f16"))
+def test_replaced_model_under_autocast(device, dtype):
+    """Under torch.autocast the convolutions hand the pooling layers inputs in
+    the autocast dtype, which they pool in that dtype, as torch's (pooling is
+    on no autocast list): the same outputs, and gradients in float32 that
+    differ only by the low-precision backward's roundings."""
+    torch.manual_seed(0)
+    theirs = make_mixed_cnn().to(device)
+    ours = pool_ext.nn.replace_pooling(copy.deepcopy(theirs))
+    x = torch.randn(4, 3, 16, 16, device=device)
+    results = []
+    for model in (theirs, ours):
+        leaf = x.clone().requires_grad_()
+        with torch.autocast(device, dtype=dtype):
+            pooled = model[:3](leaf)
+            out = model[3:](pooled)
+        out.float().sum().backward()
+        results.append((pooled, out, leaf.grad, [p.grad for p in model.parameters()]))
+    (pooled_t, out_t, grad_t, params_t), (pooled_o, out_o, grad_o, params_o) = results
+    assert pooled_o.dtype == dtype and out_o.dtype == out_t.dtype
+    assert_equal(pooled_o, pooled_t)  # (a max: the same cells whatever the order)
+    torch.testing.assert_close(out_o, out_t)
+    assert grad_o.dtype == torch.float32
+    torch.testing.assert_close(grad_o, grad_t, rtol=2e-2, atol=2e-2 * grad_t.abs().max().item())
+    for got, expected in zip(params_o, params_t):
+        torch.testing.assert_close(got, expected, rtol=2e-2, atol=2e-2 * expected.abs().max().item())
+
+
+def test_layers_and_functions_in_inference_mode():
+    """Under torch.inference_mode the layers give torch's results, as inference
+    tensors; inference tensors made there pool afterwards too, outside the mode."""
+    torch.manual_seed(0)
+    theirs = make_mixed_cnn()
+    ours = pool_ext.nn.replace_pooling(copy.deepcopy(theirs))
+    x = torch.randn(2, 3, 16, 16)
+    sizes = torch.tensor([[16, 9], [5, 16]])
+    with torch.inference_mode():
+        expected, got = theirs(x), ours(x)
+        made = torch.randn(2, 3, 16, 16)
+        out, indices = pnn.MaxPool2d(3, 2, return_indices=True)(made)
+        variable = pf.variable_max_pool2d(made, 2, sizes)
+        pyramid = pnn.SpatialPyramidPool2d((1, 2))(made, sizes)
+    assert got.is_inference() and out.is_inference() and indices.is_inference()
+    assert variable.is_inference() and pyramid.is_inference()
+    torch.testing.assert_close(got, expected)
+    ref_out, ref_indices = nn.MaxPool2d(3, 2, return_indices=True)(made)
+    assert_equal(out, ref_out)
+    assert_equal(indices, ref_indices)
+    assert_equal(variable[1], pf.adaptive_max_pool2d(made[1:, :, :5, :16], 2)[0])
+    assert_equal(pyramid, pf.spatial_pyramid_pool2d(made.clone(), (1, 2), "max", sizes))
+    # Outside the mode, an inference tensor is an input without a gradient.
+    for ours_f, torch_f, args in ((pf.max_pool2d, nn.functional.max_pool2d, (2,)),
+                                  (pf.avg_pool2d, nn.functional.avg_pool2d, (3, 1, 1)),
+                                  (pf.adaptive_avg_pool2d, nn.functional.adaptive_avg_pool2d, (1,)),
+                                  (pf.adaptive_max_pool2d, nn.functional.adaptive_max_pool2d, (3,))):
+        torch.testing.assert_close(ours_f(made, *args), torch_f(made, *args))
