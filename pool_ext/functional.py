@@ -430,6 +430,20 @@ def _check_sequence_dims(name, ndim, input, output_size):
         )
 
 
+def _torch_output_size(ndim, input, output_size):
+    """An output_size (checked) as torch's adaptive functions take it, for the
+    inputs handed to them: our extensions, None for every dim and None in a 1d
+    size, spelt as torch's None entries, or in 1d, where torch has none, as
+    the input's length."""
+    if output_size is None or (
+            ndim == 1 and _is_size_sequence(output_size) and any(o is None for o in output_size)):
+        if ndim > 1:
+            return (None,) * ndim
+        if input.dim() >= 2:
+            return input.shape[-1]
+    return output_size
+
+
 def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     _tensor(name, input)
     if sizes is None:
@@ -438,7 +452,7 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
     if _onnx.exporting():
         return _onnx.adaptive("max", ndim, input, size, sizes, return_indices)
     if sizes is None and not input.is_floating_point():
-        return _by_torch(name, input, False, output_size, return_indices)
+        return _by_torch(name, input, False, _torch_output_size(ndim, input, output_size), return_indices)
     x, unbatched = _batched(name, input, ndim)
     _check_channels(name, x, unbatched, size)
     if unbatched:
@@ -486,7 +500,7 @@ def _adaptive_avg(name, ndim, input, output_size, sizes):
         return _onnx.adaptive("avg", ndim, input, _output_size(name, output_size, ndim), sizes)
     if sizes is None and not input.is_floating_point():
         _output_size(name, output_size, ndim)  # (its types checked as for other inputs)
-        return _by_torch(name, input, False, output_size)
+        return _by_torch(name, input, False, _torch_output_size(ndim, input, output_size))
     if sizes is None and ndim > 1:
         mean = _global_mean_of_any_dims(name, ndim, input, output_size)
         if mean is not None:

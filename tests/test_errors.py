@@ -377,7 +377,8 @@ def test_other_dtypes_run_torch_pooling(dtype):
     """Integer, bool, complex and quantized inputs, which our kernels do not
     take, run torch's own pooling through pool_ext.functional and pool_ext.nn:
     its values and indices where it has a kernel (max_pool2d/3d of integers,
-    averages of int64, quantized pooling), its very error where it has none.
+    averages of int64, quantized pooling), its very error where it has none,
+    with our output_size extensions applied.
     The ops themselves (and their fake kernels) refuse them, naming the op and
     the dtype; so do variable and spatial pyramid pooling, which torch lacks."""
     rng = make_rng("other-dtypes", str(dtype))
@@ -391,14 +392,22 @@ def test_other_dtypes_run_torch_pooling(dtype):
             extra = (2, True) if kind == "max" else (True, False) if d == 1 else (True, False, 3)
             calls = [(f"{kind}_pool{d}d", (2,)), (f"{kind}_pool{d}d", (3, 2, 1, *extra)),
                      (f"{kind}_pool{d}d", ((2, 3, 2)[:d], 1, 0))]
-            calls += [(f"adaptive_{kind}_pool{d}d", (size,))
-                      for size in (2, 1, (None, 3, 2)[:d], (3, None, 2)[-d:])]
+            calls += [(f"adaptive_{kind}_pool{d}d", (size,))  # (1d's None: below)
+                      for size in (2, 1, (None, 3, 2)[:d] if d > 1 else 3, (3, None, 2)[-d:])]
             for name, args in calls:
                 for kwargs in ({}, {"return_indices": True}) if kind == "max" else ({},):
                     for t in (x, x[0]):  # batched and unbatched
                         want = result_or_error(lambda: getattr(F, name)(t, *args, **kwargs))
                         got = result_or_error(lambda: getattr(PF, name)(t, *args, **kwargs))
                         assert_same_outcome(got, want, (name, args, kwargs, t.shape))
+            # Our output_size extensions (None for every dim, None in a 1d size) reach torch
+            # as the sizes they stand for.
+            for size in (None, (None,) * d):
+                for t in (x, x[0]):
+                    resolved = tuple(t.shape[-d:]) if d > 1 else t.shape[-1]
+                    want = result_or_error(lambda: getattr(F, f"adaptive_{kind}_pool{d}d")(t, resolved))
+                    got = result_or_error(lambda: getattr(PF, f"adaptive_{kind}_pool{d}d")(t, size))
+                    assert_same_outcome(got, want, (kind, d, size, t.shape))
             layer = getattr(pool_ext.nn, f"{kind.capitalize()}Pool{d}d")(2)
             torch_layer = getattr(torch.nn, f"{kind.capitalize()}Pool{d}d")(2)
             assert_same_outcome(result_or_error(lambda: layer(x)), result_or_error(lambda: torch_layer(x)), "layer")
