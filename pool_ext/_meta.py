@@ -305,6 +305,15 @@ def call_op(name, no_derivative, *args):
     return getattr(pool_ops, name)(*args)
 
 
+def call_plain(name, *args):
+    """The op `name`, one without derivatives (the values-only forwards, the
+    indices), on args: straight to its dispatcher entry, 0.6 us a call less
+    than through its OpOverloadPacket. torch.compile traces the OpOverload."""
+    if torch.compiler.is_compiling():
+        return _DEFAULTS[name](*args)
+    return _BINDINGS[name](*args)
+
+
 def _late(name):
     """pool_ops.<name>, looked up when called: the formulas below are made
     before _register_autograd wraps the ops they call. No derivative of the

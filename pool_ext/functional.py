@@ -34,7 +34,7 @@ from torch.overrides import handle_torch_function, has_torch_function, has_torch
 
 from . import _onnx
 from ._geometry import resolve_output_size
-from ._meta import call_op, has_tangent, pool_ops
+from ._meta import call_op, call_plain, has_tangent
 
 __all__ = [
     "max_pool1d", "max_pool2d", "max_pool3d",
@@ -224,10 +224,10 @@ def _max_pool(name, ndim, input, kernel_size, stride, padding, dilation, ceil_mo
         _check_unbatched_empty(name, input, True)
     inference = _inference(input)
     if not return_indices and inference:
-        return _unbatch(pool_ops._max_pool_values(x, *args), unbatched)
+        return _unbatch(call_plain("_max_pool_values", x, *args), unbatched)
     out, taps = call_op("max_pool", inference, x, *args)
     if return_indices:
-        return _unbatch((out, pool_ops._max_pool_indices(x, taps, *args)), unbatched)
+        return _unbatch((out, call_plain("_max_pool_indices", x, taps, *args)), unbatched)
     return _unbatch(out, unbatched)
 
 
@@ -459,10 +459,10 @@ def _adaptive_max(name, ndim, input, output_size, sizes, return_indices):
         _check_unbatched_empty(name, input, False)
     inference = _inference(input)
     if not return_indices and inference:
-        return _unbatch(pool_ops._adaptive_max_pool_values(x, size, sizes), unbatched)
+        return _unbatch(call_plain("_adaptive_max_pool_values", x, size, sizes), unbatched)
     out, taps = call_op("adaptive_max_pool", inference, x, size, sizes, _long_taps())
     if return_indices:
-        return _unbatch((out, pool_ops._adaptive_max_pool_indices(x, taps, size, sizes)), unbatched)
+        return _unbatch((out, call_plain("_adaptive_max_pool_indices", x, taps, size, sizes)), unbatched)
     return _unbatch(out, unbatched)
 
 
@@ -726,7 +726,7 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
             elif mode == "avg":
                 pooled = call_op("adaptive_avg_pool", inference, x, size, sizes)
             elif inference:
-                pooled = pool_ops._adaptive_max_pool_values(x, size, sizes)
+                pooled = call_plain("_adaptive_max_pool_values", x, size, sizes)
             else:
                 pooled, _taps = call_op("adaptive_max_pool", False, x, size, sizes, _long_taps())
             parts.append(pooled.flatten(1))
