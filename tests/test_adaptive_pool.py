@@ -655,7 +655,29 @@ def test_global_average_of_many_planes(spatial, dtype, device):
         run_case("avg", d, x, "strided", 1, [1] * d, device, rng)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_global_average_of_dense_planes_is_torchs_bit_for_bit(dtype):
+    """On the CPU, torch's global average is its mean, a sum in the order of
+    its cascade_sum divided by the cell count. Over dense planes (contiguous
+    inputs, channel slices too) ours sums in that order: the same bits, for
+    planes shorter than a vector, of whole vectors and cells past them, and
+    long enough for the sum's cascade of blocks; 1d, 2d and 3d, batched and
+    unbatched, NaN and inf. (One plane of 32768 cells or more is left out:
+    there torch splits the sum among its threads.)"""
+    rng = make_rng("global-as-torch", dtype)
+    cases = [(1, (3,)), (1, (9,)), (1, (1000,)), (1, (4100,)), (2, (1, 1)), (2, (2, 2)), (2, (3, 3)),
+             (2, (4, 4)), (2, (7, 7)), (2, (14, 14)), (2, (1, 17)), (2, (33, 33)), (2, (100, 100)),
+             (3, (2, 3, 5)), (3, (4, 4, 4)), (3, (9, 11, 13))]
+    for d, spatial in cases:
+        fn = f"adaptive_avg_pool{d}d"
+        for shape in ((2, 11, *spatial), (11, *spatial)):
+            base, _ = random_input(rng, shape, dtype, "cpu", layout="contiguous", specials=0.02)
+            for x in (base, base[:, ::2] if len(shape) == d + 2 else base[::2]):  # (channel slices)
+                assert_equal(ours(fn)(x, 1), torchs(fn)(x, 1), f"{fn} {tuple(x.shape)} {dtype}")
+
+
 # (input extent, output extent) per dim whose windows are all one size at one
+# stride# (input extent, output extent) per dim whose windows are all one size at one
 # stride (extent % out of 0 or 1): up to 16 cells a window they run as that
 # fixed pooling, beyond on the adaptive kernels.
 UNIFORM = {

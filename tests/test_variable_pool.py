@@ -181,6 +181,28 @@ def test_full_sizes_equal_adaptive(kind, d, device):
         assert_equal(got, ours(f"adaptive_{kind}_pool{d}d")(x, output_size))
 
 
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_masked_mean_is_the_per_sample_means_bit_for_bit(d):
+    """Variable average pooling to one cell (masked global mean) of contiguous
+    inputs on the CPU gives, bit for bit, the loop over samples of torch's
+    global average of each sample's slice: each sums in the order torch's
+    mean gives that slice (rows of the extent, whole rows and planes merged).
+    Widths of one cell, full widths and full planes among them."""
+    rng = torch.Generator().manual_seed(d)
+    shape = {1: (6, 3, 40), 2: (6, 3, 9, 20), 3: (6, 3, 5, 6, 9)}[d]
+    for dtype in (torch.float32, torch.float64, torch.bfloat16):
+        x = (torch.randn(shape, generator=rng, dtype=torch.float64) * 3 + 1).to(dtype)
+        for trial in range(4):
+            sizes = torch.stack([torch.randint(1, e + 1, (shape[0],), generator=rng) for e in shape[2:]], 1)
+            sizes[0] = torch.tensor(shape[2:])  # the whole plane
+            sizes[1, -1] = shape[-1]  # whole rows
+            sizes[2, -1] = 1  # a column
+            got = getattr(pool_ext.functional, f"variable_avg_pool{d}d")(x, 1, sizes)
+            for n, extent in enumerate(sizes.tolist()):
+                sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
+                assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1), (dtype, extent))
+
+
 def test_max_indices_are_flat_in_the_padded_plane():
     x = torch.full((2, 1, 3, 4), 100.0)  # padding larger than any real value
     x[0, 0, :2, :3] = torch.tensor([[1.0, 2.0, 3.0], [4.0, 9.0, 5.0]])

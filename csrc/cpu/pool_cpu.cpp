@@ -18,6 +18,7 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
+#include <ATen/Version.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
@@ -3239,6 +3240,228 @@ void max_indices_kernel(const PoolGeometry& g, const at::Tensor& taps, const at:
   });
 }
 
+// ------------------------------------------------- torch's order of a sum
+//
+// torch's global average pooling is its CPU mean: a sum divided by the
+// cell count, the sum that of its cascade_sum (SumKernel.cpp). Over a dense
+// plane that sum takes one order, that of 32-byte vectors: torch registers
+// no AVX512 form of it, so its AVX2 form runs on AVX512 machines too, and
+// its default form's vectors are 32 bytes as well. The whole vectors, as
+// rows of four, go to four running sums (blocks of 2^p rows passed up a
+// cascade of four levels, p = max(4, ceil(log2(rows)) / 4)), the leftover
+// vectors to the first, and the four are added in turn; then from zero the
+// cells past the whole vectors, and that vector's lanes, each in turn. A
+// plane shorter than a vector sums its cells the same way, as rows of four
+// cells. Dense planes sum here in that order, so that the mean is torch's,
+// bit for bit (reduced-precision values widened first, as torch's mean
+// widens them).
+
+// Whether torch's sum kernel in this process has 32-byte vectors, as ours.
+template <typename acc_t>
+inline bool sums_as_torch() {
+  static const bool x86 = [] {
+    const std::string capability = at::get_cpu_capability();
+    return capability == "AVX512" || capability == "AVX2" || capability == "NO AVX";
+  }();
+  return x86 && sizeof(at::vec::Vectorized<acc_t>) == 32;
+}
+
+// utils::CeilLog2 of torch: 1 up to 2.
+inline int64_t torch_ceil_log2(int64_t x) {
+  return x <= 2 ? 1 : 64 - c10::llvm::countLeadingZeros(static_cast<uint64_t>(x - 1));
+}
+
+// torch's multi_row_sum: four running sums over `rows` rows of four values,
+// row(i, k) the k-th of row i.
+template <typename T, typename Row>
+inline std::array<T, 4> torch_multi_row(int64_t rows, const T& zero, const Row& row) {
+  constexpr int kLevels = 4;
+  const int64_t power = std::max<int64_t>(4, torch_ceil_log2(rows) / kLevels);
+  const int64_t step = int64_t(1) << power, mask = step - 1;
+  if (rows < step) {
+    // No block to pass up: the higher levels stay zero, and adding their
+    // +0 changes no running sum from +0, which is never -0.
+    std::array<T, 4> sum = {zero, zero, zero, zero};
+    for (int64_t i = 0; i < rows; ++i) {
+      for (int k = 0; k < 4; ++k) sum[k] = sum[k] + row(i, k);
+    }
+    return sum;
+  }
+  T acc[kLevels][4];
+  for (auto& level : acc) {
+    for (auto& a : level) a = zero;
+  }
+  int64_t i = 0;
+  while (i + step <= rows) {
+    for (int64_t j = 0; j < step; ++j, ++i) {
+      for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + row(i, k);
+    }
+    for (int level = 1; level < kLevels; ++level) {
+      for (int k = 0; k < 4; ++k) {
+        acc[level][k] = acc[level][k] + acc[level - 1][k];
+        acc[level - 1][k] = zero;
+      }
+      if ((i & (mask << (level * power))) != 0) break;
+    }
+  }
+  for (; i < rows; ++i) {
+    for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + row(i, k);
+  }
+  for (int level = 1; level < kLevels; ++level) {
+    for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + acc[level][k];
+  }
+  return {acc[0][0], acc[0][1], acc[0][2], acc[0][3]};
+}
+
+// torch's row_sum: `size` values, load(i) the i-th, as rows of four.
+template <typename T, typename Load>
+inline T torch_row_sum(int64_t size, const T& zero, const Load& load) {
+  const int64_t rows = size / 4;
+  auto part = torch_multi_row(rows, zero, [&](int64_t i, int k) { return load(4 * i + k); });
+  for (int64_t i = rows * 4; i < size; ++i) part[0] = part[0] + load(i);
+  for (int k = 1; k < 4; ++k) part[0] = part[0] + part[k];
+  return part[0];
+}
+
+// The lanes of a dense plane's `whole` vectors summed in torch's order:
+// torch_row_sum over the vectors, written out where it has no cascade
+// (fewer than 16 rows of four), for the compiler to keep in registers.
+template <typename acc_t, typename scalar_t>
+C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> torch_lanes(const scalar_t* __restrict__ x,
+                                                        int64_t whole) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  if (whole >= 4 * 16) {
+    return torch_row_sum(whole, Vec(acc_t(0)),
+                         [&](int64_t v) { return load_acc<acc_t>(x + v * L); });
+  }
+  Vec a0(acc_t(0)), a1 = a0, a2 = a0, a3 = a0;
+  int64_t v = 0;
+  for (; v + 4 <= whole; v += 4) {
+    a0 += load_acc<acc_t>(x + v * L);
+    a1 += load_acc<acc_t>(x + (v + 1) * L);
+    a2 += load_acc<acc_t>(x + (v + 2) * L);
+    a3 += load_acc<acc_t>(x + (v + 3) * L);
+  }
+  for (; v < whole; ++v) a0 += load_acc<acc_t>(x + v * L);
+  return ((a0 + a1) + a2) + a3;
+}
+
+// The sum of a dense plane of `cells` values in torch's order.
+template <typename acc_t, typename scalar_t>
+acc_t torch_plane_sum(const scalar_t* __restrict__ x, int64_t cells) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  const auto cell = [&](int64_t i) { return static_cast<acc_t>(x[i]); };
+  if (cells < L) return torch_row_sum(cells, acc_t(0), cell);
+  const int64_t whole = cells / L;
+  acc_t sum = 0;
+  for (int64_t i = whole * L; i < cells; ++i) sum += cell(i);
+  alignas(64) acc_t lane[L];
+  torch_lanes<acc_t>(x, whole).store(lane);
+  for (int64_t k = 0; k < L; ++k) sum += lane[k];
+  return sum;
+}
+
+// The sum over a global window of a dense plane (a sample's extent in
+// variable pooling, from the plane's first cell) in torch's order, as its
+// mean over the slice of that extent sums. Its iterator merges the window's
+// dims where their cells follow on (whole rows, whole planes of rows),
+// drops those of one cell, and sums each run along the innermost dim left
+// (as torch_plane_sum, or where those cells are apart, as rows of four),
+// the runs added in turn from zero.
+template <typename acc_t, typename scalar_t>
+acc_t torch_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
+  int64_t size[kDims], stride[kDims], dims = 0;
+  for (int k = kDims - 1; k >= 0; --k) {  // innermost first
+    const int64_t n = w[k].count, st = vi.stride[2 + k];
+    if (n == 1) continue;
+    if (dims > 0 && stride[dims - 1] * size[dims - 1] == st) {
+      size[dims - 1] *= n;
+    } else {
+      size[dims] = n;
+      stride[dims++] = st;
+    }
+  }
+  if (dims == 0) return acc_t(0) + static_cast<acc_t>(plane[0]);
+  const auto run_sum = [&](const scalar_t* x) {
+    if (stride[0] == 1) return torch_plane_sum<acc_t>(x, size[0]);
+    return torch_row_sum(size[0], acc_t(0),
+                         [&](int64_t i) { return static_cast<acc_t>(x[i * stride[0]]); });
+  };
+  acc_t sum = 0;
+  const int64_t outer1 = dims > 1 ? size[1] : 1, outer2 = dims > 2 ? size[2] : 1;
+  for (int64_t j = 0; j < outer2; ++j) {
+    for (int64_t i = 0; i < outer1; ++i) {
+      sum += run_sum(plane + (dims > 2 ? j * stride[2] : 0) + (dims > 1 ? i * stride[1] : 0));
+    }
+  }
+  return sum;
+}
+
+// The sums of eight dense planes of at least a vector's cells, in torch's
+// order, in float lanes: each plane's lanes and last cells as
+// torch_plane_sum forms them, then the eight planes' folds of those at once,
+// a vector add per lane across the planes (one plane at a time, each fold a
+// chain of eight dependent adds, took 1.5x the time).
+template <typename scalar_t>
+at::vec::Vectorized<float> torch_eight_plane_sums(const scalar_t* const* plane, int64_t cells) {
+  using Vec = at::vec::Vectorized<float>;
+  static_assert(Vec::size() == kTile);
+  alignas(64) float lanes[kTile * kTile], across[kTile * kTile], rest[kTile];
+  const int64_t whole = cells / kTile;
+  for (int j = 0; j < kTile; ++j) {
+    const scalar_t* x = plane[j];
+    torch_lanes<float>(x, whole).store(lanes + j * kTile);
+    float sum = 0;
+    for (int64_t i = whole * kTile; i < cells; ++i) sum += static_cast<float>(x[i]);
+    rest[j] = sum;
+  }
+  at::vec::transpose_mxn<float, kTile, kTile>(lanes, kTile, across, kTile);
+  Vec sum = Vec::loadu(rest);
+  for (int k = 0; k < kTile; ++k) sum += Vec::loadu(across + k * kTile);
+  return sum;
+}
+
+// The global average of dense planes (fixed extents) in torch's order, eight
+// channels of a sample at a time; false (nothing done) where torch's sums
+// are not ours to copy.
+template <typename scalar_t>
+bool avg_forward_global_as_torch(const PoolGeometry& g, const Layout5& vi, const Layout5& vo,
+                                 const scalar_t* src, scalar_t* dst) {
+  using acc_t = at::opmath_type<scalar_t>;
+  if (g.sizes != nullptr || !dense_planes(vi) || !sums_as_torch<acc_t>()) return false;
+  const int64_t channels = vi.size[1], cells = vi.pixels();
+  const int64_t groups = div_ceil(channels, kTile);
+  Window win[kDims];
+  const int64_t origin[kDims] = {0, 0, 0};
+  windows_at(g, 0, origin, win);
+  const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
+  at::parallel_for(0, vi.size[0] * groups, grain(kTile * cells), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups, c0 = task % groups * kTile;
+      const int64_t width = std::min<int64_t>(kTile, channels - c0);
+      if constexpr (std::is_same_v<acc_t, float>) {
+        if (width == kTile && cells >= kTile) {
+          const scalar_t* plane[kTile];
+          for (int j = 0; j < kTile; ++j) plane[j] = src + vi.offset(n, c0 + j, 0, 0, 0);
+          alignas(64) float mean[kTile];
+          (torch_eight_plane_sums(plane, cells) / at::vec::Vectorized<float>(divisor)).store(mean);
+          for (int j = 0; j < kTile; ++j) {
+            dst[vo.offset(n, c0 + j, 0, 0, 0)] = static_cast<scalar_t>(mean[j]);
+          }
+          continue;
+        }
+      }
+      for (int64_t c = c0; c < c0 + width; ++c) {
+        const acc_t sum = torch_plane_sum<acc_t>(src + vi.offset(n, c, 0, 0, 0), cells);
+        dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(sum / divisor);
+      }
+    }
+  });
+  return true;
+}
+
 // ---------------------------------------------------------- global pooling
 //
 // Output size 1 in every dim, the head of most CNNs: one reduction per
@@ -3330,9 +3553,12 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   const Layout5 vi = layout_of(in), vo = layout_of(out);
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
+  if (avg_forward_global_as_torch(g, vi, vo, src, dst)) return;
+  const bool as_torch = dense_planes(vi) && sums_as_torch<acc_t>();
   const int64_t origin[kDims] = {0, 0, 0};
-  // Fixed extents (no per-sample sizes) over dense planes: eight planes at a
-  // time, float lanes; the channels past the last eight one at a time.
+  // Where torch's order is not ours to copy (vectors of another width),
+  // fixed extents over dense planes go eight planes at a time, float lanes;
+  // the channels past the last eight one at a time.
   const int64_t channels = vi.size[1], pixels = vi.pixels();
   constexpr bool kByEight =
       std::is_same_v<acc_t, float> && at::vec::Vectorized<float>::size() == kTile;
@@ -3358,7 +3584,9 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     if (c < by_eight) return;  // done above
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-    const acc_t sum = plane_window_sum<scalar_t, acc_t>(w, plane, vi);
+    // (variable pooling's extents of dense planes as torch's per-sample mean sums them)
+    const acc_t sum = as_torch ? torch_window_sum<acc_t>(w, plane, vi)
+                               : plane_window_sum<scalar_t, acc_t>(w, plane, vi);
     dst[vo.offset(n, c, 0, 0, 0)] =
         static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, origin)));
   });
