@@ -3508,45 +3508,6 @@ void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   });
 }
 
-// The sums of eight dense planes of `pixels` cells (at least a vector's
-// worth) at once: each plane's whole vectors into its own accumulator, the
-// eight accumulators transposed and added, so that one vector holds the
-// eight sums, then each plane's last cells. Per plane, a reduction of 49
-// cells (7x7) is otherwise mostly its fold across lanes.
-template <typename scalar_t>
-inline at::vec::Vectorized<float> sum_eight_planes(const scalar_t* const* plane, int64_t pixels) {
-  using Vec = at::vec::Vectorized<float>;
-  static_assert(Vec::size() == kTile);
-  alignas(64) float acc[kTile * kTile], across[kTile * kTile];
-  const int64_t whole = pixels / kTile * kTile;
-  for (int j = 0; j < kTile; ++j) {
-    Vec a;
-    if (whole >= kCascadeCells) {  // long planes by blocks, cascaded (see Cascade)
-      int64_t all;
-      a = cascade_run<scalar_t, float>(plane[j], whole, &all);
-    } else if (whole >= kFourChains * kTile) {
-      a = four_chains<float>(plane[j], whole);
-    } else {
-      a = load_acc<float>(plane[j]);
-      for (int64_t i = kTile; i < whole; i += kTile) a += load_acc<float>(plane[j] + i);
-    }
-    a.store(acc + j * kTile);
-  }
-  at::vec::transpose_mxn<float, kTile, kTile>(acc, kTile, across, kTile);
-  Vec sum = Vec::loadu(across);
-  for (int k = 1; k < kTile; ++k) sum += Vec::loadu(across + k * kTile);
-  if (whole < pixels) {
-    sum.store(acc);
-    for (int j = 0; j < kTile; ++j) {
-      for (int64_t i = whole; i < pixels; ++i) acc[j] += static_cast<float>(plane[j][i]);
-    }
-    sum = Vec::loadu(acc);
-  }
-  // torch's sums start from +0, so they are never -0 (a plane of -0 averages
-  // to +0): adding +0 once here, outside the chains of adds, does the same.
-  return sum + Vec(0.f);
-}
-
 template <typename scalar_t>
 void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -3556,33 +3517,9 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   if (avg_forward_global_as_torch(g, vi, vo, src, dst)) return;
   const bool as_torch = dense_planes(vi) && sums_as_torch<acc_t>();
   const int64_t origin[kDims] = {0, 0, 0};
-  // Where torch's order is not ours to copy (vectors of another width),
-  // fixed extents over dense planes go eight planes at a time, float lanes;
-  // the channels past the last eight one at a time.
-  const int64_t channels = vi.size[1], pixels = vi.pixels();
-  constexpr bool kByEight =
-      std::is_same_v<acc_t, float> && at::vec::Vectorized<float>::size() == kTile;
-  const bool eights = kByEight && g.sizes == nullptr && dense_planes(vi) && pixels >= kTile;
-  const int64_t by_eight = eights ? channels / kTile * kTile : 0;
-  if constexpr (kByEight) {
-    const int64_t groups = by_eight / kTile;
-    at::parallel_for(0, vi.size[0] * groups, grain(kTile * pixels), [&](int64_t begin,
-                                                                        int64_t end) {
-      for (const auto task : c10::irange(begin, end)) {
-        const int64_t n = task / groups, c0 = task % groups * kTile;
-        const scalar_t* plane[kTile];
-        for (int j = 0; j < kTile; ++j) plane[j] = src + vi.offset(n, c0 + j, 0, 0, 0);
-        alignas(64) float mean[kTile];
-        (sum_eight_planes(plane, pixels) / at::vec::Vectorized<float>(pixels)).store(mean);
-        for (int j = 0; j < kTile; ++j) {
-          dst[vo.offset(n, c0 + j, 0, 0, 0)] = static_cast<scalar_t>(mean[j]);
-        }
-      }
-    });
-    if (by_eight == channels) return;
-  }
+  // Elsewhere (strided planes, variable extents, vectors of another width
+  // than torch's) plane by plane.
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
-    if (c < by_eight) return;  // done above
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
     // (variable pooling's extents of dense planes as torch's per-sample mean sums them)
     const acc_t sum = as_torch ? torch_window_sum<acc_t>(w, plane, vi)
