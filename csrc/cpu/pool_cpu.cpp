@@ -3325,7 +3325,9 @@ inline T torch_row_sum(int64_t size, const T& zero, const Load& load) {
 
 // The lanes of a dense plane's `whole` vectors summed in torch's order:
 // torch_row_sum over the vectors, written out where it has no cascade
-// (fewer than 16 rows of four), for the compiler to keep in registers.
+// (fewer than 16 rows of four), for the compiler to keep in registers:
+// through torch_row_sum, 14x14 bfloat16 planes took 1.6x the time and 2x2
+// planes 1.5x.
 template <typename acc_t, typename scalar_t>
 C10_ALWAYS_INLINE at::vec::Vectorized<acc_t> torch_lanes(const scalar_t* __restrict__ x,
                                                         int64_t whole) {
@@ -3423,14 +3425,12 @@ at::vec::Vectorized<float> torch_eight_plane_sums(const scalar_t* const* plane, 
   return sum;
 }
 
-// The global average of dense planes (fixed extents) in torch's order, eight
-// channels of a sample at a time; false (nothing done) where torch's sums
-// are not ours to copy.
+// The global average of dense planes of fixed extents in torch's order,
+// eight channels of a sample at a time.
 template <typename scalar_t>
-bool avg_forward_global_as_torch(const PoolGeometry& g, const Layout5& vi, const Layout5& vo,
+void avg_forward_global_as_torch(const PoolGeometry& g, const Layout5& vi, const Layout5& vo,
                                  const scalar_t* src, scalar_t* dst) {
   using acc_t = at::opmath_type<scalar_t>;
-  if (g.sizes != nullptr || !dense_planes(vi) || !sums_as_torch<acc_t>()) return false;
   const int64_t channels = vi.size[1], cells = vi.pixels();
   const int64_t groups = div_ceil(channels, kTile);
   Window win[kDims];
@@ -3459,7 +3459,6 @@ bool avg_forward_global_as_torch(const PoolGeometry& g, const Layout5& vi, const
       }
     }
   });
-  return true;
 }
 
 // ---------------------------------------------------------- global pooling
@@ -3514,14 +3513,18 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   const Layout5 vi = layout_of(in), vo = layout_of(out);
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  if (avg_forward_global_as_torch(g, vi, vo, src, dst)) return;
+  // Dense planes in torch's order where its sums are ours to copy.
   const bool as_torch = dense_planes(vi) && sums_as_torch<acc_t>();
+  if (as_torch && g.sizes == nullptr) {
+    avg_forward_global_as_torch(g, vi, vo, src, dst);
+    return;
+  }
   const int64_t origin[kDims] = {0, 0, 0};
-  // Elsewhere (strided planes, variable extents, vectors of another width
-  // than torch's) plane by plane.
+  // Elsewhere plane by plane: variable pooling's extents (of dense planes,
+  // as torch's per-sample mean sums them), strided planes, vectors of
+  // another width than torch's.
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-    // (variable pooling's extents of dense planes as torch's per-sample mean sums them)
     const acc_t sum = as_torch ? torch_window_sum<acc_t>(w, plane, vi)
                                : plane_window_sum<scalar_t, acc_t>(w, plane, vi);
     dst[vo.offset(n, c, 0, 0, 0)] =
