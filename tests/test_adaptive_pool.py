@@ -5,6 +5,7 @@ not divide, None entries), every dtype and layout, unbatched inputs, empty
 batches, NaN/inf, indices and gradients.
 """
 
+import itertools
 import math
 
 import pytest
@@ -313,12 +314,15 @@ def test_global_average_split_among_threads_changes_no_bit(dtype):
     pairs cuts each plane into chunks for the threads to share, joined as one
     pass would add them: a sample alone or in a batch (cut less, or not at all),
     on one, two or eight threads, gives the same bits (odd pixel and channel
-    counts leave a partial last chunk and block)."""
+    counts leave a partial last chunk and block). Inputs whose pixels lie at
+    equal steps sum in torch's order instead: here views of all rows but the
+    last, whose pixels do not."""
     g = torch.Generator().manual_seed(7)
-    x = torch.rand(1, 85, 301, 299, generator=g).to(dtype)
+    x = torch.rand(1, 85, 302, 299, generator=g).to(dtype)
     x[0, 3, 100:200] = torch.nan
     x = x.contiguous(memory_format=torch.channels_last)
     batch = x.expand(9, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
+    x, batch = x[:, :, :, :-1], batch[:, :, :, :-1]
     threads = torch.get_num_threads()
     try:
         runs = []
@@ -366,15 +370,22 @@ def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed(
     streamed tap by tap: the same bits for the same channel. Global pooling
     of many channels from 128 pixels takes the global kernel too, 64
     channels at a time; the variable op, whose windows never take it, gives
-    the streamed sums there."""
+    the streamed sums there. (Global averages of pixels at equal steps sum in
+    torch's order instead, test_global_average_of_channels_last_is_torchs_
+    bit_for_bit: here a view of all columns but the last.)"""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 1031, *spatial, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
-    full = torch.tensor([list(spatial)] * x.shape[0])
+
+    def view(t, output_size):
+        return t[..., :-1] if output_size == 1 else t
+
     for output_size in (1, (1, 2), (2, 3)):
-        streamed = ours("variable_avg_pool2d")(x, output_size, full)
-        assert_equal(ours("adaptive_avg_pool2d")(x, output_size), streamed)
+        y = view(x, output_size)
+        full = torch.tensor([list(y.shape[2:])] * y.shape[0])
+        streamed = ours("variable_avg_pool2d")(y, output_size, full)
+        assert_equal(ours("adaptive_avg_pool2d")(y, output_size), streamed)
         for channels in (8, 11, 16, 24, 40, 64):
-            few = x[:, :channels].contiguous(memory_format=torch.channels_last)
+            few = view(x[:, :channels].contiguous(memory_format=torch.channels_last), output_size)
             assert_equal(ours("adaptive_avg_pool2d")(few, output_size), streamed[:, :channels])
 
 
@@ -676,8 +687,36 @@ def test_global_average_of_dense_planes_is_torchs_bit_for_bit(dtype):
                 assert_equal(ours(fn)(x, 1), torchs(fn)(x, 1), f"{fn} {tuple(x.shape)} {dtype}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_global_average_of_channels_last_is_torchs_bit_for_bit(dtype):
+    """torch's mean of a channels-last input sums each channel over the
+    pixels in one of two orders: a cascade for the channels of whole blocks
+    of four vectors (and the first 4 * floor(C / 4) of fewer channels than a
+    vector holds), rows of four pixels for the rest. Ours sums in those
+    orders: channel counts on each side of those bounds, pixel counts under
+    one block of the cascade and over several, channel slices, 2d and 3d,
+    NaN and inf; and on eight threads, where torch's split of the channels
+    among its threads moves the bound (37 channels: the last part, 32-36,
+    under a vector, cascades its first four)."""
+    rng = make_rng("global-channels-last-as-torch", dtype)
+    cases = [(2, (2, 2)), (2, (7, 7)), (2, (1, 9)), (2, (17, 19)), (2, (64, 65)), (3, (3, 5, 7))]
+    for (d, spatial), channels in itertools.product(cases, (2, 5, 7, 8, 12, 31, 32, 36, 45, 100)):
+        fn = f"adaptive_avg_pool{d}d"
+        fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+        base, _ = random_input(rng, (3, channels + 3, *spatial), dtype, "cpu", layout="contiguous",
+                               specials=0.02)
+        for x in (base[:, :channels].contiguous(memory_format=fmt), base.contiguous(memory_format=fmt)[:, 2:]):
+            assert_equal(ours(fn)(x, 1), torchs(fn)(x, 1), f"{fn} {tuple(x.shape)} {dtype}")
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(8)
+        x, _ = random_input(rng, (1, 37, 30, 30), dtype, "cpu", layout="channels_last", specials=0)
+        assert_equal(ours("adaptive_avg_pool2d")(x, 1), torchs("adaptive_avg_pool2d")(x, 1))
+    finally:
+        torch.set_num_threads(threads)
+
+
 # (input extent, output extent) per dim whose windows are all one size at one
-# stride# (input extent, output extent) per dim whose windows are all one size at one
 # stride (extent % out of 0 or 1): up to 16 cells a window they run as that
 # fixed pooling, beyond on the adaptive kernels.
 UNIFORM = {

@@ -3272,45 +3272,46 @@ inline int64_t torch_ceil_log2(int64_t x) {
 }
 
 // torch's multi_row_sum: four running sums over `rows` rows of four values,
-// row(i, k) the k-th of row i.
+// row(i, k) the k-th of row i. Its first level starts every block of `step`
+// rows from zero (zeroed as it is passed up), so that level is a block's own
+// sum, kept here in locals: in torch's array of levels, the compiler kept
+// the sums in memory across rows.
 template <typename T, typename Row>
 inline std::array<T, 4> torch_multi_row(int64_t rows, const T& zero, const Row& row) {
   constexpr int kLevels = 4;
   const int64_t power = std::max<int64_t>(4, torch_ceil_log2(rows) / kLevels);
   const int64_t step = int64_t(1) << power, mask = step - 1;
-  if (rows < step) {
-    // No block to pass up: the higher levels stay zero, and adding their
-    // +0 changes no running sum from +0, which is never -0.
+  const auto sum_rows = [&](int64_t first, int64_t last) {
     std::array<T, 4> sum = {zero, zero, zero, zero};
-    for (int64_t i = 0; i < rows; ++i) {
+    for (int64_t i = first; i < last; ++i) {
       for (int k = 0; k < 4; ++k) sum[k] = sum[k] + row(i, k);
     }
     return sum;
-  }
-  T acc[kLevels][4];
-  for (auto& level : acc) {
+  };
+  // No block to pass up: the higher levels stay zero, and adding their +0
+  // changes no running sum from +0, which is never -0.
+  if (rows < step) return sum_rows(0, rows);
+  T up[kLevels - 1][4];  // levels 1 to 3
+  for (auto& level : up) {
     for (auto& a : level) a = zero;
   }
   int64_t i = 0;
-  while (i + step <= rows) {
-    for (int64_t j = 0; j < step; ++j, ++i) {
-      for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + row(i, k);
-    }
-    for (int level = 1; level < kLevels; ++level) {
+  for (; i + step <= rows; i += step) {
+    const std::array<T, 4> block = sum_rows(i, i + step);
+    for (int k = 0; k < 4; ++k) up[0][k] = up[0][k] + block[k];
+    for (int level = 1; level < kLevels - 1; ++level) {
+      if (((i + step) & (mask << (level * power))) != 0) break;
       for (int k = 0; k < 4; ++k) {
-        acc[level][k] = acc[level][k] + acc[level - 1][k];
-        acc[level - 1][k] = zero;
+        up[level][k] = up[level][k] + up[level - 1][k];
+        up[level - 1][k] = zero;
       }
-      if ((i & (mask << (level * power))) != 0) break;
     }
   }
-  for (; i < rows; ++i) {
-    for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + row(i, k);
+  std::array<T, 4> sum = sum_rows(i, rows);
+  for (const auto& level : up) {
+    for (int k = 0; k < 4; ++k) sum[k] = sum[k] + level[k];
   }
-  for (int level = 1; level < kLevels; ++level) {
-    for (int k = 0; k < 4; ++k) acc[0][k] = acc[0][k] + acc[level][k];
-  }
-  return {acc[0][0], acc[0][1], acc[0][2], acc[0][3]};
+  return sum;
 }
 
 // torch's row_sum: `size` values, load(i) the i-th, as rows of four.
@@ -3827,6 +3828,209 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
   for_global_chunks(vi, chunks, task, join);
 }
 
+// Channels-last global averages in torch's order. torch's mean of a
+// channels-last tensor merges the pixels into one dim (when they lie at
+// equal steps) and reduces it as the outer dim of each channel, vectors of
+// channels across (vectorized_outer_sum; reduced-precision values widened
+// first). Each channel takes one of two orders over the pixels:
+//  - the cascade (torch_multi_row, a pixel a row): the channels of whole
+//    blocks of four vectors, and under a vector's channels the first
+//    4 * floor(C / 4) (its rows of four scalar channels);
+//  - rows of four pixels (torch_row_sum): the rest.
+// It then adds the sum to the output's +0 and divides.
+
+// The channels [0, cascaded) that torch's channels-last mean sums by the
+// cascade. Where its threads split the channels (more channels than
+// samples, 32768 cells or more), each part starts at a multiple of 128
+// bytes, and a last part under a vector's channels sums as a tensor of so
+// few channels would: with two threads never, with eight (36 channels) so.
+template <typename acc_t>
+int64_t torch_cascaded_channels(const Layout5& v) {
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  const int64_t channels = v.size[1], threads = at::get_num_threads();
+  if (channels < L) return channels / 4 * 4;
+  if (channels > v.size[0] && v.size[0] * channels * v.pixels() >= at::internal::GRAIN_SIZE &&
+      threads > 1 && !at::in_parallel_region()) {
+    // at::parallel_for's parts, then torch's rounding of the last one's start.
+    const int64_t part = div_ceil(channels, std::min(threads, channels));
+    int64_t last = (channels - 1) / part * part;
+    last -= last % (128 / static_cast<int64_t>(sizeof(acc_t)));
+    if (channels - last < L) return last + (channels - last) / 4 * 4;
+  }
+  return channels / (4 * L) * (4 * L);
+}
+
+// The step between a tensor's pixels where they lie at equal steps (dims of
+// one cell ignored, as torch's iterator drops them), else 0.
+inline int64_t pixel_step(const Layout5& v) {
+  int64_t step = 0, next = 0;  // the innermost dim's step; the step a next dim must have
+  for (int k = 4; k >= 2; --k) {
+    if (v.size[k] == 1) continue;
+    if (step == 0) {
+      step = v.stride[k];
+    } else if (v.stride[k] != next) {
+      return 0;
+    }
+    next = v.stride[k] * v.size[k];
+  }
+  return step == 0 ? 1 : step;
+}
+
+// Whether a global average follows torch's channels-last order: fixed
+// extents, channels innermost (dense planes, torch's contiguous order, go to
+// avg_forward_global), pixels at equal steps, and torch's sums ours to copy.
+inline bool global_channels_as_torch(const PoolGeometry& g, const at::Tensor& in) {
+  const Layout5 v = layout_of(in);
+  const bool sums = in.scalar_type() == at::kDouble ? sums_as_torch<double>()
+                                                    : sums_as_torch<float>();
+  return is_global(g) && g.sizes == nullptr && v.size[1] > 1 && v.stride[1] == 1 &&
+         !dense_planes(v) && pixel_step(v) != 0 && sums;
+}
+
+// torch's cascade (torch_multi_row, a pixel a row) for `vectors` whole
+// vectors (a multiple of four) of channels from `base`, pixels `step` apart, into sum: a block of
+// pixels at a time, each vector over the block's pixels in a register, so
+// that the block's rows of channels are read side by side, each in one run.
+// (A vector at a time over all pixels, as torch reads, read a 64x2048x7x7
+// bfloat16 tensor 2.5x slower on one thread; a pixel at a time across the
+// channels, the sums in memory, 2x.) The levels above are in `scratch`
+// (3 * vectors).
+template <typename acc_t, typename scalar_t>
+void torch_cascade_across(const scalar_t* base, int64_t step, int64_t pixels, int64_t vectors,
+                          at::vec::Vectorized<acc_t>* scratch, acc_t* sum) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  constexpr int kLevels = 4;
+  const int64_t power = std::max<int64_t>(4, torch_ceil_log2(pixels) / kLevels);
+  const int64_t block = int64_t(1) << power, mask = block - 1;
+  const Vec zero(acc_t(0));
+  // Vectors [v, v + 4) summed over pixels [first, last), four chains of adds.
+  const auto block_sum = [&](int64_t first, int64_t last, int64_t v, Vec* s) {
+    Vec s0 = zero, s1 = zero, s2 = zero, s3 = zero;
+    for (int64_t i = first; i < last; ++i) {
+      const scalar_t* x = base + i * step + v * L;
+      s0 = s0 + load_acc<acc_t>(x);
+      s1 = s1 + load_acc<acc_t>(x + L);
+      s2 = s2 + load_acc<acc_t>(x + 2 * L);
+      s3 = s3 + load_acc<acc_t>(x + 3 * L);
+    }
+    s[0] = s0;
+    s[1] = s1;
+    s[2] = s2;
+    s[3] = s3;
+  };
+  Vec* up = scratch;  // levels 1 to 3, `vectors` apart
+  std::fill(up, up + (kLevels - 1) * vectors, zero);
+  int64_t i = 0;
+  for (; i + block <= pixels; i += block) {
+    for (int64_t v = 0; v < vectors; v += 4) {
+      Vec s[4];
+      block_sum(i, i + block, v, s);
+      for (int k = 0; k < 4; ++k) up[v + k] = up[v + k] + s[k];
+    }
+    for (int level = 1; level < kLevels - 1; ++level) {
+      if (((i + block) & (mask << (level * power))) != 0) break;
+      Vec* to = up + level * vectors;
+      Vec* from = to - vectors;
+      for (int64_t v = 0; v < vectors; ++v) {
+        to[v] = to[v] + from[v];
+        from[v] = zero;
+      }
+    }
+  }
+  for (int64_t v = 0; v < vectors; v += 4) {
+    // (Under one block, torch_multi_row adds no levels: all +0 here, which
+    // change no sum from +0.)
+    Vec total[4];
+    block_sum(i, pixels, v, total);
+    for (int k = 0; k < 4; ++k) {
+      for (int level = 0; level < kLevels - 1; ++level) {
+        total[k] = total[k] + up[level * vectors + v + k];
+      }
+      total[k].store(sum + (v + k) * L);
+    }
+  }
+}
+
+// Per sample: the channels of whole blocks of four vectors that cascade in
+// chunks of up to kAcross (fewer where the tasks would not keep every thread
+// busy), then the rest in one task, a vector at a time over the pixels.
+template <typename scalar_t>
+void avg_forward_global_channels_as_torch(const PoolGeometry& g, const at::Tensor& in,
+                                          const at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), kBlock = 4 * L, kAcross = 1024;
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  const int64_t channels = vi.size[1], pixels = vi.pixels(), step = pixel_step(vi);
+  const int64_t cascaded = torch_cascaded_channels<acc_t>(vi);
+  const int64_t across = cascaded / kBlock * kBlock;  // channels [0, across) by chunks
+  int64_t chunk = kAcross;
+  while (chunk > kBlock && vi.size[0] * div_ceil(across, chunk) < 4 * at::get_num_threads()) {
+    chunk /= 2;
+  }
+  const int64_t chunks = div_ceil(across, chunk), tasks = chunks + (across < channels ? 1 : 0);
+  Window win[kDims];
+  const int64_t origin[kDims] = {0, 0, 0};
+  windows_at(g, 0, origin, win);
+  const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
+  const Vec zero(acc_t(0));
+  struct Two {
+    Vec a, b;
+    Two operator+(const Two& o) const { return {a + o.a, b + o.b}; }
+  };
+  at::parallel_for(0, vi.size[0] * tasks, grain(std::min(chunk, channels) * pixels),
+                   [&](int64_t begin, int64_t end) {
+    std::vector<Vec> scratch(3 * std::min(chunk, std::max<int64_t>(across, kBlock)) / L);
+    std::vector<acc_t> sum(std::max(chunk, kBlock));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / tasks, part = task % tasks;
+      const int64_t c0 = part < chunks ? part * chunk : across;
+      const int64_t width = part < chunks ? std::min(chunk, across - c0) : channels - across;
+      const scalar_t* base = src + vi.offset(n, c0, 0, 0, 0);
+      if (part < chunks) {
+        torch_cascade_across(base, step, pixels, width / L, scratch.data(), sum.data());
+      } else {
+        // The rest, under four vectors: lanes [0, lanes) of a vector cascade
+        // (the last part of torch's thread split), the others go by rows of
+        // four, two vectors at once where both do.
+        for (int64_t k = 0; k * L < width; ++k) {
+          const auto load = [&](int64_t i) {
+            return load_channels<acc_t, scalar_t, false>(base + i * step, k, width);
+          };
+          const int64_t lanes = std::clamp<int64_t>(cascaded - (c0 + k * L), 0, L);
+          if (lanes == 0 && (k + 1) * L < width) {
+            const Two part = torch_row_sum(pixels, Two{zero, zero}, [&](int64_t i) {
+              return Two{load(i), load_channels<acc_t, scalar_t, false>(base + i * step, k + 1,
+                                                                          width)};
+            });
+            part.a.store(sum.data() + k * L);
+            part.b.store(sum.data() + (k + 1) * L);
+            ++k;
+            continue;
+          }
+          if (lanes < std::min(L, width - k * L)) {
+            torch_row_sum(pixels, zero, load).store(sum.data() + k * L);
+          }
+          if (lanes > 0) {
+            alignas(64) acc_t cascade[L];
+            torch_multi_row(pixels, zero, [&](int64_t i, int j) {
+              return j == 0 ? load(i) : zero;
+            })[0].store(cascade);
+            std::copy(cascade, cascade + lanes, sum.data() + k * L);
+          }
+        }
+      }
+      for (int64_t c = 0; c < width; ++c) {
+        dst[vo.offset(n, c0 + c, 0, 0, 0)] =
+            static_cast<scalar_t>((acc_t(0) + sum[c]) / divisor);
+      }
+    }
+  });
+}
+
 // value[k] and code[k] (k < kUsed), the scan's winners so far, taking
 // vector k of channels [c0, c0 + width) of the pixels [first, last) of
 // sample n in order, pixel p as code p; as sum_channels, the vectors past
@@ -4150,6 +4354,13 @@ struct CpuKernels {
   }
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
+    // (Before the detour of few channels: torch sums those in its channels-last order too.)
+    if (global_channels_as_torch(g, in)) {
+      POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
+        avg_forward_global_channels_as_torch<scalar_t>(g, in, out);
+      });
+      return;
+    }
     if (few_channels_last(g, in)) {
       through_planes<1, 1>(in, {in}, {out},
                            [&](const auto& i, const auto& o) { avg_forward(g, i[0], o[0]); });
