@@ -370,9 +370,10 @@ def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed(
     streamed tap by tap: the same bits for the same channel. Global pooling
     of many channels from 128 pixels takes the global kernel too, 64
     channels at a time; the variable op, whose windows never take it, gives
-    the streamed sums there. (Global averages of pixels at equal steps sum in
-    torch's order instead, test_global_average_of_channels_last_is_torchs_
-    bit_for_bit: here a view of all columns but the last.)"""
+    the streamed sums there. (Global averages of pixels at equal steps, and
+    variable ones, sum in torch's order instead, test_global_average_of_
+    channels_last_is_torchs_bit_for_bit: here a view of all columns but the
+    last, whose streamed sums are those of avg_pool2d over the whole plane.)"""
     g = torch.Generator().manual_seed(5)
     x = torch.randn(6, 1031, *spatial, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
 
@@ -381,8 +382,11 @@ def test_long_channels_last_average_windows_sum_alike_in_registers_and_streamed(
 
     for output_size in (1, (1, 2), (2, 3)):
         y = view(x, output_size)
-        full = torch.tensor([list(y.shape[2:])] * y.shape[0])
-        streamed = ours("variable_avg_pool2d")(y, output_size, full)
+        if output_size == 1:
+            streamed = ours("avg_pool2d")(y, y.shape[2:])
+        else:
+            full = torch.tensor([list(y.shape[2:])] * y.shape[0])
+            streamed = ours("variable_avg_pool2d")(y, output_size, full)
         assert_equal(ours("adaptive_avg_pool2d")(y, output_size), streamed)
         for channels in (8, 11, 16, 24, 40, 64):
             few = view(x[:, :channels].contiguous(memory_format=torch.channels_last), output_size)

@@ -6,6 +6,7 @@ is filled with NaN, infinities and the dtype's largest values, so any read of it
 shows in the results, and its gradient must be exactly zero.
 """
 
+import itertools
 import pytest
 import torch
 import torch.nn.functional as F
@@ -201,6 +202,33 @@ def test_masked_mean_is_the_per_sample_means_bit_for_bit(d):
             for n, extent in enumerate(sizes.tolist()):
                 sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
                 assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1), (dtype, extent))
+
+
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_channels_last_masked_mean_is_the_per_sample_means_bit_for_bit(d):
+    """The same for channels-innermost inputs (sequences transposed from
+    (N, L, C), channels-last images) and channel slices of them. torch's mean
+    of a sample's slice sums each channel in its channels-last orders where
+    the slice's pixels form one run (a sequence, whole rows, a column), and
+    channel by channel over the rows otherwise; 2-byte values widened first
+    into a copy, which is contiguous where the slice is not dense (a channel
+    slice, part rows). Channel counts under a vector and over a block of four."""
+    rng = torch.Generator().manual_seed(10 + d)
+    for channels, dtype in itertools.product((5, 37), (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
+        spatial = {1: (40,), 2: (9, 11), 3: (4, 5, 6)}[d]
+        base = (torch.randn(6, *spatial, channels + 3, generator=rng, dtype=torch.float64) * 3 + 1).to(dtype)
+        # channels innermost: packed, and a channel slice
+        for x in (base[..., :channels].contiguous().movedim(-1, 1), base.movedim(-1, 1)[:, 2:channels + 2]):
+            assert x.stride(1) == 1
+            sizes = torch.stack([torch.randint(1, e + 1, (6,), generator=rng) for e in spatial], 1)
+            sizes[0] = torch.tensor(spatial)  # the whole plane
+            sizes[1, -1] = spatial[-1]  # whole rows
+            sizes[2, -1] = 1  # a column
+            got = getattr(pool_ext.functional, f"variable_avg_pool{d}d")(x, 1, sizes)
+            for n, extent in enumerate(sizes.tolist()):
+                sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
+                assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1),
+                             (dtype, channels, x.stride(), extent))
 
 
 def test_max_indices_are_flat_in_the_padded_plane():

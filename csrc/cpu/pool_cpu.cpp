@@ -3547,6 +3547,8 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
 // 32 channels of 2-byte values and 24 of 8-byte ones (64 channels of half
 // 0.82-0.86x, 32 of double 0.91-0.96x); from kBlockedTaps pixels any number
 // of channels, 64 at a time (SE blocks, 8x96x14x14 float 13.2 -> 7.6 us).
+// (Averages whose pixels lie at equal steps, and variable ones, go before
+// this to torch's order: global_channels_as_torch.)
 inline bool global_by_channels(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                                bool max, const at::Tensor* taps) {
   const Layout5 v = layout_of(in);
@@ -3845,11 +3847,11 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
 // bytes, and a last part under a vector's channels sums as a tensor of so
 // few channels would: with two threads never, with eight (36 channels) so.
 template <typename acc_t>
-int64_t torch_cascaded_channels(const Layout5& v) {
+int64_t torch_cascaded_channels(int64_t samples, int64_t channels, int64_t pixels) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
-  const int64_t channels = v.size[1], threads = at::get_num_threads();
+  const int64_t threads = at::get_num_threads();
   if (channels < L) return channels / 4 * 4;
-  if (channels > v.size[0] && v.size[0] * channels * v.pixels() >= at::internal::GRAIN_SIZE &&
+  if (channels > samples && samples * channels * pixels >= at::internal::GRAIN_SIZE &&
       threads > 1 && !at::in_parallel_region()) {
     // at::parallel_for's parts, then torch's rounding of the last one's start.
     const int64_t part = div_ceil(channels, std::min(threads, channels));
@@ -3876,15 +3878,16 @@ inline int64_t pixel_step(const Layout5& v) {
   return step == 0 ? 1 : step;
 }
 
-// Whether a global average follows torch's channels-last order: fixed
-// extents, channels innermost (dense planes, torch's contiguous order, go to
-// avg_forward_global), pixels at equal steps, and torch's sums ours to copy.
+// Whether a global average follows torch's channels-last order: channels
+// innermost (dense planes, torch's contiguous order, go to
+// avg_forward_global), pixels at equal steps or variable extents (whose
+// slices' runs the kernel finds), and torch's sums ours to copy.
 inline bool global_channels_as_torch(const PoolGeometry& g, const at::Tensor& in) {
   const Layout5 v = layout_of(in);
   const bool sums = in.scalar_type() == at::kDouble ? sums_as_torch<double>()
                                                     : sums_as_torch<float>();
-  return is_global(g) && g.sizes == nullptr && v.size[1] > 1 && v.stride[1] == 1 &&
-         !dense_planes(v) && pixel_step(v) != 0 && sums;
+  return is_global(g) && v.size[1] > 1 && v.stride[1] == 1 && !dense_planes(v) &&
+         (g.sizes != nullptr || pixel_step(v) != 0) && sums;
 }
 
 // torch's cascade (torch_multi_row, a pixel a row) for `vectors` whole
@@ -3952,6 +3955,47 @@ void torch_cascade_across(const scalar_t* base, int64_t step, int64_t pixels, in
   }
 }
 
+// The channels after torch_cascade_across's, under four vectors, `width` of
+// them from `base`: lanes [0, cascaded) cascade (the last part of torch's
+// thread split), the others go by rows of four pixels, two vectors at once
+// where both do.
+template <typename acc_t, typename scalar_t>
+void torch_channels_rest(const scalar_t* base, int64_t step, int64_t pixels, int64_t width,
+                         int64_t cascaded, acc_t* sum) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  struct Two {
+    Vec a, b;
+    Two operator+(const Two& o) const { return {a + o.a, b + o.b}; }
+  };
+  const Vec zero(acc_t(0));
+  for (int64_t k = 0; k * L < width; ++k) {
+    const auto load = [&](int64_t i, int64_t vector) {
+      return load_channels<acc_t, scalar_t, false>(base + i * step, vector, width);
+    };
+    const int64_t lanes = std::clamp<int64_t>(cascaded - k * L, 0, L);
+    if (lanes == 0 && (k + 1) * L < width) {
+      const Two part = torch_row_sum(pixels, Two{zero, zero}, [&](int64_t i) {
+        return Two{load(i, k), load(i, k + 1)};
+      });
+      part.a.store(sum + k * L);
+      part.b.store(sum + (k + 1) * L);
+      ++k;
+      continue;
+    }
+    if (lanes < std::min(L, width - k * L)) {
+      torch_row_sum(pixels, zero, [&](int64_t i) { return load(i, k); }).store(sum + k * L);
+    }
+    if (lanes > 0) {
+      alignas(64) acc_t cascade[L];
+      torch_multi_row(pixels, zero, [&](int64_t i, int j) {
+        return j == 0 ? load(i, k) : zero;
+      })[0].store(cascade);
+      std::copy(cascade, cascade + lanes, sum + k * L);
+    }
+  }
+}
+
 // Per sample: the channels of whole blocks of four vectors that cascade in
 // chunks of up to kAcross (fewer where the tasks would not keep every thread
 // busy), then the rest in one task, a vector at a time over the pixels.
@@ -3965,7 +4009,7 @@ void avg_forward_global_channels_as_torch(const PoolGeometry& g, const at::Tenso
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t channels = vi.size[1], pixels = vi.pixels(), step = pixel_step(vi);
-  const int64_t cascaded = torch_cascaded_channels<acc_t>(vi);
+  const int64_t cascaded = torch_cascaded_channels<acc_t>(vi.size[0], channels, pixels);
   const int64_t across = cascaded / kBlock * kBlock;  // channels [0, across) by chunks
   int64_t chunk = kAcross;
   while (chunk > kBlock && vi.size[0] * div_ceil(across, chunk) < 4 * at::get_num_threads()) {
@@ -3976,11 +4020,6 @@ void avg_forward_global_channels_as_torch(const PoolGeometry& g, const at::Tenso
   const int64_t origin[kDims] = {0, 0, 0};
   windows_at(g, 0, origin, win);
   const auto divisor = static_cast<acc_t>(avg_divisor(g, win, origin));
-  const Vec zero(acc_t(0));
-  struct Two {
-    Vec a, b;
-    Two operator+(const Two& o) const { return {a + o.a, b + o.b}; }
-  };
   at::parallel_for(0, vi.size[0] * tasks, grain(std::min(chunk, channels) * pixels),
                    [&](int64_t begin, int64_t end) {
     std::vector<Vec> scratch(3 * std::min(chunk, std::max<int64_t>(across, kBlock)) / L);
@@ -3993,39 +4032,83 @@ void avg_forward_global_channels_as_torch(const PoolGeometry& g, const at::Tenso
       if (part < chunks) {
         torch_cascade_across(base, step, pixels, width / L, scratch.data(), sum.data());
       } else {
-        // The rest, under four vectors: lanes [0, lanes) of a vector cascade
-        // (the last part of torch's thread split), the others go by rows of
-        // four, two vectors at once where both do.
-        for (int64_t k = 0; k * L < width; ++k) {
-          const auto load = [&](int64_t i) {
-            return load_channels<acc_t, scalar_t, false>(base + i * step, k, width);
-          };
-          const int64_t lanes = std::clamp<int64_t>(cascaded - (c0 + k * L), 0, L);
-          if (lanes == 0 && (k + 1) * L < width) {
-            const Two part = torch_row_sum(pixels, Two{zero, zero}, [&](int64_t i) {
-              return Two{load(i), load_channels<acc_t, scalar_t, false>(base + i * step, k + 1,
-                                                                          width)};
-            });
-            part.a.store(sum.data() + k * L);
-            part.b.store(sum.data() + (k + 1) * L);
-            ++k;
-            continue;
-          }
-          if (lanes < std::min(L, width - k * L)) {
-            torch_row_sum(pixels, zero, load).store(sum.data() + k * L);
-          }
-          if (lanes > 0) {
-            alignas(64) acc_t cascade[L];
-            torch_multi_row(pixels, zero, [&](int64_t i, int j) {
-              return j == 0 ? load(i) : zero;
-            })[0].store(cascade);
-            std::copy(cascade, cascade + lanes, sum.data() + k * L);
-          }
-        }
+        torch_channels_rest(base, step, pixels, width, cascaded - c0, sum.data());
       }
       for (int64_t c = 0; c < width; ++c) {
         dst[vo.offset(n, c0 + c, 0, 0, 0)] =
             static_cast<scalar_t>((acc_t(0) + sum[c]) / divisor);
+      }
+    }
+  });
+}
+
+// Variable extents of a channels-last input: each sample as torch's mean of
+// its slice (input[n, :, :d, :h, :w]). Its iterator merges the slice's
+// pixels into runs (as torch_window_sum); one run sums across the channels
+// as above (a sample alone: torch_cascaded_channels of one sample). Of more
+// runs, each channel sums alone, as torch_window_sum. torch widens 2-byte
+// values first into a copy, which keeps the slice's strides where the slice
+// is dense (one run, `channels` apart) and is contiguous otherwise: there
+// each channel's cells sum as a dense plane (torch_plane_sum).
+template <typename scalar_t>
+void avg_forward_variable_global_channels_as_torch(const PoolGeometry& g, const at::Tensor& in,
+                                                   const at::Tensor& out) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size(), kBlock = 4 * L;
+  constexpr bool kWidened = !std::is_same_v<scalar_t, acc_t>;
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  const int64_t channels = vi.size[1];
+  const int64_t origin[kDims] = {0, 0, 0};
+  at::parallel_for(0, vi.size[0], grain(channels * vi.pixels()), [&](int64_t begin, int64_t end) {
+    std::vector<Vec> scratch(3 * (channels / kBlock + 1) * 4);
+    std::vector<acc_t> sum(channels + kBlock), cells;
+    for (int64_t n = begin; n < end; ++n) {
+      Window w[kDims];
+      windows_at(g, n, origin, w);
+      const scalar_t* base = src + vi.offset(n, 0, 0, 0, 0);
+      // The slice's pixels as runs, innermost first (dims of one cell dropped).
+      int64_t runs = 0, run = 1, step = 1;
+      for (int k = kDims - 1; k >= 0; --k) {
+        const int64_t count = w[k].count, stride = vi.stride[2 + k];
+        if (count == 1) continue;
+        if (runs == 1 && step * run == stride) {
+          run *= count;
+        } else if (runs++ == 0) {
+          run = count;
+          step = stride;
+        }
+      }
+      if (runs <= 1 && (!kWidened || step == channels || run == 1)) {
+        const int64_t cascaded = torch_cascaded_channels<acc_t>(1, channels, run);
+        const int64_t across = cascaded / kBlock * kBlock;
+        if (across > 0) torch_cascade_across(base, step, run, across / L, scratch.data(), sum.data());
+        if (across < channels) {
+          torch_channels_rest(base + across, step, run, channels - across, cascaded - across,
+                              sum.data() + across);
+        }
+      } else if (!kWidened) {
+        for (int64_t c = 0; c < channels; ++c) {
+          sum[c] = torch_window_sum<acc_t>(w, base + c, vi);
+        }
+      } else {
+        cells.resize(w[0].count * w[1].count * w[2].count);
+        for (int64_t c = 0; c < channels; ++c) {
+          auto* cell = cells.data();
+          for (int64_t d = 0; d < w[0].count; ++d) {
+            for (int64_t h = 0; h < w[1].count; ++h) {
+              const scalar_t* row = base + vi.offset(0, c, d, h, 0);
+              for (int64_t x = 0; x < w[2].count; ++x) *cell++ = static_cast<acc_t>(row[x * vi.stride[4]]);
+            }
+          }
+          sum[c] = torch_plane_sum<acc_t>(cells.data(), static_cast<int64_t>(cells.size()));
+        }
+      }
+      const auto divisor = static_cast<acc_t>(avg_divisor(g, w, origin));
+      for (int64_t c = 0; c < channels; ++c) {
+        dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>((acc_t(0) + sum[c]) / divisor);
       }
     }
   });
@@ -4357,7 +4440,11 @@ struct CpuKernels {
     // (Before the detour of few channels: torch sums those in its channels-last order too.)
     if (global_channels_as_torch(g, in)) {
       POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
-        avg_forward_global_channels_as_torch<scalar_t>(g, in, out);
+        if (g.sizes == nullptr) {
+          avg_forward_global_channels_as_torch<scalar_t>(g, in, out);
+        } else {
+          avg_forward_variable_global_channels_as_torch<scalar_t>(g, in, out);
+        }
       });
       return;
     }
