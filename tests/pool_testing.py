@@ -65,6 +65,17 @@ def random_values(rng, shape, dtype, *, specials=0.0, ties=False, special_values
     return v
 
 
+def order_revealing(generator, shape, dtype):
+    """Values whose sum shows the order of its adds: randn, about a third of
+    them replaced by +-2**k, large enough in the float sums (of every dtype
+    here but float64, whose sums are double) to swallow the small values'
+    low bits differently in each order."""
+    big = {torch.float16: 2.0**15, torch.float64: 2.0**53}.get(dtype, 2.0**24)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64)
+    swap = torch.rand(shape, generator=generator) < 0.3
+    return torch.where(swap, torch.sign(x) * big, x).to(dtype)
+
+
 def distinct_values(rng, shape, dtype=torch.float64):
     """Values without ties (for gradcheck of max pooling): a scaled random permutation."""
     n = math.prod(shape)

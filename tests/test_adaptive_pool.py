@@ -14,7 +14,7 @@ import torch
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
     assert_equal, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
-    inputs_in_every_layout, is_batched, leaf, make_rng, over_kinds_and_inputs,
+    inputs_in_every_layout, is_batched, leaf, make_rng, order_revealing, over_kinds_and_inputs,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
 
@@ -699,23 +699,27 @@ def test_global_average_of_channels_last_is_torchs_bit_for_bit(dtype):
     vector holds), rows of four pixels for the rest. Ours sums in those
     orders: channel counts on each side of those bounds, pixel counts under
     one block of the cascade and over several, channel slices, 2d and 3d,
-    NaN and inf; and on eight threads, where torch's split of the channels
-    among its threads moves the bound (37 channels: the last part, 32-36,
-    under a vector, cascades its first four)."""
+    NaN and inf (and order_revealing values); and on eight threads, where
+    torch's split of the channels among its threads moves the bound (37
+    channels: the last part, 32-36, under a vector, cascades its first
+    four), but not with as many samples as threads (torch splits those)."""
     rng = make_rng("global-channels-last-as-torch", dtype)
+    g = torch.Generator().manual_seed(3)
     cases = [(2, (2, 2)), (2, (7, 7)), (2, (1, 9)), (2, (17, 19)), (2, (64, 65)), (3, (3, 5, 7))]
     for (d, spatial), channels in itertools.product(cases, (2, 5, 7, 8, 12, 31, 32, 36, 45, 100)):
         fn = f"adaptive_avg_pool{d}d"
         fmt = torch.channels_last if d == 2 else torch.channels_last_3d
-        base, _ = random_input(rng, (3, channels + 3, *spatial), dtype, "cpu", layout="contiguous",
-                               specials=0.02)
-        for x in (base[:, :channels].contiguous(memory_format=fmt), base.contiguous(memory_format=fmt)[:, 2:]):
-            assert_equal(ours(fn)(x, 1), torchs(fn)(x, 1), f"{fn} {tuple(x.shape)} {dtype}")
+        shape = (3, channels + 3, *spatial)
+        noisy, _ = random_input(rng, shape, dtype, "cpu", layout="contiguous", specials=0.02)
+        for base in (noisy, order_revealing(g, shape, dtype)):
+            for x in (base[:, :channels].contiguous(memory_format=fmt), base.contiguous(memory_format=fmt)[:, 2:]):
+                assert_equal(ours(fn)(x, 1), torchs(fn)(x, 1), f"{fn} {tuple(x.shape)} {dtype}")
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(8)
-        x, _ = random_input(rng, (1, 37, 30, 30), dtype, "cpu", layout="channels_last", specials=0)
-        assert_equal(ours("adaptive_avg_pool2d")(x, 1), torchs("adaptive_avg_pool2d")(x, 1))
+        for shape in ((1, 37, 30, 30), (8, 36, 16, 16), (7, 36, 16, 16)):
+            x = order_revealing(g, shape, dtype).contiguous(memory_format=torch.channels_last)
+            assert_equal(ours("adaptive_avg_pool2d")(x, 1), torchs("adaptive_avg_pool2d")(x, 1), shape)
     finally:
         torch.set_num_threads(threads)
 

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import pool_ext
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TOL, assert_close_to_ref, assert_equal, leaf, make_rng, ours,
-    random_grad, random_values, scatter_grad, to_strided, with_layout,
+    order_revealing, random_grad, random_values, scatter_grad, to_strided, with_layout,
 )
 
 MAX_EXTENT = {1: 10, 2: 7, 3: 5}
@@ -188,11 +188,13 @@ def test_masked_mean_is_the_per_sample_means_bit_for_bit(d):
     inputs on the CPU gives, bit for bit, the loop over samples of torch's
     global average of each sample's slice: each sums in the order torch's
     mean gives that slice (rows of the extent, whole rows and planes merged).
-    Widths of one cell, full widths and full planes among them."""
+    Widths of one cell, full widths and full planes among them. 2-byte
+    values are widened first into a dense copy of the slice, whose cells
+    then sum as one plane (order_revealing values show the order)."""
     rng = torch.Generator().manual_seed(d)
     shape = {1: (6, 3, 40), 2: (6, 3, 9, 20), 3: (6, 3, 5, 6, 9)}[d]
-    for dtype in (torch.float32, torch.float64, torch.bfloat16):
-        x = (torch.randn(shape, generator=rng, dtype=torch.float64) * 3 + 1).to(dtype)
+    for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        x = order_revealing(rng, shape, dtype)
         for trial in range(4):
             sizes = torch.stack([torch.randint(1, e + 1, (shape[0],), generator=rng) for e in shape[2:]], 1)
             sizes[0] = torch.tensor(shape[2:])  # the whole plane
@@ -211,12 +213,14 @@ def test_channels_last_masked_mean_is_the_per_sample_means_bit_for_bit(d):
     of a sample's slice sums each channel in its channels-last orders where
     the slice's pixels form one run (a sequence, whole rows, a column), and
     channel by channel over the rows otherwise; 2-byte values widened first
-    into a copy, which is contiguous where the slice is not dense (a channel
-    slice, part rows). Channel counts under a vector and over a block of four."""
+    into a dense copy with channels still innermost, whose pixels are one
+    run. Channel counts under a vector and over a block of four; and on
+    eight threads, which split the channels of a slice of 32768 cells or
+    more among them as torch's mean of that slice does."""
     rng = torch.Generator().manual_seed(10 + d)
     for channels, dtype in itertools.product((5, 37), (torch.float32, torch.float64, torch.bfloat16, torch.float16)):
         spatial = {1: (40,), 2: (9, 11), 3: (4, 5, 6)}[d]
-        base = (torch.randn(6, *spatial, channels + 3, generator=rng, dtype=torch.float64) * 3 + 1).to(dtype)
+        base = order_revealing(rng, (6, *spatial, channels + 3), dtype)
         # channels innermost: packed, and a channel slice
         for x in (base[..., :channels].contiguous().movedim(-1, 1), base.movedim(-1, 1)[:, 2:channels + 2]):
             assert x.stride(1) == 1
@@ -229,6 +233,16 @@ def test_channels_last_masked_mean_is_the_per_sample_means_bit_for_bit(d):
                 sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
                 assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1),
                              (dtype, channels, x.stride(), extent))
+    if d == 2:
+        threads = torch.get_num_threads()
+        try:
+            torch.set_num_threads(8)
+            x = order_revealing(rng, (2, 30, 30, 37), torch.float32).movedim(-1, 1)
+            got = pool_ext.functional.variable_avg_pool2d(x, 1, torch.tensor([[30, 30], [30, 29]]))
+            for n, extent in enumerate(([30, 30], [30, 29])):
+                assert_equal(got[n], F.adaptive_avg_pool2d(x[n, :, :extent[0], :extent[1]], 1), extent)
+        finally:
+            torch.set_num_threads(threads)
 
 
 def test_max_indices_are_flat_in_the_padded_plane():

@@ -3366,16 +3366,11 @@ acc_t torch_plane_sum(const scalar_t* __restrict__ x, int64_t cells) {
   return sum;
 }
 
-// The sum over a global window of a dense plane (a sample's extent in
-// variable pooling, from the plane's first cell) in torch's order, as its
-// mean over the slice of that extent sums. Its iterator merges the window's
-// dims where their cells follow on (whole rows, whole planes of rows),
-// drops those of one cell, and sums each run along the innermost dim left
-// (as torch_plane_sum, or where those cells are apart, as rows of four),
-// the runs added in turn from zero.
-template <typename acc_t, typename scalar_t>
-acc_t torch_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
-  int64_t size[kDims], stride[kDims], dims = 0;
+// A global window's cells as torch's iterator sees them: dims of one cell
+// dropped, a dim merged into the one inside it where its cells follow on.
+// Returns the dims left, innermost first, their sizes and strides.
+inline int window_runs(const Window* w, const Layout5& vi, int64_t* size, int64_t* stride) {
+  int dims = 0;
   for (int k = kDims - 1; k >= 0; --k) {  // innermost first
     const int64_t n = w[k].count, st = vi.stride[2 + k];
     if (n == 1) continue;
@@ -3386,6 +3381,36 @@ acc_t torch_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi
       stride[dims++] = st;
     }
   }
+  return dims;
+}
+
+// The cells of a global window, widened to acc_t, in order (d, h, w), into
+// `cells` (channels apart: a dense channels-last copy where `channels` is
+// the slice's channel count; one plane where 1).
+template <typename acc_t, typename scalar_t>
+void widen_window(const Window* w, const scalar_t* plane, const Layout5& vi, int64_t channels,
+                  acc_t* cells) {
+  for (int64_t d = 0; d < w[0].count; ++d) {
+    for (int64_t h = 0; h < w[1].count; ++h) {
+      for (int64_t x = 0; x < w[2].count; ++x, cells += channels) {
+        const scalar_t* cell = plane + d * vi.stride[2] + h * vi.stride[3] + x * vi.stride[4];
+        for (int64_t c = 0; c < channels; ++c) cells[c] = static_cast<acc_t>(cell[c * vi.stride[1]]);
+      }
+    }
+  }
+}
+
+// The sum over a global window of a dense plane (a sample's extent in
+// variable pooling, from the plane's first cell) in torch's order, as its
+// mean over the slice of that extent sums. Its iterator merges the window's
+// dims where their cells follow on (whole rows, whole planes of rows),
+// drops those of one cell, and sums each run along the innermost dim left
+// (as torch_plane_sum, or where those cells are apart, as rows of four),
+// the runs added in turn from zero.
+template <typename acc_t, typename scalar_t>
+acc_t torch_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
+  int64_t size[kDims], stride[kDims];
+  const int dims = window_runs(w, vi, size, stride);
   if (dims == 0) return acc_t(0) + static_cast<acc_t>(plane[0]);
   const auto run_sum = [&](const scalar_t* x) {
     if (stride[0] == 1) return torch_plane_sum<acc_t>(x, size[0]);
@@ -3400,6 +3425,25 @@ acc_t torch_window_sum(const Window* w, const scalar_t* plane, const Layout5& vi
     }
   }
   return sum;
+}
+
+// The sum over a global window of a dense plane as torch's mean of that
+// slice sums it: 2-byte values are widened first into a copy of the slice,
+// dense and contiguous, so that a window of more than one run sums as one
+// dense plane of its cells (in place, as runs, a 9x20 bfloat16 sample's
+// 5x7 extent came out a bit off now and then); others in place.
+template <typename acc_t, typename scalar_t>
+acc_t torch_slice_sum(const Window* w, const scalar_t* plane, const Layout5& vi) {
+  if constexpr (!std::is_same_v<scalar_t, acc_t>) {
+    int64_t size[kDims], stride[kDims];
+    if (window_runs(w, vi, size, stride) > 1) {
+      thread_local std::vector<acc_t> cells;
+      cells.resize(w[0].count * w[1].count * w[2].count);
+      widen_window(w, plane, vi, 1, cells.data());
+      return torch_plane_sum<acc_t>(cells.data(), static_cast<int64_t>(cells.size()));
+    }
+  }
+  return torch_window_sum<acc_t>(w, plane, vi);
 }
 
 // The sums of eight dense planes of at least a vector's cells, in torch's
@@ -3526,7 +3570,7 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   // another width than torch's.
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
-    const acc_t sum = as_torch ? torch_window_sum<acc_t>(w, plane, vi)
+    const acc_t sum = as_torch ? torch_slice_sum<acc_t>(w, plane, vi)
                                : plane_window_sum<scalar_t, acc_t>(w, plane, vi);
     dst[vo.offset(n, c, 0, 0, 0)] =
         static_cast<scalar_t>(sum / static_cast<acc_t>(avg_divisor(g, w, origin)));
@@ -3841,18 +3885,26 @@ void avg_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
 //  - rows of four pixels (torch_row_sum): the rest.
 // It then adds the sum to the output's +0 and divides.
 
+// The threads torch's reductions split among: its get_num_threads(), or
+// one inside a parallel region (where they run serially). Taken before our
+// own parallel regions.
+inline int64_t torch_reduce_threads() {
+  return at::in_parallel_region() ? 1 : at::get_num_threads();
+}
+
 // The channels [0, cascaded) that torch's channels-last mean sums by the
-// cascade. Where its threads split the channels (more channels than
-// samples, 32768 cells or more), each part starts at a multiple of 128
+// cascade. Where its threads split the channels (32768 cells or more, fewer
+// samples than threads, and more channels than samples or at least as many
+// as threads: its find_split_dim), each part starts at a multiple of 128
 // bytes, and a last part under a vector's channels sums as a tensor of so
 // few channels would: with two threads never, with eight (36 channels) so.
 template <typename acc_t>
-int64_t torch_cascaded_channels(int64_t samples, int64_t channels, int64_t pixels) {
+int64_t torch_cascaded_channels(int64_t samples, int64_t channels, int64_t pixels,
+                                int64_t threads) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
-  const int64_t threads = at::get_num_threads();
   if (channels < L) return channels / 4 * 4;
-  if (channels > samples && samples * channels * pixels >= at::internal::GRAIN_SIZE &&
-      threads > 1 && !at::in_parallel_region()) {
+  if (threads > 1 && samples * channels * pixels >= at::internal::GRAIN_SIZE &&
+      samples < threads && (channels >= threads || channels > samples)) {
     // at::parallel_for's parts, then torch's rounding of the last one's start.
     const int64_t part = div_ceil(channels, std::min(threads, channels));
     int64_t last = (channels - 1) / part * part;
@@ -4009,7 +4061,8 @@ void avg_forward_global_channels_as_torch(const PoolGeometry& g, const at::Tenso
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t channels = vi.size[1], pixels = vi.pixels(), step = pixel_step(vi);
-  const int64_t cascaded = torch_cascaded_channels<acc_t>(vi.size[0], channels, pixels);
+  const int64_t cascaded =
+      torch_cascaded_channels<acc_t>(vi.size[0], channels, pixels, torch_reduce_threads());
   const int64_t across = cascaded / kBlock * kBlock;  // channels [0, across) by chunks
   int64_t chunk = kAcross;
   while (chunk > kBlock && vi.size[0] * div_ceil(across, chunk) < 4 * at::get_num_threads()) {
@@ -4043,13 +4096,14 @@ void avg_forward_global_channels_as_torch(const PoolGeometry& g, const at::Tenso
 }
 
 // Variable extents of a channels-last input: each sample as torch's mean of
-// its slice (input[n, :, :d, :h, :w]). Its iterator merges the slice's
-// pixels into runs (as torch_window_sum); one run sums across the channels
-// as above (a sample alone: torch_cascaded_channels of one sample). Of more
-// runs, each channel sums alone, as torch_window_sum. torch widens 2-byte
-// values first into a copy, which keeps the slice's strides where the slice
-// is dense (one run, `channels` apart) and is contiguous otherwise: there
-// each channel's cells sum as a dense plane (torch_plane_sum).
+// its slice (input[n, :, :d, :h, :w]), a tensor of one sample. Its iterator
+// merges the slice's pixels into runs (window_runs); one run sums across the
+// channels as above. Of more runs, each channel sums alone over them
+// (torch_window_sum), except 2-byte values: torch widens the slice first
+// into a dense copy that keeps its order of strides (channels innermost),
+// one run of all its pixels, which sums across the channels as above.
+// torch's threads split the channels of a large slice (torch_cascaded_channels)
+// as they would for the mean of that one slice.
 template <typename scalar_t>
 void avg_forward_variable_global_channels_as_torch(const PoolGeometry& g, const at::Tensor& in,
                                                    const at::Tensor& out) {
@@ -4062,6 +4116,7 @@ void avg_forward_variable_global_channels_as_torch(const PoolGeometry& g, const 
   auto* dst = out.mutable_data_ptr<scalar_t>();
   const int64_t channels = vi.size[1];
   const int64_t origin[kDims] = {0, 0, 0};
+  const int64_t threads = torch_reduce_threads();
   at::parallel_for(0, vi.size[0], grain(channels * vi.pixels()), [&](int64_t begin, int64_t end) {
     std::vector<Vec> scratch(3 * (channels / kBlock + 1) * 4);
     std::vector<acc_t> sum(channels + kBlock), cells;
@@ -4069,41 +4124,31 @@ void avg_forward_variable_global_channels_as_torch(const PoolGeometry& g, const 
       Window w[kDims];
       windows_at(g, n, origin, w);
       const scalar_t* base = src + vi.offset(n, 0, 0, 0, 0);
-      // The slice's pixels as runs, innermost first (dims of one cell dropped).
-      int64_t runs = 0, run = 1, step = 1;
-      for (int k = kDims - 1; k >= 0; --k) {
-        const int64_t count = w[k].count, stride = vi.stride[2 + k];
-        if (count == 1) continue;
-        if (runs == 1 && step * run == stride) {
-          run *= count;
-        } else if (runs++ == 0) {
-          run = count;
-          step = stride;
-        }
-      }
-      if (runs <= 1 && (!kWidened || step == channels || run == 1)) {
-        const int64_t cascaded = torch_cascaded_channels<acc_t>(1, channels, run);
+      int64_t size[kDims], stride[kDims];
+      const int runs = window_runs(w, vi, size, stride);
+      const int64_t pixels = w[0].count * w[1].count * w[2].count;
+      if (runs <= 1 || kWidened) {
+        const int64_t cascaded = torch_cascaded_channels<acc_t>(1, channels, pixels, threads);
         const int64_t across = cascaded / kBlock * kBlock;
-        if (across > 0) torch_cascade_across(base, step, run, across / L, scratch.data(), sum.data());
-        if (across < channels) {
-          torch_channels_rest(base + across, step, run, channels - across, cascaded - across,
-                              sum.data() + across);
-        }
-      } else if (!kWidened) {
-        for (int64_t c = 0; c < channels; ++c) {
-          sum[c] = torch_window_sum<acc_t>(w, base + c, vi);
+        const auto sum_across = [&](const auto* from, int64_t step) {
+          if (across > 0) {
+            torch_cascade_across(from, step, pixels, across / L, scratch.data(), sum.data());
+          }
+          if (across < channels) {
+            torch_channels_rest(from + across, step, pixels, channels - across,
+                                cascaded - across, sum.data() + across);
+          }
+        };
+        if (runs <= 1) {
+          sum_across(base, runs == 1 ? stride[0] : 1);
+        } else {
+          cells.resize(pixels * channels);
+          widen_window(w, base, vi, channels, cells.data());
+          sum_across(cells.data(), channels);
         }
       } else {
-        cells.resize(w[0].count * w[1].count * w[2].count);
         for (int64_t c = 0; c < channels; ++c) {
-          auto* cell = cells.data();
-          for (int64_t d = 0; d < w[0].count; ++d) {
-            for (int64_t h = 0; h < w[1].count; ++h) {
-              const scalar_t* row = base + vi.offset(0, c, d, h, 0);
-              for (int64_t x = 0; x < w[2].count; ++x) *cell++ = static_cast<acc_t>(row[x * vi.stride[4]]);
-            }
-          }
-          sum[c] = torch_plane_sum<acc_t>(cells.data(), static_cast<int64_t>(cells.size()));
+          sum[c] = torch_window_sum<acc_t>(w, base + c, vi);
         }
       }
       const auto divisor = static_cast<acc_t>(avg_divisor(g, w, origin));
