@@ -3366,13 +3366,14 @@ acc_t torch_plane_sum(const scalar_t* __restrict__ x, int64_t cells) {
   return sum;
 }
 
-// A global window's cells as torch's iterator sees them: dims of one cell
-// dropped, a dim merged into the one inside it where its cells follow on.
-// Returns the dims left, innermost first, their sizes and strides.
-inline int window_runs(const Window* w, const Layout5& vi, int64_t* size, int64_t* stride) {
+// Cells count[0..2] along vi's spatial dims as torch's iterator sees them:
+// dims of one cell dropped, a dim merged into the one inside it where its
+// cells follow on. Returns the dims left, innermost first, their sizes and
+// strides.
+inline int runs_of(const int64_t* count, const Layout5& vi, int64_t* size, int64_t* stride) {
   int dims = 0;
   for (int k = kDims - 1; k >= 0; --k) {  // innermost first
-    const int64_t n = w[k].count, st = vi.stride[2 + k];
+    const int64_t n = count[k], st = vi.stride[2 + k];
     if (n == 1) continue;
     if (dims > 0 && stride[dims - 1] * size[dims - 1] == st) {
       size[dims - 1] *= n;
@@ -3382,6 +3383,12 @@ inline int window_runs(const Window* w, const Layout5& vi, int64_t* size, int64_
     }
   }
   return dims;
+}
+
+// A global window's cells as runs (runs_of).
+inline int window_runs(const Window* w, const Layout5& vi, int64_t* size, int64_t* stride) {
+  const int64_t count[kDims] = {w[0].count, w[1].count, w[2].count};
+  return runs_of(count, vi, size, stride);
 }
 
 // The cells of a global window, widened to acc_t, in order (d, h, w), into
@@ -3914,20 +3921,12 @@ int64_t torch_cascaded_channels(int64_t samples, int64_t channels, int64_t pixel
   return channels / (4 * L) * (4 * L);
 }
 
-// The step between a tensor's pixels where they lie at equal steps (dims of
-// one cell ignored, as torch's iterator drops them), else 0.
+// The step between a tensor's pixels where they lie at equal steps (one
+// run, as torch's iterator merges them), else 0.
 inline int64_t pixel_step(const Layout5& v) {
-  int64_t step = 0, next = 0;  // the innermost dim's step; the step a next dim must have
-  for (int k = 4; k >= 2; --k) {
-    if (v.size[k] == 1) continue;
-    if (step == 0) {
-      step = v.stride[k];
-    } else if (v.stride[k] != next) {
-      return 0;
-    }
-    next = v.stride[k] * v.size[k];
-  }
-  return step == 0 ? 1 : step;
+  int64_t size[kDims], stride[kDims];
+  const int runs = runs_of(v.size + 2, v, size, stride);
+  return runs == 0 ? 1 : runs == 1 ? stride[0] : 0;
 }
 
 // Whether a global average follows torch's channels-last order: channels
