@@ -182,6 +182,24 @@ def test_full_sizes_equal_adaptive(kind, d, device):
         assert_equal(got, ours(f"adaptive_{kind}_pool{d}d")(x, output_size))
 
 
+def some_extents(rng, samples, spatial):
+    """Random per-sample extents, the whole plane, whole rows and a column among them."""
+    sizes = torch.stack([torch.randint(1, e + 1, (samples,), generator=rng) for e in spatial], 1)
+    sizes[0] = torch.tensor(spatial)  # the whole plane
+    sizes[1, -1] = spatial[-1]  # whole rows
+    sizes[2, -1] = 1  # a column
+    return sizes
+
+
+def assert_masked_means_are_the_loop(x, sizes, msg):
+    """variable_avg_poolNd(x, 1, sizes) is, bit for bit, torch's global average of each sample's slice."""
+    d = x.dim() - 2
+    got = getattr(pool_ext.functional, f"variable_avg_pool{d}d")(x, 1, sizes)
+    for n, extent in enumerate(sizes.tolist()):
+        sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
+        assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1), (*msg, extent))
+
+
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_masked_mean_is_the_per_sample_means_bit_for_bit(d):
     """Variable average pooling to one cell (masked global mean) of contiguous
@@ -196,14 +214,7 @@ def test_masked_mean_is_the_per_sample_means_bit_for_bit(d):
     for dtype in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
         x = order_revealing(rng, shape, dtype)
         for trial in range(4):
-            sizes = torch.stack([torch.randint(1, e + 1, (shape[0],), generator=rng) for e in shape[2:]], 1)
-            sizes[0] = torch.tensor(shape[2:])  # the whole plane
-            sizes[1, -1] = shape[-1]  # whole rows
-            sizes[2, -1] = 1  # a column
-            got = getattr(pool_ext.functional, f"variable_avg_pool{d}d")(x, 1, sizes)
-            for n, extent in enumerate(sizes.tolist()):
-                sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
-                assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1), (dtype, extent))
+            assert_masked_means_are_the_loop(x, some_extents(rng, shape[0], shape[2:]), (dtype,))
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])
@@ -224,23 +235,13 @@ def test_channels_last_masked_mean_is_the_per_sample_means_bit_for_bit(d):
         # channels innermost: packed, and a channel slice
         for x in (base[..., :channels].contiguous().movedim(-1, 1), base.movedim(-1, 1)[:, 2:channels + 2]):
             assert x.stride(1) == 1
-            sizes = torch.stack([torch.randint(1, e + 1, (6,), generator=rng) for e in spatial], 1)
-            sizes[0] = torch.tensor(spatial)  # the whole plane
-            sizes[1, -1] = spatial[-1]  # whole rows
-            sizes[2, -1] = 1  # a column
-            got = getattr(pool_ext.functional, f"variable_avg_pool{d}d")(x, 1, sizes)
-            for n, extent in enumerate(sizes.tolist()):
-                sample = x[(n, slice(None), *(slice(0, e) for e in extent))]
-                assert_equal(got[n], getattr(F, f"adaptive_avg_pool{d}d")(sample, 1),
-                             (dtype, channels, x.stride(), extent))
+            assert_masked_means_are_the_loop(x, some_extents(rng, 6, spatial), (dtype, channels, x.stride()))
     if d == 2:
         threads = torch.get_num_threads()
         try:
             torch.set_num_threads(8)
             x = order_revealing(rng, (2, 30, 30, 37), torch.float32).movedim(-1, 1)
-            got = pool_ext.functional.variable_avg_pool2d(x, 1, torch.tensor([[30, 30], [30, 29]]))
-            for n, extent in enumerate(([30, 30], [30, 29])):
-                assert_equal(got[n], F.adaptive_avg_pool2d(x[n, :, :extent[0], :extent[1]], 1), extent)
+            assert_masked_means_are_the_loop(x, torch.tensor([[30, 30], [30, 29]]), ("8 threads",))
         finally:
             torch.set_num_threads(threads)
 
