@@ -26,6 +26,8 @@
 #include <optional>
 #include <tuple>
 
+#include "pool_plan.h"
+
 namespace pool_ext {
 namespace {
 
@@ -42,12 +44,15 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 // graph of the gradient is wanted (create_graph); none for the rest. The
 // saved tensors are unpacked before that: unpacking runs saved-tensor hooks,
 // and non-reentrant checkpointing's recomputes the forward there, which
-// below the Autograd key would save nothing (CheckpointError).
+// below the Autograd key would save nothing (CheckpointError). A node that
+// saved no tensors (kept_tensors false) unpacks none: unpacking fails once a
+// backward without retain_graph has released them.
 template <typename F>
-variable_list self_grad(AutogradContext* ctx, size_t n_args, const F& grad_input) {
+variable_list self_grad(AutogradContext* ctx, size_t n_args, const F& grad_input,
+                        bool kept_tensors = true) {
   variable_list grads(n_args);
   if (ctx->needs_input_grad(0)) {
-    const variable_list saved = ctx->get_saved_variables();
+    const variable_list saved = kept_tensors ? ctx->get_saved_variables() : variable_list{};
     std::optional<at::AutoDispatchBelowADInplaceOrView> below;
     if (!at::GradMode::is_enabled()) {
       below.emplace();
@@ -162,14 +167,17 @@ struct AdaptiveMaxPool : torch::autograd::Function<AdaptiveMaxPool> {
   }
 };
 
-// Whether an adaptive average pooled to one cell: torch's global average is
-// a mean, which keeps no input; an average's backward takes only the input's
-// sizes, strides and options, never its values. So that changing the input
-// in place after the call (`x.relu_()` after `adaptive_avg_pool2d(x, 1)`)
-// does not fail the backward, as with torch, the global average keeps an
-// alias of the input with a version counter of its own, outside the graph:
-// like the mean's, its gradient does not depend on the input (a second
-// derivative does not reach it). Other averages keep the input, as torch's.
+// Whether an adaptive average pooled to one cell. torch's global average is
+// a mean, which keeps nothing of its input but its sizes; an average's
+// backward reads only the input's sizes, strides and options, never its
+// values. So the global average keeps the input's sizes and memory format,
+// and its backward passes a stand-in (global_stand_in). As with torch,
+// changing the input in place after the call (`x.relu_()` after
+// `adaptive_avg_pool2d(x, 1)`) does not fail the backward, a second backward
+// without retain_graph runs, the graph holds none of the input's memory, and
+// a second derivative does not reach the input. The variable global average
+// (sizes given) keeps an alias of the input with a version counter of its
+// own, outside the graph. Other averages keep the input, as torch's.
 bool global(const at::Tensor& out) {
   for (const auto k : c10::irange(2, out.dim())) {
     if (out.size(k) != 1) {
@@ -177,6 +185,19 @@ bool global(const at::Tensor& out) {
     }
   }
   return true;
+}
+
+// A tensor of a global average's input sizes, format, dtype and device,
+// whose values its backward never reads: for a contiguous input, one element
+// expanded (strides 0 plan a contiguous gradient); for a channels-last one,
+// which strides alone can say, an uninitialised tensor, held only during the
+// backward, so that the gradient keeps the input's format (a contiguous one
+// costs the layers before a strided pass: torch's, through its mean).
+at::Tensor global_stand_in(const at::Tensor& grad, IntList sizes, at::MemoryFormat format) {
+  if (format == at::MemoryFormat::Contiguous) {
+    return grad.new_empty({}).expand(sizes);
+  }
+  return empty_in_format(sizes, format, grad.options());
 }
 
 struct AdaptiveAvgPool : torch::autograd::Function<AdaptiveAvgPool> {
@@ -188,8 +209,13 @@ struct AdaptiveAvgPool : torch::autograd::Function<AdaptiveAvgPool> {
             "pool_ext::adaptive_avg_pool");
     at::AutoDispatchBelowADInplaceOrView below;
     auto out = op.call(self, output_size, sizes);
-    ctx->save_for_backward(
-        {global(out) ? self.variable_data() : self, sizes.value_or(at::Tensor())});
+    if (global(out) && !sizes) {
+      ctx->saved_data["input_sizes"] = self.sizes().vec();
+      ctx->saved_data["input_format"] = static_cast<int64_t>(format_of(self));
+    } else {
+      ctx->save_for_backward(
+          {global(out) ? self.variable_data() : self, sizes.value_or(at::Tensor())});
+    }
     ctx->saved_data["output_size"] = output_size.vec();
     return out;
   }
@@ -199,10 +225,21 @@ struct AdaptiveAvgPool : torch::autograd::Function<AdaptiveAvgPool> {
         find_op<at::Tensor(const at::Tensor&, const at::Tensor&, IntList,
                            const std::optional<at::Tensor>&)>(
             "pool_ext::_adaptive_avg_pool_backward");
-    return self_grad(ctx, 3, [&](const variable_list& saved) {
-      return op.call(grads[0], saved[0], ctx->saved_data["output_size"].toIntVector(),
-                     optional_sizes(saved[1]));
-    });
+    auto& d = ctx->saved_data;
+    const bool kept_input = d.find("input_sizes") == d.end();
+    return self_grad(
+        ctx, 3,
+        [&](const variable_list& saved) {
+          if (!kept_input) {
+            const auto like = global_stand_in(
+                grads[0], d["input_sizes"].toIntVector(),
+                static_cast<at::MemoryFormat>(d["input_format"].toInt()));
+            return op.call(grads[0], like, d["output_size"].toIntVector(), std::nullopt);
+          }
+          return op.call(grads[0], saved[0], d["output_size"].toIntVector(),
+                         optional_sizes(saved[1]));
+        },
+        kept_input);
   }
 };
 

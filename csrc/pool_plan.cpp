@@ -45,6 +45,8 @@ void check_input(const std::string& name, const at::Tensor& self, int64_t ndim,
       ": expected a float32, float64, float16 or bfloat16 input, but got ", t);
 }
 
+}  // namespace
+
 at::MemoryFormat format_of(const at::Tensor& self) {
   // A 1d input is channels-last where torch's 1d pooling, which pools it as
   // (N, C, 1, L), finds it so: channels innermost, as a transposed (N, L, C)
@@ -52,6 +54,8 @@ at::MemoryFormat format_of(const at::Tensor& self) {
   return self.dim() >= 4 ? self.suggest_memory_format()
                          : self.unsqueeze(2).suggest_memory_format();
 }
+
+namespace {
 
 PoolPlan start_plan(const std::string& name, const at::Tensor& self, int64_t ndim) {
   PoolPlan plan;
@@ -281,12 +285,17 @@ void check_like_output(const PoolPlan& plan, const at::Tensor& self, const at::T
               " of sizes ", at::IntArrayRef(plan.out_shape), ", but got ", t.sizes());
 }
 
-at::Tensor empty_planned(const PoolPlan& plan, at::IntArrayRef shape,
-                         const at::TensorOptions& options) {
-  if (shape.size() == 3 && plan.format == at::MemoryFormat::ChannelsLast) {
+at::Tensor empty_in_format(at::IntArrayRef shape, at::MemoryFormat format,
+                           const at::TensorOptions& options) {
+  if (shape.size() == 3 && format == at::MemoryFormat::ChannelsLast) {
     return at::empty({shape[0], shape[2], shape[1]}, options).permute({0, 2, 1});
   }
-  return at::empty(shape, options.memory_format(plan.format));
+  return at::empty(shape, options.memory_format(format));
+}
+
+at::Tensor empty_planned(const PoolPlan& plan, at::IntArrayRef shape,
+                         const at::TensorOptions& options) {
+  return empty_in_format(shape, plan.format, options);
 }
 
 at::Tensor as_5d(const at::Tensor& t) {

@@ -37,8 +37,17 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
 void check_like_output(const PoolPlan& plan, const at::Tensor& self, const at::Tensor& t,
                        const char* op, const char* what);
 
-// An uninitialised tensor of `shape` in the plan's memory format: for 1d
-// pooling's channels-last, (N, C, L) with C at stride 1 and L at stride C.
+// The memory format a pooling of self plans its output and gradient in:
+// self's, where a 1d input (N, C, L) is channels-last when (N, C, 1, L) is, as
+// torch's 1d pooling finds it.
+at::MemoryFormat format_of(const at::Tensor& self);
+
+// An uninitialised tensor of `shape` in `format`: for 1d pooling's
+// channels-last, (N, C, L) with C at stride 1 and L at stride C.
+at::Tensor empty_in_format(at::IntArrayRef shape, at::MemoryFormat format,
+                           const at::TensorOptions& options);
+
+// empty_in_format in the plan's memory format.
 at::Tensor empty_planned(const PoolPlan& plan, at::IntArrayRef shape,
                          const at::TensorOptions& options);
 

@@ -32,12 +32,17 @@ def memory_format(x):
     return suggest_memory_format(x if x.dim() >= 4 else x.unsqueeze(2))
 
 
+def empty_in_format(shape, fmt, dtype, device):
+    """pool_plan.cpp's empty_in_format: an empty tensor in memory format fmt
+    (a 1d channels-last one (N, C, L) with C at stride 1)."""
+    if len(shape) == 3 and fmt == torch.channels_last:
+        return torch.empty((shape[0], shape[2], shape[1]), dtype=dtype, device=device).permute(0, 2, 1)
+    return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt)
+
+
 def empty_planned(x, shape, dtype):
     """pool_plan.cpp's empty_planned: an empty tensor in x's memory format."""
-    fmt = memory_format(x)
-    if len(shape) == 3 and fmt == torch.channels_last:
-        return torch.empty((shape[0], shape[2], shape[1]), dtype=dtype, device=x.device).permute(0, 2, 1)
-    return torch.empty(shape, dtype=dtype, device=x.device, memory_format=fmt)
+    return empty_in_format(shape, memory_format(x), dtype, x.device)
 
 
 def tap_dtype(taps_per_window):

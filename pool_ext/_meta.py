@@ -255,11 +255,14 @@ def _save(ctx, tensors, args):
     ctx.save_for_backward(*saved)
     ctx.save_for_forward(*saved)
     ctx.n_tensors = len(tensors)
+    ctx.kept_tensors = bool(saved)
     ctx.args = [None if is_tensor else a for a, is_tensor in zip(args, ctx.tensor_args)]
 
 
 def _saved(ctx):
-    saved = ctx.saved_tensors
+    # None saved, none unpacked: unpacking fails once a backward without
+    # retain_graph has released them.
+    saved = ctx.saved_tensors if ctx.kept_tensors else ()
     rest = iter(saved[ctx.n_tensors:])
     args = [next(rest) if is_tensor else a for a, is_tensor in zip(ctx.args, ctx.tensor_args)]
     return saved[:ctx.n_tensors], args
@@ -394,12 +397,32 @@ def _max_autograd(kind):
     _register_autograd(f"_{kind}max_pool_backward", save_backward, backward_backward, backward_jvp)
 
 
+def _global_input(self, output, args):
+    """The input's sizes and memory format, for a global average without
+    per-sample sizes (every output extent 1); None for other averages. As its
+    C++ derivative (csrc/autograd.cpp) and torch's mean, such an average keeps
+    nothing else of its input: its backward passes _stand_in."""
+    if all(size == 1 for size in output.shape[2:]) and args[1] is None:
+        return self.shape, geo.memory_format(self)
+    return None
+
+
+def _stand_in(grad, shape, fmt):
+    """csrc/autograd.cpp's global_stand_in: a tensor of the input's sizes,
+    format, dtype and device whose values the average's backward never reads
+    (one element expanded for a contiguous input, an uninitialised tensor
+    for a channels-last one)."""
+    if fmt == torch.contiguous_format:
+        return grad.new_empty(()).expand(shape)
+    return geo.empty_in_format(shape, fmt, grad.dtype, grad.device)
+
+
 def _kept_input(self, output):
-    """What an adaptive average keeps of its input for its backward: for a
-    global one (every output extent 1), as its C++ derivative (csrc/autograd.cpp)
-    and torch's mean do, nothing the graph or an in-place change of the input
-    reaches: an alias with a version counter of its own. The input itself
-    under torch.func (whose levels an alias would leave) and torch.compile."""
+    """What a variable average (sizes given) keeps of its input for its
+    backward: for a global one, as its C++ derivative does, nothing the graph
+    or an in-place change of the input reaches: an alias with a version counter
+    of its own. The input itself under torch.func (whose levels an alias would
+    leave) and torch.compile."""
     if (all(size == 1 for size in output.shape[2:]) and not transforms_active()
             and not torch.compiler.is_compiling()):
         return self.data
@@ -413,12 +436,20 @@ def _avg_autograd(kind):
 
     def save_pool(ctx, inputs, output):
         self, *args = inputs
-        _save(ctx, (_kept_input(self, output) if kind else self,), args)
+        ctx.global_input = _global_input(self, output, args) if kind else None
+        if ctx.global_input is not None:
+            _save(ctx, (), args)
+        else:
+            _save(ctx, (_kept_input(self, output) if kind else self,), args)
 
     def pool_backward(ctx, grad):
-        (self,), args = _saved(ctx)
-        grad_input = backward_op(grad, self, *args) if ctx.needs_input_grad[0] else None
-        return (grad_input, *(None,) * len(args))
+        if not ctx.needs_input_grad[0]:
+            return (None,) * (1 + len(ctx.args))
+        if ctx.global_input is not None:
+            self, args = _stand_in(grad, *ctx.global_input), ctx.args
+        else:
+            (self,), args = _saved(ctx)
+        return (backward_op(grad, self, *args), *(None,) * len(args))
 
     def pool_jvp(ctx, self_t, *_):
         _, args = _saved(ctx)

@@ -12,6 +12,7 @@ from torch.autograd import gradcheck, gradgradcheck
 
 import torch.autograd.forward_ad as fwAD
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import pool_ext.functional as PF
 from pool_testing import DEVICES, distinct_values, make_rng
@@ -114,18 +115,24 @@ def _graph_names(t):
     return names
 
 
+class Passthrough(TorchDispatchMode):
+    """A torch dispatch mode that changes nothing: under it our derivatives are
+    the Python formulas' (pool_ext/_meta.py), not the C++ ones."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        return func(*args, **(kwargs or {}))
+
+
+def in_mode(mode):
+    return Passthrough() if mode == "dispatch_mode" else contextlib.nullcontext()
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_derivatives_in_cpp_are_the_python_formulas(case):
     """Plain eager calls take their derivative in C++ (csrc/autograd.cpp); under
     a torch dispatch mode, even one that changes nothing, the Python Functions.
     Both give the same gradient and second derivative (through create_graph),
     bit for bit."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Passthrough(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
     case_id, fn, shape, is_max, fmt = case
     x = make_input(case_id, shape, is_max, fmt)
     weight = torch.randn_like(fn(x)).requires_grad_()
@@ -343,17 +350,23 @@ def test_tensor_subclass_sees_the_function():
         torch.testing.assert_close(grad.as_subclass(torch.Tensor), torch.autograd.grad(call(plain).sum(), plain)[0])
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("name, args, shape, fmt", [
+# Global averages (adaptive averages to one cell) and the pooling that keeps
+# its input: (name, args, input shape, memory format).
+KEEPING_CASES = [
     ("adaptive_avg_pool1d", (1,), (2, 3, 7), None),
     ("adaptive_avg_pool2d", (1,), (2, 3, 5, 6), CL),
     ("adaptive_avg_pool2d", ((None, 1),), (2, 3, 1, 6), None),
     ("adaptive_avg_pool3d", (1,), (2, 3, 3, 4, 5), None),
+    ("adaptive_avg_pool3d", (1,), (2, 3, 3, 4, 5), CL3),
     ("adaptive_avg_pool2d", ((3, 2),), (2, 3, 5, 6), None),
     ("avg_pool2d", (3, 2, 1), (2, 3, 7, 6), CL),
     ("max_pool2d", (2,), (2, 3, 6, 6), None),
     ("adaptive_max_pool2d", (1,), (2, 3, 5, 6), None),
-])
+]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, args, shape, fmt", KEEPING_CASES)
 @pytest.mark.parametrize("mode", ["eager", "dispatch_mode"])
 def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, device, mode):
     """Changing the input in place after the call: torch's global average (a
@@ -362,18 +375,12 @@ def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, 
     The global average's gradient, like the mean's, is not a function of the
     input: a second derivative through it alone does not reach the input.
     Under a torch dispatch mode the derivatives are the Python formulas'."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Passthrough(TorchDispatchMode):
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            return func(*args, **(kwargs or {}))
-
     x = torch.randn(shape, device=device, dtype=torch.float64)
     x = x.contiguous(memory_format=fmt) if fmt else x
     weight = torch.randn_like(getattr(F, name)(x, *args))
 
     def gradient(module, change):
-        with Passthrough() if mode == "dispatch_mode" else contextlib.nullcontext():
+        with in_mode(mode):
             leaf = x.clone().requires_grad_()
             y = leaf * 1  # a non-leaf, which may be changed in place
             out = getattr(module, name)(y, *args)
@@ -395,6 +402,52 @@ def test_input_changed_in_place_after_the_call_as_torch(name, args, shape, fmt, 
     if got is not None:
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-15)
         torch.testing.assert_close(got, unchanged, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name, args, shape, fmt", KEEPING_CASES)
+@pytest.mark.parametrize("mode", ["eager", "dispatch_mode"])
+def test_what_the_graph_keeps_of_the_input_as_torch(name, args, shape, fmt, device, mode):
+    """What the graph keeps for the backward, as torch's: the global average,
+    like torch's mean, saves no tensor (saved-tensor hooks see none), so the
+    graph holds no input memory and a second backward without retain_graph
+    runs, to the same gradient; the rest save tensors, and a second backward
+    raises, as torch's. Gradients have torch's strides, but for the global
+    average's, which keep the input's format (torch's mean's are contiguous)."""
+    x = torch.randn(shape, device=device, dtype=torch.float64)
+    x = x.contiguous(memory_format=fmt) if fmt else x
+    weight = torch.randn_like(getattr(F, name)(x, *args))
+    out_shape = weight.shape
+
+    def run(module):
+        packed = []
+
+        def pack(t):
+            packed.append(t)
+            return t
+
+        with in_mode(mode):
+            leaf = x.clone().requires_grad_()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = getattr(module, name)(leaf, *args)
+            loss = (out * weight).sum()
+            (first,) = torch.autograd.grad(loss, leaf)
+            try:
+                (second,) = torch.autograd.grad(loss, leaf)
+            except RuntimeError as error:
+                assert "backward through the graph a second time" in str(error)
+                second = None
+        return len(packed) > 0, first, second
+
+    keeps, first, second = run(PF)
+    want_keeps, want_first, want_second = run(F)
+    assert keeps == want_keeps
+    assert (second is None) == (want_second is None)
+    torch.testing.assert_close(first, want_first, rtol=0, atol=1e-15)
+    global_average = name.startswith("adaptive_avg") and all(o == 1 for o in out_shape[2:])
+    assert first.stride() == (x.stride() if global_average else want_first.stride())
+    if second is not None:
+        torch.testing.assert_close(second, first, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("reentrant", [False, True])

@@ -246,13 +246,16 @@ def test_channels_last_average_backward_over_chunks_of_samples(dtype, device):
     them at a time, a sample or a few: fixed windows with samples over that size
     (one a chunk), adaptive and variable ones with several a chunk and a last
     chunk part full, bit-identical to the same values laid out contiguous (-0 and
-    NaN in the gradient), and close to torch."""
+    NaN in the gradient), and close to torch. Global averages' gradients (one
+    row of shares a sample) keep the format too."""
     rng = make_rng("average-chunks", dtype)
     g = torch.Generator().manual_seed(5)
     x = random_values(rng, (6, 64, 72, 72), dtype, specials=0.01).to(device)
     cases = [("avg_pool2d", dict(kernel_size=3, stride=1, padding=1)),
              ("adaptive_avg_pool2d", dict(output_size=(30, 31))),
-             ("variable_avg_pool2d", dict(output_size=(30, 31)))]
+             ("adaptive_avg_pool2d", dict(output_size=1)),
+             ("variable_avg_pool2d", dict(output_size=(30, 31))),
+             ("variable_avg_pool2d", dict(output_size=1))]
     sizes = torch.randint(1, 73, (6, 2), generator=g).to(device)
     for name, kwargs in cases:
         if name.startswith("variable"):
