@@ -603,10 +603,17 @@ C10_HOST_DEVICE inline void avg_grad_lanes(const PoolGeometry& g, const PoolTabl
                                            const int64_t* i, const scalar_t* grad,
                                            const int64_t* gs, acc_t* sum) {
   Span span[kDims];
+  bool covered = true;
   for (int k = 0; k < kDims; ++k) {
     span[k] = table_covering(t, n, k, i[k]);
+    covered = covered && span[k].lo < span[k].hi;
   }
-  for (int u = 0; u < V; ++u) sum[u] = 0;
+  // A global average's one term is summed from -0, so that a -0 share stays
+  // -0, as torch's mean's gradient (grad / cells) keeps it; other sums start
+  // from +0, as torch's other averages' gradients (zeros, each term added),
+  // and so do cells no window covers (variable pooling's padding).
+  const acc_t zero = is_global(g) && covered ? acc_t(-0.0) : acc_t(0);
+  for (int u = 0; u < V; ++u) sum[u] = zero;
   int64_t o[kDims];
   Window w[kDims];
   for (o[0] = span[0].lo; o[0] < span[0].hi; ++o[0]) {

@@ -434,6 +434,39 @@ def test_average_of_negative_zeros_is_positive_zero(d, dtype, device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_signs_of_zero_gradients_as_torch(d, dtype, device):
+    """A -0 gradient of a global average stays -0 in every cell, as torch's
+    mean's (grad / cells) does, in every layout, of one cell too; other
+    averages' gradients sum from +0, as torch's do (zeros, each term added).
+    Variable global averages: -0 in each sample's extent (as the per-sample
+    mean's), +0 in the padding."""
+    for spatial, output_size in ((7, 1), (1, 1), (40, 1), (7, 3), (6, 2)):
+        layouts = ("contiguous", "channels_last", "few_channels_last") if d > 1 else ("contiguous",)
+        for layout in layouts:
+            x = torch.randn((2, 3 if layout == "few_channels_last" else 16) + (spatial,) * d, dtype=dtype)
+            if layout != "contiguous":
+                x = x.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+            signs = []
+            for module, inp in ((torchs, x), (ours, x.to(device))):
+                inp = inp.detach().requires_grad_()
+                out = module(f"adaptive_avg_pool{d}d")(inp, output_size)
+                (grad,) = torch.autograd.grad(out, inp, torch.full_like(out, -0.0))
+                signs.append(torch.signbit(grad).cpu())
+            assert torch.equal(signs[1], signs[0]), (spatial, output_size, layout)
+            assert signs[0].all() == (output_size == 1)
+    x = torch.randn((3, 4) + (6,) * d, dtype=dtype, device=device, requires_grad=True)
+    sizes = torch.tensor([[6] * d, [1] * d, [2, 5, 3][:d]], device=device)
+    out = ours(f"variable_avg_pool{d}d")(x, 1, sizes)
+    (grad,) = torch.autograd.grad(out, x, torch.full_like(out, -0.0))
+    for n, extent in enumerate(sizes.tolist()):
+        inside = torch.zeros((6,) * d, dtype=torch.bool)
+        inside[tuple(slice(0, e) for e in extent)] = True
+        assert torch.equal(torch.signbit(grad[n]).cpu(), inside.expand(4, *inside.shape)), extent
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("d", [2, 3])
 def test_global_average_of_any_leading_dims(d, device):
     """torch's adaptive_avg_pool2d/3d to one cell is a mean over the last d dims,

@@ -4296,11 +4296,12 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
-// What every cell of a global average's extent takes: 0 + the one output's
-// share, the gather's sum.
+// What every cell of a global average's extent takes: the one output's
+// share, the gather's sum (avg_grad_lanes sums a global window's one term
+// from -0, so that a -0 share stays -0, as in torch's mean's gradient).
 template <typename scalar_t, typename acc_t>
 inline scalar_t global_avg_share(scalar_t grad, acc_t divisor) {
-  return static_cast<scalar_t>(acc_t(0) + static_cast<acc_t>(grad) / divisor);
+  return static_cast<scalar_t>(static_cast<acc_t>(grad) / divisor);
 }
 
 template <typename scalar_t>
@@ -4519,10 +4520,13 @@ struct CpuKernels {
       return;
     }
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cpu", [&] {
-      if (is_global(g) && !channels_inner(grad_in, grad_in)) {
-        avg_backward_global<scalar_t>(g, grad_out, grad_in);
-      } else if (is_global(g) && packed_channels_last(layout_of(grad_in))) {
+      // (Global: a plane at a time where the channels are not packed
+      // innermost, as in planes of one pixel, whose strides say both.)
+      if (is_global(g) && channels_inner(grad_in, grad_in) &&
+          packed_channels_last(layout_of(grad_in))) {
         avg_backward_global_channels<scalar_t>(g, grad_out, grad_in);
+      } else if (is_global(g)) {
+        avg_backward_global<scalar_t>(g, grad_out, grad_in);
       } else {
         avg_backward_cpu<scalar_t>(g, grad_out, grad_in);
       }
