@@ -100,12 +100,24 @@ struct PoolGeometry {
   // Variable pooling: per-sample extents, int64 (N, ndim) contiguous, or null.
   const int64_t* sizes;
   int ndim;  // spatial dims of the op (1..3): the last ndim of D, H, W
+  // An adaptive op (adaptive or variable pooling): unlike `adaptive`, not
+  // set for fixed pooling run on the adaptive kernels (its windows tiling
+  // the input), nor cleared for adaptive pooling run as fixed.
+  bool adaptive_op;
 };
 
 // Global pooling: adaptive, output size 1 in every dim (each window is the
 // sample's whole extent).
 C10_HOST_DEVICE inline bool is_global(const PoolGeometry& g) {
   return g.adaptive && g.dim[0].out == 1 && g.dim[1].out == 1 && g.dim[2].out == 1;
+}
+
+// torch's mean: an adaptive average to one cell (per sample, for variable
+// pooling), whose gradient, grad / cells, keeps a -0, where the gradients of
+// other averages (fixed ones with one window over the input too) are sums
+// from +0.
+C10_HOST_DEVICE inline bool is_mean(const PoolGeometry& g) {
+  return g.adaptive_op && is_global(g);
 }
 
 // Every window one cell, the output the input's shape: adaptive pooling to
@@ -608,11 +620,11 @@ C10_HOST_DEVICE inline void avg_grad_lanes(const PoolGeometry& g, const PoolTabl
     span[k] = table_covering(t, n, k, i[k]);
     covered = covered && span[k].lo < span[k].hi;
   }
-  // A global average's one term is summed from -0, so that a -0 share stays
-  // -0, as torch's mean's gradient (grad / cells) keeps it; other sums start
-  // from +0, as torch's other averages' gradients (zeros, each term added),
-  // and so do cells no window covers (variable pooling's padding).
-  const acc_t zero = is_global(g) && covered ? acc_t(-0.0) : acc_t(0);
+  // A mean's one term is summed from -0, so that a -0 share stays -0, as
+  // torch's mean's gradient (grad / cells) keeps it; other sums start from
+  // +0, as torch's other averages' gradients (zeros, each term added), and so
+  // do cells no window covers (variable pooling's padding).
+  const acc_t zero = is_mean(g) && covered ? acc_t(-0.0) : acc_t(0);
   for (int u = 0; u < V; ++u) sum[u] = zero;
   int64_t o[kDims];
   Window w[kDims];

@@ -119,9 +119,9 @@ at::Tensor run_avg_backward(const PoolPlan& plan, const at::Tensor& grad_output,
               " backward: expected grad_output of dtype ", self.scalar_type(), ", but got ",
               grad_output.scalar_type());
   auto grad_input = empty_planned(plan, self.sizes(), self.options());
-  // (A global average of one cell keeps a -0 gradient, as the others: its
-  // kernels' term, not add_zero's sum.)
-  if (grad_input.numel() > 0 && is_identity(plan.geom) && !is_global(plan.geom)) {
+  // (A mean of one cell keeps a -0 gradient, as the others: its kernels'
+  // term, not add_zero's sum.)
+  if (grad_input.numel() > 0 && is_identity(plan.geom) && !is_mean(plan.geom)) {
     add_zero(grad_output, grad_input);
   } else if (grad_input.numel() > 0) {
     K::avg_backward(plan.geom, as_5d(grad_output), as_5d(grad_input));

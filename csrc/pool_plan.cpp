@@ -232,6 +232,7 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
   PoolPlan plan = start_plan(name, self, ndim);
   auto& g = plan.geom;
   g.adaptive = true;
+  g.adaptive_op = true;
   for (const auto i : c10::irange(ndim)) {
     PoolDim& dim = g.dim[kDims - ndim + i];
     dim.in = self.size(2 + i);

@@ -401,8 +401,10 @@ def _global_input(self, output, args):
     """The input's sizes and memory format, for a global average without
     per-sample sizes (every output extent 1); None for other averages. As its
     C++ derivative (csrc/autograd.cpp) and torch's mean, such an average keeps
-    nothing else of its input: its backward passes _stand_in."""
-    if all(size == 1 for size in output.shape[2:]) and args[1] is None:
+    nothing else of its input: its backward passes _stand_in. Not under
+    torch.func, which keeps the input (_kept_input): vmap's rule would fold an
+    unbatched channels-last stand-in into a copy the size of the whole batch."""
+    if all(size == 1 for size in output.shape[2:]) and args[1] is None and not transforms_active():
         return self.shape, geo.memory_format(self)
     return None
 
@@ -418,11 +420,11 @@ def _stand_in(grad, shape, fmt):
 
 
 def _kept_input(self, output):
-    """What a variable average (sizes given) keeps of its input for its
-    backward: for a global one, as its C++ derivative does, nothing the graph
-    or an in-place change of the input reaches: an alias with a version counter
-    of its own. The input itself under torch.func (whose levels an alias would
-    leave) and torch.compile."""
+    """What an adaptive average that _global_input leaves keeps of its input
+    for its backward: for a global one (variable pooling's), as its C++
+    derivative does, nothing the graph or an in-place change of the input
+    reaches: an alias with a version counter of its own. The input itself
+    under torch.func (whose levels an alias would leave) and torch.compile."""
     if (all(size == 1 for size in output.shape[2:]) and not transforms_active()
             and not torch.compiler.is_compiling()):
         return self.data

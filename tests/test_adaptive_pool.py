@@ -439,8 +439,8 @@ def test_average_of_negative_zeros_is_positive_zero(d, dtype, device):
 def test_signs_of_zero_gradients_as_torch(d, dtype, device):
     """A -0 gradient of a global average stays -0 in every cell, as torch's
     mean's (grad / cells) does, in every layout, of one cell too; other
-    averages' gradients sum from +0, as torch's do (zeros, each term added).
-    Variable global averages: -0 in each sample's extent (as the per-sample
+    averages' gradients sum from +0, as torch's do (zeros, each term added),
+    fixed ones whose one window covers the input too. Variable global averages: -0 in each sample's extent (as the per-sample
     mean's), +0 in the padding."""
     for spatial, output_size in ((7, 1), (1, 1), (40, 1), (7, 3), (6, 2)):
         layouts = ("contiguous", "channels_last", "few_channels_last") if d > 1 else ("contiguous",)
@@ -456,6 +456,18 @@ def test_signs_of_zero_gradients_as_torch(d, dtype, device):
                 signs.append(torch.signbit(grad).cpu())
             assert torch.equal(signs[1], signs[0]), (spatial, output_size, layout)
             assert signs[0].all() == (output_size == 1)
+    # Fixed averages whose one window covers the input (a 7x7 head, run on
+    # the global kernels) sum from +0, as torch's avg_pool.
+    for spatial in (7, 5):
+        x = torch.randn((2, 16) + (spatial,) * d, dtype=dtype)
+        signs = []
+        # (torch's CPU avg_pool3d has no bfloat16: its signs in float32)
+        for module, inp in ((torchs, x.float()), (ours, x.to(device))):
+            inp = inp.detach().requires_grad_()
+            out = module(f"avg_pool{d}d")(inp, spatial)
+            (grad,) = torch.autograd.grad(out, inp, torch.full_like(out, -0.0))
+            signs.append(torch.signbit(grad).cpu())
+        assert torch.equal(signs[1], signs[0]) and not signs[0].any(), spatial
     x = torch.randn((3, 4) + (6,) * d, dtype=dtype, device=device, requires_grad=True)
     sizes = torch.tensor([[6] * d, [1] * d, [2, 5, 3][:d]], device=device)
     out = ours(f"variable_avg_pool{d}d")(x, 1, sizes)

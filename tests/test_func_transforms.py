@@ -111,6 +111,26 @@ def test_vmap_calls_each_op_once(device):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("output_size", [1, 2])
+def test_per_sample_gradients_keep_the_format(output_size, device):
+    """vmap(grad) of a channels-last average gives each sample's gradient the
+    format grad alone gives (channels-last), global averages too, whose
+    backward outside torch.func passes a stand-in for the input (vmap would
+    fold an unbatched channels-last stand-in into a batch-sized copy)."""
+    xs = torch.stack([torch.randn(2, 16, 8, 8, device=device).contiguous(memory_format=torch.channels_last)
+                      for _ in range(4)])
+
+    def f(t):
+        return PF.adaptive_avg_pool2d(t, output_size).pow(2).sum()
+
+    one = grad(f)(xs[0])
+    each = vmap(grad(f))(xs)
+    assert one.is_contiguous(memory_format=torch.channels_last)
+    assert each[0].stride() == one.stride()
+    assert torch.equal(each[0], one)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_variable_per_sample_gradients_like_loop(kind, device):
     """vmap(grad) of variable pooling, with sizes vmapped too or shared, equals

@@ -4296,12 +4296,13 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   });
 }
 
-// What every cell of a global average's extent takes: the one output's
-// share, the gather's sum (avg_grad_lanes sums a global window's one term
-// from -0, so that a -0 share stays -0, as in torch's mean's gradient).
+// What every cell of a global average's extent takes: the gather's sum of
+// the one output's share (avg_grad_lanes), from -0 for a mean (so a -0
+// share stays -0, as in torch's mean's gradient), else from +0.
 template <typename scalar_t, typename acc_t>
-inline scalar_t global_avg_share(scalar_t grad, acc_t divisor) {
-  return static_cast<scalar_t>(static_cast<acc_t>(grad) / divisor);
+inline scalar_t global_avg_share(const PoolGeometry& g, scalar_t grad, acc_t divisor) {
+  const acc_t share = static_cast<acc_t>(grad) / divisor;
+  return static_cast<scalar_t>(is_mean(g) ? share : acc_t(0) + share);
 }
 
 template <typename scalar_t>
@@ -4313,7 +4314,7 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t origin[kDims] = {0, 0, 0};
   for_global_planes(g, vo, vg.pixels(), [&](int64_t n, int64_t c, const Window* w) {
-    const auto share = global_avg_share(grad[vo.offset(n, c, 0, 0, 0)],
+    const auto share = global_avg_share(g, grad[vo.offset(n, c, 0, 0, 0)],
                                         static_cast<acc_t>(avg_divisor(g, w, origin)));
     write_global_plane(g, vg, dst, n, c, w, share, -1);
   });
@@ -4344,7 +4345,7 @@ void avg_backward_global_channels(const PoolGeometry& g, const at::Tensor& grad_
         windows_at(g, n, origin, w);
         const auto divisor = static_cast<acc_t>(avg_divisor(g, w, origin));
         for (const auto c : c10::irange(channels)) {
-          share[c] = global_avg_share(grad[vo.offset(n, c, 0, 0, 0)], divisor);
+          share[c] = global_avg_share(g, grad[vo.offset(n, c, 0, 0, 0)], divisor);
         }
       }
       const int64_t x = p % vg.size[4], h = p / vg.size[4] % vg.size[3],
