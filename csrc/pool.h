@@ -120,6 +120,16 @@ C10_HOST_DEVICE inline bool is_mean(const PoolGeometry& g) {
   return g.adaptive_op && is_global(g);
 }
 
+// Where the gather's sum for an input cell starts (avg_grad_lanes; the CPU's
+// global shares): -0 for a mean's covered cell, so that its one term, a -0
+// share, stays -0, as torch's mean's gradient (grad / cells) keeps it; +0
+// elsewhere, as torch's other averages' gradients (zeros, each term added),
+// and for cells no window covers (variable pooling's padding).
+template <typename acc_t>
+C10_HOST_DEVICE inline acc_t gather_start(const PoolGeometry& g, bool covered) {
+  return is_mean(g) && covered ? acc_t(-0.0) : acc_t(0);
+}
+
 // Every window one cell, the output the input's shape: adaptive pooling to
 // the input's own size (VGG's 7x7 head on 224x224 images), or kernel 1 at
 // stride 1. The ops then copy (csrc/pool_ops.h).
@@ -620,12 +630,8 @@ C10_HOST_DEVICE inline void avg_grad_lanes(const PoolGeometry& g, const PoolTabl
     span[k] = table_covering(t, n, k, i[k]);
     covered = covered && span[k].lo < span[k].hi;
   }
-  // A mean's one term is summed from -0, so that a -0 share stays -0, as
-  // torch's mean's gradient (grad / cells) keeps it; other sums start from
-  // +0, as torch's other averages' gradients (zeros, each term added), and so
-  // do cells no window covers (variable pooling's padding).
-  const acc_t zero = is_mean(g) && covered ? acc_t(-0.0) : acc_t(0);
-  for (int u = 0; u < V; ++u) sum[u] = zero;
+  const acc_t start = gather_start<acc_t>(g, covered);
+  for (int u = 0; u < V; ++u) sum[u] = start;
   int64_t o[kDims];
   Window w[kDims];
   for (o[0] = span[0].lo; o[0] < span[0].hi; ++o[0]) {

@@ -4297,12 +4297,10 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
 }
 
 // What every cell of a global average's extent takes: the gather's sum of
-// the one output's share (avg_grad_lanes), from -0 for a mean (so a -0
-// share stays -0, as in torch's mean's gradient), else from +0.
+// the one output's share (avg_grad_lanes), from gather_start.
 template <typename scalar_t, typename acc_t>
 inline scalar_t global_avg_share(const PoolGeometry& g, scalar_t grad, acc_t divisor) {
-  const acc_t share = static_cast<acc_t>(grad) / divisor;
-  return static_cast<scalar_t>(is_mean(g) ? share : acc_t(0) + share);
+  return static_cast<scalar_t>(gather_start<acc_t>(g, true) + static_cast<acc_t>(grad) / divisor);
 }
 
 template <typename scalar_t>
