@@ -397,6 +397,11 @@ def _max_autograd(kind):
     _register_autograd(f"_{kind}max_pool_backward", save_backward, backward_backward, backward_jvp)
 
 
+def _is_global(output):
+    """Whether an adaptive average pooled to one cell (csrc/autograd.cpp's global)."""
+    return all(size == 1 for size in output.shape[2:])
+
+
 def _global_input(self, output, args):
     """The input's sizes and memory format, for a global average without
     per-sample sizes (every output extent 1); None for other averages. As its
@@ -404,7 +409,7 @@ def _global_input(self, output, args):
     nothing else of its input: its backward passes _stand_in. Not under
     torch.func, which keeps the input (_kept_input): vmap's rule would fold an
     unbatched channels-last stand-in into a copy the size of the whole batch."""
-    if all(size == 1 for size in output.shape[2:]) and args[1] is None and not transforms_active():
+    if _is_global(output) and args[1] is None and not transforms_active():
         return self.shape, geo.memory_format(self)
     return None
 
@@ -425,8 +430,7 @@ def _kept_input(self, output):
     derivative does, nothing the graph or an in-place change of the input
     reaches: an alias with a version counter of its own. The input itself
     under torch.func (whose levels an alias would leave) and torch.compile."""
-    if (all(size == 1 for size in output.shape[2:]) and not transforms_active()
-            and not torch.compiler.is_compiling()):
+    if _is_global(output) and not transforms_active() and not torch.compiler.is_compiling():
         return self.data
     return self
 
