@@ -6,6 +6,7 @@ or unbatched ``(C, *spatial)``), references run on the CPU (torch's kernels ther
 are the ground truth), ours run on ``device``.
 """
 
+import contextlib
 import math
 import random
 
@@ -402,3 +403,14 @@ def check_with_indices(name, x, args, rng):
     with Mode():
         with_indices(x, *args)
     assert seen[0] is with_indices
+
+
+@contextlib.contextmanager
+def num_threads(n):
+    """torch.set_num_threads(n) for the block, the count before restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

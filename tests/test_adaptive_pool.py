@@ -14,7 +14,7 @@ import torch
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
     assert_equal, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
-    inputs_in_every_layout, is_batched, leaf, make_rng, order_revealing, over_kinds_and_inputs,
+    inputs_in_every_layout, is_batched, leaf, make_rng, num_threads, order_revealing, over_kinds_and_inputs,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
 
@@ -285,18 +285,14 @@ def test_global_max_of_channels_last_planes(planes, d, dtype):
     x = x.movedim(1, -1).contiguous().movedim(-1, 1)  # channels-last
     batch = x.expand(5, *x.shape[1:]).movedim(1, -1).contiguous().movedim(-1, 1)
     want, want_idx = torchs(f"adaptive_max_pool{d}d")(x.contiguous(), 1, return_indices=True)
-    threads = torch.get_num_threads()
-    try:
-        for n in (1, 2):
-            torch.set_num_threads(n)
+    for n in (1, 2):
+        with num_threads(n):
             for inp, pick in ((x, slice(None)), (batch, slice(3, 4))):
                 got, idx = ours(f"adaptive_max_pool{d}d")(inp, 1, return_indices=True)
                 torch.testing.assert_close(got[pick], want, rtol=0, atol=0, equal_nan=True)
                 assert torch.equal(idx[pick], want_idx)
                 values = ours(f"adaptive_max_pool{d}d")(inp, 1)
                 torch.testing.assert_close(values[pick], want, rtol=0, atol=0, equal_nan=True)
-    finally:
-        torch.set_num_threads(threads)
     # The backward: zeros, and each channel's gradient at its winner (-0 as +0, as the gather sums).
     grad = torch.randn(want.shape, generator=g).to(dtype)
     grad[0, 9] = -0.0
@@ -323,14 +319,10 @@ def test_global_average_split_among_threads_changes_no_bit(dtype):
     x = x.contiguous(memory_format=torch.channels_last)
     batch = x.expand(9, *x.shape[1:]).contiguous(memory_format=torch.channels_last)
     x, batch = x[:, :, :, :-1], batch[:, :, :, :-1]
-    threads = torch.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 8):  # 8: ten chunks a plane, which only a cascade joins as one pass does
-            torch.set_num_threads(n)
+    runs = []
+    for n in (1, 2, 8):  # 8: ten chunks a plane, which only a cascade joins as one pass does
+        with num_threads(n):
             runs += [ours("adaptive_avg_pool2d")(x, 1), ours("adaptive_avg_pool2d")(batch, 1)[4:5]]
-    finally:
-        torch.set_num_threads(threads)
     for run in runs[1:]:
         torch.testing.assert_close(run, runs[0], rtol=0, atol=0, equal_nan=True)
     exact = x.double().mean((2, 3), keepdim=True)
@@ -402,14 +394,10 @@ def test_adaptive_average_of_small_planes_changes_no_bit_with_threads(d):
     g = torch.Generator().manual_seed(3)
     shape, out = ((1, 17, 18, 6), (8, 2)) if d == 2 else ((1, 17, 18, 2, 3), (8, 1, 2))
     x = torch.randn(shape, generator=g)
-    threads = torch.get_num_threads()
-    try:
-        runs = []
-        for n in (1, 2, 8):
-            torch.set_num_threads(n)
+    runs = []
+    for n in (1, 2, 8):
+        with num_threads(n):
             runs.append(ours(f"adaptive_avg_pool{d}d")(x, out))
-    finally:
-        torch.set_num_threads(threads)
     for run in runs[1:]:
         assert_equal(run, runs[0])
 
@@ -442,32 +430,34 @@ def test_signs_of_zero_gradients_as_torch(d, dtype, device):
     averages' gradients sum from +0, as torch's do (zeros, each term added),
     fixed ones whose one window covers the input too. Variable global averages: -0 in each sample's extent (as the per-sample
     mean's), +0 in the padding."""
+
+    def signs(name, x, reference, *args):
+        """The signs of the gradients of torch's name(reference, *args) and of
+        ours of name(x, *args) for a -0 grad_output."""
+        result = []
+        for module, inp in ((torchs, reference), (ours, x.to(device))):
+            inp = inp.detach().requires_grad_()
+            out = module(name)(inp, *args)
+            (grad,) = torch.autograd.grad(out, inp, torch.full_like(out, -0.0))
+            result.append(torch.signbit(grad).cpu())
+        return result
+
     for spatial, output_size in ((7, 1), (1, 1), (40, 1), (7, 3), (6, 2)):
         layouts = ("contiguous", "channels_last", "few_channels_last") if d > 1 else ("contiguous",)
         for layout in layouts:
             x = torch.randn((2, 3 if layout == "few_channels_last" else 16) + (spatial,) * d, dtype=dtype)
             if layout != "contiguous":
                 x = x.contiguous(memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
-            signs = []
-            for module, inp in ((torchs, x), (ours, x.to(device))):
-                inp = inp.detach().requires_grad_()
-                out = module(f"adaptive_avg_pool{d}d")(inp, output_size)
-                (grad,) = torch.autograd.grad(out, inp, torch.full_like(out, -0.0))
-                signs.append(torch.signbit(grad).cpu())
-            assert torch.equal(signs[1], signs[0]), (spatial, output_size, layout)
-            assert signs[0].all() == (output_size == 1)
+            want, got = signs(f"adaptive_avg_pool{d}d", x, x, output_size)
+            assert torch.equal(got, want), (spatial, output_size, layout)
+            assert want.all() == (output_size == 1)
     # Fixed averages whose one window covers the input (a 7x7 head, run on
     # the global kernels) sum from +0, as torch's avg_pool.
     for spatial in (7, 5):
         x = torch.randn((2, 16) + (spatial,) * d, dtype=dtype)
-        signs = []
         # (torch's CPU avg_pool3d has no bfloat16: its signs in float32)
-        for module, inp in ((torchs, x.float()), (ours, x.to(device))):
-            inp = inp.detach().requires_grad_()
-            out = module(f"avg_pool{d}d")(inp, spatial)
-            (grad,) = torch.autograd.grad(out, inp, torch.full_like(out, -0.0))
-            signs.append(torch.signbit(grad).cpu())
-        assert torch.equal(signs[1], signs[0]) and not signs[0].any(), spatial
+        want, got = signs(f"avg_pool{d}d", x, x.float(), spatial)
+        assert torch.equal(got, want) and not want.any(), spatial
     x = torch.randn((3, 4) + (6,) * d, dtype=dtype, device=device, requires_grad=True)
     sizes = torch.tensor([[6] * d, [1] * d, [2, 5, 3][:d]], device=device)
     out = ours(f"variable_avg_pool{d}d")(x, 1, sizes)
@@ -759,14 +749,10 @@ def test_global_average_of_channels_last_is_torchs_bit_for_bit(dtype):
         for base in (noisy, order_revealing(g, shape, dtype)):
             for x in (base[:, :channels].contiguous(memory_format=fmt), base.contiguous(memory_format=fmt)[:, 2:]):
                 assert_equal(ours(fn)(x, 1), torchs(fn)(x, 1), f"{fn} {tuple(x.shape)} {dtype}")
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(8)
+    with num_threads(8):
         for shape in ((1, 37, 30, 30), (8, 36, 16, 16), (7, 36, 16, 16)):
             x = order_revealing(g, shape, dtype).contiguous(memory_format=torch.channels_last)
             assert_equal(ours("adaptive_avg_pool2d")(x, 1), torchs("adaptive_avg_pool2d")(x, 1), shape)
-    finally:
-        torch.set_num_threads(threads)
 
 
 # (input extent, output extent) per dim whose windows are all one size at one

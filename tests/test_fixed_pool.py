@@ -18,7 +18,7 @@ from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, as_arg, assert_close_to_ref, assert_equal, assert_same_bits,
     assert_same_format, check_max_indices, check_with_indices, expand_arg, expected_max_indices, fixed_window,
     inputs_in_every_layout, is_batched, leaf, over_kinds_and_inputs,
-    layouts_for, make_rng, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
+    layouts_for, make_rng, num_threads, ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad,
     to_strided, torch_accepts, torch_generator, torchs, with_layout, TORCH_CPU_3D_CONTIGUOUS_ONLY,
 )
 
@@ -586,9 +586,7 @@ def test_max_pool_inference_forward(d, dtype, device):
 
     cases = ({"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 2},
              {"kernel_size": 3, "stride": 1, "dilation": 2, "ceil_mode": True})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    try:
+    with num_threads(min(torch.get_num_threads(), 2)):
         for shape in ((2, 20) + (7, 9, 37)[3 - d:], (8, 64) + (5, 14, 14)[3 - d:]):
             for layout in layouts_for(len(shape)):
                 for specials, ties in ((0.05, False), (0.0, True)):
@@ -605,8 +603,6 @@ def test_max_pool_inference_forward(d, dtype, device):
                         out = ours(name)(xl, **kwargs)
                         assert out.grad_fn is not None
                         assert_same_bits(out, expected)
-    finally:
-        torch.set_num_threads(threads)
     args = ([3] * d, [2] * d, [1] * d, [1] * d, False, False)
     x = random_values(rng, (2, 20) + (7, 9, 37)[3 - d:], dtype).to(device)
     assert_same_bits(torch.ops.pool_ext._max_pool_values(x, *args), torch.ops.pool_ext.max_pool(x, *args)[0])
@@ -759,12 +755,8 @@ def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     the average backward goes through planes there, the forward through groups;
     45x50: the forward through groups for 2-byte values only."""
     # The groups need a (sample, group) task per thread: 6 tasks here.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
-    try:
+    with num_threads(min(torch.get_num_threads(), 2)):
         run_small_planes_in_channel_groups(kind, spatial, dtype, device)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run_small_planes_in_channel_groups(kind, spatial, dtype, device):

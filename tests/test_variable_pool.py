@@ -14,7 +14,7 @@ import torch.nn.functional as F
 import pool_ext
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TOL, assert_close_to_ref, assert_equal, leaf, make_rng, ours,
-    order_revealing, random_grad, random_values, scatter_grad, to_strided, with_layout,
+    num_threads, order_revealing, random_grad, random_values, scatter_grad, to_strided, with_layout,
 )
 
 MAX_EXTENT = {1: 10, 2: 7, 3: 5}
@@ -237,13 +237,9 @@ def test_channels_last_masked_mean_is_the_per_sample_means_bit_for_bit(d):
             assert x.stride(1) == 1
             assert_masked_means_are_the_loop(x, some_extents(rng, 6, spatial), (dtype, channels, x.stride()))
     if d == 2:
-        threads = torch.get_num_threads()
-        try:
-            torch.set_num_threads(8)
+        with num_threads(8):
             x = order_revealing(rng, (2, 30, 30, 37), torch.float32).movedim(-1, 1)
             assert_masked_means_are_the_loop(x, torch.tensor([[30, 30], [30, 29]]), ("8 threads",))
-        finally:
-            torch.set_num_threads(threads)
 
 
 def test_max_indices_are_flat_in_the_padded_plane():
