@@ -792,12 +792,11 @@ inline acc_t plane_window_sum(const Window* w, const scalar_t* plane, const Layo
 // narrow's rule, in registers (narrow's loop over a block's eight lanes
 // compiled to scalar NaN tests). Half's F16C conversion is the one c10's own
 // uses.
-template <typename scalar_t>
-inline void narrow_lanes(const at::vec::Vectorized<float>& v, scalar_t* dst) {
 #if defined(CPU_CAPABILITY_AVX2)
+template <typename scalar_t>
+inline __m128i narrowed_lanes(const at::vec::Vectorized<float>& v) {
   static_assert(at::vec::Vectorized<float>::size() == 8);
   const __m256 f = v;
-  __m128i packed;
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     const __m256i u = _mm256_castps_si256(f);
     const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
@@ -806,11 +805,17 @@ inline void narrow_lanes(const at::vec::Vectorized<float>& v, scalar_t* dst) {
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
     r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
     // packus works within 128-bit halves: low half's four, then high's.
-    packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
+    return _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
   } else {
-    packed = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
+    return _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT);
   }
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), packed);
+}
+#endif
+
+template <typename scalar_t>
+inline void narrow_lanes(const at::vec::Vectorized<float>& v, scalar_t* dst) {
+#if defined(CPU_CAPABILITY_AVX2)
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(dst), narrowed_lanes<scalar_t>(v));
 #else
   float value[at::vec::Vectorized<float>::size()];
   v.store(value);
@@ -1950,6 +1955,15 @@ inline bool few_channels_gain(const PoolGeometry& g, const Layout5& v, Pass pass
          v.pixels() <= (pass == Pass::kForward ? 256 : 196);
 }
 
+// Whether the planes average backward stores its W cells two at a time
+// (pair_cells): 2-wide unpadded W windows at stride 2, one output row
+// covering each input row (2x2, 2x2x2).
+inline bool pairs_cells(const PoolGeometry& g) {
+  const PoolDim& w = g.dim[2];
+  return w.kernel == 2 && w.stride == 2 && w.pad == 0 && g.dim[0].kernel <= g.dim[0].stride &&
+         g.dim[1].kernel <= g.dim[1].stride;
+}
+
 inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) {
   const Layout5 v = layout_of(t);
   if (is_global(g) || v.size[1] < 8 || v.stride[1] == 1 || !dense_planes(v)) return false;
@@ -1976,14 +1990,21 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   }
   // Adaptive max backwards of 4- and 8-byte values gather faster through
   // planes (13x13 -> 6x6 float: 0.5-0.6x the groups' time; bfloat16
-  // 1.2-1.3x; double not measured).
+  // 1.2-1.3x; double not measured). Fixed average backwards with a W
+  // stride over 1 gather through groups up to where a group's buffers leave
+  // the cache (float 64x64 planes, 3x3/2: 1.4x the planes' time; 62x62:
+  // 0.7x); 2x2 windows on rows of 48 or more through planes, which store
+  // their cells in pairs (float and bfloat16: 44x44 1.2x the groups' time,
+  // 48x48 0.7-0.8x, 56x56 0.5x; 3d rows of 16-28 lose there, 1.1-1.7x).
+  const bool long_pairs = pairs_cells(g) && g.dim[2].in >= 48;
   const int64_t most = g.adaptive && pass == Pass::kMaxBackward && !half ? 0
                        : g.adaptive                 ? 256
                        : g.ndim == 1                ? 0
                        : forward                    ? (half ? 16384 : 2048)
                        : pass == Pass::kAvgBackward ? (g.dim[2].stride == 1 ? 512
-                                                       : half                 ? 4096
-                                                                              : 1024)
+                                                       : long_pairs            ? 0
+                                                       : half                  ? 4096
+                                                                               : 3844)
                                                     : 0;
   return v.pixels() <= most && outputs <= most;
 }
@@ -3023,7 +3044,22 @@ template <typename scalar_t, typename acc_t>
 inline void pair_cells(const acc_t* share, int64_t width, scalar_t* const* outs, int64_t nouts) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
-  for (int64_t m = 0; 2 * m < width; m += L) {
+  int64_t m = 0;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (sizeof(scalar_t) == 2) {
+    // Each share narrowed once and its 16 bits doubled (the same bits as
+    // narrowing each cell), a 32-byte store per row: narrowing every cell
+    // of every row made bfloat16's 2x2 backward slower than float's.
+    for (; 2 * (m + L) <= width; m += L) {
+      const __m128i v = narrowed_lanes<scalar_t>(Vec(acc_t(0)) + Vec::loadu(share + m));
+      const __m256i cells = _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v));
+      for (int64_t i = 0; i < nouts; ++i) {
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(outs[i] + 2 * m), cells);
+      }
+    }
+  }
+#endif
+  for (; 2 * m < width; m += L) {
     const Vec v = Vec(acc_t(0)) + Vec::loadu(share + m);
     const auto [lo, hi] = at::vec::interleave2(v, v);
     store_pair(lo, hi, 2 * m, width, outs, nouts);
