@@ -1916,10 +1916,12 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
 // 16384: 56x56-128x128 1.1-2x, though a 2 MB buffer is out of L2 there;
 // 2d only measured); their average backward, against the planes gather,
 // with a W stride of 1 up to 512 pixels (3x3/1: 7x7 2.4-3.8x, 17x17
-// 1.1-1.2x, 28x28 0.7-0.9x), with wider strides further (2x2 and 3x3/2:
-// float 14x14-22x22 1.5-2.5x, 35x35 0.9-1.1x; bfloat16 up to 56x56 1.1-1.5x,
-// 80x80 0.8-1.2x); the fixed max backward gathers faster through planes
-// (0.7-0.9x through the transposes).
+// 1.1-1.2x, 28x28 0.7-0.9x), with wider strides until a group's buffers
+// leave the cache (3x3/2 float: 35x35-62x62 1.0-2.2x, 64x64 0.7x;
+// bfloat16 to 64x64 1.1-1.2x), but for 2x2 windows on rows of 48 or more,
+// which the planes gather stores in pairs (44x44 1.1-1.3x, 48x48 0.85x,
+// 56x56 0.5x, 64x64 0.25x); the fixed max backward gathers faster
+// through planes (0.7-0.9x through the transposes).
 // Forwards of values alone (average, max's inference) whose rows the
 // planes kernels write whole, in vector blocks straight to the output (no
 // W padding, stride 1 or 2), stay in planes from 8 outputs a row (16 for
@@ -1990,12 +1992,9 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   }
   // Adaptive max backwards of 4- and 8-byte values gather faster through
   // planes (13x13 -> 6x6 float: 0.5-0.6x the groups' time; bfloat16
-  // 1.2-1.3x; double not measured). Fixed average backwards with a W
-  // stride over 1 gather through groups up to where a group's buffers leave
-  // the cache (float 64x64 planes, 3x3/2: 1.4x the planes' time; 62x62:
-  // 0.7x); 2x2 windows on rows of 48 or more through planes, which store
-  // their cells in pairs (float and bfloat16: 44x44 1.2x the groups' time,
-  // 48x48 0.7-0.8x, 56x56 0.5x; 3d rows of 16-28 lose there, 1.1-1.7x).
+  // 1.2-1.3x; double not measured). 2x2 average backwards on rows of 48
+  // or more: planes (above); the bound keeps 3d's short rows (16-28) in
+  // groups, whose planes gather is 1.1-1.7x slower.
   const bool long_pairs = pairs_cells(g) && g.dim[2].in >= 48;
   const int64_t most = g.adaptive && pass == Pass::kMaxBackward && !half ? 0
                        : g.adaptive                 ? 256
