@@ -652,19 +652,22 @@ def test_short_windows_of_small_planes(kind, d, channels, specials, dtype, devic
 def test_small_planes_in_channel_groups(kind, d, dtype, device):
     """Small planes with channels over several groups (70 = 64 + 6: the CPU pools
     and gathers such planes 64 channels of a sample at a time, transposed to
-    channels-last), from planes with gaps between samples and between channels:
+    channels-last; on 2 threads, 256 or 128 of 260 where that leaves four tasks a
+    thread), from planes with gaps between samples and between channels:
     against torch, and bit-identical to the same values laid out channels-last
     (outputs, indices, gradients)."""
     rng = make_rng("channel-groups", kind, d, dtype)
     spatial = (13, 11) if d == 2 else (5, 7, 6)
     base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
+    wide, _ = random_input(rng, (8, 264, *spatial), dtype, device, layout="contiguous", specials=0.05)
     name = f"adaptive_{kind}_pool{d}d"
     output_size = (6, 4) if d == 2 else (2, 3, 4)
     channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
-    for x in (base[:3, :70], base[::2, ::2]):
-        run_case(kind, d, x, "strided", output_size, list(output_size), device, rng)
-        results = [outputs_and_grad(ours(name), layout, output_size, return_indices=kind == "max")
-                   for layout in (x, x.contiguous(memory_format=channels_last))]
+    for x in (base[:3, :70], base[::2, ::2], wide[:, :260], wide[:3, 2:262]):
+        with num_threads(min(torch.get_num_threads(), 2)):
+            run_case(kind, d, x, "strided", output_size, list(output_size), device, rng)
+            results = [outputs_and_grad(ours(name), layout, output_size, return_indices=kind == "max")
+                       for layout in (x, x.contiguous(memory_format=channels_last))]
         for planes, channels in zip(*results):
             if planes is not None:
                 assert_equal(planes, channels)

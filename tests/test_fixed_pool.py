@@ -756,13 +756,28 @@ def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     45x50: the forward through groups for 2-byte values only."""
     # The groups need a (sample, group) task per thread: 6 tasks here.
     with num_threads(min(torch.get_num_threads(), 2)):
-        run_small_planes_in_channel_groups(kind, spatial, dtype, device)
+        rng = make_rng("channel-groups", kind, spatial, dtype)
+        base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
+        run_small_planes_in_channel_groups(kind, spatial, (base[:3, :70], base[::2, ::2]), device, rng)
 
 
-def run_small_planes_in_channel_groups(kind, spatial, dtype, device):
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("spatial", [(13, 11), (7, 7), (5, 7, 6)], ids=str)
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_wide_channel_groups(kind, spatial, dtype, device):
+    """As test_small_planes_in_channel_groups, for groups wider than 64 channels: on
+    2 threads the CPU takes 256 channels of a sample at a time where that leaves
+    four tasks a thread (8 samples of 260 channels: groups of 256 and of 4) and the
+    group's buffer is small, else 128 (3 samples)."""
+    with num_threads(min(torch.get_num_threads(), 2)):
+        rng = make_rng("wide-groups", kind, spatial, dtype)
+        base, _ = random_input(rng, (8, 264, *spatial), dtype, device, layout="contiguous", specials=0.05)
+        run_small_planes_in_channel_groups(kind, spatial, (base[:, :260], base[:3, 2:262]), device, rng)
+
+
+def run_small_planes_in_channel_groups(kind, spatial, inputs, device, rng):
     d = len(spatial)
-    rng = make_rng("channel-groups", kind, spatial, dtype)
-    base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
     name = f"{kind}_pool{d}d"
     channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
     extra = {"dilation": 2} if kind == "max" else {"count_include_pad": False}
@@ -771,7 +786,7 @@ def run_small_planes_in_channel_groups(kind, spatial, dtype, device):
     # (the third: more output pixels than input pixels)
     cases = [{"kernel_size": 3, "stride": 2, "padding": 1, "ceil_mode": True},
              {"kernel_size": 2, "stride": 1, **extra}, {"kernel_size": 2, "stride": 1, "padding": 1}]
-    for x in (base[:3, :70], base[::2, ::2]):
+    for x in inputs:
         for kwargs in cases:
             run_case(kind, d, x, "strided", kwargs, device, rng)
         for kwargs in cases + [{"kernel_size": 3, "stride": 2, "padding": "same"}]:
