@@ -752,7 +752,7 @@ def test_small_planes_in_channel_groups(kind, spatial, dtype, device):
     from planes with gaps between samples and between channels, over padding,
     dilation, ceil_mode, divisor and "same": against torch, and bit-identical to the
     same values laid out channels-last (outputs, indices, gradients). 30x31 planes:
-    the average backward goes through planes there, the forward through groups;
+    the stride-1 average backward goes through planes there, the forward through groups;
     45x50: the forward through groups for 2-byte values only."""
     # The groups need a (sample, group) task per thread: 6 tasks here.
     with num_threads(min(torch.get_num_threads(), 2)):

@@ -1973,8 +1973,8 @@ inline bool few_channels_gain(const PoolGeometry& g, const Layout5& v, Pass pass
 }
 
 // Whether the planes average backward stores its W cells two at a time
-// (pair_cells): 2-wide unpadded W windows at stride 2, one output row
-// covering each input row (2x2, 2x2x2).
+// (pair_cells): 2-wide unpadded W windows at stride 2, at most one output
+// row covering each input row (2x2, 2x2x2).
 inline bool pairs_cells(const PoolGeometry& g) {
   const PoolDim& w = g.dim[2];
   return w.kernel == 2 && w.stride == 2 && w.pad == 0 && g.dim[0].kernel <= g.dim[0].stride &&
