@@ -663,7 +663,7 @@ def test_small_planes_in_channel_groups(kind, d, dtype, device):
     name = f"adaptive_{kind}_pool{d}d"
     output_size = (6, 4) if d == 2 else (2, 3, 4)
     channels_last = torch.channels_last if d == 2 else torch.channels_last_3d
-    for x in (base[:3, :70], base[::2, ::2], wide[:, :260], wide[:3, 2:262]):
+    for x in (base[:3, :70], base[::2, ::2], wide[:, :260], wide[:3, 2:262], base[:1, 6:70]):
         with num_threads(min(torch.get_num_threads(), 2)):
             run_case(kind, d, x, "strided", output_size, list(output_size), device, rng)
             results = [outputs_and_grad(ours(name), layout, output_size, return_indices=kind == "max")

@@ -1985,21 +1985,28 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   const Layout5 v = layout_of(t);
   if (is_global(g) || v.size[1] < 8 || v.stride[1] == 1 || !dense_planes(v)) return false;
   if (v.size[1] < 16 && !few_channels_gain(g, v, pass)) return false;
+  const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
   // A task per sample and group: too few of them (one image, 64 channels)
-  // would leave threads idle that the planes kernels keep busy. Not for
-  // adaptive averages, which planes sum by runs and channels tap by tap:
-  // their bits would change with the thread count.
+  // would leave threads idle that the planes kernels keep busy, unless the
+  // call is at most one grain of the planes kernels' work, which they too
+  // run on one thread (2 threads, one image of 64 channels: 14x14 max 2x2
+  // and 3x3/2 forwards 35-50 us through planes, 11-12 through a group;
+  // 8x8x8 max 2x2 95 and 16; fwd+bwd 1.2-1.7x). Not for adaptive averages,
+  // which planes sum by runs and channels tap by tap: their bits would
+  // change with the thread count.
+  const bool forward = pass == Pass::kForward || pass == Pass::kMaxValuesForward ||
+                       pass == Pass::kAvgForward;
+  const int64_t work =
+      v.size[0] * v.size[1] * ((forward ? 0 : v.pixels()) + outputs * window_taps(g));
   if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads() &&
-      !(g.adaptive && pass == Pass::kAvgForward)) {
+      work > at::internal::GRAIN_SIZE && !(g.adaptive && pass == Pass::kAvgForward)) {
     return false;
   }
-  const int64_t outputs = g.dim[0].out * g.dim[1].out * g.dim[2].out;
   // 2-byte values go further forward: their planes kernels widen every
   // load, their transposes move half the bytes (3d 16x56x56 planes lose
   // again); their backwards gain nothing from groups.
   const bool half = t.element_size() == 2;
   const bool values = pass == Pass::kMaxValuesForward || pass == Pass::kAvgForward;
-  const bool forward = values || pass == Pass::kForward;
   if (values &&
       (whole_rows(g, half ? 16 : 8) ||
        (pads_windows(g, pass == Pass::kMaxValuesForward) && g.dim[2].out >= (half ? 28 : 14)))) {
