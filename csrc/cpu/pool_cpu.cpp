@@ -1996,10 +1996,13 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // change with the thread count.
   const bool forward = pass == Pass::kForward || pass == Pass::kMaxValuesForward ||
                        pass == Pass::kAvgForward;
-  const int64_t work =
-      v.size[0] * v.size[1] * ((forward ? 0 : v.pixels()) + outputs * window_taps(g));
+  // (in double: outputs times taps may pass int64 on huge windows)
+  const double work = static_cast<double>(v.size[0] * v.size[1]) *
+                      ((forward ? 0.0 : static_cast<double>(v.pixels())) +
+                       static_cast<double>(outputs) * static_cast<double>(window_taps(g)));
   if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads() &&
-      work > at::internal::GRAIN_SIZE && !(g.adaptive && pass == Pass::kAvgForward)) {
+      work > static_cast<double>(at::internal::GRAIN_SIZE) &&
+      !(g.adaptive && pass == Pass::kAvgForward)) {
     return false;
   }
   // 2-byte values go further forward: their planes kernels widen every
