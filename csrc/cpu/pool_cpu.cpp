@@ -1991,17 +1991,22 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // call is at most one grain of the planes kernels' work, which they too
   // run on one thread (2 threads, one image of 64 channels: 14x14 max 2x2
   // and 3x3/2 forwards 35-50 us through planes, 11-12 through a group;
-  // 8x8x8 max 2x2 95 and 16; fwd+bwd 1.2-1.7x). Not for adaptive averages,
-  // which planes sum by runs and channels tap by tap: their bits would
-  // change with the thread count.
+  // 8x8x8 max 2x2 95 and 16; fwd+bwd 1.2-1.7x), or at most 16 grains over
+  // rows of under a vector of outputs, whose per-row cost outweighs the
+  // threads (12x12x12 max forwards 2.7-3.6x, fwd+bwd 1.4-2x; rows of 10 or
+  // more outputs gained nothing). Not for adaptive averages, which planes
+  // sum by runs and channels tap by tap: their bits would change with the
+  // thread count.
   const bool forward = pass == Pass::kForward || pass == Pass::kMaxValuesForward ||
                        pass == Pass::kAvgForward;
   // (in double: outputs times taps may pass int64 on huge windows)
   const double work = static_cast<double>(v.size[0] * v.size[1]) *
                       ((forward ? 0.0 : static_cast<double>(v.pixels())) +
                        static_cast<double>(outputs) * static_cast<double>(window_taps(g)));
+  const double grain_work = static_cast<double>(at::internal::GRAIN_SIZE);
+  const bool short_rows = g.dim[2].out < at::vec::Vectorized<float>::size();
   if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads() &&
-      work > static_cast<double>(at::internal::GRAIN_SIZE) &&
+      work > (short_rows ? 16 : 1) * grain_work &&
       !(g.adaptive && pass == Pass::kAvgForward)) {
     return false;
   }
