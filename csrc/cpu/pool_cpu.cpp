@@ -1033,7 +1033,7 @@ C10_ALWAYS_INLINE void sweep_blocks(const scalar_t* plane, const int64_t* offset
 // of what it did: inner.hi, or inner.lo when the inside is narrower than a
 // vector (the sweep takes it). direct, divisor: as for sweep_blocks.
 template <int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
-int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
+C10_ALWAYS_INLINE int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
                       int64_t nrows, int64_t kw, int64_t dilation, int64_t pad, int64_t width,
                       int64_t last_cell, Interior inner, acc_t* result, int32_t* best_tap,
                       scalar_t* direct, acc_t divisor) {
@@ -1080,6 +1080,27 @@ auto blocked_sweep_for(const PoolGeometry& g) {
   return kw == 2   ? blocked_sweep<2, 2, kMax, kTaps, scalar_t, acc_t>
          : kw == 3 ? blocked_sweep<2, 3, kMax, kTaps, scalar_t, acc_t>
                    : blocked_sweep<2, 0, kMax, kTaps, scalar_t, acc_t>;
+}
+
+// Calls f(sweep), sweep a functor calling blocked_sweep's instance for g
+// (values alone), known at compile time so that it inlines into f's loop.
+template <bool kMax, typename scalar_t, typename acc_t, typename F>
+void with_blocked_sweep(const PoolGeometry& g, const F& f) {
+  const auto call = [&](auto s, auto k) {
+    f([](auto&&... a) {
+      return blocked_sweep<decltype(s)::value, decltype(k)::value, kMax, false, scalar_t, acc_t>(a...);
+    });
+  };
+  using One = std::integral_constant<int64_t, 1>;
+  using Two = std::integral_constant<int64_t, 2>;
+  using Three = std::integral_constant<int64_t, 3>;
+  using Any = std::integral_constant<int64_t, 0>;
+  const int64_t kw = g.dim[2].kernel;
+  if (g.dim[2].stride == 1) {
+    kw == 2 ? call(One{}, Two{}) : kw == 3 ? call(One{}, Three{}) : call(One{}, Any{});
+  } else {
+    kw == 2 ? call(Two{}, Two{}) : kw == 3 ? call(Two{}, Three{}) : call(Two{}, Any{});
+  }
 }
 
 // The D and H window rows of each output row (od, oh) of a fixed geometry:
@@ -1491,6 +1512,36 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
   if (g.sizes == nullptr) shared.build(g, 0);
   const std::optional<RowPlans> plans =
       blocked ? std::make_optional<RowPlans>(g, shared, vi) : std::nullopt;
+  if constexpr (!kTaps) {
+    // Values alone where the blocks write every row whole: a loop of
+    // nothing but the blocks, their instance inlined into it (the general
+    // loop's per-row state and call through a pointer cost 50 cycles a
+    // row: 2x2 forwards of 28-output rows 1.2-1.4x faster, 1.1-1.2x
+    // elsewhere; the same rows and calls, so the same bits).
+    bool whole = direct && blocked && g.sizes == nullptr && shared.inner.lo == 0 &&
+                 shared.inner.hi == vo.size[4] && vo.size[4] >= at::vec::Vectorized<acc_t>::size();
+    for (int64_t i = 0; whole && i < vo.size[2] * vo.size[3]; ++i) whole = (*plans)[i].nrows > 0;
+    if (whole) {
+      const RowPlans& p = *plans;
+      const Interior inner = shared.inner;
+      with_blocked_sweep<kMax, scalar_t, acc_t>(g, [&](auto sweep) {
+        at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
+          RowCursor cursor(begin, vo);
+          for (int64_t r = begin; r < end; ++r, cursor.next()) {
+            const int64_t plane_at = vi.offset(cursor.n, cursor.c, 0, 0, 0);
+            const RowPlans::Plan& plan = p[cursor.x[0] * vo.size[3] + cursor.x[1]];
+            sweep(src + plane_at, p.offsets() + plan.first, p.codes() + plan.first, plan.nrows,
+                  g.dim[2].kernel, g.dim[2].dilation, g.dim[2].pad, vi.size[4],
+                  last_cell - plane_at, inner, static_cast<acc_t*>(nullptr),
+                  static_cast<int32_t*>(nullptr),
+                  dst + vo.offset(cursor.n, cursor.c, cursor.x[0], cursor.x[1], 0),
+                  static_cast<acc_t>(plan.divisor));
+          }
+        });
+      });
+      return;
+    }
+  }
   at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
     WindowTable own;
     WindowTable& table = g.sizes == nullptr ? shared : own;
