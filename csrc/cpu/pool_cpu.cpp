@@ -1068,39 +1068,28 @@ inline bool can_block(const PoolGeometry& g, const Layout5& vi) {
          window_taps(g) < (int64_t{1} << 24);
 }
 
+// Calls f(S, KW) with blocked_sweep's compile-time W stride and kernel for
+// g (KW 0: any kernel), as std::integral_constants.
+template <typename F>
+void with_sweep_shape(const PoolGeometry& g, const F& f) {
+  const auto with_stride = [&](auto s) {
+    const int64_t kw = g.dim[2].kernel;
+    kw == 2   ? f(s, std::integral_constant<int64_t, 2>{})
+    : kw == 3 ? f(s, std::integral_constant<int64_t, 3>{})
+              : f(s, std::integral_constant<int64_t, 0>{});
+  };
+  g.dim[2].stride == 1 ? with_stride(std::integral_constant<int64_t, 1>{})
+                       : with_stride(std::integral_constant<int64_t, 2>{});
+}
+
 // blocked_sweep's instance for a geometry's W stride and kernel.
 template <bool kMax, bool kTaps, typename scalar_t, typename acc_t>
 auto blocked_sweep_for(const PoolGeometry& g) {
-  const int64_t kw = g.dim[2].kernel;
-  if (g.dim[2].stride == 1) {
-    return kw == 2   ? blocked_sweep<1, 2, kMax, kTaps, scalar_t, acc_t>
-           : kw == 3 ? blocked_sweep<1, 3, kMax, kTaps, scalar_t, acc_t>
-                     : blocked_sweep<1, 0, kMax, kTaps, scalar_t, acc_t>;
-  }
-  return kw == 2   ? blocked_sweep<2, 2, kMax, kTaps, scalar_t, acc_t>
-         : kw == 3 ? blocked_sweep<2, 3, kMax, kTaps, scalar_t, acc_t>
-                   : blocked_sweep<2, 0, kMax, kTaps, scalar_t, acc_t>;
-}
-
-// Calls f(sweep), sweep a functor calling blocked_sweep's instance for g
-// (values alone), known at compile time so that it inlines into f's loop.
-template <bool kMax, typename scalar_t, typename acc_t, typename F>
-void with_blocked_sweep(const PoolGeometry& g, const F& f) {
-  const auto call = [&](auto s, auto k) {
-    f([](auto&&... a) {
-      return blocked_sweep<decltype(s)::value, decltype(k)::value, kMax, false, scalar_t, acc_t>(a...);
-    });
-  };
-  using One = std::integral_constant<int64_t, 1>;
-  using Two = std::integral_constant<int64_t, 2>;
-  using Three = std::integral_constant<int64_t, 3>;
-  using Any = std::integral_constant<int64_t, 0>;
-  const int64_t kw = g.dim[2].kernel;
-  if (g.dim[2].stride == 1) {
-    kw == 2 ? call(One{}, Two{}) : kw == 3 ? call(One{}, Three{}) : call(One{}, Any{});
-  } else {
-    kw == 2 ? call(Two{}, Two{}) : kw == 3 ? call(Two{}, Three{}) : call(Two{}, Any{});
-  }
+  decltype(&blocked_sweep<1, 2, kMax, kTaps, scalar_t, acc_t>) sweep = nullptr;
+  with_sweep_shape(g, [&](auto s, auto kw) {
+    sweep = &blocked_sweep<decltype(s)::value, decltype(kw)::value, kMax, kTaps, scalar_t, acc_t>;
+  });
+  return sweep;
 }
 
 // The D and H window rows of each output row (od, oh) of a fixed geometry:
@@ -1524,18 +1513,18 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
     if (whole) {
       const RowPlans& p = *plans;
       const Interior inner = shared.inner;
-      with_blocked_sweep<kMax, scalar_t, acc_t>(g, [&](auto sweep) {
+      with_sweep_shape(g, [&](auto s, auto kw) {
         at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
           RowCursor cursor(begin, vo);
           for (int64_t r = begin; r < end; ++r, cursor.next()) {
             const int64_t plane_at = vi.offset(cursor.n, cursor.c, 0, 0, 0);
             const RowPlans::Plan& plan = p[cursor.x[0] * vo.size[3] + cursor.x[1]];
-            sweep(src + plane_at, p.offsets() + plan.first, p.codes() + plan.first, plan.nrows,
-                  g.dim[2].kernel, g.dim[2].dilation, g.dim[2].pad, vi.size[4],
-                  last_cell - plane_at, inner, static_cast<acc_t*>(nullptr),
-                  static_cast<int32_t*>(nullptr),
-                  dst + vo.offset(cursor.n, cursor.c, cursor.x[0], cursor.x[1], 0),
-                  static_cast<acc_t>(plan.divisor));
+            blocked_sweep<decltype(s)::value, decltype(kw)::value, kMax, false>(
+                src + plane_at, p.offsets() + plan.first, p.codes() + plan.first, plan.nrows,
+                g.dim[2].kernel, g.dim[2].dilation, g.dim[2].pad, vi.size[4],
+                last_cell - plane_at, inner, static_cast<acc_t*>(nullptr), nullptr,
+                dst + vo.offset(cursor.n, cursor.c, cursor.x[0], cursor.x[1], 0),
+                static_cast<acc_t>(plan.divisor));
           }
         });
       });
@@ -2048,8 +2037,8 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // more outputs gained nothing). Not for adaptive averages, which planes
   // sum by runs and channels tap by tap: their bits would change with the
   // thread count.
-  const bool forward = pass == Pass::kForward || pass == Pass::kMaxValuesForward ||
-                       pass == Pass::kAvgForward;
+  const bool values = pass == Pass::kMaxValuesForward || pass == Pass::kAvgForward;
+  const bool forward = values || pass == Pass::kForward;
   // (in double: outputs times taps may pass int64 on huge windows)
   const double work = static_cast<double>(v.size[0] * v.size[1]) *
                       ((forward ? 0.0 : static_cast<double>(v.pixels())) +
@@ -2065,7 +2054,6 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // load, their transposes move half the bytes (3d 16x56x56 planes lose
   // again); their backwards gain nothing from groups.
   const bool half = t.element_size() == 2;
-  const bool values = pass == Pass::kMaxValuesForward || pass == Pass::kAvgForward;
   if (values &&
       (whole_rows(g, half ? 16 : 8) ||
        (pads_windows(g, pass == Pass::kMaxValuesForward) && g.dim[2].out >= (half ? 28 : 14)))) {
