@@ -358,8 +358,8 @@ struct Layout5 {
   C10_HOST_DEVICE int64_t pixels() const { return size[2] * size[3] * size[4]; }
 };
 
-// Splits a flat (n, d, h, w) pixel number. index_t: int32_t where the
-// tensor allows it, as integer division is the costliest step on a GPU.
+// Splits a flat (n, d, h, w) pixel number: the CPU kernels' cursors (the
+// GPU kernels split theirs with pool_kernels.h's ElementSplit).
 template <typename index_t>
 C10_HOST_DEVICE inline void unflatten_pixel(index_t p, const Layout5& v, int64_t* n, int64_t* x) {
   const auto w = static_cast<index_t>(v.size[4]);
@@ -371,23 +371,6 @@ C10_HOST_DEVICE inline void unflatten_pixel(index_t p, const Layout5& v, int64_t
   p /= h;
   x[0] = p % d;
   *n = p / d;
-}
-
-// Splits a flat element number, channels fastest for channels-last layouts
-// (so neighbouring GPU threads touch neighbouring memory), else w fastest.
-template <typename index_t>
-C10_HOST_DEVICE inline void unflatten_element(index_t e, const Layout5& v, bool channels_last,
-                                              int64_t* n, int64_t* c, int64_t* x) {
-  const auto channels = static_cast<index_t>(v.size[1]);
-  if (channels_last) {
-    *c = e % channels;
-    unflatten_pixel<index_t>(e / channels, v, n, x);
-  } else {
-    const auto pixels = static_cast<index_t>(v.pixels());
-    const index_t plane = e / pixels;
-    *c = plane % channels;
-    unflatten_pixel<index_t>((plane / channels) * pixels + e % pixels, v, n, x);
-  }
 }
 
 // Element functions: one output of a forward, one input cell of a backward.

@@ -3,7 +3,7 @@
 // tests/csrc/cuda_on_host.cpp runs the same functions on the host, so that
 // the CPU tests check what the GPU computes. Element functions take one
 // element number e of the flat output (forwards, indices) or input
-// (backwards), split as unflatten_element does, and write that element.
+// (backwards), split by an ElementSplit, and write that element.
 #pragma once
 
 #include <ATen/OpMathType.h>
@@ -86,24 +86,109 @@ void dispatch_lanes(int lanes, const F& f) {
   }
 }
 
+// ------------------------------------------------------------ element numbers
+//
+// Splitting an element number into (n, c, d, h, w) takes four divisions by
+// the tensor's extents. A 32-bit integer division costs a GPU about twenty
+// instructions (a float reciprocal and its corrections); the extents are
+// fixed for a launch, so the host turns each into a multiplier and a shift
+// (Granlund and Montgomery, "Division by invariant integers using
+// multiplication", 1994): a multiply-high, an add and a shift.
+
+// Division by d >= 1 of numbers n of index_t, 0 <= n < 2^31 for int32_t.
+template <typename index_t>
+struct Divider {
+  index_t d;
+  explicit Divider(int64_t divisor = 1) : d(static_cast<index_t>(divisor)) {}
+  C10_HOST_DEVICE index_t div(index_t n) const { return n / d; }
+};
+
+template <>
+struct Divider<int32_t> {
+  uint32_t d;
+  uint32_t magic;  // floor(2^32 * (2^shift - d) / d) + 1
+  uint32_t shift;  // ceil(log2(d)): 2^(shift - 1) < d <= 2^shift
+  explicit Divider(int64_t divisor = 1) : d(static_cast<uint32_t>(divisor)), shift(0) {
+    while ((uint64_t{1} << shift) < d) ++shift;
+    magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
+  }
+  // q = floor(n / d) = (hi + n) >> shift with hi the high word of n * magic;
+  // hi <= n < 2^31, so hi + n does not overflow.
+  C10_HOST_DEVICE int32_t div(int32_t n) const {
+    const auto u = static_cast<uint32_t>(n);
+#ifdef __CUDA_ARCH__
+    const uint32_t hi = __umulhi(u, magic);
+#else
+    const auto hi = static_cast<uint32_t>((static_cast<uint64_t>(u) * magic) >> 32);
+#endif
+    return static_cast<int32_t>((hi + u) >> shift);
+  }
+};
+
+// How a kernel over the (N, C, D, H, W) view v, V channels an element, splits
+// its element numbers, with the divisions prepared: channels fastest for
+// channels-last views (cl), else w fastest, so that neighbouring threads
+// touch neighbouring memory.
+template <typename index_t>
+struct ElementSplit {
+  using index_type = index_t;
+  bool cl;
+  index_t size[5];  // of the view, C counted in packs of V
+  index_t cells;    // of a (D, H, W) plane
+  Divider<index_t> channels, d, h, w, pixels;
+
+  ElementSplit(const Layout5& v, bool channels_last, int lanes) : cl(channels_last) {
+    for (int k = 0; k < 5; ++k) size[k] = static_cast<index_t>(v.size[k]);
+    size[1] = static_cast<index_t>(v.size[1] / lanes);
+    cells = static_cast<index_t>(v.pixels());
+    channels = Divider<index_t>(size[1]);
+    d = Divider<index_t>(v.size[2]);
+    h = Divider<index_t>(v.size[3]);
+    w = Divider<index_t>(v.size[4]);
+    pixels = Divider<index_t>(v.pixels());
+  }
+
+  // (n, c, x) of element e, c counted in packs.
+  C10_HOST_DEVICE void operator()(index_t e, int64_t* n, int64_t* c, int64_t* x) const {
+    index_t row;  // e's (n, d, h) row, w split off
+    if (cl) {
+      const index_t p = channels.div(e);
+      *c = e - p * size[1];
+      row = w.div(p);
+      x[2] = p - row * size[4];
+      const index_t plane = h.div(row);
+      x[1] = row - plane * size[3];
+      *n = d.div(plane);
+      x[0] = plane - *n * size[2];
+    } else {
+      const index_t plane = pixels.div(e);  // n * C + c
+      const index_t cell = e - plane * cells;
+      *n = channels.div(plane);
+      *c = plane - *n * size[1];
+      row = w.div(cell);
+      x[2] = cell - row * size[4];
+      x[0] = h.div(row);
+      x[1] = row - x[0] * size[3];
+    }
+  }
+};
+
 // Splits element number e of a kernel taking V channels each: (n, c, x)
-// with c the pack's first channel (V > 1 only for channels-last, cl).
+// with c the pack's first channel (V > 1 only for channels-last).
 template <int V, typename index_t>
-C10_HOST_DEVICE inline void unflatten_pack(index_t e, const Layout5& v, bool cl, int64_t* n,
-                                           int64_t* c, int64_t* x) {
-  Layout5 packs = v;
-  packs.size[1] /= V;
-  unflatten_element<index_t>(e, packs, cl, n, c, x);
+C10_HOST_DEVICE inline void unflatten_pack(index_t e, const ElementSplit<index_t>& split,
+                                           int64_t* n, int64_t* c, int64_t* x) {
+  split(e, n, c, x);
   *c *= V;
 }
 
 // Output e of a forward (or indices) element taking V channels: (n, c, o)
 // as unflatten_pack splits it, and its windows.
 template <int V, typename index_t>
-C10_HOST_DEVICE inline void output_windows(const PoolTables& t, const Layout5& vo, bool cl,
-                                           index_t e, int64_t* n, int64_t* c, int64_t* o,
-                                           Window* w) {
-  unflatten_pack<V, index_t>(e, vo, cl, n, c, o);
+C10_HOST_DEVICE inline void output_windows(const PoolTables& t,
+                                           const ElementSplit<index_t>& split, index_t e,
+                                           int64_t* n, int64_t* c, int64_t* o, Window* w) {
+  unflatten_pack<V, index_t>(e, split, n, c, o);
   for (int k = 0; k < kDims; ++k) {
     w[k] = table_window(t, *n, k, o[k]);
   }
@@ -121,12 +206,13 @@ C10_HOST_DEVICE inline Pack<T, V> narrow_pack(const acc_t* values) {
 template <int V, typename scalar_t, typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const PoolTables& t,
                                                 const Layout5& vi, const Layout5& vo,
-                                                const Layout5& vt, bool cl, index_t e,
+                                                const Layout5& vt,
+                                                const ElementSplit<index_t>& split, index_t e,
                                                 const scalar_t* in, scalar_t* out, tap_t* taps) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, o[kDims];
   Window w[kDims];
-  output_windows<V, index_t>(t, vo, cl, e, &n, &c, o, w);
+  output_windows<V, index_t>(t, split, e, &n, &c, o, w);
   acc_t best[V];
   int64_t tap[V];
   window_max_lanes<V, scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
@@ -139,12 +225,13 @@ C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const Poo
 
 template <int V, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const PoolTables& t,
-                                                const Layout5& vi, const Layout5& vo, bool cl,
-                                                index_t e, const scalar_t* in, scalar_t* out) {
+                                                const Layout5& vi, const Layout5& vo,
+                                                const ElementSplit<index_t>& split, index_t e,
+                                                const scalar_t* in, scalar_t* out) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, o[kDims];
   Window w[kDims];
-  output_windows<V, index_t>(t, vo, cl, e, &n, &c, o, w);
+  output_windows<V, index_t>(t, split, e, &n, &c, o, w);
   acc_t mean[V];
   window_sum_lanes<V, scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
                                        mean);
@@ -157,12 +244,13 @@ C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const Poo
 template <int V, typename scalar_t, typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const PoolTables& t,
                                                  const Layout5& vo, const Layout5& vt,
-                                                 const Layout5& vg, bool cl, index_t e,
+                                                 const Layout5& vg,
+                                                 const ElementSplit<index_t>& split, index_t e,
                                                  const scalar_t* grad, const tap_t* taps,
                                                  scalar_t* grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, i[kDims];
-  unflatten_pack<V, index_t>(e, vg, cl, &n, &c, i);
+  unflatten_pack<V, index_t>(e, split, &n, &c, i);
   acc_t sum[V];
   max_grad_lanes<V, scalar_t, tap_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
                                             vo.spatial_strides(), taps + vt.offset(n, c, 0, 0, 0),
@@ -172,12 +260,12 @@ C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const Po
 
 template <int V, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline void avg_backward_element(const PoolGeometry& g, const PoolTables& t,
-                                                 const Layout5& vo, const Layout5& vg, bool cl,
-                                                 index_t e, const scalar_t* grad,
-                                                 scalar_t* grad_in) {
+                                                 const Layout5& vo, const Layout5& vg,
+                                                 const ElementSplit<index_t>& split, index_t e,
+                                                 const scalar_t* grad, scalar_t* grad_in) {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t n, c, i[kDims];
-  unflatten_pack<V, index_t>(e, vg, cl, &n, &c, i);
+  unflatten_pack<V, index_t>(e, split, &n, &c, i);
   acc_t sum[V];
   avg_grad_lanes<V, scalar_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
                                      vo.spatial_strides(), sum);
@@ -186,11 +274,12 @@ C10_HOST_DEVICE inline void avg_backward_element(const PoolGeometry& g, const Po
 
 template <typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const PoolTables& t,
-                                                const Layout5& vt, const Layout5& vx, bool cl,
-                                                index_t e, const tap_t* taps, int64_t* indices) {
+                                                const Layout5& vt, const Layout5& vx,
+                                                const ElementSplit<index_t>& split, index_t e,
+                                                const tap_t* taps, int64_t* indices) {
   int64_t n, c, o[kDims];
   Window w[kDims];
-  output_windows<1, index_t>(t, vx, cl, e, &n, &c, o, w);
+  output_windows<1, index_t>(t, split, e, &n, &c, o, w);
   indices[vx.offset(n, c, o[0], o[1], o[2])] =
       tap_to_index(g, w, static_cast<int64_t>(taps[vt.offset(n, c, o[0], o[1], o[2])]));
 }

@@ -114,6 +114,27 @@ def test_int64_element_numbers(host, d, monkeypatch):
     check_adaptive(host, random.Random(f"wide-adaptive-{d}"), d, torch.float32, CASES // 3)
 
 
+def test_32_bit_division_by_multiplying(host):
+    """The kernels split 32-bit element numbers by multiply-high and shift
+    (pool_kernels.h's Divider): floor division for every divisor the extents
+    can take, at the edges (multiples, 2^31 - 1) and at random numbers."""
+    gen = torch.Generator().manual_seed(0)
+    top = 2**31 - 1
+    divisors = set(range(1, 1025))
+    for k in range(1, 31):
+        divisors |= {2**k - 1, 2**k, 2**k + 1, 3 * 2**k, 5 * 2**k + 3}
+    divisors |= {top, top - 1, 46341, 65535, 65537, 1000003}
+    divisors |= set(torch.randint(1, top + 1, (300,), generator=gen).tolist())
+    for d in sorted(x for x in divisors if 1 <= x <= top):
+        near = [0, 1, d - 1, d, d + 1, top, top - 1, top - top % d, top - top % d - 1]
+        multiples = torch.randint(0, top // d + 1, (200,), generator=gen) * d
+        numbers = torch.cat([torch.tensor(near), multiples, multiples - 1, multiples + d - 1,
+                             torch.randint(0, top + 1, (500,), generator=gen)])
+        numbers = numbers.clamp(0, top)
+        torch.testing.assert_close(host._divide_32(numbers, d), numbers // d, rtol=0, atol=0,
+                                   msg=lambda m: f"divisor {d}: {m}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("d", [2, 3])
 def test_channel_packs(host, d, dtype):

@@ -6,9 +6,10 @@
 // host). Threads walk elements in memory order (channels fastest for
 // channels-last), so neighbouring threads touch neighbouring memory.
 // Windows and covering spans come from per-dim tables filled by a first small
-// kernel, and element numbers are split in 32 bits where the tensor allows:
-// the hot loops do no 64-bit division. Backward kernels gather: no atomics,
-// bit-identical gradients.
+// kernel, and element numbers are split in 32 bits where the tensor allows,
+// by multiplications the host prepares (ElementSplit): the hot loops divide
+// only to place a cell in a dilated window. Backward kernels gather: no
+// atomics, bit-identical gradients.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <c10/cuda/CUDAException.h>
@@ -38,25 +39,32 @@ Launch launch_for(const at::Tensor& t, int64_t total) {
           dim3(kThreads), c10::cuda::getCurrentCUDAStream(t.device().index()).stream()};
 }
 
-// Calls launch(lanes, index_tag, total, l) for a window kernel writing
-// `written` and touching `tensors` (pool_kernels.h's pack_lanes: V channels
-// an element, as std::integral_constant lanes), over `total` elements
-// numbered in index_t, then checks the launch.
+bool channels_last(const at::Tensor& t5) {
+  return pool_ext::channels_last(layout_of(t5));
+}
+
+// Calls launch(lanes, split, total, l) for a window kernel writing `written`
+// and touching `tensors` (pool_kernels.h's pack_lanes: V channels an
+// element, as std::integral_constant lanes), over `total` elements numbered
+// in index_t and split by `split`, an ElementSplit<index_t> of `written`,
+// then checks the launch.
 template <typename scalar_t, typename F>
 void launch_window_kernel(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
                           const F& launch) {
   dispatch_lanes<scalar_t>(pack_lanes<scalar_t>(tensors), [&](auto lanes) {
-    const int64_t total = written.numel() / decltype(lanes)::value;
+    constexpr int V = decltype(lanes)::value;
+    const int64_t total = written.numel() / V;
     dispatch_index(total, [&](auto index_tag) {
-      launch(lanes, index_tag, total, launch_for(written, total));
+      const ElementSplit<decltype(index_tag)> split(layout_of(written), channels_last(written), V);
+      launch(lanes, split, total, launch_for(written, total));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
 }
 
-bool channels_last(const at::Tensor& t5) {
-  return pool_ext::channels_last(layout_of(t5));
-}
+// The index type of an ElementSplit argument of a launch.
+template <typename Split>
+using split_index_t = typename Split::index_type;
 
 template <typename index_t>
 __device__ __forceinline__ index_t first_element() {
@@ -97,50 +105,53 @@ struct DeviceTables {
 
 template <int V, typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo,
-                                   Layout5 vt, bool cl, index_t total,
+                                   Layout5 vt, ElementSplit<index_t> split, index_t total,
                                    const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                    tap_t* __restrict__ taps) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_forward_element<V, scalar_t, tap_t, index_t>(g, t, vi, vo, vt, cl, e, in, out, taps);
+    max_forward_element<V, scalar_t, tap_t, index_t>(g, t, vi, vo, vt, split, e, in, out, taps);
   }
 }
 
 template <int V, typename scalar_t, typename index_t>
-__global__ void avg_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo, bool cl,
-                                   index_t total, const scalar_t* __restrict__ in,
+__global__ void avg_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo,
+                                   ElementSplit<index_t> split, index_t total,
+                                   const scalar_t* __restrict__ in,
                                    scalar_t* __restrict__ out) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    avg_forward_element<V, scalar_t, index_t>(g, t, vi, vo, cl, e, in, out);
+    avg_forward_element<V, scalar_t, index_t>(g, t, vi, vo, split, e, in, out);
   }
 }
 
 template <int V, typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vt,
-                                    Layout5 vg, bool cl, index_t total,
+                                    Layout5 vg, ElementSplit<index_t> split, index_t total,
                                     const scalar_t* __restrict__ grad,
                                     const tap_t* __restrict__ taps,
                                     scalar_t* __restrict__ grad_in) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_backward_element<V, scalar_t, tap_t, index_t>(g, t, vo, vt, vg, cl, e, grad, taps,
+    max_backward_element<V, scalar_t, tap_t, index_t>(g, t, vo, vt, vg, split, e, grad, taps,
                                                       grad_in);
   }
 }
 
 template <int V, typename scalar_t, typename index_t>
-__global__ void avg_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vg, bool cl,
-                                    index_t total, const scalar_t* __restrict__ grad,
+__global__ void avg_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vg,
+                                    ElementSplit<index_t> split, index_t total,
+                                    const scalar_t* __restrict__ grad,
                                     scalar_t* __restrict__ grad_in) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    avg_backward_element<V, scalar_t, index_t>(g, t, vo, vg, cl, e, grad, grad_in);
+    avg_backward_element<V, scalar_t, index_t>(g, t, vo, vg, split, e, grad, grad_in);
   }
 }
 
 template <typename tap_t, typename index_t>
-__global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Layout5 vx, bool cl,
-                                   index_t total, const tap_t* __restrict__ taps,
+__global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Layout5 vx,
+                                   ElementSplit<index_t> split, index_t total,
+                                   const tap_t* __restrict__ taps,
                                    int64_t* __restrict__ indices) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_indices_element<tap_t, index_t>(g, t, vt, vx, cl, e, taps, indices);
+    max_indices_element<tap_t, index_t>(g, t, vt, vx, split, e, taps, indices);
   }
 }
 
@@ -243,13 +254,13 @@ struct CudaKernels {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
         const bool values_only = !taps.defined();
-        const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
-          using index_t = decltype(index_tag);
+        const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+          using index_t = split_index_t<std::decay_t<decltype(split)>>;
           max_forward_kernel<decltype(lanes)::value, scalar_t, tap_t, index_t>
               <<<l.grid, l.block, 0, l.stream>>>(
                   g, tables.view, layout_of(in), layout_of(out),
-                  layout_of(values_only ? out : taps), channels_last(out),
-                  static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                  layout_of(values_only ? out : taps), split, static_cast<index_t>(total),
+                  in.const_data_ptr<scalar_t>(),
                   out.mutable_data_ptr<scalar_t>(),
                   values_only ? nullptr : taps.mutable_data_ptr<tap_t>());
         };
@@ -265,12 +276,12 @@ struct CudaKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cuda", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
-          using index_t = decltype(index_tag);
+        const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+          using index_t = split_index_t<std::decay_t<decltype(split)>>;
           max_backward_kernel<decltype(lanes)::value, scalar_t, tap_t, index_t>
               <<<l.grid, l.block, 0, l.stream>>>(
-                  g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
-                  channels_last(grad_in), static_cast<index_t>(total),
+                  g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in), split,
+                  static_cast<index_t>(total),
                   grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
                   grad_in.mutable_data_ptr<scalar_t>());
         };
@@ -290,7 +301,8 @@ struct CudaKernels {
         using tap_t = decltype(tap_tag);
         using index_t = decltype(index_tag);
         max_indices_kernel<tap_t, index_t><<<l.grid, l.block, 0, l.stream>>>(
-            g, tables.view, layout_of(taps), layout_of(indices), channels_last(indices),
+            g, tables.view, layout_of(taps), layout_of(indices),
+            ElementSplit<index_t>(layout_of(indices), channels_last(indices), 1),
             static_cast<index_t>(total), taps.const_data_ptr<tap_t>(),
             indices.mutable_data_ptr<int64_t>());
         C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -309,12 +321,12 @@ struct CudaKernels {
     }
     const DeviceTables tables(g, in);
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
-      const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
-        using index_t = decltype(index_tag);
+      const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+        using index_t = split_index_t<std::decay_t<decltype(split)>>;
         avg_forward_kernel<decltype(lanes)::value, scalar_t, index_t>
             <<<l.grid, l.block, 0, l.stream>>>(
-                g, tables.view, layout_of(in), layout_of(out), channels_last(out),
-                static_cast<index_t>(total), in.const_data_ptr<scalar_t>(),
+                g, tables.view, layout_of(in), layout_of(out), split, static_cast<index_t>(total),
+                in.const_data_ptr<scalar_t>(),
                 out.mutable_data_ptr<scalar_t>());
       };
       launch_window_kernel<scalar_t>(out, {in, out}, launch);
@@ -326,11 +338,11 @@ struct CudaKernels {
     const c10::cuda::CUDAGuard guard(grad_in.device());
     const DeviceTables tables(g, grad_in);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cuda", [&] {
-      const auto launch = [&](auto lanes, auto index_tag, int64_t total, const Launch& l) {
-        using index_t = decltype(index_tag);
+      const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+        using index_t = split_index_t<std::decay_t<decltype(split)>>;
         avg_backward_kernel<decltype(lanes)::value, scalar_t, index_t>
             <<<l.grid, l.block, 0, l.stream>>>(
-                g, tables.view, layout_of(grad_out), layout_of(grad_in), channels_last(grad_in),
+                g, tables.view, layout_of(grad_out), layout_of(grad_in), split,
                 static_cast<index_t>(total), grad_out.const_data_ptr<scalar_t>(),
                 grad_in.mutable_data_ptr<scalar_t>());
       };

@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <initializer_list>
+#include <limits>
 #include <vector>
 
 #include "pool_kernels.h"
@@ -47,24 +48,31 @@ void host_dispatch_index(int64_t total, const F& f) {
   }
 }
 
-// f(e) for every element number e < total, in the kernels' index type.
+// f(e, split) for every element number e of `written`, split by split, an
+// ElementSplit of it taking `lanes` channels an element.
 template <typename F>
-void for_elements(int64_t total, const F& f) {
+void for_split_elements(const at::Tensor& written, int lanes, const F& f) {
+  const int64_t total = written.numel() / lanes;
+  const Layout5 v = layout_of(written);
   host_dispatch_index(total, [&](auto index_tag) {
     using index_t = decltype(index_tag);
-    for (index_t e = 0; e < static_cast<index_t>(total); ++e) f(e);
+    const ElementSplit<index_t> split(v, channels_last(v), lanes);
+    for (index_t e = 0; e < static_cast<index_t>(total); ++e) f(e, split);
   });
 }
 
-// f(e, lanes) for every element number e of a window kernel over scalar_t
-// touching `tensors`, which takes pack_lanes' channels per element, or one
-// whenever the test asks (POOL_EXT_HOST_LANES1=1), to compare the two.
+// f(e, split, lanes) for every element number e of a window kernel over
+// scalar_t writing `written` and touching `tensors`, which takes
+// pack_lanes' channels per element, or one whenever the test asks
+// (POOL_EXT_HOST_LANES1=1), to compare the two.
 template <typename scalar_t, typename F>
-void for_packs(int64_t numel, std::initializer_list<at::Tensor> tensors, const F& f) {
+void for_packs(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
+               const F& f) {
   const char* one = std::getenv("POOL_EXT_HOST_LANES1");
   const bool forced = one != nullptr && one[0] == '1';
   dispatch_lanes<scalar_t>(forced ? 1 : pack_lanes<scalar_t>(tensors), [&](auto lanes) {
-    for_elements(numel / decltype(lanes)::value, [&](auto e) { f(e, lanes); });
+    for_split_elements(written, decltype(lanes)::value,
+                       [&](auto e, const auto& split) { f(e, split, lanes); });
   });
 }
 
@@ -116,9 +124,9 @@ struct HostKernels {
           return;
         }
         const HostTables tables(g, in);
-        for_packs<scalar_t>(out.numel(), {in, out, taps}, [&](auto e, auto lanes) {
+        for_packs<scalar_t>(out, {in, out, taps}, [&](auto e, const auto& split, auto lanes) {
           max_forward_element<decltype(lanes)::value, scalar_t, tap_t, decltype(e)>(
-              g, tables.view, layout_of(in), layout_of(out), vt, channels_last(layout_of(out)), e,
+              g, tables.view, layout_of(in), layout_of(out), vt, split, e,
               in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), tap_ptr);
         });
       });
@@ -131,11 +139,12 @@ struct HostKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_host", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        for_packs<scalar_t>(grad_in.numel(), {grad_out, taps, grad_in}, [&](auto e, auto lanes) {
+        for_packs<scalar_t>(grad_in, {grad_out, taps, grad_in},
+                            [&](auto e, const auto& split, auto lanes) {
           max_backward_element<decltype(lanes)::value, scalar_t, tap_t, decltype(e)>(
-              g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in),
-              channels_last(layout_of(grad_in)), e, grad_out.const_data_ptr<scalar_t>(),
-              taps.const_data_ptr<tap_t>(), grad_in.mutable_data_ptr<scalar_t>());
+              g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in), split, e,
+              grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
+              grad_in.mutable_data_ptr<scalar_t>());
         });
       });
     });
@@ -146,10 +155,9 @@ struct HostKernels {
     const HostTables tables(g, taps);
     dispatch_taps(taps, [&](auto tap_tag) {
       using tap_t = decltype(tap_tag);
-      for_elements(indices.numel(), [&](auto e) {
+      for_split_elements(indices, 1, [&](auto e, const auto& split) {
         max_indices_element<tap_t, decltype(e)>(g, tables.view, layout_of(taps), layout_of(indices),
-                                                channels_last(layout_of(indices)), e,
-                                                taps.const_data_ptr<tap_t>(),
+                                                split, e, taps.const_data_ptr<tap_t>(),
                                                 indices.mutable_data_ptr<int64_t>());
       });
     });
@@ -163,9 +171,9 @@ struct HostKernels {
         return;
       }
       const HostTables tables(g, in);
-      for_packs<scalar_t>(out.numel(), {in, out}, [&](auto e, auto lanes) {
+      for_packs<scalar_t>(out, {in, out}, [&](auto e, const auto& split, auto lanes) {
         avg_forward_element<decltype(lanes)::value, scalar_t, decltype(e)>(
-            g, tables.view, layout_of(in), layout_of(out), channels_last(layout_of(out)), e,
+            g, tables.view, layout_of(in), layout_of(out), split, e,
             in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
       });
     });
@@ -175,11 +183,10 @@ struct HostKernels {
                            const at::Tensor& grad_in) {
     const HostTables tables(g, grad_in);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_host", [&] {
-      for_packs<scalar_t>(grad_in.numel(), {grad_out, grad_in}, [&](auto e, auto lanes) {
+      for_packs<scalar_t>(grad_in, {grad_out, grad_in}, [&](auto e, const auto& split, auto lanes) {
         avg_backward_element<decltype(lanes)::value, scalar_t, decltype(e)>(
-            g, tables.view, layout_of(grad_out), layout_of(grad_in),
-            channels_last(layout_of(grad_in)), e, grad_out.const_data_ptr<scalar_t>(),
-            grad_in.mutable_data_ptr<scalar_t>());
+            g, tables.view, layout_of(grad_out), layout_of(grad_in), split, e,
+            grad_out.const_data_ptr<scalar_t>(), grad_in.mutable_data_ptr<scalar_t>());
       });
     });
   }
@@ -198,14 +205,33 @@ int64_t pack_lanes_of(at::TensorList tensors) {
   return lanes;
 }
 
+// The kernels' 32-bit division (Divider) of each of `numbers` (int64,
+// 0 <= n < 2^31) by `divisor`.
+at::Tensor divide_32(const at::Tensor& numbers, int64_t divisor) {
+  TORCH_CHECK(divisor >= 1 && divisor <= std::numeric_limits<int32_t>::max(), "divisor ",
+              divisor);
+  const Divider<int32_t> d(divisor);
+  at::Tensor in = numbers.contiguous();
+  at::Tensor out = at::empty_like(in);
+  const int64_t* n = in.const_data_ptr<int64_t>();
+  int64_t* q = out.mutable_data_ptr<int64_t>();
+  for (int64_t k = 0; k < in.numel(); ++k) {
+    TORCH_CHECK(n[k] >= 0 && n[k] <= std::numeric_limits<int32_t>::max(), "number ", n[k]);
+    q[k] = d.div(static_cast<int32_t>(n[k]));
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace pool_ext
 
 TORCH_LIBRARY_FRAGMENT(pool_ext, m) {
   m.def("_pack_lanes(Tensor[] tensors) -> int");
+  m.def("_divide_32(Tensor numbers, int divisor) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(pool_ext, CPU, m) {
   pool_ext::register_ops<pool_ext::HostKernels>(m);
   m.impl("_pack_lanes", &pool_ext::pack_lanes_of);
+  m.impl("_divide_32", &pool_ext::divide_32);
 }
