@@ -7,13 +7,12 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <c10/util/Exception.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <initializer_list>
 #include <limits>
-#include <stdexcept>
-#include <string>
 #include <type_traits>
 
 #include "pool.h"
@@ -111,9 +110,8 @@ struct Divider<int32_t> {
   uint32_t magic;  // floor(2^32 * (2^shift - d) / d) + 1
   uint32_t shift;  // ceil(log2(d)): 2^(shift - 1) < d <= 2^shift
   explicit Divider(int64_t divisor = 1) : d(static_cast<uint32_t>(divisor)), shift(0) {
-    if (divisor < 1 || divisor > std::numeric_limits<int32_t>::max()) {
-      throw std::invalid_argument("pool_ext: a 32-bit divider of " + std::to_string(divisor));
-    }
+    TORCH_CHECK(divisor >= 1 && divisor <= std::numeric_limits<int32_t>::max(),
+                "pool_ext: a 32-bit divider of ", divisor);
     while ((uint64_t{1} << shift) < d) ++shift;
     magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
   }
