@@ -13,7 +13,7 @@ import torch
 
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
-    assert_equal, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
+    assert_equal, assert_same_bits, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
     inputs_in_every_layout, is_batched, leaf, make_rng, num_threads, order_revealing, over_kinds_and_inputs,
     ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
 )
@@ -260,6 +260,35 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
     ours_err = ((got - exact) / exact).abs().max().item()
     torch_err = ((want - exact) / exact).abs().max().item()
     assert ours_err <= max(4 * torch_err, 3e-7), (ours_err, torch_err)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_global_max_of_rows_of_every_length(dtype, device):
+    """A global max over rows of 1 to 40 cells, with a max, NaN, inf, -inf or
+    a zero of either sign at every position: the CPU reduces such a row a
+    vector at a time and takes its tail as a last vector overlapping cells
+    already seen. torch's values (bits, NaN included) and indices, with and
+    without indices asked for."""
+    g = torch.Generator().manual_seed(0)
+    for length in range(1, 41):
+        base = torch.randn(length, generator=g).to(dtype)
+        rows = [base]
+        for p in range(length):
+            for v in (100.0, NAN, INF, -INF):
+                r = base.clone()
+                r[p] = v
+                rows.append(r)
+            for fill, zero in ((-1.0, 0.0), (-1.0, -0.0), (-0.0, 0.0), (0.0, -0.0)):
+                r = torch.full((length,), fill, dtype=dtype)
+                r[p] = zero
+                rows.append(r)
+        x = torch.stack(rows).unsqueeze(0).to(device)
+        want, want_idx = torchs("adaptive_max_pool1d")(x.cpu(), 1, return_indices=True)
+        got, idx = ours("adaptive_max_pool1d")(x, 1, return_indices=True)
+        assert_same_bits(got.cpu(), want, f"length {length}")
+        assert torch.equal(idx.cpu(), want_idx), f"length {length}"
+        assert_same_bits(ours("adaptive_max_pool1d")(x, 1).cpu(), want, f"length {length}, values only")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])

@@ -19,6 +19,7 @@
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <ATen/Version.h>
+#include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 #include <c10/util/bit_cast.h>
 #include <c10/util/irange.h>
@@ -506,14 +507,34 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     for (; k < n; k += L) m0 = at::vec::maximum(m0, Vec::loadu(run + k));
     return true;
   });
-  acc_t lane[L];
-  at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3)).store(lane);
   const auto fold = [](acc_t a, acc_t b) {
     return (a != a || b != b) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(a, b);
   };
-  acc_t best = lane[0];
-  for (int64_t j = 1; j < L; ++j) best = fold(best, lane[j]);
-  for (int64_t j = tail; j < len; ++j) best = fold(best, static_cast<acc_t>(at[j]));
+  if (tail > 0 && tail < len) {
+    // The tail as the run's last whole vector, overlapping cells already
+    // seen: a max may see a cell twice (and so may NaN), and a tail of
+    // scalar steps cost as much as a 256-cell run's vectors.
+    acc_t last[L];
+    m1 = at::vec::maximum(m1, Vec::loadu(widened(at + len - L, L, last)));
+  }
+  const Vec m = at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3));
+  acc_t best;
+#if defined(CPU_CAPABILITY_AVX2)
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // Lanes folded by shuffles, NaN propagating (maximum), not one by one.
+    best = at::vec::vec_reduce_all<float>(
+        [](const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }, m);
+  } else
+#endif
+  {
+    acc_t lane[L];
+    m.store(lane);
+    best = lane[0];
+    for (int64_t j = 1; j < L; ++j) best = fold(best, lane[j]);
+  }
+  if (tail == 0) {  // shorter than a vector
+    for (int64_t j = 0; j < len; ++j) best = fold(best, static_cast<acc_t>(at[j]));
+  }
   if (best != best) {
     int64_t j = len - 1;
     while (!std::isnan(static_cast<acc_t>(at[j]))) --j;
