@@ -467,6 +467,18 @@ inline const acc_t* widened(const scalar_t* at, int64_t n, acc_t* buffer) {
   }
 }
 
+// A vector of acc_t lanes from scalar_t values (bfloat16 and half widened).
+template <typename acc_t, typename scalar_t>
+inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return at::vec::Vectorized<acc_t>::loadu(at);
+  } else {
+    at::vec::Vectorized<float> v;
+    at::vec::load_to_float(at, v);
+    return v;
+  }
+}
+
 // Calls f(run, start, n) on the whole vectors of at[0, len) in chunks of
 // at most kChunk cells, widened to acc_t, while f returns true. Returns
 // where the chunks it went through end: the tail's start when all went.
@@ -495,18 +507,16 @@ template <typename scalar_t, typename acc_t>
 inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos) {
   using Vec = at::vec::Vectorized<acc_t>;
   constexpr int64_t L = Vec::size();
+  // (Low precision widened as loaded, in registers.)
   Vec m0(-std::numeric_limits<acc_t>::infinity()), m1 = m0, m2 = m0, m3 = m0;
-  const int64_t tail = for_chunks<acc_t>(at, len, [&](const acc_t* run, int64_t, int64_t n) {
-    int64_t k = 0;
-    for (; k + 4 * L <= n; k += 4 * L) {
-      m0 = at::vec::maximum(m0, Vec::loadu(run + k));
-      m1 = at::vec::maximum(m1, Vec::loadu(run + k + L));
-      m2 = at::vec::maximum(m2, Vec::loadu(run + k + 2 * L));
-      m3 = at::vec::maximum(m3, Vec::loadu(run + k + 3 * L));
-    }
-    for (; k < n; k += L) m0 = at::vec::maximum(m0, Vec::loadu(run + k));
-    return true;
-  });
+  int64_t tail = 0;
+  for (; tail + 4 * L <= len; tail += 4 * L) {
+    m0 = at::vec::maximum(m0, load_acc<acc_t>(at + tail));
+    m1 = at::vec::maximum(m1, load_acc<acc_t>(at + tail + L));
+    m2 = at::vec::maximum(m2, load_acc<acc_t>(at + tail + 2 * L));
+    m3 = at::vec::maximum(m3, load_acc<acc_t>(at + tail + 3 * L));
+  }
+  for (; tail + L <= len; tail += L) m0 = at::vec::maximum(m0, load_acc<acc_t>(at + tail));
   const auto fold = [](acc_t a, acc_t b) {
     return (a != a || b != b) ? std::numeric_limits<acc_t>::quiet_NaN() : std::max(a, b);
   };
@@ -514,8 +524,7 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     // The tail as the run's last whole vector, overlapping cells already
     // seen: a max may see a cell twice (and so may NaN), and a tail of
     // scalar steps cost as much as a 256-cell run's vectors.
-    acc_t last[L];
-    m1 = at::vec::maximum(m1, Vec::loadu(widened(at + len - L, L, last)));
+    m1 = at::vec::maximum(m1, load_acc<acc_t>(at + len - L));
   }
   const Vec m = at::vec::maximum(at::vec::maximum(m0, m1), at::vec::maximum(m2, m3));
   acc_t best;
@@ -543,19 +552,16 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
   }
   if (pos == nullptr && best != acc_t(0)) return best;
   const Vec target(best);
-  int64_t found = -1;
-  const int64_t searched = for_chunks<acc_t>(at, len, [&](const acc_t* run, int64_t i, int64_t n) {
-    for (int64_t k = 0; k < n; k += L) {
-      const int hit = ~(Vec::loadu(run + k) == target).zero_mask() & ((1 << L) - 1);
-      if (hit != 0) {
-        found = i + k + c10::llvm::countTrailingZeros(static_cast<uint32_t>(hit));
-        return false;
-      }
+  int64_t found = -1, k = 0;
+  for (; k + L <= len; k += L) {
+    const int hit = ~(load_acc<acc_t>(at + k) == target).zero_mask() & ((1 << L) - 1);
+    if (hit != 0) {
+      found = k + c10::llvm::countTrailingZeros(static_cast<uint32_t>(hit));
+      break;
     }
-    return true;
-  });
+  }
   if (found < 0) {
-    found = searched;
+    found = k;
     while (static_cast<acc_t>(at[found]) != best) ++found;
   }
   if (pos) *pos = found;
@@ -625,18 +631,6 @@ C10_NOINLINE at::vec::Vectorized<acc_t> cascade_run(const scalar_t* __restrict__
     return true;
   });
   return blocks.total(rest);
-}
-
-// A vector of acc_t lanes from scalar_t values (bfloat16 and half widened).
-template <typename acc_t, typename scalar_t>
-inline at::vec::Vectorized<acc_t> load_acc(const scalar_t* at) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return at::vec::Vectorized<acc_t>::loadu(at);
-  } else {
-    at::vec::Vectorized<float> v;
-    at::vec::load_to_float(at, v);
-    return v;
-  }
 }
 
 // Runs of this many vectors or more (up to a cascade's) sum in four chains.
