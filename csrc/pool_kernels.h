@@ -454,15 +454,37 @@ C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& v
     for (; p < last; p += step) state.add(static_cast<acc_t>(plane[p * s.cell_stride]), p);
   } else {  // per-sample extents or gaps between rows: the cell's (d, h, w)
     const int64_t* st = vi.spatial_strides();
+    const auto ed = static_cast<index_t>(extent(g, 0, n));
     const auto eh = static_cast<index_t>(extent(g, 1, n));
     const auto ew = static_cast<index_t>(extent(g, 2, n));
-    const int64_t cells = extent(g, 0, n) * eh * ew;
+    const int64_t cells = static_cast<int64_t>(ed) * eh * ew;
     const int64_t per_chunk = (cells + s.chunks - 1) / s.chunks;
     const auto last = static_cast<index_t>(min64((chunk + 1) * per_chunk, cells));
-    for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
-      const index_t x = p % ew, rest = p / ew, h = rest % eh, d = rest / eh;
-      state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
-                encode_tap(g, d, h, x));
+    const auto scan = [&](const auto& split) {
+      for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
+        index_t d = 0, h = 0, x = p;
+        split(p, &d, &h, &x);
+        state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
+                  encode_tap(g, d, h, x));
+      }
+    };
+    // Integer division costs a GPU about twenty instructions a cell, as
+    // much as the rest of the scan: only the dims that have more than one
+    // row are split (a sequence's cells, variable 1d pooling's, need none).
+    if (ed == 1 && eh == 1) {
+      scan([](index_t, index_t*, index_t*, index_t*) {});
+    } else if (ed == 1) {
+      scan([ew](index_t p, index_t*, index_t* h, index_t* x) {
+        *h = p / ew;
+        *x = p - *h * ew;
+      });
+    } else {
+      scan([ew, eh](index_t p, index_t* d, index_t* h, index_t* x) {
+        const index_t rest = p / ew;
+        *x = p - rest * ew;
+        *d = rest / eh;
+        *h = rest - *d * eh;
+      });
     }
   }
   return state;
