@@ -264,12 +264,13 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_global_max_of_rows_of_every_length(dtype, device):
-    """A global max over rows of 1 to 40 cells, with a max, NaN, inf, -inf or
-    a zero of either sign at every position: the CPU reduces such a row a
-    vector at a time and takes its tail as a last vector overlapping cells
-    already seen. torch's values (bits, NaN included) and indices, with and
-    without indices asked for."""
+def test_max_of_rows_of_every_length(dtype, device):
+    """A max over rows of 1 to 40 cells, whole (global) and in halves and
+    thirds, with a max, NaN, inf, -inf or a zero of either sign at every
+    position: the CPU reduces windows of a vector or more a vector at a time
+    and takes the tail as a last vector overlapping cells already seen.
+    torch's values (bits, NaN included) and indices, with and without
+    indices asked for."""
     g = torch.Generator().manual_seed(0)
     for length in range(1, 41):
         base = torch.randn(length, generator=g).to(dtype)
@@ -289,6 +290,12 @@ def test_global_max_of_rows_of_every_length(dtype, device):
         assert_same_bits(got.cpu(), want, f"length {length}")
         assert torch.equal(idx.cpu(), want_idx), f"length {length}"
         assert_same_bits(ours("adaptive_max_pool1d")(x, 1).cpu(), want, f"length {length}, values only")
+        for out in (2, 3):  # windows of about a half and a third of the row
+            want, want_idx = torchs("adaptive_max_pool1d")(x.cpu(), out, return_indices=True)
+            got, idx = ours("adaptive_max_pool1d")(x, out, return_indices=True)
+            assert_same_bits(got.cpu(), want, f"length {length} to {out}")
+            assert torch.equal(idx.cpu(), want_idx), f"length {length} to {out}"
+            assert_same_bits(ours("adaptive_max_pool1d")(x, out).cpu(), want, f"length {length} to {out}")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])

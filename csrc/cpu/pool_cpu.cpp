@@ -698,11 +698,11 @@ struct Runs {
   bool merged = false;  // H rows merged into one run
 };
 
-inline Runs runs_of(const Window* w, const Layout5& vi) {
+inline Runs runs_of(const Window* w, const Layout5& vi, int64_t min_run = kMinRun) {
   Runs r;
   if (w[2].step != 1 || vi.stride[4] != 1) return r;
   r.merged = w[1].step == 1 && w[2].begin == 0 && vi.stride[3] == w[2].count && w[1].count > 1;
-  r.usable = (r.merged ? w[1].count * w[2].count : w[2].count) >= kMinRun;
+  r.usable = (r.merged ? w[1].count * w[2].count : w[2].count) >= min_run;
   return r;
 }
 
@@ -786,7 +786,11 @@ acc_t cascade_window_sum(const Window* w, const scalar_t* at, const int64_t* s) 
 template <typename scalar_t, typename acc_t>
 inline acc_t plane_window_max(const PoolGeometry& g, const Window* w, const scalar_t* plane,
                               const Layout5& vi, int64_t* tap) {
-  const Runs r = runs_of(w, vi);
+  // Max runs from one vector: run_max takes a short run's tail as one
+  // overlapping vector (adaptive_max_pool1d of 512 cells to 48, windows of
+  // 11: 3x faster than cell by cell). Sums keep kMinRun: their scalar tail
+  // would cost what the vectors save.
+  const Runs r = runs_of(w, vi, at::vec::Vectorized<acc_t>::size());
   int64_t unused;
   return r.usable ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, tap)
                   : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(),
