@@ -101,6 +101,7 @@ template <typename index_t>
 struct Divider {
   index_t d;
   explicit Divider(int64_t divisor = 1) : d(static_cast<index_t>(divisor)) {}
+  C10_HOST_DEVICE index_t divisor() const { return d; }
   C10_HOST_DEVICE index_t div(index_t n) const { return n / d; }
 };
 
@@ -115,6 +116,7 @@ struct Divider<int32_t> {
     while ((uint64_t{1} << shift) < d) ++shift;
     magic = static_cast<uint32_t>(((uint64_t{1} << 32) * ((uint64_t{1} << shift) - d)) / d + 1);
   }
+  C10_HOST_DEVICE int32_t divisor() const { return static_cast<int32_t>(d); }
   // q = floor(n / d) = (hi + n) >> shift with hi the high word of n * magic;
   // hi <= n < 2^31, so hi + n does not overflow.
   C10_HOST_DEVICE int32_t div(int32_t n) const {
@@ -136,42 +138,38 @@ template <typename index_t>
 struct ElementSplit {
   using index_type = index_t;
   bool cl;
-  index_t size[5];  // of the view, C counted in packs of V
-  index_t cells;    // of a (D, H, W) plane
+  // By the view's extents: C counted in packs of V, and a (D, H, W) plane's cells.
   Divider<index_t> channels, d, h, w, pixels;
 
-  ElementSplit(const Layout5& v, bool channels_last, int lanes) : cl(channels_last) {
-    for (int k = 0; k < 5; ++k) size[k] = static_cast<index_t>(v.size[k]);
-    size[1] = static_cast<index_t>(v.size[1] / lanes);
-    cells = static_cast<index_t>(v.pixels());
-    channels = Divider<index_t>(size[1]);
-    d = Divider<index_t>(v.size[2]);
-    h = Divider<index_t>(v.size[3]);
-    w = Divider<index_t>(v.size[4]);
-    pixels = Divider<index_t>(v.pixels());
-  }
+  ElementSplit(const Layout5& v, bool channels_last, int lanes)
+      : cl(channels_last),
+        channels(v.size[1] / lanes),
+        d(v.size[2]),
+        h(v.size[3]),
+        w(v.size[4]),
+        pixels(v.pixels()) {}
 
   // (n, c, x) of element e, c counted in packs.
   C10_HOST_DEVICE void operator()(index_t e, int64_t* n, int64_t* c, int64_t* x) const {
     index_t row;  // e's (n, d, h) row, w split off
     if (cl) {
       const index_t p = channels.div(e);
-      *c = e - p * size[1];
+      *c = e - p * channels.divisor();
       row = w.div(p);
-      x[2] = p - row * size[4];
+      x[2] = p - row * w.divisor();
       const index_t plane = h.div(row);
-      x[1] = row - plane * size[3];
+      x[1] = row - plane * h.divisor();
       *n = d.div(plane);
-      x[0] = plane - *n * size[2];
+      x[0] = plane - *n * d.divisor();
     } else {
       const index_t plane = pixels.div(e);  // n * C + c
-      const index_t cell = e - plane * cells;
+      const index_t cell = e - plane * pixels.divisor();
       *n = channels.div(plane);
-      *c = plane - *n * size[1];
+      *c = plane - *n * channels.divisor();
       row = w.div(cell);
-      x[2] = cell - row * size[4];
+      x[2] = cell - row * w.divisor();
       x[0] = h.div(row);
-      x[1] = row - x[0] * size[3];
+      x[1] = row - x[0] * h.divisor();
     }
   }
 };
