@@ -781,8 +781,19 @@ acc_t cascade_window_sum(const Window* w, const scalar_t* at, const int64_t* s) 
   return blocks.total(block);
 }
 
-// A window of a planes kernel: by runs where they are long, else through
-// the element functions. tap null: the value alone.
+// takes ? a : b by masks: compilers turn the plain select of a scalar loop
+// into a branch, which mispredicts on every new max.
+template <typename T>
+inline T select(bool takes, T a, T b) {
+  using bits_t = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
+  static_assert(sizeof(T) == sizeof(bits_t));
+  const bits_t mask = bits_t{0} - static_cast<bits_t>(takes);
+  return c10::bit_cast<T>((c10::bit_cast<bits_t>(a) & mask) | (c10::bit_cast<bits_t>(b) & ~mask));
+}
+
+// A window of a planes kernel: by runs where they are long, one short row
+// cell by cell, else through the element functions. tap null: the value
+// alone.
 template <typename scalar_t, typename acc_t>
 inline acc_t plane_window_max(const PoolGeometry& g, const Window* w, const scalar_t* plane,
                               const Layout5& vi, int64_t* tap) {
@@ -790,11 +801,27 @@ inline acc_t plane_window_max(const PoolGeometry& g, const Window* w, const scal
   // overlapping vector (adaptive_max_pool1d of 512 cells to 48, windows of
   // 11: 3x faster than cell by cell). Sums keep kMinRun: their scalar tail
   // would cost what the vectors save.
-  const Runs r = runs_of(w, vi, at::vec::Vectorized<acc_t>::size());
+  constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
+  if (w[2].count < L && w[0].count * w[1].count == 1 && w[2].step == 1 && vi.stride[4] == 1) {
+    // One short row (1d): by window_max's rule and order, without its loops
+    // over D and H (adaptive_max_pool1d of 32x256x512 to 300: 2x faster).
+    const scalar_t* at =
+        plane + w[0].begin * vi.stride[2] + w[1].begin * vi.stride[3] + w[2].begin;
+    acc_t best = -std::numeric_limits<acc_t>::infinity();
+    int64_t best_x = 0;
+    for (int64_t x = 0; x < w[2].count; ++x) {
+      const auto v = static_cast<acc_t>(at[x]);
+      const bool takes = max_takes(v, best);
+      best = select(takes, v, best);
+      best_x = select(takes, x, best_x);
+    }
+    if (tap) *tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap) + best_x;
+    return best;
+  }
+  const Runs r = runs_of(w, vi, L);
+  if (r.usable) return runs_max<scalar_t, acc_t>(g, w, plane, vi, r, tap);
   int64_t unused;
-  return r.usable ? runs_max<scalar_t, acc_t>(g, w, plane, vi, r, tap)
-                  : window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(),
-                                                tap ? tap : &unused);
+  return window_max<scalar_t, acc_t>(g, w, plane, vi.spatial_strides(), tap ? tap : &unused);
 }
 
 template <typename scalar_t, typename acc_t>
@@ -1254,16 +1281,6 @@ inline void take_or_add(Vec& best, Vec& code, const Vec& v, const Vec& tap) {
   }
 }
 
-// takes ? a : b by masks: compilers turn the plain select of a scalar loop
-// into a branch, which mispredicts on every new max.
-template <typename T>
-inline T select(bool takes, T a, T b) {
-  using bits_t = std::conditional_t<sizeof(T) == 8, uint64_t, uint32_t>;
-  static_assert(sizeof(T) == sizeof(bits_t));
-  const bits_t mask = bits_t{0} - static_cast<bits_t>(takes);
-  return c10::bit_cast<T>((c10::bit_cast<bits_t>(a) & mask) | (c10::bit_cast<bits_t>(b) & ~mask));
-}
-
 // Adaptive windows of a row by columns, where they are short along W: each
 // column's D and H taps reduced first, a vector of columns at a time over
 // all the window's rows in registers (low precision widened as loaded), then
@@ -1613,31 +1630,11 @@ void max_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
                           int64_t from, const acc_t* best, const int32_t* best_tap) {
     scalar_t* out_row = dst + vo.offset(n, c, o[0], o[1], 0);
     tap_t* tap_row = tap ? tap + vt.offset(n, c, o[0], o[1], 0) : nullptr;
-    // Windows of one row (1d) shorter than a vector (runs_max takes the
-    // longer): here, by window_max's rule and order, without its loops over
-    // D and H (adaptive_max_pool1d of 32x256x512 to 300: 2x faster).
-    const scalar_t* row = w[0].count * w[1].count == 1 && vi.stride[4] == 1
-                              ? plane + w[0].begin * vi.stride[2] + w[1].begin * vi.stride[3]
-                              : nullptr;
     for_edges(inner, vo.size[4], [&](int64_t ow) {
       w[2] = table.dim[2][ow];
       int64_t t;
-      acc_t value;
-      if (row != nullptr && w[2].step == 1 &&
-          w[2].count < at::vec::Vectorized<acc_t>::size()) {
-        const scalar_t* at = row + w[2].begin;
-        value = -std::numeric_limits<acc_t>::infinity();
-        int64_t best = 0;
-        for (int64_t x = 0; x < w[2].count; ++x) {
-          const auto v = static_cast<acc_t>(at[x]);
-          const bool takes = max_takes(v, value);
-          value = select(takes, v, value);
-          best = select(takes, x, best);
-        }
-        t = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap) + best;
-      } else {
-        value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, tap_row ? &t : nullptr);
-      }
+      const acc_t value =
+          plane_window_max<scalar_t, acc_t>(g, w, plane, vi, tap_row ? &t : nullptr);
       out_row[ow * vo.stride[4]] = static_cast<scalar_t>(value);
       if (tap_row) tap_row[ow * vt.stride[4]] = static_cast<tap_t>(t);
     });
