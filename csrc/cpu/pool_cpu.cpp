@@ -1079,10 +1079,11 @@ C10_ALWAYS_INLINE void sweep_blocks(const scalar_t* plane, const int64_t* offset
 // of what it did: inner.hi, or inner.lo when the inside is narrower than a
 // vector (the sweep takes it). direct, divisor: as for sweep_blocks.
 template <int64_t S, int64_t KW, bool kMax, bool kTaps, typename scalar_t, typename acc_t>
-C10_ALWAYS_INLINE int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset, const int32_t* row_code,
-                      int64_t nrows, int64_t kw, int64_t dilation, int64_t pad, int64_t width,
-                      int64_t last_cell, Interior inner, acc_t* result, int32_t* best_tap,
-                      scalar_t* direct, acc_t divisor) {
+C10_ALWAYS_INLINE int64_t blocked_sweep(const scalar_t* plane, const int64_t* offset,
+                                        const int32_t* row_code, int64_t nrows, int64_t kw,
+                                        int64_t dilation, int64_t pad, int64_t width,
+                                        int64_t last_cell, Interior inner, acc_t* result,
+                                        int32_t* best_tap, scalar_t* direct, acc_t divisor) {
   constexpr int64_t L = at::vec::Vectorized<acc_t>::size();
   // One past the last cell a block reads, counted from ow * S.
   const int64_t reach = ((KW > 0 ? KW : kw) - 1) * dilation - pad + L * S;
@@ -1550,7 +1551,8 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
       const RowPlans& p = *plans;
       const Interior inner = shared.inner;
       with_sweep_shape(g, [&](auto s, auto kw) {
-        at::parallel_for(0, rows, grain(vo.size[4] * window_taps(g)), [&](int64_t begin, int64_t end) {
+        const int64_t grain_size = grain(vo.size[4] * window_taps(g));
+        at::parallel_for(0, rows, grain_size, [&](int64_t begin, int64_t end) {
           RowCursor cursor(begin, vo);
           for (int64_t r = begin; r < end; ++r, cursor.next()) {
             const int64_t plane_at = vi.offset(cursor.n, cursor.c, 0, 0, 0);
@@ -2265,7 +2267,8 @@ void avg_forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::T
     // window_sum's order, without its loops over D and H, nor run_sum's
     // lanes, fold and tail, which cost more than they save there
     // (adaptive_avg_pool1d of 32x256x512 to 300, 48, 20 and 15 outputs:
-    // 2.2x, 1.9x, 1.7x and 1.2x faster; 1.4-2x torch's speed).
+    // 2.2x, 1.9x, 1.7x and 1.2x faster; 1.4-2x torch's speed). Here, not in
+    // plane_window_sum: the global averages that call it keep their order.
     const scalar_t* row = w[0].count * w[1].count == 1 && vi.stride[4] == 1
                               ? plane + w[0].begin * vi.stride[2] + w[1].begin * vi.stride[3]
                               : nullptr;
