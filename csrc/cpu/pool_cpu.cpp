@@ -25,7 +25,9 @@
 #include <c10/util/irange.h>
 #include <c10/util/llvmMathExtras.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdint>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -2129,6 +2131,37 @@ inline bool forward_by_channels(const PoolGeometry& g, const at::Tensor& in, con
          (taps == nullptr || dense_planes(layout_of(*taps)));
 }
 
+// Prefetches `count` planes (`bytes` long, `stride` bytes apart, from
+// address `first`) in `steps` calls of next(), a few cache lines each, plane
+// by plane. Addresses are integers: a line past a plane's end may be
+// fetched, and prefetches never fault.
+class PlanesPrefetch {
+ public:
+  PlanesPrefetch(uintptr_t first, int64_t stride, int64_t bytes, int64_t count, int64_t steps)
+      : plane_(first),
+        stride_(stride),
+        // (the lines of an unaligned plane: at most one more than its bytes fill)
+        lines_(bytes / kLine + 2),
+        left_(count * lines_),
+        per_step_((left_ + steps - 1) / std::max<int64_t>(steps, 1)) {}
+
+  template <bool kWrite>
+  void next() {
+    for (int64_t q = std::min(per_step_, left_); q > 0; --q, --left_) {
+      __builtin_prefetch(reinterpret_cast<const void*>(plane_ + line_ * kLine), kWrite ? 1 : 0);
+      if (++line_ == lines_) {
+        line_ = 0;
+        plane_ += stride_;
+      }
+    }
+  }
+
+ private:
+  static constexpr int64_t kLine = 64;
+  uintptr_t plane_;
+  int64_t stride_, lines_, line_ = 0, left_, per_step_;
+};
+
 // Channels [c0, c0 + width) of one sample of a planes tensor, channels-last,
 // with the layout that addresses them for any sample (batch stride 0). The
 // planes side moves eight whole planes per step, memory read or written in
@@ -2152,10 +2185,23 @@ struct GroupBuffer {
     layout.stride[3] = layout.size[4] * layout.stride[4];
     layout.stride[2] = layout.size[3] * layout.stride[3];
   }
+  // A tile row (eight planes) at a time. Meanwhile the next row's planes are
+  // prefetched, a few lines a tile (for writing, on the way back): the planes
+  // side runs eight streams 32 bytes at a time, which the hardware
+  // prefetchers do not run ahead of when the planes are out of cache, as a
+  // fresh gradient is (one thread, fwd+bwd of 13x13 -> 6x6 average on 32x256
+  // float: 1.95 -> 1.21 ms; with 64 MB touched between calls 2.61 -> 2.17).
   template <bool kToChannels>
   void move(const T* from, T* to, const Layout5& v) const {
+    const auto planes = reinterpret_cast<uintptr_t>(kToChannels ? from : to);
+    const int64_t plane_bytes = v.stride[1] * static_cast<int64_t>(sizeof(T));
+    const int64_t tiles = (v.pixels() + kTile - 1) / kTile;
     for (int64_t c = 0; c < layout.size[1]; c += kTile) {
+      PlanesPrefetch ahead(planes + (c + kTile) * plane_bytes, plane_bytes,
+                           v.pixels() * static_cast<int64_t>(sizeof(T)),
+                           std::clamp<int64_t>(layout.size[1] - c - kTile, 0, kTile), tiles);
       for (int64_t p = 0; p < v.pixels(); p += kTile) {
+        ahead.template next<!kToChannels>();
         transpose_tile<kToChannels>(from, to, v.stride[1], layout.stride[4], layout.size[1],
                                     v.pixels(), c, p);
       }
