@@ -2133,22 +2133,20 @@ inline bool forward_by_channels(const PoolGeometry& g, const at::Tensor& in, con
 
 // Prefetches `count` planes (`bytes` long, `stride` bytes apart, from
 // address `first`) in `steps` calls of next(), a few cache lines each, plane
-// by plane. Addresses are integers: a line past a plane's end may be
+// by plane. Addresses are integers: up to two lines past a plane's end may be
 // fetched, and prefetches never fault.
 class PlanesPrefetch {
  public:
   PlanesPrefetch(uintptr_t first, int64_t stride, int64_t bytes, int64_t count, int64_t steps)
       : plane_(first),
         stride_(stride),
-        // (the lines of an unaligned plane: at most one more than its bytes fill)
-        lines_(bytes / kLine + 2),
+        lines_(bytes / kLine + 2),  // enough for any alignment
         left_(count * lines_),
-        per_step_((left_ + steps - 1) / std::max<int64_t>(steps, 1)) {}
+        per_step_(steps > 0 ? (left_ + steps - 1) / steps : left_) {}
 
-  template <bool kWrite>
   void next() {
     for (int64_t q = std::min(per_step_, left_); q > 0; --q, --left_) {
-      __builtin_prefetch(reinterpret_cast<const void*>(plane_ + line_ * kLine), kWrite ? 1 : 0);
+      __builtin_prefetch(reinterpret_cast<const void*>(plane_ + line_ * kLine));
       if (++line_ == lines_) {
         line_ = 0;
         plane_ += stride_;
@@ -2185,25 +2183,36 @@ struct GroupBuffer {
     layout.stride[3] = layout.size[4] * layout.stride[4];
     layout.stride[2] = layout.size[3] * layout.stride[3];
   }
-  // A tile row (eight planes) at a time. Meanwhile the next row's planes are
-  // prefetched, a few lines a tile (for writing, on the way back): the planes
-  // side runs eight streams 32 bytes at a time, which the hardware
-  // prefetchers do not run ahead of when the planes are out of cache, as a
-  // fresh gradient is (one thread, fwd+bwd of 13x13 -> 6x6 average on 32x256
-  // float: 1.95 -> 1.21 ms; with 64 MB touched between calls 2.61 -> 2.17).
+  // A tile row (eight planes) at a time. Planes of up to 2 KB prefetch the
+  // next row's planes meanwhile, a few lines a tile: the planes side takes
+  // eight cells of each of eight planes at a time, streams too short for the
+  // hardware prefetchers to run ahead of when they are out of cache, as a
+  // fresh gradient is (one thread, fwd+bwd, glibc's malloc thresholds fixed:
+  // 13x13 -> 6x6 average on 32x256 float 1.37 -> 1.13 ms, with 64 MB touched
+  // between calls 2.32 -> 1.92). Longer planes gained nothing (3x3/2 average
+  // backward on 28x28 and 40x40 planes) or lost (62x62: 5-8%).
   template <bool kToChannels>
   void move(const T* from, T* to, const Layout5& v) const {
+    constexpr int64_t kMostPrefetched = 2048;
     const auto planes = reinterpret_cast<uintptr_t>(kToChannels ? from : to);
     const int64_t plane_bytes = v.stride[1] * static_cast<int64_t>(sizeof(T));
+    const int64_t bytes = v.pixels() * static_cast<int64_t>(sizeof(T));
     const int64_t tiles = (v.pixels() + kTile - 1) / kTile;
+    const auto tile = [&](int64_t c, int64_t p) {
+      transpose_tile<kToChannels>(from, to, v.stride[1], layout.stride[4], layout.size[1],
+                                  v.pixels(), c, p);
+    };
     for (int64_t c = 0; c < layout.size[1]; c += kTile) {
-      PlanesPrefetch ahead(planes + (c + kTile) * plane_bytes, plane_bytes,
-                           v.pixels() * static_cast<int64_t>(sizeof(T)),
-                           std::clamp<int64_t>(layout.size[1] - c - kTile, 0, kTile), tiles);
-      for (int64_t p = 0; p < v.pixels(); p += kTile) {
-        ahead.template next<!kToChannels>();
-        transpose_tile<kToChannels>(from, to, v.stride[1], layout.stride[4], layout.size[1],
-                                    v.pixels(), c, p);
+      const int64_t next_planes = std::min<int64_t>(layout.size[1] - c - kTile, kTile);
+      if (bytes <= kMostPrefetched && next_planes > 0) {
+        PlanesPrefetch ahead(planes + (c + kTile) * plane_bytes, plane_bytes, bytes, next_planes,
+                             tiles);
+        for (int64_t p = 0; p < v.pixels(); p += kTile) {
+          ahead.next();
+          tile(c, p);
+        }
+      } else {
+        for (int64_t p = 0; p < v.pixels(); p += kTile) tile(c, p);
       }
     }
   }
