@@ -1686,12 +1686,13 @@ constexpr int64_t kGlobalChannels = 64;  // channels of one avg_forward_global_c
 constexpr int64_t kPrefetchAhead = 2;
 constexpr int64_t kPrefetchBytes = 16 << 20;  // inputs larger are taken to be out of cache
 constexpr int64_t kL1Bytes = 32 * 1024;  // L1 data cache of current x86 cores
+constexpr int64_t kCacheLine = 64;
 
 // Asks for the cache lines of values [at, at + n).
 template <typename scalar_t>
 inline void prefetch_lines(const scalar_t* at, int64_t n) {
   const char* first = reinterpret_cast<const char*>(at);
-  for (int64_t b = 0; b < n * int64_t{sizeof(scalar_t)}; b += 64) {
+  for (int64_t b = 0; b < n * int64_t{sizeof(scalar_t)}; b += kCacheLine) {
     __builtin_prefetch(first + b);
   }
 }
@@ -2140,13 +2141,13 @@ class PlanesPrefetch {
   PlanesPrefetch(uintptr_t first, int64_t stride, int64_t bytes, int64_t count, int64_t steps)
       : plane_(first),
         stride_(stride),
-        lines_(bytes / kLine + 2),  // enough for any alignment
+        lines_(bytes / kCacheLine + 2),  // enough for any alignment
         left_(count * lines_),
         per_step_(steps > 0 ? (left_ + steps - 1) / steps : left_) {}
 
   void next() {
     for (int64_t q = std::min(per_step_, left_); q > 0; --q, --left_) {
-      __builtin_prefetch(reinterpret_cast<const void*>(plane_ + line_ * kLine));
+      __builtin_prefetch(reinterpret_cast<const void*>(plane_ + line_ * kCacheLine));
       if (++line_ == lines_) {
         line_ = 0;
         plane_ += stride_;
@@ -2155,7 +2156,6 @@ class PlanesPrefetch {
   }
 
  private:
-  static constexpr int64_t kLine = 64;
   uintptr_t plane_;
   int64_t stride_, lines_, line_ = 0, left_, per_step_;
 };
@@ -2198,21 +2198,15 @@ struct GroupBuffer {
     const int64_t plane_bytes = v.stride[1] * static_cast<int64_t>(sizeof(T));
     const int64_t bytes = v.pixels() * static_cast<int64_t>(sizeof(T));
     const int64_t tiles = (v.pixels() + kTile - 1) / kTile;
-    const auto tile = [&](int64_t c, int64_t p) {
-      transpose_tile<kToChannels>(from, to, v.stride[1], layout.stride[4], layout.size[1],
-                                  v.pixels(), c, p);
-    };
     for (int64_t c = 0; c < layout.size[1]; c += kTile) {
-      const int64_t next_planes = std::min<int64_t>(layout.size[1] - c - kTile, kTile);
-      if (bytes <= kMostPrefetched && next_planes > 0) {
-        PlanesPrefetch ahead(planes + (c + kTile) * plane_bytes, plane_bytes, bytes, next_planes,
-                             tiles);
-        for (int64_t p = 0; p < v.pixels(); p += kTile) {
-          ahead.next();
-          tile(c, p);
-        }
-      } else {
-        for (int64_t p = 0; p < v.pixels(); p += kTile) tile(c, p);
+      const int64_t next_planes =
+          bytes <= kMostPrefetched ? std::clamp<int64_t>(layout.size[1] - c - kTile, 0, kTile) : 0;
+      PlanesPrefetch ahead(planes + (c + kTile) * plane_bytes, plane_bytes, bytes, next_planes,
+                           tiles);
+      for (int64_t p = 0; p < v.pixels(); p += kTile) {
+        ahead.next();
+        transpose_tile<kToChannels>(from, to, v.stride[1], layout.stride[4], layout.size[1],
+                                    v.pixels(), c, p);
       }
     }
   }
