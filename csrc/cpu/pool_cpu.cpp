@@ -3752,6 +3752,41 @@ void for_global_planes(const PoolGeometry& g, const Layout5& v, int64_t cost, co
   });
 }
 
+// A global window that is one short run of each plane, a gap before the
+// next plane's (variable pooling's sequences; a slice of longer rows),
+// starts a stream at every plane that the hardware prefetchers meet cold
+// once the input is out of cache: the planes loops ask for the run of the
+// plane kPlanesAhead on (same sample, so the same window) as they start one.
+// One thread, 64x256 rows of 512 floats: their max over the first 128 cells
+// 1.45-2.0 -> 0.58-0.69 ms; masked max and mean over lengths 1..512
+// 1.8-2.0 -> 1.15-1.4 and 1.3-1.7 -> 0.86-1.24. Not where planes follow each
+// other back to back (the prefetchers' case) or the run is long.
+constexpr int64_t kPlanesAhead = 4;
+
+// That run: its first cell and length, or a null start where there is none.
+// (The caller prefetches: GCC takes a function whose only effect is a
+// prefetch for one without effects, and drops its calls when not inlined.)
+template <typename scalar_t>
+struct PlaneRun {
+  const scalar_t* at;
+  int64_t length;
+};
+
+template <typename scalar_t>
+inline PlaneRun<scalar_t> run_ahead(const scalar_t* plane, const Window* w, const Layout5& vi,
+                                    int64_t c, int64_t channels) {
+  constexpr int64_t kLongest = 4096 / sizeof(scalar_t);
+  const Runs r = runs_of(w, vi, 1);
+  const int64_t length = r.merged ? w[1].count * w[2].count : w[2].count;
+  if (!r.usable || w[0].count != 1 || (!r.merged && w[1].count != 1) || length > kLongest ||
+      length >= vi.stride[1] || c + kPlanesAhead >= channels) {
+    return {nullptr, 0};
+  }
+  return {plane + kPlanesAhead * vi.stride[1] + w[0].begin * vi.stride[2] +
+              w[1].begin * vi.stride[3] + w[2].begin,
+          length};
+}
+
 template <typename scalar_t, typename tap_t>
 void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                         const at::Tensor* taps) {
@@ -3762,6 +3797,9 @@ void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+    if (const auto ahead = run_ahead(plane, w, vi, c, vo.size[1]); ahead.at) {
+      prefetch_lines(ahead.at, ahead.length);
+    }
     int64_t t;
     const acc_t value = plane_window_max<scalar_t, acc_t>(g, w, plane, vi, tap ? &t : nullptr);
     dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(value);
@@ -3787,6 +3825,9 @@ void avg_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   // another width than torch's.
   for_global_planes(g, vo, vi.pixels(), [&](int64_t n, int64_t c, const Window* w) {
     const scalar_t* plane = src + vi.offset(n, c, 0, 0, 0);
+    if (const auto ahead = run_ahead(plane, w, vi, c, vo.size[1]); ahead.at) {
+      prefetch_lines(ahead.at, ahead.length);
+    }
     const acc_t sum = as_torch ? torch_slice_sum<acc_t>(w, plane, vi)
                                : plane_window_sum<scalar_t, acc_t>(w, plane, vi);
     dst[vo.offset(n, c, 0, 0, 0)] =
