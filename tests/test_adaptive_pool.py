@@ -265,14 +265,17 @@ def test_global_average_as_accurate_as_torch(shape, layout, device):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_max_of_rows_of_every_length(dtype, device):
-    """A max over rows of 1 to 40 cells, whole (global), in halves and thirds
-    and in windows of about 3 cells, with a max, NaN, inf, -inf or a zero of
-    either sign at every position: the CPU reduces windows of a vector or
-    more a vector at a time, its tail a last vector overlapping cells already
-    seen, and shorter ones cell by cell. torch's values (bits, NaN included)
-    and indices, with and without indices asked for."""
+    """A max over rows of 1 to 40 cells and of lengths about multiples of 64,
+    whole (global), in halves and thirds and in windows of about 3 cells,
+    with a max, NaN, inf, -inf or a zero of either sign at every position:
+    the CPU reduces windows of a vector or more a vector at a time, its tail
+    a last vector overlapping cells already seen, and shorter ones cell by
+    cell; it finds the max's position by blocks of 64 cells, the last one's
+    tail vector starting in the block before where it is short. torch's
+    values (bits, NaN included) and indices, with and without indices asked
+    for."""
     g = torch.Generator().manual_seed(0)
-    for length in range(1, 41):
+    for length in [*range(1, 41), 63, 64, 65, 66, 71, 72, 73, 127, 129, 135, 200]:
         base = torch.randn(length, generator=g).to(dtype)
         rows = [base]
         for p in range(length):

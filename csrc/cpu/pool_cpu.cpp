@@ -553,18 +553,35 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     return static_cast<acc_t>(at[j]);  // that NaN, sign and payload, as torch returns it
   }
   if (pos == nullptr && best != acc_t(0)) return best;
-  const Vec target(best);
-  int64_t found = -1, k = 0;
-  for (; k + L <= len; k += L) {
-    const int hit = ~(load_acc<acc_t>(at + k) == target).zero_mask() & ((1 << L) - 1);
-    if (hit != 0) {
-      found = k + c10::llvm::countTrailingZeros(static_cast<uint32_t>(hit));
-      break;
-    }
-  }
-  if (found < 0) {
-    found = k;
+  // Where it first is: the hits of 64 cells gathered in one mask before a
+  // branch, the last block's tail as the run's last whole vector. A branch
+  // per vector mispredicted at every max, a random cell of the run: the
+  // taps of a max over 64x2048x7x7 float took 2.3x the values' time, 5.2
+  // ms against 2.3 (one thread); by blocks 3.8.
+  int64_t found = 0;
+  if (tail == 0) {
     while (static_cast<acc_t>(at[found]) != best) ++found;
+  } else {
+    const Vec target(best);
+    // The cells of at[k, k + L) equal to it, as bits from cell `block` on.
+    // A tail vector that starts before the block only adds bits for cells of
+    // the block before, which has none.
+    const auto hits = [&](int64_t k, int64_t block) {
+      const auto hit = static_cast<uint64_t>(
+          ~(load_acc<acc_t>(at + k) == target).zero_mask() & ((1 << L) - 1));
+      return k >= block ? hit << (k - block) : hit >> (block - k);
+    };
+    for (int64_t block = 0; block < len; block += 64) {
+      const int64_t end = std::min(block + 64, len);
+      uint64_t mask = 0;
+      int64_t k = block;
+      for (; k + L <= end; k += L) mask |= hits(k, block);
+      if (k < end) mask |= hits(end - L, block);
+      if (mask != 0) {
+        found = block + c10::llvm::countTrailingZeros(mask);
+        break;
+      }
+    }
   }
   if (pos) *pos = found;
   return static_cast<acc_t>(at[found]);
