@@ -309,7 +309,7 @@ def test_global_max_of_channels_last_planes(planes, d, dtype):
     of channels at a time): of long planes, whose pixels are cut into chunks
     where samples are few, and of short ones with up to 64 channels. torch's
     values and indices (NaN, ties, all -inf channels), alone or in a batch, on
-    one thread or two; and torch's gradient."""
+    one thread or two; and torch's gradient, alone or in a batch."""
     g = torch.Generator().manual_seed(d)
     if planes == "long":
         spatial, channels = {1: (5000,), 2: (61, 67), 3: (9, 21, 23)}[d], 85
@@ -341,6 +341,16 @@ def test_global_max_of_channels_last_planes(planes, d, dtype):
     assert xs[0].grad.stride() == x.stride()
     torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
     assert not torch.signbit(xs[0].grad[0, 9]).any()
+    # A batch, whose samples' zeros are each filled just before their cells are
+    # written where there are samples enough for the threads.
+    grad = torch.randn((5, *want.shape[1:]), generator=g).to(dtype)
+    for n in (1, 2):
+        with num_threads(n):
+            xs = [batch.detach().clone().requires_grad_(), batch.detach().contiguous().requires_grad_()]
+            ours(f"adaptive_max_pool{d}d")(xs[0], 1).backward(grad)
+            torchs(f"adaptive_max_pool{d}d")(xs[1], 1).backward(grad)
+            assert xs[0].grad.stride() == batch.stride()
+            torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
