@@ -4604,10 +4604,15 @@ void max_forward_global_channels(const PoolGeometry& g, const at::Tensor& in,
 constexpr int64_t kTapCells = int64_t{1} << 16;
 
 inline std::vector<int64_t> global_tap_cells(const PoolGeometry& g, const Layout5& v) {
-  const int64_t taps = window_taps(g), kh = g.dim[1].kernel, kw = g.dim[2].kernel;
-  std::vector<int64_t> cells(taps <= kTapCells ? taps : 0);
-  for (const auto t : c10::irange(static_cast<int64_t>(cells.size()))) {
-    cells[t] = t / (kh * kw) * v.stride[2] + t / kw % kh * v.stride[3] + t % kw * v.stride[4];
+  std::vector<int64_t> cells;
+  if (window_taps(g) > kTapCells) return cells;
+  cells.reserve(window_taps(g));
+  for (const auto td : c10::irange(g.dim[0].kernel)) {  // in tap order
+    for (const auto th : c10::irange(g.dim[1].kernel)) {
+      for (const auto tw : c10::irange(g.dim[2].kernel)) {
+        cells.push_back(td * v.stride[2] + th * v.stride[3] + tw * v.stride[4]);
+      }
+    }
   }
   return cells;
 }
