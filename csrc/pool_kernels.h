@@ -297,7 +297,9 @@ C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const Poo
 // cells of one plane). Few long planes are also cut into `chunks`, each
 // reduced by its own block, and a second kernel joins a plane's chunks in
 // order. Every order is fixed: results are bit-identical from run to run.
-// Sums are kept in double.
+// Sums are kept in double. The chunks depend on the SM count, so GPUs of
+// other models may sum long planes in another order (double sums rounded to
+// the output's type: rarely a last-bit difference, in the forward only).
 
 constexpr int kGlobalThreads = kThreads;
 constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM

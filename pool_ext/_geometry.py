@@ -109,24 +109,30 @@ def fixed_plan(kind, x, kernel_size, stride, padding, dilation, ceil_mode, same)
 def windows_holding_cells(in_sizes, out_sizes, kernel_size, stride, padding, dilation, same, device):
     """Where a fixed window holds an input cell: None where all do (always but for
     dilated windows reaching into padding, which can fall wholly on padding and
-    gaps), else a bool tensor of the output's spatial shape. A window without
+    gaps), else a bool tensor that broadcasts to the output's spatial shape
+    (size 1 along the dims whose windows all hold a cell). A window without
     cells pools -inf and has an index in padding, as torch's does."""
     if all(d == 1 for d in dilation):  # (one entry, or one per dim)
         return None
     ndim = len(kernel_size)
     stride, padding, dilation = fixed_dims("", kernel_size, stride, padding, dilation)
-    holds = []
-    for size, out, k, s, p, d in zip(in_sizes, out_sizes, kernel_size, stride, padding, dilation):
+    dims = []
+    for i, (size, out, k, s, p, d) in enumerate(
+            zip(in_sizes, out_sizes, kernel_size, stride, padding, dilation)):
         if same:  # csrc/pool.h's same_pad_total, its smaller half first
             p = max((out - 1) * s + d * (k - 1) + 1 - size, 0) // 2
-        holds.append([any(0 <= o * s - p + t * d < size for t in range(k)) for o in range(out)])
-    if all(all(h) for h in holds):
+        if not all(any(0 <= o * s - p + t * d < size for t in range(k)) for o in range(out)):
+            dims.append((i, size, out, k, s, p, d))
+    if not dims:
         return None
+    # The mask made on the device from aranges, not copied from a host list:
+    # a copy from pageable memory waits for the GPU and breaks a CUDA graph.
     mask = torch.ones((), dtype=torch.bool, device=device)
-    for i, h in enumerate(holds):
+    for i, size, out, k, s, p, d in dims:
+        cells = (torch.arange(out, device=device) * s - p).unsqueeze(1) + torch.arange(k, device=device) * d
         shape = [1] * ndim
-        shape[i] = len(h)
-        mask = mask & torch.tensor(h, dtype=torch.bool, device=device).view(shape)
+        shape[i] = out
+        mask = mask & ((cells >= 0) & (cells < size)).any(1).view(shape)
     return mask
 
 
