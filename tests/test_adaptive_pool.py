@@ -301,6 +301,52 @@ def test_max_of_rows_of_every_length(dtype, device):
             assert_same_bits(ours("adaptive_max_pool1d")(x, out).cpu(), want, f"length {length} to {out}")
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("spatial", [(8,), (9,), (3, 3), (4, 4), (7, 7), (5, 13), (16, 16), (17, 16),
+                                     (2, 2, 2), (2, 3, 5), (4, 8, 8)])
+def test_global_max_of_dense_planes_eight_at_a_time(spatial, dtype):
+    """The CPU's global max of small dense planes (a vector to 256 cells) takes
+    eight channels of a sample at a time, the channels past the last eight one
+    by one; planes whose max is NaN or a zero, or whose position is asked for,
+    go by the one-plane rule. torch's values (bits) and indices, alone and in
+    a batch, on one thread or two, with ties, NaN, infinities, zeros of either
+    sign and all -inf planes; and torch's gradient."""
+    d = len(spatial)
+    g = torch.Generator().manual_seed(len(spatial) * 100 + spatial[-1])
+    cells = math.prod(spatial)
+    channels = 21  # two groups of eight, and five channels after them
+    x = torch.randint(-3, 4, (3, channels, *spatial), generator=g).to(dtype)  # many ties
+    flat = x.view(3, channels, cells)
+    flat[0, 1] = -torch.inf
+    flat[0, 2, [cells // 3, cells - 1]] = torch.nan
+    flat[1, 3, 0] = torch.nan
+    flat[1, 4] = -1.0
+    flat[1, 4, [1, cells - 2]] = torch.tensor([-0.0, 0.0], dtype=dtype)
+    flat[2, 5] = -0.0
+    flat[2, 5, cells // 2] = 0.0
+    flat[2, 9, [0, cells - 1]] = torch.inf
+    flat[2, 18, cells - 1] = 7.0  # the max in the last cell, past the last whole vector's start
+    flat[0, 19, 0] = 7.0
+    for inp in (x, x[1:2]):
+        want, want_idx = torchs(f"adaptive_max_pool{d}d")(inp, 1, return_indices=True)
+        for n in (1, 2):
+            with num_threads(n):
+                got, idx = ours(f"adaptive_max_pool{d}d")(inp, 1, return_indices=True)
+                assert_same_bits(got, want, f"{list(inp.shape)}, {n} threads")
+                assert torch.equal(idx, want_idx)
+                assert_same_bits(ours(f"adaptive_max_pool{d}d")(inp, 1), want, "values only")
+    # The backward of contiguous planes: zeros over blocks of planes, then each plane's cell.
+    grad = torch.randn((3, channels) + (1,) * d, generator=g).to(dtype)
+    grad[0, 4] = -0.0
+    for n in (1, 2):
+        with num_threads(n):
+            xs = [x.detach().clone().requires_grad_() for _ in range(2)]
+            ours(f"adaptive_max_pool{d}d")(xs[0], 1).backward(grad)
+            torchs(f"adaptive_max_pool{d}d")(xs[1], 1).backward(grad)
+            torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
+            assert not torch.signbit(xs[0].grad[0, 4]).any()  # 0 + -0: the gather's sum
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])
 @pytest.mark.parametrize("d", [1, 2, 3])
 @pytest.mark.parametrize("planes", ["long", "short"])

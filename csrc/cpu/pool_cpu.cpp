@@ -542,6 +542,40 @@ inline int64_t for_chunks(const scalar_t* __restrict__ at, int64_t len, const F&
   return i;
 }
 
+// Where best (not NaN) first is in at[0, len), len >= 1: the hits of 64
+// cells gathered in one mask before a branch, the last block's tail as the
+// run's last whole vector. A branch per vector mispredicted at every max, a
+// random cell of the run: the taps of a max over 64x2048x7x7 float took
+// 2.3x the values' time, 5.2 ms against 2.3 (one thread); by blocks 3.8.
+template <typename scalar_t, typename acc_t>
+inline int64_t first_equal(const scalar_t* __restrict__ at, int64_t len, acc_t best) {
+  using Vec = at::vec::Vectorized<acc_t>;
+  constexpr int64_t L = Vec::size();
+  if (len < L) {
+    int64_t found = 0;
+    while (static_cast<acc_t>(at[found]) != best) ++found;
+    return found;
+  }
+  const Vec target(best);
+  // The cells of at[k, k + L) equal to it, as bits from cell `block` on.
+  // A tail vector that starts before the block only adds bits for cells of
+  // the block before, which has none.
+  const auto hits = [&](int64_t k, int64_t block) {
+    const auto hit = static_cast<uint64_t>(
+        ~(load_acc<acc_t>(at + k) == target).zero_mask() & ((1 << L) - 1));
+    return k >= block ? hit << (k - block) : hit >> (block - k);
+  };
+  for (int64_t block = 0; block < len; block += 64) {
+    const int64_t end = std::min(block + 64, len);
+    uint64_t mask = 0;
+    int64_t k = block;
+    for (; k + L <= end; k += L) mask |= hits(k, block);
+    if (k < end) mask |= hits(end - L, block);
+    if (mask != 0) return block + c10::llvm::countTrailingZeros(mask);
+  }
+  return 0;  // (not reached: best is one of the cells)
+}
+
 // Max in two passes, both at vector throughput: the value (four
 // accumulators, NaN propagating), then where it first is (or, for NaN,
 // where the last NaN is). One pass that carries positions through blends is
@@ -598,36 +632,7 @@ inline acc_t run_max(const scalar_t* __restrict__ at, int64_t len, int64_t* pos)
     return static_cast<acc_t>(at[j]);  // that NaN, sign and payload, as torch returns it
   }
   if (pos == nullptr && best != acc_t(0)) return best;
-  // Where it first is: the hits of 64 cells gathered in one mask before a
-  // branch, the last block's tail as the run's last whole vector. A branch
-  // per vector mispredicted at every max, a random cell of the run: the
-  // taps of a max over 64x2048x7x7 float took 2.3x the values' time, 5.2
-  // ms against 2.3 (one thread); by blocks 3.8.
-  int64_t found = 0;
-  if (tail == 0) {
-    while (static_cast<acc_t>(at[found]) != best) ++found;
-  } else {
-    const Vec target(best);
-    // The cells of at[k, k + L) equal to it, as bits from cell `block` on.
-    // A tail vector that starts before the block only adds bits for cells of
-    // the block before, which has none.
-    const auto hits = [&](int64_t k, int64_t block) {
-      const auto hit = static_cast<uint64_t>(
-          ~(load_acc<acc_t>(at + k) == target).zero_mask() & ((1 << L) - 1));
-      return k >= block ? hit << (k - block) : hit >> (block - k);
-    };
-    for (int64_t block = 0; block < len; block += 64) {
-      const int64_t end = std::min(block + 64, len);
-      uint64_t mask = 0;
-      int64_t k = block;
-      for (; k + L <= end; k += L) mask |= hits(k, block);
-      if (k < end) mask |= hits(end - L, block);
-      if (mask != 0) {
-        found = block + c10::llvm::countTrailingZeros(mask);
-        break;
-      }
-    }
-  }
+  const int64_t found = first_equal(at, len, best);  // (a zero's sign: that cell's)
   if (pos) *pos = found;
   return static_cast<acc_t>(at[found]);
 }
@@ -3901,6 +3906,80 @@ void for_input_planes(const PoolGeometry& g, const Layout5& vi, const Layout5& v
   }
 }
 
+// The maxima of eight dense planes of `cells` (at least a vector's) values,
+// as float lanes, NaN propagating: each plane's lanes in an accumulator of
+// its own (eight chains of maxima side by side), then the eight planes'
+// lanes folded at once, across a transpose.
+template <typename scalar_t>
+at::vec::Vectorized<float> eight_plane_maxima(const scalar_t* const* plane, int64_t cells) {
+  using Vec = at::vec::Vectorized<float>;
+  static_assert(Vec::size() == kTile);
+  const int64_t last = cells - kTile;  // the last whole vector, over the tail
+  Vec m[kTile];
+  for (int j = 0; j < kTile; ++j) m[j] = load_acc<float>(plane[j] + last);
+  for (int64_t i = 0; i < last; i += kTile) {
+    for (int j = 0; j < kTile; ++j) m[j] = at::vec::maximum(m[j], load_acc<float>(plane[j] + i));
+  }
+  alignas(64) float lanes[kTile * kTile], across[kTile * kTile];
+  for (int j = 0; j < kTile; ++j) m[j].store(lanes + j * kTile);
+  at::vec::transpose_mxn<float, kTile, kTile>(lanes, kTile, across, kTile);
+  Vec best = Vec::loadu(across);
+  for (int k = 1; k < kTile; ++k) best = at::vec::maximum(best, Vec::loadu(across + k * kTile));
+  return best;
+}
+
+// Planes up to this many cells go eight at a time (eight_plane_maxima): a
+// plane alone leaves its few vectors' maxima one chain, and a fold of its
+// lanes, per plane.
+constexpr int64_t kEightPlanesCells = 256;
+
+// Whether a global max of float lanes goes eight planes at a time: dense
+// planes of one extent (no per-sample sizes) of a vector to
+// kEightPlanesCells cells, whose window is the whole plane, so that a tap is
+// its cell's offset.
+inline bool eight_planes_apply(const PoolGeometry& g, const Layout5& vi) {
+  if (g.sizes != nullptr || !dense_planes(vi)) return false;
+  for (int k = 0; k < kDims; ++k) {
+    if (g.dim[k].kernel != vi.size[2 + k]) return false;
+  }
+  return vi.pixels() >= kTile && vi.pixels() <= kEightPlanesCells && vi.size[1] >= kTile;
+}
+
+// The global max of dense planes eight channels of a sample at a time
+// (eight_planes_apply), the channels past the last eight plane by plane.
+// Planes whose max is NaN or a zero, whose bits depend on which cell wins,
+// and where a tap is wanted the position, go by run_max's rule.
+template <typename scalar_t, typename tap_t>
+void max_forward_global_eight(const Layout5& vi, const Layout5& vo, const Layout5& vt,
+                              const scalar_t* src, scalar_t* dst, tap_t* tap) {
+  const int64_t channels = vi.size[1], cells = vi.pixels();
+  const int64_t groups = div_ceil(channels, kTile);
+  at::parallel_for(0, vi.size[0] * groups, grain(kTile * cells), [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n = task / groups, c0 = task % groups * kTile;
+      const scalar_t* plane[kTile];
+      alignas(64) float best[kTile];
+      const bool whole = c0 + kTile <= channels;
+      if (whole) {
+        for (int j = 0; j < kTile; ++j) plane[j] = src + vi.offset(n, c0 + j, 0, 0, 0);
+        eight_plane_maxima(plane, cells).store(best);
+      }
+      for (int64_t c = c0; c < std::min(c0 + kTile, channels); ++c) {
+        const scalar_t* at = src + vi.offset(n, c, 0, 0, 0);
+        float value = whole ? best[c - c0] : std::numeric_limits<float>::quiet_NaN();
+        int64_t pos = 0;
+        if (value != value || value == 0.f) {
+          value = run_max<scalar_t, float>(at, cells, tap ? &pos : nullptr);
+        } else if (tap) {
+          pos = first_equal(at, cells, value);
+        }
+        dst[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(value);
+        if (tap) tap[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(pos);
+      }
+    }
+  });
+}
+
 template <typename scalar_t, typename tap_t>
 void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                         const at::Tensor* taps) {
@@ -3909,6 +3988,12 @@ void max_forward_global(const PoolGeometry& g, const at::Tensor& in, const at::T
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   tap_t* tap = taps ? taps->mutable_data_ptr<tap_t>() : nullptr;
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (eight_planes_apply(g, vi)) {
+      max_forward_global_eight(vi, vo, vt, src, dst, tap);
+      return;
+    }
+  }
   for_input_planes(g, vi, vo, src, [&](int64_t n, int64_t c, const Window* w,
                                        const scalar_t* plane) {
     int64_t t;
@@ -4673,6 +4758,8 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const bool zeroed = channels_inner(grad_in, taps);
   const std::vector<int64_t> cells = global_tap_cells(g, vg);
+  const int64_t pixels = vg.pixels(), channels = vg.size[1];
+  const int64_t taps_n = static_cast<int64_t>(cells.size());
   if (zeroed && !cells.empty()) {
     // Channels-last: a sample's channels in one loop, each writing its cell
     // into the sample's zeros, filled just before and so still in cache
@@ -4683,7 +4770,6 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
     const bool packed =
         packed_channels_last(vg) && vg.size[0] >= 2 * int64_t{at::get_num_threads()};
     if (!packed) grad_in.zero_();
-    const int64_t channels = vg.size[1], taps_n = static_cast<int64_t>(cells.size());
     at::parallel_for(0, vg.size[0], grain(packed ? vg.stride[0] : channels),
                      [&](int64_t begin, int64_t end) {
       for (const auto n : c10::irange(begin, end)) {
@@ -4702,8 +4788,34 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
     });
     return;
   }
+  if (!zeroed && !cells.empty() && dense_planes(vg) && vg.stride[1] == pixels &&
+      vg.stride[0] == channels * pixels) {
+    // Planes back to back: zeros over a block of planes at once (16 KB of
+    // floats), then each plane's one cell, while in cache. A fill per plane
+    // cost more than the zeros over small planes (4x4: 64 bytes).
+    const int64_t block = std::max<int64_t>(1, 4096 / pixels);
+    at::parallel_for(0, vg.size[0] * channels, grain(pixels), [&](int64_t begin, int64_t end) {
+      int64_t n = begin / channels, c = begin % channels;
+      for (int64_t p0 = begin; p0 < end; p0 += block) {
+        const int64_t p1 = std::min(p0 + block, end);
+        std::fill(dst + p0 * pixels, dst + p1 * pixels, scalar_t(0));
+        for (int64_t p = p0; p < p1; ++p) {
+          const auto code = static_cast<int64_t>(tap[vt.offset(n, c, 0, 0, 0)]);
+          if (code >= 0 && code < taps_n) {  // a tap from our forward always is
+            dst[p * pixels + cells[code]] = static_cast<scalar_t>(
+                acc_t(0) + static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]));
+          }
+          if (++c == channels) {
+            c = 0;
+            ++n;
+          }
+        }
+      }
+    });
+    return;
+  }
   if (zeroed) grad_in.zero_();
-  for_global_planes(g, vo, zeroed ? 1 : vg.pixels(), [&](int64_t n, int64_t c, const Window* w) {
+  for_global_planes(g, vo, zeroed ? 1 : pixels, [&](int64_t n, int64_t c, const Window* w) {
     const auto code = static_cast<int64_t>(tap[vt.offset(n, c, 0, 0, 0)]);
     const auto share = static_cast<scalar_t>(acc_t(0) +
                                              static_cast<acc_t>(grad[vo.offset(n, c, 0, 0, 0)]));
