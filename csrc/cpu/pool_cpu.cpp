@@ -3821,7 +3821,7 @@ void for_global_planes(const PoolGeometry& g, const Layout5& v, int64_t cost, co
   const int64_t channels = v.size[1];
   at::parallel_for(0, v.size[0] * channels, grain(cost), [&](int64_t begin, int64_t end) {
     int64_t n = begin / channels, c = begin % channels, sample = -1;
-    Window w[kDims];
+    Window w[kDims]{};  // (set at the first plane; braces quiet GCC's maybe-uninitialized)
     const int64_t origin[kDims] = {0, 0, 0};
     for (int64_t p = begin; p < end; ++p) {
       if (n != sample) {
@@ -4702,6 +4702,16 @@ inline std::vector<int64_t> global_tap_cells(const PoolGeometry& g, const Layout
   return cells;
 }
 
+// n cells from at set to value, as bits: std::fill of a bfloat16 or half
+// value stores one cell at a time.
+template <typename scalar_t>
+inline void fill_bits(scalar_t* at, int64_t n, scalar_t value) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 2, uint16_t,
+                                    std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
+  auto* cells = reinterpret_cast<bits_t*>(at);
+  std::fill(cells, cells + n, c10::bit_cast<bits_t>(value));
+}
+
 // Writes plane (n, c) of grad_in: `value` in every cell of the sample's
 // extent (average), or in the one cell of tap `code` (max, code >= 0; its
 // place from `cells`, global_tap_cells, where it has them), zero elsewhere
@@ -4717,7 +4727,7 @@ inline void write_global_plane(const PoolGeometry& g, const Layout5& vg, scalar_
   const bool fill = !(zeroed && code >= 0);  // zeros to write
   if (whole && fill) {
     scalar_t* plane = dst + vg.offset(n, c, 0, 0, 0);
-    std::fill(plane, plane + vg.pixels(), code < 0 ? value : scalar_t(0));
+    fill_bits(plane, vg.pixels(), code < 0 ? value : scalar_t(0));
   }
   for (const auto d : c10::irange(whole || !fill ? 0 : vg.size[2])) {
     for (const auto h : c10::irange(vg.size[3])) {
@@ -4725,8 +4735,8 @@ inline void write_global_plane(const PoolGeometry& g, const Layout5& vg, scalar_
       const bool inside = code < 0 && d < w[0].count && h < w[1].count;
       const int64_t valid = inside ? w[2].count : 0;
       if (vg.stride[4] == 1) {
-        std::fill(row, row + valid, value);
-        std::fill(row + valid, row + vg.size[4], scalar_t(0));
+        fill_bits(row, valid, value);
+        fill_bits(row + valid, vg.size[4] - valid, scalar_t(0));
         continue;
       }
       for (const auto x : c10::irange(vg.size[4])) {
@@ -4838,7 +4848,28 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   const auto* grad = grad_out.const_data_ptr<scalar_t>();
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t origin[kDims] = {0, 0, 0};
-  for_global_planes(g, vo, vg.pixels(), [&](int64_t n, int64_t c, const Window* w) {
+  const int64_t pixels = vg.pixels(), channels = vg.size[1];
+  Window w[kDims]{};
+  if (g.sizes == nullptr) windows_at(g, 0, origin, w);  // (the same for every sample)
+  if (g.sizes == nullptr && w[0].count * w[1].count * w[2].count == pixels &&
+      dense_planes(vg) && vg.stride[1] == pixels && vg.stride[0] == channels * pixels) {
+    // Planes back to back, each window the whole plane: one loop of fills
+    // (4x4 planes: the general one's per-plane work cost more than the cells).
+    const auto divisor = static_cast<acc_t>(avg_divisor(g, w, origin));
+    at::parallel_for(0, vg.size[0] * channels, grain(pixels), [&](int64_t begin, int64_t end) {
+      int64_t n = begin / channels, c = begin % channels;
+      for (int64_t p = begin; p < end; ++p) {
+        const auto share = global_avg_share(g, grad[vo.offset(n, c, 0, 0, 0)], divisor);
+        fill_bits(dst + p * pixels, pixels, share);
+        if (++c == channels) {
+          c = 0;
+          ++n;
+        }
+      }
+    });
+    return;
+  }
+  for_global_planes(g, vo, pixels, [&](int64_t n, int64_t c, const Window* w) {
     const auto share = global_avg_share(g, grad[vo.offset(n, c, 0, 0, 0)],
                                         static_cast<acc_t>(avg_divisor(g, w, origin)));
     write_global_plane(g, vg, dst, n, c, w, share, -1);
