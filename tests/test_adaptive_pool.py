@@ -325,8 +325,10 @@ def test_global_max_of_dense_planes_eight_at_a_time(spatial, dtype):
     flat[2, 5] = -0.0
     flat[2, 5, cells // 2] = 0.0
     flat[2, 9, [0, cells - 1]] = torch.inf
-    flat[2, 18, cells - 1] = 7.0  # the max in the last cell, past the last whole vector's start
-    flat[0, 19, 0] = 7.0
+    # The max in the last cell (past the last whole vector's start, where cells are not a
+    # multiple of 8) and in the first, in the groups of eight and after them.
+    flat[2, 10, cells - 1] = flat[2, 18, cells - 1] = 7.0
+    flat[0, 14, 0] = flat[0, 19, 0] = 7.0
     for inp in (x, x[1:2]):
         want, want_idx = torchs(f"adaptive_max_pool{d}d")(inp, 1, return_indices=True)
         for n in (1, 2):
@@ -345,6 +347,35 @@ def test_global_max_of_dense_planes_eight_at_a_time(spatial, dtype):
             torchs(f"adaptive_max_pool{d}d")(xs[1], 1).backward(grad)
             torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
             assert not torch.signbit(xs[0].grad[0, 4]).any()  # 0 + -0: the gather's sum
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+@pytest.mark.parametrize("shape", [(3, 100, 16, 16), (40, 100, 4, 4)])
+def test_global_pooling_of_contiguous_planes_split_among_threads(shape, dtype):
+    """Enough contiguous planes that two threads split them mid-sample: the
+    global max forward (eight channels at a time), its backward and the
+    average's (blocks of planes) give torch's values, indices and gradients,
+    and the same bits as one thread."""
+    g = torch.Generator().manual_seed(shape[-1])
+    x = torch.randint(-20, 21, shape, generator=g).to(dtype)  # ties
+    grad = torch.randn(shape[:2] + (1, 1), generator=g).to(dtype)
+    want, want_idx = torchs("adaptive_max_pool2d")(x, 1, return_indices=True)
+    results = []
+    for n in (2, 1):
+        with num_threads(n):
+            got, idx = ours("adaptive_max_pool2d")(x, 1, return_indices=True)
+            assert_same_bits(got, want, f"{n} threads")
+            assert torch.equal(idx, want_idx)
+            grads = []
+            for kind in ("max", "avg"):
+                xs = [x.clone().requires_grad_() for _ in range(2)]
+                ours(f"adaptive_{kind}_pool2d")(xs[0], 1).backward(grad)
+                torchs(f"adaptive_{kind}_pool2d")(xs[1], 1).backward(grad)
+                torch.testing.assert_close(xs[0].grad, xs[1].grad, rtol=0, atol=0)
+                grads.append(xs[0].grad)
+            results.append(grads)
+    for two, one in zip(*results):
+        assert_same_bits(two, one, "gradients on 2 and 1 threads")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["f32", "f64", "bf16"])

@@ -4798,8 +4798,7 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
     });
     return;
   }
-  if (!zeroed && !cells.empty() && dense_planes(vg) && vg.stride[1] == pixels &&
-      vg.stride[0] == channels * pixels) {
+  if (!zeroed && !cells.empty() && planes_end_to_end(vg)) {
     // Planes back to back: zeros over a block of planes at once (16 KB of
     // floats), then each plane's one cell, while in cache. A fill per plane
     // cost more than the zeros over small planes (4x4: 64 bytes).
@@ -4808,7 +4807,7 @@ void max_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
       int64_t n = begin / channels, c = begin % channels;
       for (int64_t p0 = begin; p0 < end; p0 += block) {
         const int64_t p1 = std::min(p0 + block, end);
-        std::fill(dst + p0 * pixels, dst + p1 * pixels, scalar_t(0));
+        fill_bits(dst + p0 * pixels, (p1 - p0) * pixels, scalar_t(0));
         for (int64_t p = p0; p < p1; ++p) {
           const auto code = static_cast<int64_t>(tap[vt.offset(n, c, 0, 0, 0)]);
           if (code >= 0 && code < taps_n) {  // a tap from our forward always is
@@ -4849,13 +4848,13 @@ void avg_backward_global(const PoolGeometry& g, const at::Tensor& grad_out,
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   const int64_t origin[kDims] = {0, 0, 0};
   const int64_t pixels = vg.pixels(), channels = vg.size[1];
-  Window w[kDims]{};
-  if (g.sizes == nullptr) windows_at(g, 0, origin, w);  // (the same for every sample)
-  if (g.sizes == nullptr && w[0].count * w[1].count * w[2].count == pixels &&
-      dense_planes(vg) && vg.stride[1] == pixels && vg.stride[0] == channels * pixels) {
+  Window whole[kDims]{};
+  if (g.sizes == nullptr) windows_at(g, 0, origin, whole);  // (the same for every sample)
+  if (g.sizes == nullptr && whole[0].count * whole[1].count * whole[2].count == pixels &&
+      planes_end_to_end(vg)) {
     // Planes back to back, each window the whole plane: one loop of fills
     // (4x4 planes: the general one's per-plane work cost more than the cells).
-    const auto divisor = static_cast<acc_t>(avg_divisor(g, w, origin));
+    const auto divisor = static_cast<acc_t>(avg_divisor(g, whole, origin));
     at::parallel_for(0, vg.size[0] * channels, grain(pixels), [&](int64_t begin, int64_t end) {
       int64_t n = begin / channels, c = begin % channels;
       for (int64_t p = begin; p < end; ++p) {
