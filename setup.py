@@ -16,6 +16,7 @@ The decision never depends on torch.cuda.is_available(): build machines have no 
 import glob
 import os
 import shutil
+import sys
 
 from setuptools import find_packages, setup
 
@@ -81,7 +82,16 @@ def _extension():
         # CPU_CAPABILITY selects ATen's AVX2 at::vec::Vectorized, as torch's own AVX2 kernels do.
         cxx += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
     config = {"cuda": with_cuda, "debug": debug, "cpu_arch": cpu_arch}
-    kwargs = {"extra_compile_args": {"cxx": cxx}, "extra_link_args": ["-fopenmp"], "py_limited_api": True}
+    link = ["-fopenmp"]
+    if sys.platform.startswith("linux"):
+        # A toolchain that links libstdc++ (or any library) statically puts a
+        # private copy of its iostreams into _C.so, half of whose symbols then
+        # bind to the process's shared libstdc++ at load time: formatting a
+        # number into an error message lost the rest of the message here and
+        # crashed the GPU machine's builds. Hidden, the copy stays whole; with
+        # no static library linked (the usual case) this changes nothing.
+        link += ["-Wl,--exclude-libs,ALL"]
+    kwargs = {"extra_compile_args": {"cxx": cxx}, "extra_link_args": link, "py_limited_api": True}
     if with_cuda:
         arch = os.environ.get("POOL_EXT_CUDA_ARCH") or os.environ.get("TORCH_CUDA_ARCH_LIST") or "9.0"
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch
