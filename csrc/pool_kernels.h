@@ -195,10 +195,34 @@ C10_HOST_DEVICE inline void output_windows(const PoolTables& t,
   }
 }
 
+// acc_t to T with the CPU's NaN: the CPU kernels' (and torch's CPU) float16
+// NaN keeps its sign and payload (the top bits of its float, quietened, as
+// x86's conversion does), a bfloat16 NaN becomes 0x7fc0 (c10's). A GPU's
+// conversions make every NaN 0x7fff: on an H200 the maxima of float16 and
+// bfloat16 NaN cells differed from torch's.
+template <typename T, typename acc_t>
+C10_HOST_DEVICE inline T narrow_value(acc_t v) {
+  constexpr bool half = std::is_same_v<T, c10::Half>;
+  if constexpr (std::is_same_v<acc_t, float> && (half || std::is_same_v<T, c10::BFloat16>)) {
+    if (v != v) {
+#ifdef __CUDA_ARCH__
+      const uint32_t bits = __float_as_uint(v);
+#else
+      uint32_t bits;
+      std::memcpy(&bits, &v, sizeof(bits));
+#endif
+      const auto narrow = static_cast<uint16_t>(
+          half ? ((bits >> 16) & 0x8000u) | 0x7e00u | ((bits >> 13) & 0x3ffu) : 0x7fc0u);
+      return T(narrow, T::from_bits());
+    }
+  }
+  return static_cast<T>(v);
+}
+
 template <int V, typename acc_t, typename T>
 C10_HOST_DEVICE inline Pack<T, V> narrow_pack(const acc_t* values) {
   Pack<T, V> pack;
-  for (int u = 0; u < V; ++u) pack.v[u] = static_cast<T>(values[u]);
+  for (int u = 0; u < V; ++u) pack.v[u] = narrow_value<T>(values[u]);
   return pack;
 }
 
@@ -402,7 +426,7 @@ struct AvgOutput {
     Window w[kDims];
     windows_at(g, n, origin, w);
     const double mean = s.sum / static_cast<double>(avg_divisor(g, w, origin));
-    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(static_cast<acc_t>(mean));
+    out[vo.offset(n, c, 0, 0, 0)] = narrow_value<scalar_t>(static_cast<acc_t>(mean));
   }
 };
 
@@ -415,7 +439,7 @@ struct MaxOutput {
   scalar_t* out;
   tap_t* taps;  // null for the inference forward
   C10_HOST_DEVICE void operator()(int64_t n, int64_t c, const State& s) const {
-    out[vo.offset(n, c, 0, 0, 0)] = static_cast<scalar_t>(s.value);
+    out[vo.offset(n, c, 0, 0, 0)] = narrow_value<scalar_t>(s.value);
     if (taps != nullptr) {
       taps[vt.offset(n, c, 0, 0, 0)] = static_cast<tap_t>(s.tap);
     }

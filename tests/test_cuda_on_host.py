@@ -15,6 +15,7 @@ import sys
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.utils import cpp_extension
 
 from pool_testing import DTYPES, DTYPE_IDS, TOL, random_input
@@ -188,6 +189,37 @@ def test_channel_packs_bit_for_bit(host, dtype, monkeypatch):
                          host._adaptive_avg_pool_backward(a_g, x, out_size, None))
         for packed, single in zip(runs["0"], runs["1"]):
             equal(packed, single)
+
+
+@pytest.mark.parametrize("dtype, nans", [
+    (torch.float16, [0x7E00, 0xFE00, 0x7E01, 0xFF00]),
+    (torch.bfloat16, [0x7FC0, 0xFFC0, 0x7FC1, 0xFFE0]),
+], ids=["f16", "bf16"])
+def test_max_of_nan_cells_bit_for_bit(host, dtype, nans):
+    """A max of NaN cells gives the CPU kernels' NaN, bit for bit, in the window
+    kernels and the global reduction, values alone and with taps, channels-last
+    packs and not: a float16 NaN keeps its sign and payload, a bfloat16 NaN
+    becomes 0x7fc0, as torch's CPU adaptive_max_pool1d gives them on contiguous
+    inputs (its channels-last kernel makes a bfloat16 NaN 0xffff). A GPU's
+    float-to-half and -bfloat16 conversions make every NaN 0x7fff: on an H200
+    such maxima differed from torch's, until narrow_value."""
+    rows = torch.randn(2, 16, 6).to(dtype)
+    bits = rows.view(torch.int16)
+    for i, nan in enumerate(nans * 4):  # a NaN in each of 16 channels, at moving places
+        bits[i % 2, i, i % 6] = nan - 0x10000 if nan >= 0x8000 else nan
+    x = bits.view(dtype)
+
+    def same(got, want):
+        assert torch.equal(got.contiguous().view(torch.int16), want.contiguous().view(torch.int16))
+
+    for layout in (x, x.transpose(1, 2).contiguous().transpose(1, 2)):
+        for out_size in ([1], [2], [4]):
+            want = torch.ops.pool_ext.adaptive_max_pool(layout, out_size, None)[0]
+            same(want, F.adaptive_max_pool1d(x, out_size[0]))
+            same(host.adaptive_max_pool(layout, out_size, None)[0], want)
+            same(host._adaptive_max_pool_values(layout, out_size, None), want)
+        fixed = ([3], [2], [1], [1], False, False)
+        same(host.max_pool(layout, *fixed)[0], torch.ops.pool_ext.max_pool(layout, *fixed)[0])
 
 
 def test_channel_packs_chosen_only_where_they_line_up(host):
