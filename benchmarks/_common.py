@@ -175,18 +175,29 @@ def time_ms(fn, run_time, threads):
 
 
 def callables(s, pass_):
-    """The (torch, ours) pair of no-argument callables timed for one pass (torch's
-    is None where torch has no kernel).
+    """The (torch, ours, torch on the CPU) no-argument callables of one pass (torch's
+    are None where torch has no kernel); the first two are timed, the third gives the
+    same result from torch's CPU kernels, a second opinion where the first two differ.
 
     Forward runs on an input that does not require grad (inference). Forward+backward
     runs ``out.backward(grad)`` with one fixed ``grad``, clearing ``x.grad`` first so
     every call allocates a fresh gradient, as a training step does.
     """
+    if s.torch_fn is None:
+        on_cpu = None
+    elif s.x.device.type == "cpu":
+        on_cpu = lambda: torch_call()  # noqa: E731
+    else:
+        on_cpu = lambda: callables(replace(s, x=s.x.cpu()), pass_)[0]().to(s.x.device)  # noqa: E731
     if pass_ == FWD:
         x = s.x.detach()
-        return (None if s.torch_fn is None else lambda: s.torch_fn(x)), (lambda: s.ours_fn(x))
+        torch_call = None if s.torch_fn is None else lambda: s.torch_fn(x)
+        return torch_call, (lambda: s.ours_fn(x)), on_cpu
     x = s.x.detach().requires_grad_()
-    grad = torch.randn_like((s.torch_fn or s.ours_fn)(s.x))
+    # (seeded by the data, so that the CPU's second opinion gets the same grad)
+    grad = torch.randn(s.torch_fn(s.x).shape if s.torch_fn else s.ours_fn(s.x).shape,
+                       generator=torch.Generator().manual_seed(s.x.numel()), dtype=s.x.dtype)
+    grad = grad.to(s.x.device)
 
     def train_step(fn):
         def run():
@@ -196,7 +207,8 @@ def callables(s, pass_):
 
         return run
 
-    return (None if s.torch_fn is None else train_step(s.torch_fn)), train_step(s.ours_fn)
+    torch_call = None if s.torch_fn is None else train_step(s.torch_fn)
+    return torch_call, train_step(s.ours_fn), on_cpu
 
 
 def mismatch(torch_call, ours_call):
@@ -217,6 +229,14 @@ def mismatch(torch_call, ours_call):
     return None
 
 
+def agrees(torch_on_cpu, ours_call):
+    """Whether torch's CPU kernel gives ours (False where it has none)."""
+    try:
+        return mismatch(torch_on_cpu, ours_call) is None
+    except NotImplementedError:
+        return False
+
+
 def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None):
     """Times every (case, dtype, layout, pass) and returns one dict per row.
 
@@ -229,7 +249,7 @@ def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None):
         print(f"[{i}/{len(todo)}] {case.label} {dtype_name} {layout}", file=sys.stderr, flush=True)
         s = setup(case, DTYPES[dtype_name], layout, device)
         for pass_ in PASSES:
-            torch_call, ours_call = callables(s, pass_)
+            torch_call, ours_call, torch_on_cpu = callables(s, pass_)
             row = dict(
                 case=case.label, group=case.group, op=case.op, dtype=dtype_name, layout=layout, pass_=pass_,
                 in_bytes=s.in_bytes, out_bytes=s.out_bytes, mismatch=None, torch_ms=None, speedup=None,
@@ -237,6 +257,11 @@ def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None):
             row["ours_ms"] = time_ms(ours_call, run_time, threads)
             if torch_call is not None:
                 row["mismatch"] = mismatch(torch_call, ours_call)
+                if row["mismatch"] and device != "cpu" and agrees(torch_on_cpu, ours_call):
+                    # torch's GPU kernel is the one off: its CPU kernel gives ours (e.g. the CUDA
+                    # avg_pool2d backward of channels-last inputs with padding, pytorch/pytorch#188344).
+                    row["mismatch"] = None
+                    row["torch_gpu_wrong"] = "torch's CPU kernel gives ours; its GPU kernel differs"
                 row["torch_ms"] = time_ms(torch_call, run_time, threads)
                 row["speedup"] = row["torch_ms"] / row["ours_ms"]
             if pass_ == FWD:
@@ -376,6 +401,9 @@ def report(header, rows, columns, summary, targets, args, table=True):
         if r["torch_ms"] is None:
             print(f"{bullet}NOTE: torch has no kernel for {r['case']} {r['dtype']} {r['layout']} {r['pass_']}; ours timed alone")
     for r in rows:
+        if r.get("torch_gpu_wrong"):
+            print(f"{bullet}NOTE: torch's {r['pass_']} on the GPU is wrong on {r['case']} {r['dtype']} "
+                  f"{r['layout']}: {r['torch_gpu_wrong']}")
         if r["mismatch"]:
                 print(f"{bullet}WARNING: ours differs from torch on {r['case']} {r['dtype']} {r['layout']} "
                   f"{r['pass_']}: {r['mismatch']}")

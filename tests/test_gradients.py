@@ -419,7 +419,7 @@ def test_what_the_graph_keeps_of_the_input_as_torch(name, args, shape, fmt, devi
     weight = torch.randn_like(getattr(F, name)(x, *args))
     out_shape = weight.shape
 
-    def run(module):
+    def run(module, x):
         packed = []
 
         def pack(t):
@@ -440,11 +440,15 @@ def test_what_the_graph_keeps_of_the_input_as_torch(name, args, shape, fmt, devi
                 second = None
         return len(packed) > 0, first, second
 
-    keeps, first, second = run(PF)
-    want_keeps, want_first, want_second = run(F)
+    keeps, first, second = run(PF, x)
+    want_keeps, want_first, want_second = run(F, x)
     assert keeps == want_keeps
     assert (second is None) == (want_second is None) == keeps
-    torch.testing.assert_close(first, want_first, rtol=0, atol=1e-15)
+    # The values against torch's CPU kernels: its CUDA backward of avg_pool2d is
+    # wrong for channels-last inputs with padding (pytorch/pytorch#188344; seen
+    # with torch 2.11 on an H200).
+    want_values = want_first if x.device.type == "cpu" else run(F, x.cpu())[1]
+    torch.testing.assert_close(first.cpu(), want_values, rtol=0, atol=1e-15)
     global_average = name.startswith("adaptive_avg") and all(o == 1 for o in out_shape[2:])
     assert first.stride() == (x.stride() if global_average else want_first.stride())
     if second is not None:
