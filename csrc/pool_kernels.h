@@ -328,7 +328,7 @@ C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const Poo
 constexpr int kGlobalThreads = kThreads;
 constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
 constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
-constexpr int64_t kChunkCells = 16;     // fewest cells per thread in a chunk of a cut plane
+constexpr int64_t kChunkCells = 16;     // fewest cells per thread of a plane, or of its chunk
 constexpr int kUnroll = 4;              // loads in flight per thread
 
 struct GlobalSplit {
@@ -355,8 +355,18 @@ inline GlobalSplit global_split(const PoolGeometry& g, const Layout5& v, bool cl
                                 int64_t multiprocessors) {
   const int64_t cells = v.pixels();  // the padded extent: the most any sample has
   const int64_t channels = v.size[1];
-  int parts = kGlobalThreads;  // a power of two, at most the plane's cells
-  while (parts > 1 && parts > cells) parts /= 2;
+  // Threads per plane, a power of two: as few as leave each kChunkCells cells
+  // or more, then more while the planes alone would leave the GPU's threads
+  // idle, up to one a cell. (Each part costs the block's tree a level and a
+  // barrier. With a part a cell, 7x7 planes to 1 ran 0.2-0.4x torch on an
+  // H200, 3-6x the time of the one thread a plane that came before; this
+  // split is not yet measured on a GPU.)
+  const int64_t resident = kBlocksPerSM * kGlobalThreads * multiprocessors;
+  int parts = 1;
+  while (parts < kGlobalThreads && 2 * parts <= cells &&
+         (2 * parts * kChunkCells <= cells || v.size[0] * channels * parts < resident)) {
+    parts *= 2;
+  }
   if (cl) {  // lanes enough for one 128-byte run of float channels
     int lanes = 1;
     while (lanes < 32 && lanes < channels) lanes *= 2;

@@ -324,6 +324,25 @@ def test_global_planes_cut_into_chunks(host, shape, layout):
     close(host.adaptive_avg_pool(x, ones, sizes), torch.ops.pool_ext.adaptive_avg_pool(x, ones, sizes))
 
 
+@pytest.mark.parametrize("shape, layout", [
+    ((3, 50_000, 7, 7), "contiguous"),
+    ((3, 50_000, 7, 7), "channels_last"),
+    ((300_000, 1, 40), "contiguous"),
+    ((3, 100_000, 3, 3), "channels_last"),
+], ids=str)
+def test_global_many_small_planes(host, shape, layout):
+    """Planes enough to fill a GPU (an H100's 132 SMs here): a few threads per
+    plane, each scanning 16 cells or more (7x7 and 40 cells: 2 threads; 3x3 of
+    300,000 planes: 1, no tree at all)."""
+    rng = random.Random(f"many-{shape}-{layout}")
+    x, _ = random_input(rng, shape, torch.float32, "cpu", layout=layout, specials=0.01)
+    ones = [1] * (len(shape) - 2)
+    (out, taps), (h_out, h_taps) = both(host, "adaptive_max_pool", x, ones, None)
+    equal(h_out, out)
+    equal(h_taps, taps)
+    close(host.adaptive_avg_pool(x, ones, None), torch.ops.pool_ext.adaptive_avg_pool(x, ones, None))
+
+
 @pytest.mark.parametrize("d", [1, 2, 3])
 def test_windows_of_more_than_256_taps(host, d):
     """int64 taps (a window of over 256 cells): max forward, indices and backward
