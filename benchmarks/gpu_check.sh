@@ -25,9 +25,10 @@
 # skipped (exit 125).
 #
 # After the build, a probe checks that an argument error of our C++ ops raises
-# rather than killing the process (it did on the first GPU machine); if it
-# does not, it prints the toolchain, the C++ runtimes and a gdb backtrace. A
-# test run killed by a signal is rerun one process per file.
+# rather than killing the process (it did on the GPU machines until setup.py
+# linked with --exclude-libs); if it does not, it prints the toolchain, the
+# C++ runtimes and a gdb backtrace ($OUT/probe.log). A test run killed by a
+# signal is rerun one process per file.
 #
 # Logs go to $OUT (default /tmp/gpu_check_out). Every stage runs even when an
 # earlier one failed, except that a failed build stops everything; the exit
@@ -118,9 +119,11 @@ record build "$code"
 [ "$code" = 0 ] || summary
 
 header "probe: a C++ argument check raises a RuntimeError, on the CPU and CUDA"
-# The first GPU session saw any TORCH_CHECK error of our ops kill the process
-# (torch 2.11, an /opt/gcc toolchain); nowhere else has it happened. Ten seconds
-# here say whether it still does, and if so, what is needed to see why.
+# The GPU machines (torch 2.11, CXX=/opt/gcc/bin/g++) saw any TORCH_CHECK error
+# of ours with a number in its message kill the process: that toolchain links
+# libstdc++ statically, and the copy in _C.so mixed with the shared one until
+# setup.py hid it (-Wl,--exclude-libs,ALL; 2026-11-30). Ten seconds here say
+# whether it still holds, and if not, what is needed to see why.
 PROBE='import torch, pool_ext
 for dev in ("cpu", "cuda"):
     try:
@@ -133,29 +136,38 @@ timeout 60 python3 -X faulthandler -c "$PROBE"
 code=$?
 record probe "$code"
 if [ "$code" != 0 ]; then
-  header "probe failed: toolchain, libraries, backtrace"
-  command -v c++ g++ gcc
-  c++ --version | head -1
-  echo "CC=${CC:-} CXX=${CXX:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} LD_PRELOAD=${LD_PRELOAD:-}"
-  python3 -c 'import re, sys, torch
+  header "probe failed: toolchain, libraries, backtrace -> $OUT/probe.log"
+  {  # (kept whole in probe.log: a reply may show only the end of the output)
+    command -v c++ g++ gcc
+    c++ --version | head -1
+    echo "CC=${CC:-} CXX=${CXX:-} LD_LIBRARY_PATH=${LD_LIBRARY_PATH:-} LD_PRELOAD=${LD_PRELOAD:-}"
+    python3 -c 'import re, sys, torch
 print(sys.executable, "torch", torch.__version__, "cxx11 ABI", torch._C._GLIBCXX_USE_CXX11_ABI)
 print(", ".join(re.findall(r"GCC [\d.]+|CXX_COMPILER=[^,]*", torch.__config__.show())))'
-  ldd pool_ext/_C*.so | grep -E "stdc|gcc_s|gomp|c10|torch|cudart"
-  GDB="$(command -v gdb || command -v cuda-gdb || true)"
-  if [ -n "$GDB" ]; then
-    PY="$(python3 -c 'import sys; print(sys.executable)')"
-    timeout 120 "$GDB" -batch -ex run -ex "info sharedlibrary" -ex bt --args "$PY" -c "$PROBE" \
-      > "$OUT/probe_gdb.log" 2>&1
-    # The signal, the C++ runtimes loaded, and the native frames.
-    grep -E "signal|stdc\+\+|gcc_s|gomp|pool_ext|^#[0-9]" "$OUT/probe_gdb.log" | head -60
-  fi
+    ldd pool_ext/_C*.so | grep -E "stdc|gcc_s|gomp|c10|torch|cudart"
+    GDB="$(command -v gdb || command -v cuda-gdb || true)"
+    if [ -n "$GDB" ]; then
+      PY="$(python3 -c 'import sys; print(sys.executable)')"
+      timeout 120 "$GDB" -batch -ex run -ex "info sharedlibrary" -ex bt --args "$PY" -c "$PROBE" \
+        > "$OUT/probe_gdb.log" 2>&1
+      # The signal, the C++ runtimes loaded, and the first native frames (with
+      # their library: libstdc++'s code inside _C.so was the 2026-11-30 cause).
+      grep -E "signal|stdc\+\+|gcc_s|gomp|pool_ext|^#[0-9]" "$OUT/probe_gdb.log" | cut -c1-240 | head -30
+    fi
+    echo "libstdc++ code inside _C.so (static libstdc++): $(nm -C pool_ext/_C*.so | grep -c 'codecvt<char16_t') codecvt symbols"
+  } 2>&1 | tee "$OUT/probe.log"
 fi
 
 MODE="${1:-}"
 if [ "$MODE" != sanitize-only ]; then
   header "tests -> $OUT/tests.log"
-  # No -x: device time is scarce, so one run lists every failure.
-  limited tests "${TESTS_S:-360}" "$OUT/tests.log" python3 -m pytest -q tests
+  # No -x: device time is scarce, so one run lists every failure. With
+  # pytest-xdist (in the GPU machine's image), 12 processes of 2 threads each:
+  # 129 s for the whole suite on an H200's 16 cores.
+  PARALLEL=()
+  python3 -c "import xdist" 2>/dev/null && PARALLEL=(-n 12)
+  limited tests "${TESTS_S:-360}" "$OUT/tests.log" env OMP_NUM_THREADS=2 \
+    python3 -m pytest -q "${PARALLEL[@]}" tests
   # The verdict, or where a crash happened (faulthandler's frames in the tests).
   grep -E 'passed|failed|^FAILED|^ERROR|Fatal Python error|File "[^"]*/tests/' "$OUT/tests.log" | tail -8
   code="${STAGES[-1]##*=}"
