@@ -9,11 +9,13 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+#include <c10/util/Half.h>
 
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
+#include <type_traits>
 
 namespace pool_ext {
 
@@ -483,6 +485,22 @@ C10_HOST_DEVICE inline void store_pack(T* p, const Pack<T, V>& pack) {
 #endif
 }
 
+// scalar_t to acc_t, a float16 NaN keeping its sign and payload as x86's
+// conversion keeps them (a GPU's makes every one 0x7fffffff), so that a max
+// of NaN cells comes out as the CPU gives it (pool_kernels.h's narrow_value).
+template <typename acc_t, typename T>
+C10_HOST_DEVICE inline acc_t widen_value(T v) {
+#ifdef __CUDA_ARCH__
+  if constexpr (std::is_same_v<T, c10::Half> && std::is_same_v<acc_t, float>) {
+    const uint32_t h = v.x;
+    if ((h & 0x7fffu) > 0x7c00u) {
+      return __uint_as_float(((h & 0x8000u) << 16) | 0x7fc00000u | ((h & 0x3ffu) << 13));
+    }
+  }
+#endif
+  return static_cast<acc_t>(v);
+}
+
 // The max of window w in each of V lanes and its tap (window_max per lane).
 template <int V, typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline void window_max_lanes(const PoolGeometry& g, const Window* w,
@@ -506,7 +524,7 @@ C10_HOST_DEVICE inline void window_max_lanes(const PoolGeometry& g, const Window
         for (int u = 0; u < V; ++u) {
           // Selects rather than branches: a data-dependent branch mispredicts
           // on every new max.
-          const auto v = static_cast<acc_t>(cell.v[u]);
+          const auto v = widen_value<acc_t>(cell.v[u]);
           const bool takes = POOL_EXT_UNPREDICTABLE(max_takes(v, best[u]));
           best[u] = takes ? v : best[u];
           tap[u] = takes ? row_tap + tw : tap[u];

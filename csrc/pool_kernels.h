@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <type_traits>
@@ -199,11 +200,12 @@ C10_HOST_DEVICE inline void output_windows(const PoolTables& t,
 // NaN keeps its sign and payload (the top bits of its float, quietened, as
 // x86's conversion does), a bfloat16 NaN becomes 0x7fc0 (c10's). A GPU's
 // conversions make every NaN 0x7fff: on an H200 the maxima of float16 and
-// bfloat16 NaN cells differed from torch's.
+// bfloat16 NaN cells differed from torch's. (The float16 payload survives
+// the widening too: pool.h's widen_value.)
 template <typename T, typename acc_t>
 C10_HOST_DEVICE inline T narrow_value(acc_t v) {
-  constexpr bool half = std::is_same_v<T, c10::Half>;
-  if constexpr (std::is_same_v<acc_t, float> && (half || std::is_same_v<T, c10::BFloat16>)) {
+  constexpr bool is_half = std::is_same_v<T, c10::Half>;
+  if constexpr (std::is_same_v<acc_t, float> && (is_half || std::is_same_v<T, c10::BFloat16>)) {
     if (v != v) {
 #ifdef __CUDA_ARCH__
       const uint32_t bits = __float_as_uint(v);
@@ -212,7 +214,7 @@ C10_HOST_DEVICE inline T narrow_value(acc_t v) {
       std::memcpy(&bits, &v, sizeof(bits));
 #endif
       const auto narrow = static_cast<uint16_t>(
-          half ? ((bits >> 16) & 0x8000u) | 0x7e00u | ((bits >> 13) & 0x3ffu) : 0x7fc0u);
+          is_half ? ((bits >> 16) & 0x8000u) | 0x7e00u | ((bits >> 13) & 0x3ffu) : 0x7fc0u);
       return T(narrow, T::from_bits());
     }
   }
@@ -321,9 +323,10 @@ C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const Poo
 // cells of one plane). Few long planes are also cut into `chunks`, each
 // reduced by its own block, and a second kernel joins a plane's chunks in
 // order. Every order is fixed: results are bit-identical from run to run.
-// Sums are kept in double. The chunks depend on the SM count, so GPUs of
-// other models may sum long planes in another order (double sums rounded to
-// the output's type: rarely a last-bit difference, in the forward only).
+// Sums are kept in double. The threads of a plane and its chunks depend on
+// the SM count, so GPUs of other models may sum a plane in another order
+// (double sums rounded to the output's type: rarely a last-bit difference,
+// in the forward only).
 
 constexpr int kGlobalThreads = kThreads;
 constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
@@ -480,12 +483,12 @@ C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& v
       acc_t v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        v[u] = static_cast<acc_t>(plane[(p + u * step) * s.cell_stride]);
+        v[u] = widen_value<acc_t>(plane[(p + u * step) * s.cell_stride]);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) state.add(v[u], p + u * step);  // in tap order
     }
-    for (; p < last; p += step) state.add(static_cast<acc_t>(plane[p * s.cell_stride]), p);
+    for (; p < last; p += step) state.add(widen_value<acc_t>(plane[p * s.cell_stride]), p);
   } else {  // per-sample extents or gaps between rows: the cell's (d, h, w)
     const int64_t* st = vi.spatial_strides();
     const auto ed = static_cast<index_t>(extent(g, 0, n));
@@ -498,7 +501,7 @@ C10_HOST_DEVICE inline State global_scan(const PoolGeometry& g, const Layout5& v
       for (auto p = static_cast<index_t>(chunk * per_chunk + part); p < last; p += s.parts) {
         index_t d = 0, h = 0, x = p;
         split(p, &d, &h, &x);
-        state.add(static_cast<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
+        state.add(widen_value<acc_t>(plane[d * st[0] + h * st[1] + x * st[2]]),
                   encode_tap(g, d, h, x));
       }
     };

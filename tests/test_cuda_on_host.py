@@ -8,6 +8,7 @@ indices must be equal bit for bit, averages and gradients close. So a machine
 without a GPU still checks the arithmetic the GPU runs.
 """
 
+import math
 import os
 import random
 import shutil
@@ -29,8 +30,16 @@ pytestmark = pytest.mark.skipif(
     reason="needs a C++ compiler and ninja")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def host(tmp_path_factory):
+    # Once a process: a second load of the library registers its ops again,
+    # which aborts. Under pytest-xdist its workers share one build (the first
+    # builds, the others wait on cpp_extension's lock), in this run's folder.
+    run_folder = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_folder = run_folder.parent
+    build = run_folder / "pool_ext_host"
+    build.mkdir(exist_ok=True)
     cpp_extension.load(
         name="pool_ext_host",
         sources=[os.path.join(HERE, "csrc", "cuda_on_host.cpp"), os.path.join(CSRC, "ops.cpp"),
@@ -40,7 +49,7 @@ def host(tmp_path_factory):
         # (the GPU machine's) otherwise crashes formatting numbers into messages.
         extra_ldflags=["-Wl,--exclude-libs,ALL"] if sys.platform.startswith("linux") else [],
         extra_include_paths=[CSRC],
-        build_directory=str(tmp_path_factory.mktemp("pool_ext_host")),  # this run's own build
+        build_directory=str(build),
         is_python_module=False,
     )
     return torch.ops.pool_ext_host
@@ -192,21 +201,26 @@ def test_channel_packs_bit_for_bit(host, dtype, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype, nans", [
-    (torch.float16, [0x7E00, 0xFE00, 0x7E01, 0xFF00]),
-    (torch.bfloat16, [0x7FC0, 0xFFC0, 0x7FC1, 0xFFE0]),
+    (torch.float16, [0x7E00, 0xFE00]),
+    (torch.bfloat16, [0x7FC0, 0xFFC0]),
 ], ids=["f16", "bf16"])
 def test_max_of_nan_cells_bit_for_bit(host, dtype, nans):
     """A max of NaN cells gives the CPU kernels' NaN, bit for bit, in the window
     kernels and the global reduction, values alone and with taps, channels-last
-    packs and not: a float16 NaN keeps its sign and payload, a bfloat16 NaN
-    becomes 0x7fc0, as torch's CPU adaptive_max_pool1d gives them on contiguous
-    inputs (its channels-last kernel makes a bfloat16 NaN 0xffff). A GPU's
-    float-to-half and -bfloat16 conversions make every NaN 0x7fff: on an H200
-    such maxima differed from torch's, until narrow_value."""
+    packs and not: a float16 NaN keeps its sign, a bfloat16 NaN becomes 0x7fc0,
+    as torch's CPU adaptive_max_pool1d gives them on contiguous inputs (its
+    channels-last kernel makes a bfloat16 NaN 0xffff). (A float16 NaN's payload
+    survives where the build has F16C, not in POOL_EXT_CPU_ARCH=generic builds:
+    none here.) A GPU's conversions make every NaN 0x7fff: on an H200 such
+    maxima differed from torch's, until widen_value and narrow_value; the CUDA
+    run of test_max_of_rows_of_every_length checks them there."""
     rows = torch.randn(2, 16, 6).to(dtype)
     bits = rows.view(torch.int16)
-    for i, nan in enumerate(nans * 4):  # a NaN in each of 16 channels, at moving places
-        bits[i % 2, i, i % 6] = nan - 0x10000 if nan >= 0x8000 else nan
+    signed = [nan - 0x10000 if nan >= 0x8000 else nan for nan in nans]
+    for i in range(16):  # a NaN in each channel, at moving places; in half of them
+        bits[i % 2, i, i % 6] = signed[i % 2]  # another of the other sign (the later wins)
+        if i < 8:
+            bits[i % 2, i, (i + 3) % 6] = signed[1 - i % 2]
     x = bits.view(dtype)
 
     def same(got, want):
@@ -336,11 +350,27 @@ def test_global_many_small_planes(host, shape, layout):
     300,000 planes: 1, no tree at all)."""
     rng = random.Random(f"many-{shape}-{layout}")
     x, _ = random_input(rng, shape, torch.float32, "cpu", layout=layout, specials=0.01)
+    assert host._global_split(x)[0] == {49: 2, 40: 2, 9: 1}[math.prod(shape[2:])]
     ones = [1] * (len(shape) - 2)
     (out, taps), (h_out, h_taps) = both(host, "adaptive_max_pool", x, ones, None)
     equal(h_out, out)
     equal(h_taps, taps)
     close(host.adaptive_avg_pool(x, ones, None), torch.ops.pool_ext.adaptive_avg_pool(x, ones, None))
+
+
+def test_global_split_threads_per_plane(host):
+    """{threads a plane, planes a block, chunks a plane} of global pooling: as
+    few threads as leave each 16 cells or more where the planes fill the GPU
+    (an H100 here), more where they are too few, up to a thread a cell, and
+    chunks where even 256 threads a plane leave blocks idle."""
+    split = host._global_split
+    cl = dict(memory_format=torch.channels_last)
+    assert split(torch.empty(512, 2048, 7, 7)) == [2, 128, 1]
+    assert split(torch.empty(512, 2048, 7, 7, **cl)) == [2, 128, 1]
+    assert split(torch.empty(512, 512, 512)) == [32, 8, 1]
+    assert split(torch.empty(3, 100_000, 3, 3, **cl)) == [1, 256, 1]
+    assert split(torch.empty(1, 64, 7, 7)) == [32, 8, 1]  # too few planes: a thread a cell or so
+    assert split(torch.empty(1, 1, 100_000)) == [256, 1, 24]  # one long plane: chunks
 
 
 @pytest.mark.parametrize("d", [1, 2, 3])

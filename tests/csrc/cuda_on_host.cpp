@@ -205,6 +205,16 @@ int64_t pack_lanes_of(at::TensorList tensors) {
   return lanes;
 }
 
+// The global reduction's split of self pooled to one cell, on an H100's SM
+// count: {threads per plane, planes per block, chunks per plane}.
+std::vector<int64_t> global_split_of(const at::Tensor& self) {
+  const std::vector<int64_t> ones(self.dim() - 2, 1);
+  const PoolPlan plan = plan_adaptive("avg_pool", self, ones, std::nullopt);
+  const Layout5 v = layout_of(as_5d(self));
+  const GlobalSplit s = global_split(plan.geom, v, channels_last(v), kMultiprocessors);
+  return {s.parts, s.lanes, s.chunks};
+}
+
 // The kernels' 32-bit division (Divider) of each of `numbers` (int64,
 // 0 <= n < 2^31) by `divisor`.
 at::Tensor divide_32(const at::Tensor& numbers, int64_t divisor) {
@@ -228,10 +238,12 @@ at::Tensor divide_32(const at::Tensor& numbers, int64_t divisor) {
 TORCH_LIBRARY_FRAGMENT(pool_ext, m) {
   m.def("_pack_lanes(Tensor[] tensors) -> int");
   m.def("_divide_32(Tensor numbers, int divisor) -> Tensor");
+  m.def("_global_split(Tensor self) -> int[]");
 }
 
 TORCH_LIBRARY_IMPL(pool_ext, CPU, m) {
   pool_ext::register_ops<pool_ext::HostKernels>(m);
   m.impl("_pack_lanes", &pool_ext::pack_lanes_of);
   m.impl("_divide_32", &pool_ext::divide_32);
+  m.impl("_global_split", &pool_ext::global_split_of);
 }
