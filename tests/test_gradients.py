@@ -419,7 +419,7 @@ def test_what_the_graph_keeps_of_the_input_as_torch(name, args, shape, fmt, devi
     weight = torch.randn_like(getattr(F, name)(x, *args))
     out_shape = weight.shape
 
-    def run(module, x):
+    def run(module, x, weight):
         packed = []
 
         def pack(t):
@@ -440,14 +440,14 @@ def test_what_the_graph_keeps_of_the_input_as_torch(name, args, shape, fmt, devi
                 second = None
         return len(packed) > 0, first, second
 
-    keeps, first, second = run(PF, x)
-    want_keeps, want_first, want_second = run(F, x)
+    keeps, first, second = run(PF, x, weight)
+    want_keeps, want_first, want_second = run(F, x, weight)
     assert keeps == want_keeps
     assert (second is None) == (want_second is None) == keeps
     # The values against torch's CPU kernels: its CUDA backward of avg_pool2d is
     # wrong for channels-last inputs with padding (pytorch/pytorch#188344; seen
     # with torch 2.11 on an H200).
-    want_values = want_first if x.device.type == "cpu" else run(F, x.cpu())[1]
+    want_values = want_first if x.device.type == "cpu" else run(F, x.cpu(), weight.cpu())[1]
     torch.testing.assert_close(first.cpu(), want_values, rtol=0, atol=1e-15)
     global_average = name.startswith("adaptive_avg") and all(o == 1 for o in out_shape[2:])
     assert first.stride() == (x.stride() if global_average else want_first.stride())

@@ -291,6 +291,9 @@ def numbers(history):
 
 def test_checkpoint_round_trip(tmp_path, capsys, monkeypatch, deterministic):
     write_dataset(tmp_path / "data", n_train=96, n_test=32)
+    # (what --deterministic sets beside torch's flag, restored afterwards)
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", torch.backends.cudnn.benchmark)
     # (--deterministic: on a GPU, cuDNN's default convolution backward adds in any order)
     common = ["--data-dir", str(tmp_path / "data"), "--no-download", "--no-progress", "--no-plot",
               "--batch-size", "16", "--seed", "3", "--epochs", "3", "--deterministic"]
