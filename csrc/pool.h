@@ -9,7 +9,9 @@
 #pragma once
 
 #include <c10/macros/Macros.h>
+#include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
+#include <c10/util/bit_cast.h>
 
 #include <cstdint>
 #include <cstring>
@@ -485,20 +487,37 @@ C10_HOST_DEVICE inline void store_pack(T* p, const Pack<T, V>& pack) {
 #endif
 }
 
-// scalar_t to acc_t, a float16 NaN keeping its sign and payload as x86's
-// conversion keeps them (a GPU's makes every one 0x7fffffff), so that a max
-// of NaN cells comes out as the CPU gives it (pool_kernels.h's narrow_value).
+// The widening and narrowing of the element functions, with the CPU's NaNs:
+// the CPU kernels' (and torch's CPU) float16 NaN keeps its sign and payload
+// (quietened, as x86's conversions do), a bfloat16 NaN becomes 0x7fc0
+// (c10's). A GPU's conversions make every NaN canonical (0x7fffffff, 0x7fff):
+// on an H200 the maxima of float16 and bfloat16 NaN cells differed from
+// torch's.
 template <typename acc_t, typename T>
 C10_HOST_DEVICE inline acc_t widen_value(T v) {
-#ifdef __CUDA_ARCH__
+#ifdef __CUDA_ARCH__  // (on the host, x86's conversion keeps them)
   if constexpr (std::is_same_v<T, c10::Half> && std::is_same_v<acc_t, float>) {
     const uint32_t h = v.x;
     if ((h & 0x7fffu) > 0x7c00u) {
-      return __uint_as_float(((h & 0x8000u) << 16) | 0x7fc00000u | ((h & 0x3ffu) << 13));
+      return c10::bit_cast<float>(((h & 0x8000u) << 16) | 0x7fc00000u | ((h & 0x3ffu) << 13));
     }
   }
 #endif
   return static_cast<acc_t>(v);
+}
+
+template <typename T, typename acc_t>
+C10_HOST_DEVICE inline T narrow_value(acc_t v) {
+  constexpr bool is_half = std::is_same_v<T, c10::Half>;
+  if constexpr (std::is_same_v<acc_t, float> && (is_half || std::is_same_v<T, c10::BFloat16>)) {
+    if (v != v) {
+      const auto bits = c10::bit_cast<uint32_t>(v);
+      const auto narrow = static_cast<uint16_t>(
+          is_half ? ((bits >> 16) & 0x8000u) | 0x7e00u | ((bits >> 13) & 0x3ffu) : 0x7fc0u);
+      return T(narrow, T::from_bits());
+    }
+  }
+  return static_cast<T>(v);
 }
 
 // The max of window w in each of V lanes and its tap (window_max per lane).

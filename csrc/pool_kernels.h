@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <type_traits>
@@ -194,31 +193,6 @@ C10_HOST_DEVICE inline void output_windows(const PoolTables& t,
   for (int k = 0; k < kDims; ++k) {
     w[k] = table_window(t, *n, k, o[k]);
   }
-}
-
-// acc_t to T with the CPU's NaN: the CPU kernels' (and torch's CPU) float16
-// NaN keeps its sign and payload (the top bits of its float, quietened, as
-// x86's conversion does), a bfloat16 NaN becomes 0x7fc0 (c10's). A GPU's
-// conversions make every NaN 0x7fff: on an H200 the maxima of float16 and
-// bfloat16 NaN cells differed from torch's. (The float16 payload survives
-// the widening too: pool.h's widen_value.)
-template <typename T, typename acc_t>
-C10_HOST_DEVICE inline T narrow_value(acc_t v) {
-  constexpr bool is_half = std::is_same_v<T, c10::Half>;
-  if constexpr (std::is_same_v<acc_t, float> && (is_half || std::is_same_v<T, c10::BFloat16>)) {
-    if (v != v) {
-#ifdef __CUDA_ARCH__
-      const uint32_t bits = __float_as_uint(v);
-#else
-      uint32_t bits;
-      std::memcpy(&bits, &v, sizeof(bits));
-#endif
-      const auto narrow = static_cast<uint16_t>(
-          is_half ? ((bits >> 16) & 0x8000u) | 0x7e00u | ((bits >> 13) & 0x3ffu) : 0x7fc0u);
-      return T(narrow, T::from_bits());
-    }
-  }
-  return static_cast<T>(v);
 }
 
 template <int V, typename acc_t, typename T>
