@@ -177,17 +177,15 @@ def time_ms(fn, run_time, threads):
 def callables(s, pass_):
     """The (torch, ours, torch on the CPU) no-argument callables of one pass (torch's
     are None where torch has no kernel); the first two are timed, the third gives the
-    same result from torch's CPU kernels, a second opinion where the first two differ.
+    same result from torch's CPU kernels, a second opinion where the first two differ
+    on a GPU (None for CPU inputs, whose torch call is already that).
 
     Forward runs on an input that does not require grad (inference). Forward+backward
     runs ``out.backward(grad)`` with one fixed ``grad``, clearing ``x.grad`` first so
     every call allocates a fresh gradient, as a training step does.
     """
-    if s.torch_fn is None:
-        on_cpu = None
-    elif s.x.device.type == "cpu":
-        on_cpu = lambda: torch_call()  # noqa: E731
-    else:
+    on_cpu = None
+    if s.torch_fn is not None and s.x.device.type != "cpu":
         on_cpu = lambda: callables(replace(s, x=s.x.cpu()), pass_)[0]().to(s.x.device)  # noqa: E731
     if pass_ == FWD:
         x = s.x.detach()
@@ -258,7 +256,7 @@ def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None):
             row["ours_ms"] = time_ms(ours_call, run_time, threads)
             if torch_call is not None:
                 row["mismatch"] = mismatch(torch_call, ours_call)
-                if row["mismatch"] and device != "cpu" and agrees(torch_on_cpu, ours_call):
+                if row["mismatch"] and torch_on_cpu is not None and agrees(torch_on_cpu, ours_call):
                     # torch's GPU kernel differs from its own CPU kernel, which gives ours (e.g.
                     # the CUDA avg_pool2d backward of channels-last inputs with padding, which is
                     # wrong: pytorch/pytorch#188344).
