@@ -487,6 +487,37 @@ C10_HOST_DEVICE inline void store_pack(T* p, const Pack<T, V>& pack) {
 #endif
 }
 
+// V lanes from p: the channels a GPU thread takes. Side by side (a
+// channels-last pack, where the kernels' choice of V ensures the alignment:
+// pool_kernels.h's channel_lanes), one access of up to 16 bytes; else ls
+// elements apart (the channels of an NCHW tensor, a plane apart), one
+// access a lane, each coalesced with the neighbouring threads' (their
+// neighbouring cells). The lane stride's type says which, so that each
+// kernel compiles one of the two.
+struct SideBySide {};
+
+template <int V, typename T>
+C10_HOST_DEVICE inline Pack<T, V> load_lanes(const T* p, SideBySide) {
+  return load_pack<V>(p);
+}
+
+template <int V, typename T>
+C10_HOST_DEVICE inline Pack<T, V> load_lanes(const T* p, int64_t ls) {
+  Pack<T, V> pack;
+  for (int u = 0; u < V; ++u) pack.v[u] = p[u * ls];
+  return pack;
+}
+
+template <int V, typename T>
+C10_HOST_DEVICE inline void store_lanes(T* p, SideBySide, const Pack<T, V>& pack) {
+  store_pack<V>(p, pack);
+}
+
+template <int V, typename T>
+C10_HOST_DEVICE inline void store_lanes(T* p, int64_t ls, const Pack<T, V>& pack) {
+  for (int u = 0; u < V; ++u) p[u * ls] = pack.v[u];
+}
+
 // The widening and narrowing of the element functions, with the CPU's NaNs:
 // the CPU kernels' (and torch's CPU) float16 NaN keeps its sign and payload
 // (quietened, as x86's conversions do), a bfloat16 NaN becomes 0x7fc0
@@ -520,11 +551,12 @@ C10_HOST_DEVICE inline T narrow_value(acc_t v) {
   return static_cast<T>(v);
 }
 
-// The max of window w in each of V lanes and its tap (window_max per lane).
-template <int V, typename scalar_t, typename acc_t>
+// The max of window w in each of V lanes (ls: their stride, as load_lanes
+// takes it) and its tap (window_max per lane).
+template <int V, typename scalar_t, typename acc_t, typename L>
 C10_HOST_DEVICE inline void window_max_lanes(const PoolGeometry& g, const Window* w,
-                                             const scalar_t* at, const int64_t* s, acc_t* best,
-                                             int64_t* tap) {
+                                             const scalar_t* at, const int64_t* s, L ls,
+                                             acc_t* best, int64_t* tap) {
   const WindowWalk k = walk(w, s);
   const int64_t kh = g.dim[1].kernel, kw = g.dim[2].kernel;
   const int64_t first_tap = encode_tap(g, w[0].first_tap, w[1].first_tap, w[2].first_tap);
@@ -539,7 +571,7 @@ C10_HOST_DEVICE inline void window_max_lanes(const PoolGeometry& g, const Window
       const int64_t row_tap =
           ((w[0].first_tap + td) * kh + w[1].first_tap + th) * kw + w[2].first_tap;
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        const Pack<scalar_t, V> cell = load_pack<V>(ph + tw * k.step[2]);
+        const Pack<scalar_t, V> cell = load_lanes<V>(ph + tw * k.step[2], ls);
         for (int u = 0; u < V; ++u) {
           // Selects rather than branches: a data-dependent branch mispredicts
           // on every new max.
@@ -557,21 +589,22 @@ template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t window_max(const PoolGeometry& g, const Window* w,
                                         const scalar_t* at, const int64_t* s, int64_t* tap) {
   acc_t best;
-  window_max_lanes<1, scalar_t, acc_t>(g, w, at, s, &best, tap);
+  window_max_lanes<1, scalar_t, acc_t>(g, w, at, s, SideBySide{}, &best, tap);
   return best;
 }
 
-// Calls f(pack) for the cells of window w, V lanes at a time, in tap order.
-template <int V, typename scalar_t, typename F>
+// Calls f(pack) for the cells of window w, V lanes (ls: their stride) at a
+// time, in tap order.
+template <int V, typename scalar_t, typename L, typename F>
 C10_HOST_DEVICE inline void for_window_packs(const Window* w, const scalar_t* at, const int64_t* s,
-                                             const F& f) {
+                                             L ls, const F& f) {
   const WindowWalk k = walk(w, s);
   const scalar_t* pd = at + k.first;
   for (int64_t td = 0; td < w[0].count; ++td, pd += k.step[0]) {
     const scalar_t* ph = pd;
     for (int64_t th = 0; th < w[1].count; ++th, ph += k.step[1]) {
       for (int64_t tw = 0; tw < w[2].count; ++tw) {
-        f(load_pack<V>(ph + tw * k.step[2]));
+        f(load_lanes<V>(ph + tw * k.step[2], ls));
       }
     }
   }
@@ -581,14 +614,15 @@ C10_HOST_DEVICE inline void for_window_packs(const Window* w, const scalar_t* at
 template <typename scalar_t, typename F>
 C10_HOST_DEVICE inline void for_window_cells(const Window* w, const scalar_t* at, const int64_t* s,
                                              const F& f) {
-  for_window_packs<1>(w, at, s, [&](const Pack<scalar_t, 1>& cell) { f(cell.v[0]); });
+  for_window_packs<1>(w, at, s, SideBySide{},
+                      [&](const Pack<scalar_t, 1>& cell) { f(cell.v[0]); });
 }
 
-template <int V, typename scalar_t, typename acc_t>
+template <int V, typename scalar_t, typename acc_t, typename L>
 C10_HOST_DEVICE inline void window_sum_lanes(const Window* w, const scalar_t* at, const int64_t* s,
-                                             acc_t* sum) {
+                                             L ls, acc_t* sum) {
   for (int u = 0; u < V; ++u) sum[u] = 0;
-  for_window_packs<V>(w, at, s, [&](const Pack<scalar_t, V>& cell) {
+  for_window_packs<V>(w, at, s, ls, [&](const Pack<scalar_t, V>& cell) {
     for (int u = 0; u < V; ++u) sum[u] += static_cast<acc_t>(cell.v[u]);
   });
 }
@@ -596,18 +630,19 @@ C10_HOST_DEVICE inline void window_sum_lanes(const Window* w, const scalar_t* at
 template <typename scalar_t, typename acc_t>
 C10_HOST_DEVICE inline acc_t window_sum(const Window* w, const scalar_t* at, const int64_t* s) {
   acc_t sum;
-  window_sum_lanes<1, scalar_t, acc_t>(w, at, s, &sum);
+  window_sum_lanes<1, scalar_t, acc_t>(w, at, s, SideBySide{}, &sum);
   return sum;
 }
 
 // Gradient of max pooling at input cell i (sample n) in each of V lanes:
 // the sum, in output order, of the gradients of the outputs whose saved tap
-// is this cell.
-template <int V, typename scalar_t, typename tap_t, typename acc_t>
+// is this cell. (gs, ts: the spatial strides of grad and taps; gl, tl: their
+// lane strides.)
+template <int V, typename scalar_t, typename tap_t, typename acc_t, typename L>
 C10_HOST_DEVICE inline void max_grad_lanes(const PoolGeometry& g, const PoolTables& t, int64_t n,
                                            const int64_t* i, const scalar_t* grad,
-                                           const int64_t* gs, const tap_t* taps,
-                                           const int64_t* ts, acc_t* sum) {
+                                           const int64_t* gs, L gl, const tap_t* taps,
+                                           const int64_t* ts, L tl, acc_t* sum) {
   const Span sd = table_covering(t, n, 0, i[0]);
   const Span sh = table_covering(t, n, 1, i[1]);
   const Span sw = table_covering(t, n, 2, i[2]);
@@ -622,7 +657,8 @@ C10_HOST_DEVICE inline void max_grad_lanes(const PoolGeometry& g, const PoolTabl
       for (int64_t ow = sw.lo; ow < sw.hi; ++ow) {
         const int64_t tw = tap_in(table_window(t, n, 2, ow), i[2]);
         if (tw < 0) continue;
-        const Pack<tap_t, V> saved = load_pack<V>(taps + od * ts[0] + oh * ts[1] + ow * ts[2]);
+        const Pack<tap_t, V> saved =
+            load_lanes<V>(taps + od * ts[0] + oh * ts[1] + ow * ts[2], tl);
         bool mine[V];
         bool any = false;
         for (int u = 0; u < V; ++u) {
@@ -630,7 +666,8 @@ C10_HOST_DEVICE inline void max_grad_lanes(const PoolGeometry& g, const PoolTabl
           any |= mine[u];
         }
         if (!any) continue;  // no gradient to read
-        const Pack<scalar_t, V> go = load_pack<V>(grad + od * gs[0] + oh * gs[1] + ow * gs[2]);
+        const Pack<scalar_t, V> go =
+            load_lanes<V>(grad + od * gs[0] + oh * gs[1] + ow * gs[2], gl);
         for (int u = 0; u < V; ++u) {
           if (mine[u]) sum[u] += static_cast<acc_t>(go.v[u]);
         }
@@ -640,10 +677,10 @@ C10_HOST_DEVICE inline void max_grad_lanes(const PoolGeometry& g, const PoolTabl
 }
 
 // Gradient of average pooling at input cell i (sample n) in each of V lanes.
-template <int V, typename scalar_t, typename acc_t>
+template <int V, typename scalar_t, typename acc_t, typename L>
 C10_HOST_DEVICE inline void avg_grad_lanes(const PoolGeometry& g, const PoolTables& t, int64_t n,
                                            const int64_t* i, const scalar_t* grad,
-                                           const int64_t* gs, acc_t* sum) {
+                                           const int64_t* gs, L gl, acc_t* sum) {
   Span span[kDims];
   bool covered = true;
   for (int k = 0; k < kDims; ++k) {
@@ -662,7 +699,7 @@ C10_HOST_DEVICE inline void avg_grad_lanes(const PoolGeometry& g, const PoolTabl
         w[2] = table_window(t, n, 2, o[2]);
         const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
         const Pack<scalar_t, V> go =
-            load_pack<V>(grad + o[0] * gs[0] + o[1] * gs[1] + o[2] * gs[2]);
+            load_lanes<V>(grad + o[0] * gs[0] + o[1] * gs[1] + o[2] * gs[2], gl);
         for (int u = 0; u < V; ++u) sum[u] += static_cast<acc_t>(go.v[u]) / divisor;
       }
     }

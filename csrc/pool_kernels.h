@@ -42,12 +42,19 @@ inline bool channels_last(const Layout5& v) {
   return v.size[1] > 1 && v.stride[1] == 1;
 }
 
-// ------------------------------------------------------------ channel packs
+// ------------------------------------------------------------ channel lanes
 //
-// The window kernels give a thread a pack of V neighbouring channels (one
-// 16-byte load or store per cell: 4 floats, 8 halves) wherever every tensor
-// they touch allows it, else V = 1. Element numbers then count packs:
-// channels-last, channels fastest, C / V of them per pixel.
+// The window kernels give a thread V channels (4 floats, 8 halves, 2
+// doubles) wherever every tensor they touch allows it, else V = 1: all the
+// work of a window (element split, tables, bounds, taps) is done once for V
+// channels. Channels-last, they are a pack of neighbouring channels, one
+// 16-byte load or store per cell, and element numbers count packs, channels
+// fastest; otherwise (NCHW) V channels a plane apart, one load each, and
+// element numbers run along w fastest, so that neighbouring threads' loads
+// of each channel are neighbouring cells. (In the H200 run of 2026-11-30 a
+// window kernel got through about as many threads a second with a pack of
+// four channels as with one, and the NCHW kernels, one channel a thread, ran
+// at 0.24-1.0x torch; their lanes are not yet measured on a GPU.)
 
 // The most channels of scalar_t in one 16-byte access.
 template <typename scalar_t>
@@ -66,24 +73,54 @@ inline bool packs_fit(int lanes, const at::Tensor& t5) {
   return reinterpret_cast<uintptr_t>(t5.const_data_ptr()) % align == 0;
 }
 
-// Channels per thread of a window kernel over scalar_t touching the views
-// `tensors` (undefined: a tensor the kernel skips).
-template <typename scalar_t>
-int pack_lanes(std::initializer_list<at::Tensor> tensors) {
-  constexpr int lanes = kMaxLanes<scalar_t>;
-  for (const at::Tensor& t : tensors) {
-    if (t.defined() && !packs_fit(lanes, t)) return 1;
-  }
-  return lanes;
+// Whether a thread's `lanes` channels line up in t5: a channel count that is
+// a multiple of lanes, and where neighbouring channels sit side by side
+// (channel stride 1), packs_fit as well, since those take one access.
+inline bool lanes_fit(int lanes, const at::Tensor& t5) {
+  const Layout5 v = layout_of(t5);
+  return v.size[1] % lanes == 0 && (v.stride[1] != 1 || packs_fit(lanes, t5));
 }
 
-// Calls f(std::integral_constant<int, V>{}) for lanes V: 1 or kMaxLanes.
+struct ChannelLanes {
+  int lanes;    // channels per thread: 1 or kMaxLanes
+  bool packed;  // side by side in every tensor (one access), else one access a lane
+};
+
+// The channels per thread of a window kernel over scalar_t touching the
+// views `tensors` (undefined: a tensor the kernel skips).
+template <typename scalar_t>
+ChannelLanes channel_lanes(std::initializer_list<at::Tensor> tensors) {
+  constexpr int lanes = kMaxLanes<scalar_t>;
+  bool packed = true;
+  for (const at::Tensor& t : tensors) {
+    if (!t.defined()) continue;
+    if (!lanes_fit(lanes, t)) return {1, true};
+    packed = packed && packs_fit(lanes, t);
+  }
+  return {lanes, packed};
+}
+
+// Calls f(std::integral_constant<int, V>{}, std::bool_constant<packed>{})
+// for l: V = 1 (packed, trivially) or kMaxLanes, packed or not.
 template <typename scalar_t, typename F>
-void dispatch_lanes(int lanes, const F& f) {
-  if (lanes == kMaxLanes<scalar_t>) {
-    f(std::integral_constant<int, kMaxLanes<scalar_t>>{});
+void dispatch_lanes(const ChannelLanes& l, const F& f) {
+  using most = std::integral_constant<int, kMaxLanes<scalar_t>>;
+  if (l.lanes == 1) {
+    f(std::integral_constant<int, 1>{}, std::true_type{});
+  } else if (l.packed) {
+    f(most{}, std::true_type{});
   } else {
-    f(std::integral_constant<int, 1>{});
+    f(most{}, std::false_type{});
+  }
+}
+
+// The stride between the lanes of view v, as load_lanes takes it.
+template <bool Packed>
+C10_HOST_DEVICE inline auto lane_stride(const Layout5& v) {
+  if constexpr (Packed) {
+    return SideBySide{};
+  } else {
+    return v.stride[1];
   }
 }
 
@@ -132,13 +169,13 @@ struct Divider<int32_t> {
 
 // How a kernel over the (N, C, D, H, W) view v, V channels an element, splits
 // its element numbers, with the divisions prepared: channels fastest for
-// channels-last views (cl), else w fastest, so that neighbouring threads
-// touch neighbouring memory.
+// channels-last views (cl), else w fastest (and V channels a plane apart),
+// so that neighbouring threads touch neighbouring memory.
 template <typename index_t>
 struct ElementSplit {
   using index_type = index_t;
   bool cl;
-  // By the view's extents: C counted in packs of V, and a (D, H, W) plane's cells.
+  // By the view's extents: C counted in groups of V, and a (D, H, W) plane's cells.
   Divider<index_t> channels, d, h, w, pixels;
 
   ElementSplit(const Layout5& v, bool channels_last, int lanes)
@@ -149,7 +186,7 @@ struct ElementSplit {
         w(v.size[4]),
         pixels(v.pixels()) {}
 
-  // (n, c, x) of element e, c counted in packs.
+  // (n, c, x) of element e, c counted in groups of V.
   C10_HOST_DEVICE void operator()(index_t e, int64_t* n, int64_t* c, int64_t* x) const {
     index_t row;  // e's (n, d, h) row, w split off
     if (cl) {
@@ -175,7 +212,7 @@ struct ElementSplit {
 };
 
 // Splits element number e of a kernel taking V channels each: (n, c, x)
-// with c the pack's first channel (V > 1 only for channels-last).
+// with c the first of its channels.
 template <int V, typename index_t>
 C10_HOST_DEVICE inline void unflatten_pack(index_t e, const ElementSplit<index_t>& split,
                                            int64_t* n, int64_t* c, int64_t* x) {
@@ -202,9 +239,9 @@ C10_HOST_DEVICE inline Pack<T, V> narrow_pack(const acc_t* values) {
   return pack;
 }
 
-// Forward of max pooling at output e (V channels); taps null for the
-// inference forward.
-template <int V, typename scalar_t, typename tap_t, typename index_t>
+// Forward of max pooling at output e (V channels, packed or not); taps null
+// for the inference forward.
+template <int V, bool P, typename scalar_t, typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const PoolTables& t,
                                                 const Layout5& vi, const Layout5& vo,
                                                 const Layout5& vt,
@@ -217,14 +254,16 @@ C10_HOST_DEVICE inline void max_forward_element(const PoolGeometry& g, const Poo
   acc_t best[V];
   int64_t tap[V];
   window_max_lanes<V, scalar_t, acc_t>(g, w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
-                                       best, tap);
-  store_pack<V>(out + vo.offset(n, c, o[0], o[1], o[2]), narrow_pack<V, acc_t, scalar_t>(best));
+                                       lane_stride<P>(vi), best, tap);
+  store_lanes<V>(out + vo.offset(n, c, o[0], o[1], o[2]), lane_stride<P>(vo),
+                 narrow_pack<V, acc_t, scalar_t>(best));
   if (taps != nullptr) {
-    store_pack<V>(taps + vt.offset(n, c, o[0], o[1], o[2]), narrow_pack<V, int64_t, tap_t>(tap));
+    store_lanes<V>(taps + vt.offset(n, c, o[0], o[1], o[2]), lane_stride<P>(vt),
+                   narrow_pack<V, int64_t, tap_t>(tap));
   }
 }
 
-template <int V, typename scalar_t, typename index_t>
+template <int V, bool P, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const PoolTables& t,
                                                 const Layout5& vi, const Layout5& vo,
                                                 const ElementSplit<index_t>& split, index_t e,
@@ -235,14 +274,15 @@ C10_HOST_DEVICE inline void avg_forward_element(const PoolGeometry& g, const Poo
   output_windows<V, index_t>(t, split, e, &n, &c, o, w);
   acc_t mean[V];
   window_sum_lanes<V, scalar_t, acc_t>(w, in + vi.offset(n, c, 0, 0, 0), vi.spatial_strides(),
-                                       mean);
+                                       lane_stride<P>(vi), mean);
   const auto divisor = static_cast<acc_t>(avg_divisor(g, w, o));
   for (int u = 0; u < V; ++u) mean[u] /= divisor;
-  store_pack<V>(out + vo.offset(n, c, o[0], o[1], o[2]), narrow_pack<V, acc_t, scalar_t>(mean));
+  store_lanes<V>(out + vo.offset(n, c, o[0], o[1], o[2]), lane_stride<P>(vo),
+                 narrow_pack<V, acc_t, scalar_t>(mean));
 }
 
-// Backward of max pooling at input cell e (V channels).
-template <int V, typename scalar_t, typename tap_t, typename index_t>
+// Backward of max pooling at input cell e (V channels, packed or not).
+template <int V, bool P, typename scalar_t, typename tap_t, typename index_t>
 C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const PoolTables& t,
                                                  const Layout5& vo, const Layout5& vt,
                                                  const Layout5& vg,
@@ -254,12 +294,14 @@ C10_HOST_DEVICE inline void max_backward_element(const PoolGeometry& g, const Po
   unflatten_pack<V, index_t>(e, split, &n, &c, i);
   acc_t sum[V];
   max_grad_lanes<V, scalar_t, tap_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
-                                            vo.spatial_strides(), taps + vt.offset(n, c, 0, 0, 0),
-                                            vt.spatial_strides(), sum);
-  store_pack<V>(grad_in + vg.offset(n, c, i[0], i[1], i[2]), narrow_pack<V, acc_t, scalar_t>(sum));
+                                            vo.spatial_strides(), lane_stride<P>(vo),
+                                            taps + vt.offset(n, c, 0, 0, 0), vt.spatial_strides(),
+                                            lane_stride<P>(vt), sum);
+  store_lanes<V>(grad_in + vg.offset(n, c, i[0], i[1], i[2]), lane_stride<P>(vg),
+                 narrow_pack<V, acc_t, scalar_t>(sum));
 }
 
-template <int V, typename scalar_t, typename index_t>
+template <int V, bool P, typename scalar_t, typename index_t>
 C10_HOST_DEVICE inline void avg_backward_element(const PoolGeometry& g, const PoolTables& t,
                                                  const Layout5& vo, const Layout5& vg,
                                                  const ElementSplit<index_t>& split, index_t e,
@@ -269,8 +311,9 @@ C10_HOST_DEVICE inline void avg_backward_element(const PoolGeometry& g, const Po
   unflatten_pack<V, index_t>(e, split, &n, &c, i);
   acc_t sum[V];
   avg_grad_lanes<V, scalar_t, acc_t>(g, t, n, i, grad + vo.offset(n, c, 0, 0, 0),
-                                     vo.spatial_strides(), sum);
-  store_pack<V>(grad_in + vg.offset(n, c, i[0], i[1], i[2]), narrow_pack<V, acc_t, scalar_t>(sum));
+                                     vo.spatial_strides(), lane_stride<P>(vo), sum);
+  store_lanes<V>(grad_in + vg.offset(n, c, i[0], i[1], i[2]), lane_stride<P>(vg),
+                 narrow_pack<V, acc_t, scalar_t>(sum));
 }
 
 template <typename tap_t, typename index_t>

@@ -165,11 +165,24 @@ def test_channel_packs(host, d, dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_channel_packs_bit_for_bit(host, dtype, monkeypatch):
-    """Packs change how channels are shared among threads, never a result: the
-    host run with packs against itself with one channel per element, bit for
-    bit, on inputs sliced at channel offsets that do and do not line up
-    (the ops then take packs for some tensors of a call and not others)."""
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_channel_lanes_a_plane_apart(host, d, dtype):
+    """NCHW inputs whose channel count is a multiple of V: each element of the
+    window kernels takes V channels a plane apart, one load each, in the
+    forwards and in the backwards, global means included."""
+    rng = random.Random(f"planes-{d}-{dtype}")
+    planes = dict(channels=(8, 16, 24), layout="contiguous")
+    check_fixed(host, rng, d, dtype, CASES // 3, **planes)
+    check_adaptive(host, rng, d, dtype, CASES // 3, **planes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_channel_lanes_bit_for_bit(host, dtype, monkeypatch):
+    """Lanes change how channels are shared among threads, never a result: the
+    host run with V channels a thread against itself with one, bit for bit,
+    on channels-last inputs sliced at channel offsets that do and do not line
+    up (the ops then take packs for some tensors of a call and not others)
+    and on NCHW ones (channels a plane apart), gradients in either layout."""
     rng = random.Random(f"bits-{dtype}")
     for _ in range(60):
         d = rng.choice([1, 2, 3])
@@ -177,27 +190,44 @@ def test_channel_packs_bit_for_bit(host, dtype, monkeypatch):
         spatial = [rng.randint(1, {1: 40, 2: 12, 3: 6}[d]) for _ in range(d)]
         x, _ = random_input(rng, (rng.randint(1, 3), first + c, *spatial), dtype, "cpu",
                             layout="contiguous")
-        x = x.movedim(1, -1).contiguous().movedim(-1, 1)[:, first:]  # channels-last, offset
+        if rng.random() < 0.6:
+            x = x.movedim(1, -1).contiguous().movedim(-1, 1)[:, first:]  # channels-last, offset
+        else:
+            x = x[:, first:]  # NCHW
         kernel = [rng.randint(1, s) for s in spatial]
         fixed = (kernel, [rng.randint(1, 3) for _ in range(d)], [k // 2 for k in kernel], rng.random() < 0.4,
                  False)
-        out_size = [rng.randint(2, s + 2) for s in spatial]
+        dilation = [rng.choice([1, 1, 2]) for _ in range(d)]
+        # adaptive windows, or global ones (a mean's gradient keeps -0), for
+        # each sample over its own extent in some cases
+        out_size = [1] * d if rng.random() < 0.2 else [rng.randint(2, s + 2) for s in spatial]
+        sizes = None
+        if rng.random() < 0.3:
+            sizes = torch.tensor([[rng.randint(1, s) for s in spatial] for _ in range(x.shape[0])])
+        if both(host, "max_pool", x, *fixed[:3], dilation, *fixed[3:]) is None:
+            continue  # arguments the ops reject
         runs, grads = {}, None
         for one in ("0", "1"):
             monkeypatch.setenv("POOL_EXT_HOST_LANES1", one)
-            out, taps = host.max_pool(x, *fixed[:3], [1] * d, *fixed[3:])
-            a_out, a_taps = host.adaptive_max_pool(x, out_size, None)
+            out, taps = host.max_pool(x, *fixed[:3], dilation, *fixed[3:])
+            a_out, a_taps = host.adaptive_max_pool(x, out_size, sizes)
             avg = host.avg_pool(x, *fixed, True, None)
-            a_avg = host.adaptive_avg_pool(x, out_size, None)
-            grads = grads or (torch.randn(out.shape).to(dtype), torch.randn(a_out.shape).to(dtype))
-            g, a_g = torch.empty_like(out).copy_(grads[0]), torch.empty_like(a_out).copy_(grads[1])
+            a_avg = host.adaptive_avg_pool(x, out_size, sizes)
+            if grads is None:
+                grads = [torch.randn(t.shape).to(dtype) for t in (out, a_out, avg)]
+                grads[1].view(-1)[::3] = -0.0
+                if rng.random() < 0.5:  # in the outputs' layout, else contiguous
+                    grads = [torch.empty_like(t).copy_(g) for t, g in zip((out, a_out, avg), grads)]
+            g, a_g, avg_g = grads
             runs[one] = (out, taps, a_out, a_taps, avg, a_avg,
-                         host._max_pool_backward(g, x, taps, *fixed[:3], [1] * d, *fixed[3:]),
-                         host._adaptive_max_pool_backward(a_g, x, a_taps, out_size, None),
-                         host._avg_pool_backward(g, x, *fixed, True, None),
-                         host._adaptive_avg_pool_backward(a_g, x, out_size, None))
+                         host._max_pool_backward(g, x, taps, *fixed[:3], dilation, *fixed[3:]),
+                         host._adaptive_max_pool_backward(a_g, x, a_taps, out_size, sizes),
+                         host._avg_pool_backward(avg_g, x, *fixed, True, None),
+                         host._adaptive_avg_pool_backward(a_g, x, out_size, sizes))
         for packed, single in zip(runs["0"], runs["1"]):
             equal(packed, single)
+            if packed.is_floating_point():
+                assert torch.equal(packed.signbit(), single.signbit())
 
 
 @pytest.mark.parametrize("dtype, nans", [
@@ -236,27 +266,39 @@ def test_max_of_nan_cells_bit_for_bit(host, dtype, nans):
         same(host.max_pool(layout, *fixed)[0], torch.ops.pool_ext.max_pool(layout, *fixed)[0])
 
 
-def test_channel_packs_chosen_only_where_they_line_up(host):
-    """Packs where the channels, every stride and the data's address line up
-    with 16 bytes (on the host a misaligned pack raises, so the random cases
-    prove the choice safe); one channel per thread anywhere else."""
-    lanes = host._pack_lanes
+def test_channel_lanes_chosen_only_where_they_line_up(host):
+    """V channels a thread wherever every tensor's channel count is a multiple
+    of V: channels-last, in packs where the channels, every stride and the
+    data's address line up with 16 bytes too (on the host a misaligned pack
+    raises, so the random cases prove the choice safe); otherwise (NCHW), a
+    plane apart, one load each, and then in every tensor of the kernel. One
+    channel a thread anywhere else. [channels, packed]"""
+    lanes = host._channel_lanes
+    packs, planes, one = [4, 1], [4, 0], [1, 1]
     x = torch.randn(2, 24, 5, 6).to(memory_format=torch.channels_last)
-    assert lanes([x]) == 4
-    assert lanes([x.half()]) == 8 and lanes([x.bfloat16()]) == 8 and lanes([x.double()]) == 2
-    assert lanes([x[:, 4:]]) == 4  # 16 bytes in, 20 channels
-    assert lanes([x[:, 2:]]) == 1  # 8 bytes in: misaligned
-    assert lanes([x.half()[:, 8:]]) == 8 and lanes([x.half()[:, 4:]]) == 1
-    assert lanes([x[:, :22]]) == 1  # 22 channels
-    assert lanes([x[..., 1:]]) == 4 and lanes([x[..., ::2]]) == 4  # whole pixels skipped
-    assert lanes([x.contiguous()]) == 1
-    assert lanes([torch.randn(2, 6, 5, 5).to(memory_format=torch.channels_last)]) == 1
-    assert lanes([torch.randn(2, 10, 5, 5).to(memory_format=torch.channels_last).double()]) == 2
-    assert lanes([torch.randn(1, 8, 1, 1).expand(3, 8, 4, 4)]) == 4  # stride-0 pixels
-    assert lanes([x, x.contiguous()]) == 1  # every tensor of a kernel must line up
+    assert lanes([x]) == packs
+    assert lanes([x.half()]) == [8, 1] and lanes([x.bfloat16()]) == [8, 1]
+    assert lanes([x.double()]) == [2, 1]
+    assert lanes([x[:, 4:]]) == packs  # 16 bytes in, 20 channels
+    assert lanes([x[:, 2:]]) == one  # 8 bytes in: misaligned
+    assert lanes([x.half()[:, 8:]]) == [8, 1] and lanes([x.half()[:, 4:]]) == one
+    assert lanes([x[:, :22]]) == one  # 22 channels
+    assert lanes([x[..., 1:]]) == packs and lanes([x[..., ::2]]) == packs  # whole pixels skipped
+    assert lanes([torch.randn(2, 6, 5, 5).to(memory_format=torch.channels_last)]) == one
+    assert lanes([torch.randn(2, 10, 5, 5).to(memory_format=torch.channels_last).double()]) == [2, 1]
+    assert lanes([torch.randn(1, 8, 1, 1).expand(3, 8, 4, 4)]) == packs  # stride-0 pixels
     y = torch.randn(2, 8, 3, 4, 5).to(memory_format=torch.channels_last_3d)
-    assert lanes([y]) == 4 and lanes([y[:, :, 1:]]) == 4 and lanes([y.transpose(2, 3)]) == 4
-    assert lanes([torch.randn(4, 6, 5)]) == 1 and lanes([torch.randn(4, 5, 8).transpose(1, 2)]) == 4
+    assert lanes([y]) == packs and lanes([y[:, :, 1:]]) == packs and lanes([y.transpose(2, 3)]) == packs
+    assert lanes([torch.randn(4, 5, 8).transpose(1, 2)]) == packs
+    # NCHW and other layouts: channels a plane (or any stride) apart
+    assert lanes([x.contiguous()]) == planes and lanes([x.contiguous().half()]) == [8, 0]
+    assert lanes([x.contiguous()[:, 2:]]) == one  # 22 channels
+    assert lanes([x.contiguous()[..., 1:]]) == planes  # any alignment: one load a lane
+    assert lanes([torch.randn(4, 6, 5)]) == one and lanes([torch.randn(4, 8, 5)]) == planes
+    assert lanes([torch.randn(3, 1, 4, 4).expand(3, 8, 4, 4)]) == planes  # stride-0 channels
+    assert lanes([x, x.contiguous()]) == planes  # packs in one tensor only: a plane apart in both
+    assert lanes([x[:, 2:], x.contiguous()[:, 2:]]) == one  # every tensor of a kernel must fit
+    assert lanes([torch.randn(2, 3, 8, 8)]) == one  # three channels
 
 
 def check_fixed(host, rng, d, dtype, cases, **case_args):

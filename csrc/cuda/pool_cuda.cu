@@ -1,6 +1,7 @@
 // CUDA kernels: one thread per output (forward) or per input cell
-// (backward), or per pack of channels of one (pool_kernels.h's pack_lanes:
-// channels-last tensors in whole 16-byte packs), each a thin loop around the
+// (backward), in V channels of it where the channel count allows
+// (pool_kernels.h's pack_lanes: 16-byte packs of neighbouring channels
+// channels-last, else channels a plane apart), each a thin loop around the
 // element functions of pool_kernels.h (over pool.h's arithmetic, which the
 // CPU kernels run too; the tests run the element functions themselves on the
 // host). Threads walk elements in memory order (channels fastest for
@@ -43,20 +44,21 @@ bool channels_last(const at::Tensor& t5) {
   return pool_ext::channels_last(layout_of(t5));
 }
 
-// Calls launch(lanes, split, total, l) for a window kernel writing `written`
-// and touching `tensors` (pool_kernels.h's pack_lanes: V channels an
-// element, as std::integral_constant lanes), over `total` elements numbered
-// in index_t and split by `split`, an ElementSplit<index_t> of `written`,
-// then checks the launch.
+// Calls launch(lanes, packed, split, total, l) for a window kernel writing
+// `written` and touching `tensors` (pool_kernels.h's channel_lanes: V
+// channels an element, packed or not, as std::integral_constant lanes and
+// std::bool_constant packed), over `total` elements numbered in index_t and
+// split by `split`, an ElementSplit<index_t> of `written`, then checks the
+// launch.
 template <typename scalar_t, typename F>
 void launch_window_kernel(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
                           const F& launch) {
-  dispatch_lanes<scalar_t>(pack_lanes<scalar_t>(tensors), [&](auto lanes) {
+  dispatch_lanes<scalar_t>(channel_lanes<scalar_t>(tensors), [&](auto lanes, auto packed) {
     constexpr int V = decltype(lanes)::value;
     const int64_t total = written.numel() / V;
     dispatch_index(total, [&](auto index_tag) {
       const ElementSplit<decltype(index_tag)> split(layout_of(written), channels_last(written), V);
-      launch(lanes, split, total, launch_for(written, total));
+      launch(lanes, packed, split, total, launch_for(written, total));
       C10_CUDA_KERNEL_LAUNCH_CHECK();
     });
   });
@@ -103,45 +105,46 @@ struct DeviceTables {
   }
 };
 
-template <int V, typename scalar_t, typename tap_t, typename index_t>
+template <int V, bool P, typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo,
                                    Layout5 vt, ElementSplit<index_t> split, index_t total,
                                    const scalar_t* __restrict__ in, scalar_t* __restrict__ out,
                                    tap_t* __restrict__ taps) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_forward_element<V, scalar_t, tap_t, index_t>(g, t, vi, vo, vt, split, e, in, out, taps);
+    max_forward_element<V, P, scalar_t, tap_t, index_t>(g, t, vi, vo, vt, split, e, in, out,
+                                                        taps);
   }
 }
 
-template <int V, typename scalar_t, typename index_t>
+template <int V, bool P, typename scalar_t, typename index_t>
 __global__ void avg_forward_kernel(PoolGeometry g, PoolTables t, Layout5 vi, Layout5 vo,
                                    ElementSplit<index_t> split, index_t total,
                                    const scalar_t* __restrict__ in,
                                    scalar_t* __restrict__ out) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    avg_forward_element<V, scalar_t, index_t>(g, t, vi, vo, split, e, in, out);
+    avg_forward_element<V, P, scalar_t, index_t>(g, t, vi, vo, split, e, in, out);
   }
 }
 
-template <int V, typename scalar_t, typename tap_t, typename index_t>
+template <int V, bool P, typename scalar_t, typename tap_t, typename index_t>
 __global__ void max_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vt,
                                     Layout5 vg, ElementSplit<index_t> split, index_t total,
                                     const scalar_t* __restrict__ grad,
                                     const tap_t* __restrict__ taps,
                                     scalar_t* __restrict__ grad_in) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    max_backward_element<V, scalar_t, tap_t, index_t>(g, t, vo, vt, vg, split, e, grad, taps,
-                                                      grad_in);
+    max_backward_element<V, P, scalar_t, tap_t, index_t>(g, t, vo, vt, vg, split, e, grad, taps,
+                                                         grad_in);
   }
 }
 
-template <int V, typename scalar_t, typename index_t>
+template <int V, bool P, typename scalar_t, typename index_t>
 __global__ void avg_backward_kernel(PoolGeometry g, PoolTables t, Layout5 vo, Layout5 vg,
                                     ElementSplit<index_t> split, index_t total,
                                     const scalar_t* __restrict__ grad,
                                     scalar_t* __restrict__ grad_in) {
   for (index_t e = first_element<index_t>(); e < total; e += element_step<index_t>()) {
-    avg_backward_element<V, scalar_t, index_t>(g, t, vo, vg, split, e, grad, grad_in);
+    avg_backward_element<V, P, scalar_t, index_t>(g, t, vo, vg, split, e, grad, grad_in);
   }
 }
 
@@ -254,10 +257,11 @@ struct CudaKernels {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
         const bool values_only = !taps.defined();
-        const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+        const auto launch = [&](auto lanes, auto packed, const auto& split, int64_t total,
+                                const Launch& l) {
           using index_t = split_index_t<std::decay_t<decltype(split)>>;
-          max_forward_kernel<decltype(lanes)::value, scalar_t, tap_t, index_t>
-              <<<l.grid, l.block, 0, l.stream>>>(
+          max_forward_kernel<decltype(lanes)::value, decltype(packed)::value, scalar_t, tap_t,
+                             index_t><<<l.grid, l.block, 0, l.stream>>>(
                   g, tables.view, layout_of(in), layout_of(out),
                   layout_of(values_only ? out : taps), split, static_cast<index_t>(total),
                   in.const_data_ptr<scalar_t>(),
@@ -276,10 +280,11 @@ struct CudaKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_cuda", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+        const auto launch = [&](auto lanes, auto packed, const auto& split, int64_t total,
+                                const Launch& l) {
           using index_t = split_index_t<std::decay_t<decltype(split)>>;
-          max_backward_kernel<decltype(lanes)::value, scalar_t, tap_t, index_t>
-              <<<l.grid, l.block, 0, l.stream>>>(
+          max_backward_kernel<decltype(lanes)::value, decltype(packed)::value, scalar_t, tap_t,
+                              index_t><<<l.grid, l.block, 0, l.stream>>>(
                   g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in), split,
                   static_cast<index_t>(total),
                   grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
@@ -321,9 +326,10 @@ struct CudaKernels {
     }
     const DeviceTables tables(g, in);
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
-      const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+      const auto launch = [&](auto lanes, auto packed, const auto& split, int64_t total,
+                                const Launch& l) {
         using index_t = split_index_t<std::decay_t<decltype(split)>>;
-        avg_forward_kernel<decltype(lanes)::value, scalar_t, index_t>
+        avg_forward_kernel<decltype(lanes)::value, decltype(packed)::value, scalar_t, index_t>
             <<<l.grid, l.block, 0, l.stream>>>(
                 g, tables.view, layout_of(in), layout_of(out), split, static_cast<index_t>(total),
                 in.const_data_ptr<scalar_t>(),
@@ -338,9 +344,10 @@ struct CudaKernels {
     const c10::cuda::CUDAGuard guard(grad_in.device());
     const DeviceTables tables(g, grad_in);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_cuda", [&] {
-      const auto launch = [&](auto lanes, const auto& split, int64_t total, const Launch& l) {
+      const auto launch = [&](auto lanes, auto packed, const auto& split, int64_t total,
+                                const Launch& l) {
         using index_t = split_index_t<std::decay_t<decltype(split)>>;
-        avg_backward_kernel<decltype(lanes)::value, scalar_t, index_t>
+        avg_backward_kernel<decltype(lanes)::value, decltype(packed)::value, scalar_t, index_t>
             <<<l.grid, l.block, 0, l.stream>>>(
                 g, tables.view, layout_of(grad_out), layout_of(grad_in), split,
                 static_cast<index_t>(total), grad_out.const_data_ptr<scalar_t>(),

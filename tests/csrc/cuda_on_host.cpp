@@ -61,18 +61,19 @@ void for_split_elements(const at::Tensor& written, int lanes, const F& f) {
   });
 }
 
-// f(e, split, lanes) for every element number e of a window kernel over
-// scalar_t writing `written` and touching `tensors`, which takes
-// pack_lanes' channels per element, or one whenever the test asks
+// f(e, split, lanes, packed) for every element number e of a window kernel
+// over scalar_t writing `written` and touching `tensors`, which takes
+// channel_lanes' channels per element, or one whenever the test asks
 // (POOL_EXT_HOST_LANES1=1), to compare the two.
 template <typename scalar_t, typename F>
-void for_packs(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
+void for_lanes(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
                const F& f) {
   const char* one = std::getenv("POOL_EXT_HOST_LANES1");
   const bool forced = one != nullptr && one[0] == '1';
-  dispatch_lanes<scalar_t>(forced ? 1 : pack_lanes<scalar_t>(tensors), [&](auto lanes) {
-    for_split_elements(written, decltype(lanes)::value,
-                       [&](auto e, const auto& split) { f(e, split, lanes); });
+  const ChannelLanes lanes = forced ? ChannelLanes{1, true} : channel_lanes<scalar_t>(tensors);
+  dispatch_lanes<scalar_t>(lanes, [&](auto v, auto packed) {
+    for_split_elements(written, decltype(v)::value,
+                       [&](auto e, const auto& split) { f(e, split, v, packed); });
   });
 }
 
@@ -124,8 +125,9 @@ struct HostKernels {
           return;
         }
         const HostTables tables(g, in);
-        for_packs<scalar_t>(out, {in, out, taps}, [&](auto e, const auto& split, auto lanes) {
-          max_forward_element<decltype(lanes)::value, scalar_t, tap_t, decltype(e)>(
+        for_lanes<scalar_t>(out, {in, out, taps}, [&](auto e, const auto& split, auto lanes, auto packed) {
+          max_forward_element<decltype(lanes)::value, decltype(packed)::value, scalar_t, tap_t,
+                              decltype(e)>(
               g, tables.view, layout_of(in), layout_of(out), vt, split, e,
               in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), tap_ptr);
         });
@@ -139,9 +141,10 @@ struct HostKernels {
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "max_pool_backward_host", [&] {
       dispatch_taps(taps, [&](auto tap_tag) {
         using tap_t = decltype(tap_tag);
-        for_packs<scalar_t>(grad_in, {grad_out, taps, grad_in},
-                            [&](auto e, const auto& split, auto lanes) {
-          max_backward_element<decltype(lanes)::value, scalar_t, tap_t, decltype(e)>(
+        for_lanes<scalar_t>(grad_in, {grad_out, taps, grad_in},
+                            [&](auto e, const auto& split, auto lanes, auto packed) {
+          max_backward_element<decltype(lanes)::value, decltype(packed)::value, scalar_t, tap_t,
+                               decltype(e)>(
               g, tables.view, layout_of(grad_out), layout_of(taps), layout_of(grad_in), split, e,
               grad_out.const_data_ptr<scalar_t>(), taps.const_data_ptr<tap_t>(),
               grad_in.mutable_data_ptr<scalar_t>());
@@ -171,8 +174,9 @@ struct HostKernels {
         return;
       }
       const HostTables tables(g, in);
-      for_packs<scalar_t>(out, {in, out}, [&](auto e, const auto& split, auto lanes) {
-        avg_forward_element<decltype(lanes)::value, scalar_t, decltype(e)>(
+      for_lanes<scalar_t>(out, {in, out}, [&](auto e, const auto& split, auto lanes, auto packed) {
+        avg_forward_element<decltype(lanes)::value, decltype(packed)::value, scalar_t,
+                            decltype(e)>(
             g, tables.view, layout_of(in), layout_of(out), split, e,
             in.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
       });
@@ -183,8 +187,9 @@ struct HostKernels {
                            const at::Tensor& grad_in) {
     const HostTables tables(g, grad_in);
     POOL_EXT_DISPATCH(grad_in.scalar_type(), "avg_pool_backward_host", [&] {
-      for_packs<scalar_t>(grad_in, {grad_out, grad_in}, [&](auto e, const auto& split, auto lanes) {
-        avg_backward_element<decltype(lanes)::value, scalar_t, decltype(e)>(
+      for_lanes<scalar_t>(grad_in, {grad_out, grad_in}, [&](auto e, const auto& split, auto lanes, auto packed) {
+        avg_backward_element<decltype(lanes)::value, decltype(packed)::value, scalar_t,
+                             decltype(e)>(
             g, tables.view, layout_of(grad_out), layout_of(grad_in), split, e,
             grad_out.const_data_ptr<scalar_t>(), grad_in.mutable_data_ptr<scalar_t>());
       });
@@ -193,14 +198,16 @@ struct HostKernels {
 };
 
 // The channels per thread the window kernels take for these tensors, all
-// of the first's dtype (as pack_lanes decides it for the launches).
-int64_t pack_lanes_of(at::TensorList tensors) {
-  int64_t lanes = 0;
-  POOL_EXT_DISPATCH(tensors.at(0).scalar_type(), "pack_lanes_of", [&] {
-    lanes = kMaxLanes<scalar_t>;
-    for (const at::Tensor& t : tensors) {
-      lanes = std::min<int64_t>(lanes, pack_lanes<scalar_t>({as_5d(t)}));
-    }
+// of the first's dtype, as channel_lanes decides it for the launches:
+// {channels, whether packed}.
+std::vector<int64_t> channel_lanes_of(at::TensorList tensors) {
+  std::vector<int64_t> lanes;
+  POOL_EXT_DISPATCH(tensors.at(0).scalar_type(), "channel_lanes_of", [&] {
+    const at::Tensor t0 = as_5d(tensors.at(0));
+    const at::Tensor t1 = tensors.size() > 1 ? as_5d(tensors[1]) : at::Tensor();
+    TORCH_CHECK(tensors.size() <= 2, "channel_lanes_of: two tensors at most");
+    const ChannelLanes l = channel_lanes<scalar_t>({t0, t1});
+    lanes = {l.lanes, l.packed};
   });
   return lanes;
 }
@@ -236,14 +243,14 @@ at::Tensor divide_32(const at::Tensor& numbers, int64_t divisor) {
 }  // namespace pool_ext
 
 TORCH_LIBRARY_FRAGMENT(pool_ext, m) {
-  m.def("_pack_lanes(Tensor[] tensors) -> int");
+  m.def("_channel_lanes(Tensor[] tensors) -> int[]");
   m.def("_divide_32(Tensor numbers, int divisor) -> Tensor");
   m.def("_global_split(Tensor self) -> int[]");
 }
 
 TORCH_LIBRARY_IMPL(pool_ext, CPU, m) {
   pool_ext::register_ops<pool_ext::HostKernels>(m);
-  m.impl("_pack_lanes", &pool_ext::pack_lanes_of);
+  m.impl("_channel_lanes", &pool_ext::channel_lanes_of);
   m.impl("_divide_32", &pool_ext::divide_32);
   m.impl("_global_split", &pool_ext::global_split_of);
 }
