@@ -415,10 +415,11 @@ C10_HOST_DEVICE inline WindowWalk walk(const Window* w, const int64_t* s) {
           {w[0].step * s[0], w[1].step * s[1], w[2].step * s[2]}};
 }
 
-// V values side by side in memory: V neighbouring channels of a
-// channels-last tensor, which a GPU thread loads and stores as one access of
-// up to 16 bytes. Everything below works on packs of V lanes, each lane
-// exactly as a lone value would be; the CPU kernels use V = 1.
+// The V channels (lanes) of a GPU thread's cell: side by side in memory, a
+// channels-last tensor's, loaded and stored as one access of up to 16 bytes
+// (aligned as one); else gathered one by one (load_lanes). Everything below
+// works on packs of V lanes, each lane exactly as a lone value would be; the
+// CPU kernels use V = 1.
 template <typename T, int V>
 struct alignas(sizeof(T) * V < 16 ? sizeof(T) * V : 16) Pack {
   T v[V];

@@ -47,14 +47,16 @@ inline bool channels_last(const Layout5& v) {
 // The window kernels give a thread V channels (4 floats, 8 halves, 2
 // doubles) wherever every tensor they touch allows it, else V = 1: all the
 // work of a window (element split, tables, bounds, taps) is done once for V
-// channels. Channels-last, they are a pack of neighbouring channels, one
-// 16-byte load or store per cell, and element numbers count packs, channels
-// fastest; otherwise (NCHW) V channels a plane apart, one load each, and
-// element numbers run along w fastest, so that neighbouring threads' loads
-// of each channel are neighbouring cells. (In the H200 run of 2026-11-30 a
-// window kernel got through about as many threads a second with a pack of
-// four channels as with one, and the NCHW kernels, one channel a thread, ran
-// at 0.24-1.0x torch; their lanes are not yet measured on a GPU.)
+// channels. Where every tensor is channels-last and lines up, they are a
+// pack of neighbouring channels, one 16-byte load or store per cell;
+// otherwise they lie stride[1] apart in each tensor (a plane, in NCHW), one
+// access each. Element numbers follow the written tensor: channels (in
+// groups of V) fastest for channels-last, else w fastest, so that
+// neighbouring threads' accesses to each channel of an NCHW tensor are
+// neighbouring cells. (In the H200 run of 2026-11-30 a window kernel got
+// through about as many threads a second with a pack of four channels as
+// with one, and the NCHW kernels, one channel a thread, ran at 0.24-1.0x
+// torch; their lanes are not yet measured on a GPU.)
 
 // The most channels of scalar_t in one 16-byte access.
 template <typename scalar_t>
@@ -75,7 +77,8 @@ inline bool packs_fit(int lanes, const at::Tensor& t5) {
 
 // Whether a thread's `lanes` channels line up in t5: a channel count that is
 // a multiple of lanes, and where neighbouring channels sit side by side
-// (channel stride 1), packs_fit as well, since those take one access.
+// (channel stride 1), packs_fit as well (a simplification: in a call that
+// takes its lanes apart, such a tensor could do without).
 inline bool lanes_fit(int lanes, const at::Tensor& t5) {
   const Layout5 v = layout_of(t5);
   return v.size[1] % lanes == 0 && (v.stride[1] != 1 || packs_fit(lanes, t5));
@@ -87,9 +90,15 @@ struct ChannelLanes {
 };
 
 // The channels per thread of a window kernel over scalar_t touching the
-// views `tensors` (undefined: a tensor the kernel skips).
+// views `tensors` (undefined: a tensor the kernel skips) and writing
+// `elements` values. Lanes apart only where that leaves `fill` threads or
+// more (the threads a GPU holds at once): below that, one channel a thread
+// keeps the GPU busier (an NCHW half 1x64x112x112 max_pool2d 3x3/2 would
+// get 98 blocks of 8 channels a thread for 132 SMs). Packs whatever the
+// size: their 16-byte accesses are a gain of their own.
 template <typename scalar_t>
-ChannelLanes channel_lanes(std::initializer_list<at::Tensor> tensors) {
+ChannelLanes channel_lanes(std::initializer_list<at::Tensor> tensors, int64_t elements,
+                           int64_t fill) {
   constexpr int lanes = kMaxLanes<scalar_t>;
   bool packed = true;
   for (const at::Tensor& t : tensors) {
@@ -97,6 +106,7 @@ ChannelLanes channel_lanes(std::initializer_list<at::Tensor> tensors) {
     if (!lanes_fit(lanes, t)) return {1, true};
     packed = packed && packs_fit(lanes, t);
   }
+  if (!packed && elements / lanes < fill) return {1, true};
   return {lanes, packed};
 }
 

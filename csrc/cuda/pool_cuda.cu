@@ -1,6 +1,6 @@
 // CUDA kernels: one thread per output (forward) or per input cell
 // (backward), in V channels of it where the channel count allows
-// (pool_kernels.h's pack_lanes: 16-byte packs of neighbouring channels
+// (pool_kernels.h's channel_lanes: 16-byte packs of neighbouring channels
 // channels-last, else channels a plane apart), each a thin loop around the
 // element functions of pool_kernels.h (over pool.h's arithmetic, which the
 // CPU kernels run too; the tests run the element functions themselves on the
@@ -44,6 +44,18 @@ bool channels_last(const at::Tensor& t5) {
   return pool_ext::channels_last(layout_of(t5));
 }
 
+// SMs of t's GPU (asked once a device).
+int multiprocessors(const at::Tensor& t) {
+  static std::atomic<int> counts[C10_COMPILE_TIME_MAX_GPUS];  // 0: not asked yet
+  const int device = t.device().index();
+  int count = counts[device].load(std::memory_order_relaxed);
+  if (count == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+    counts[device].store(count, std::memory_order_relaxed);
+  }
+  return count;
+}
+
 // Calls launch(lanes, packed, split, total, l) for a window kernel writing
 // `written` and touching `tensors` (pool_kernels.h's channel_lanes: V
 // channels an element, packed or not, as std::integral_constant lanes and
@@ -53,7 +65,9 @@ bool channels_last(const at::Tensor& t5) {
 template <typename scalar_t, typename F>
 void launch_window_kernel(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
                           const F& launch) {
-  dispatch_lanes<scalar_t>(channel_lanes<scalar_t>(tensors), [&](auto lanes, auto packed) {
+  const int64_t resident = kBlocksPerSM * kThreads * multiprocessors(written);
+  const ChannelLanes l = channel_lanes<scalar_t>(tensors, written.numel(), resident);
+  dispatch_lanes<scalar_t>(l, [&](auto lanes, auto packed) {
     constexpr int V = decltype(lanes)::value;
     const int64_t total = written.numel() / V;
     dispatch_index(total, [&](auto index_tag) {
@@ -160,17 +174,6 @@ __global__ void max_indices_kernel(PoolGeometry g, PoolTables t, Layout5 vt, Lay
 
 // Global pooling (see pool_kernels.h): blocks of kGlobalThreads scan, a tree
 // in shared memory joins each plane's threads.
-
-int multiprocessors(const at::Tensor& t) {
-  static std::atomic<int> counts[C10_COMPILE_TIME_MAX_GPUS];  // 0: not asked yet
-  const int device = t.device().index();
-  int count = counts[device].load(std::memory_order_relaxed);
-  if (count == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-    counts[device].store(count, std::memory_order_relaxed);
-  }
-  return count;
-}
 
 template <typename scalar_t, typename State, typename Output, typename index_t>
 __global__ void __launch_bounds__(kGlobalThreads)

@@ -70,7 +70,10 @@ void for_lanes(const at::Tensor& written, std::initializer_list<at::Tensor> tens
                const F& f) {
   const char* one = std::getenv("POOL_EXT_HOST_LANES1");
   const bool forced = one != nullptr && one[0] == '1';
-  const ChannelLanes lanes = forced ? ChannelLanes{1, true} : channel_lanes<scalar_t>(tensors);
+  // (lanes whatever the size, where a GPU takes them only on inputs that
+  // fill it: the tests' inputs are small, and _channel_lanes checks that rule)
+  const ChannelLanes lanes =
+      forced ? ChannelLanes{1, true} : channel_lanes<scalar_t>(tensors, written.numel(), 0);
   dispatch_lanes<scalar_t>(lanes, [&](auto v, auto packed) {
     for_split_elements(written, decltype(v)::value,
                        [&](auto e, const auto& split) { f(e, split, v, packed); });
@@ -198,15 +201,16 @@ struct HostKernels {
 };
 
 // The channels per thread the window kernels take for these tensors, all
-// of the first's dtype, as channel_lanes decides it for the launches:
+// of the first's dtype, writing `elements` values on a GPU that holds `fill`
+// threads at once, as channel_lanes decides it for the launches:
 // {channels, whether packed}.
-std::vector<int64_t> channel_lanes_of(at::TensorList tensors) {
+std::vector<int64_t> channel_lanes_of(at::TensorList tensors, int64_t elements, int64_t fill) {
   std::vector<int64_t> lanes;
   POOL_EXT_DISPATCH(tensors.at(0).scalar_type(), "channel_lanes_of", [&] {
     const at::Tensor t0 = as_5d(tensors.at(0));
     const at::Tensor t1 = tensors.size() > 1 ? as_5d(tensors[1]) : at::Tensor();
     TORCH_CHECK(tensors.size() <= 2, "channel_lanes_of: two tensors at most");
-    const ChannelLanes l = channel_lanes<scalar_t>({t0, t1});
+    const ChannelLanes l = channel_lanes<scalar_t>({t0, t1}, elements, fill);
     lanes = {l.lanes, l.packed};
   });
   return lanes;
@@ -243,7 +247,7 @@ at::Tensor divide_32(const at::Tensor& numbers, int64_t divisor) {
 }  // namespace pool_ext
 
 TORCH_LIBRARY_FRAGMENT(pool_ext, m) {
-  m.def("_channel_lanes(Tensor[] tensors) -> int[]");
+  m.def("_channel_lanes(Tensor[] tensors, int elements=0, int fill=0) -> int[]");
   m.def("_divide_32(Tensor numbers, int divisor) -> Tensor");
   m.def("_global_split(Tensor self) -> int[]");
 }
