@@ -17,8 +17,8 @@
 #
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
-# packed channels-last ones, the 1d channels-last ones and global pooling,
-# about 320).
+# packed channels-last ones, the 1d channels-last ones, global pooling and
+# the float32 NCHW lanes, about 330).
 #
 # The profile stage runs `bench_cuda.py --profile` (each case once, float32 by
 # default) under ncu with the speed-of-light, occupancy, launch, warp-state
@@ -238,7 +238,7 @@ if [ "$MODE" = sanitize ] || [ "$MODE" = sanitize-only ]; then
     record mnist 125
   fi
 
-  SANITIZE_K="${SANITIZE_K:-cuda and (random_against_torch or global or whole_packs or one_d_channels_last) and not on_host and not past_2_31}"
+  SANITIZE_K="${SANITIZE_K:-(cuda and (random_against_torch or global or whole_packs or one_d_channels_last) or nchw_channel_lanes and float32) and not on_host and not past_2_31}"
   for tool in memcheck racecheck initcheck; do
     header "compute-sanitizer --tool $tool -k '$SANITIZE_K' -> $OUT/$tool.log"
     limited "$tool" "${SANITIZE_TIMEOUT:-150}" "$OUT/$tool.log" \

@@ -131,6 +131,64 @@ def test_channels_last_in_whole_packs_matches_torch(op, dtype, device):
             assert torch.equal(idx.cpu(), want_idx), (channels, first)
 
 
+LANE_OPS = OPS + [
+    ("max_pool1d", 1, dict(kernel_size=3, stride=2)),
+    ("avg_pool1d", 1, dict(kernel_size=4, padding=2, count_include_pad=False)),
+    ("adaptive_max_pool1d", 1, dict(output_size=5)),
+    ("adaptive_avg_pool2d", 2, dict(output_size=1)),  # a mean's backward
+    ("variable_max_pool2d", 2, dict(output_size=(3, 2))),
+    ("variable_avg_pool1d", 1, dict(output_size=1)),
+]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("op", LANE_OPS, ids=[o[0] for o in LANE_OPS])
+def test_nchw_channel_lanes_match_cpu(op, dtype):
+    """NCHW inputs of 16 channels, large enough that the CUDA window kernels take
+    V channels a thread, a plane apart (pool_kernels.h's channel_lanes: only
+    where the outputs, V to a thread, fill the GPU), against our CPU kernels:
+    values and indices, and gradients in the output's layout and transposed.
+    (tests/test_cuda_on_host.py runs these lanes on the host at any size.)"""
+    name, d, kwargs = op
+    rng = make_rng("lanes", name, dtype)
+    spatial = {1: (40,), 2: (13, 11), 3: (9, 7, 8)}[d]
+    probe = torch.zeros((1, 16) + spatial)
+    variable = name.startswith("variable")
+    fn = getattr(PF, name)
+    out_cells = (fn(probe, kwargs["output_size"], torch.tensor([spatial])) if variable
+                 else fn(probe, **kwargs)).numel() // 16
+    # outputs that fill the GPU at 8 channels a thread (halves'), and a margin;
+    # at most 16M input cells (then ops of few outputs take lanes in the
+    # backward only, which writes the input's gradient; global pooling's
+    # forward is a reduction of its own anyway)
+    fill = torch.cuda.get_device_properties(0).multi_processor_count * 2048
+    n = min(-(-5 * 8 * fill // (4 * 16 * out_cells)), -(-16_000_000 // (16 * probe[0, 0].numel())))
+    x = random_values(rng, (n, 16) + spatial, dtype, specials=0.01, ties=True)
+    sizes = torch.tensor([[rng.randint(1, e) for e in spatial] for _ in range(n)]) if variable else None
+    results = []
+    for device in ("cuda", "cpu"):
+        inp = x.to(device).requires_grad_()
+        args = (kwargs["output_size"], sizes.to(device)) if variable else ()
+        extra = {} if variable else dict(kwargs)
+        if "max" in name:
+            out, idx = fn(inp, *args, **extra, return_indices=True)
+        else:
+            out, idx = fn(inp, *args, **extra), None
+        g = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+        g = g.to(device) if rng.random() < 0.5 else g.to(device).transpose(0, 1).contiguous().transpose(0, 1)
+        (grad,) = torch.autograd.grad(out, inp, g)
+        results.append((out.detach().cpu(), None if idx is None else idx.cpu(), grad.cpu()))
+    (got, got_idx, got_grad), (want, want_idx, want_grad) = results
+    msg = f"{name} {dtype} {x.shape}"
+    if "max" in name:
+        assert_equal(got, want, msg)
+        assert torch.equal(got_idx, want_idx), msg
+    else:
+        assert_close_to_ref(got, want.double(), dtype, msg)
+    assert_close_to_ref(got_grad, want_grad.double(), dtype, msg)
+
+
 # Beside OPS: windows that never overlap (each cell in one window at most,
 # or none: the gather looks its one term up), with gaps from dilation and
 # cells no window holds; and stride 1.
