@@ -236,13 +236,14 @@ def agrees(torch_on_cpu, ours_call):
         return False
 
 
-def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None):
+def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None, layouts=None):
     """Times every (case, dtype, layout, pass) and returns one dict per row.
 
     ``floor_ms(setup)`` gives the forward floor; ``extra(row, ours_call)`` may add
-    device-specific fields to forward+backward rows.
+    device-specific fields to forward+backward rows; ``layouts`` (default all)
+    selects the layouts.
     """
-    todo = [(c, d, l) for c in cases for d in dtypes for l in c.layouts()]
+    todo = [(c, d, l) for c in cases for d in dtypes for l in c.layouts() if not layouts or l in layouts]
     rows = []
     for i, (case, dtype_name, layout) in enumerate(todo, 1):
         print(f"[{i}/{len(todo)}] {case.label} {dtype_name} {layout}", file=sys.stderr, flush=True)
@@ -373,6 +374,8 @@ def parser(description):
     p.add_argument("--quick", action="store_true", help="shorter timing runs (a few minutes in all)")
     p.add_argument("--filter", default="", metavar="SUBSTR", help="only cases whose label contains SUBSTR")
     p.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="a dtype to run; repeatable (default: all)")
+    p.add_argument("--layout", action="append", choices=(CONTIG, CHANNELS_LAST),
+                   help="a layout to run; repeatable (default: all)")
     p.add_argument("--markdown", action="store_true", help="print the table as Markdown")
     p.add_argument("--json", metavar="PATH", help="also save the results as JSON")
     p.add_argument("--from-json", metavar="PATH",

@@ -97,7 +97,7 @@ def run(args):
     run_time = QUICK_RUN_TIME if args.quick else RUN_TIME
     cases = [c for c in C.CASES if args.filter in c.label]
     rows = C.measure(cases, args.dtype or list(C.DTYPES), "cpu", run_time, args.threads,
-                     copy_floor(run_time, args.threads))
+                     copy_floor(run_time, args.threads), layouts=args.layout)
     header = [
         f"pool_ext {pool_ext.__version__} vs torch {torch.__version__}, CPU: {cpu_model()}, "
         f"{args.threads} thread(s){', --quick' if args.quick else ''}",

@@ -95,7 +95,7 @@ def profile(args):
     cases = [c for c in (c.scaled(BATCH_SCALE) for c in C.CASES) if args.filter in c.label]
     for case in cases:
         for dtype in args.dtype or list(C.DTYPES):
-            for layout in case.layouts():
+            for layout in (l for l in case.layouts() if not args.layout or l in args.layout):
                 s = C.setup(case, C.DTYPES[dtype], layout, "cuda")
                 for pass_ in C.PASSES:
                     ours = C.callables(s, pass_)[1]
@@ -136,7 +136,7 @@ def run(args):
     bandwidth = copy_bandwidth(run_time)
     cases = [c for c in (c.scaled(BATCH_SCALE) for c in C.CASES) if args.filter in c.label]
     rows = C.measure(cases, args.dtype or list(C.DTYPES), "cuda", run_time, torch.get_num_threads(),
-                     traffic_floor(bandwidth), check_determinism)
+                     traffic_floor(bandwidth), check_determinism, args.layout)
     header = [
         f"pool_ext {pool_ext.__version__} vs torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"GPU: {torch.cuda.get_device_name()}, batch x{BATCH_SCALE}{', --quick' if args.quick else ''}",

@@ -15,6 +15,11 @@
 # TESTS_S (default 360), BENCH_S (240), MNIST_S (120), SANITIZE_TIMEOUT (150
 # per tool). BENCH_ARGS replaces the benchmark's flags (default --quick).
 #
+# After the benchmark, where time is left (AB_S, default 120 s; AB_LANES=0
+# skips it), its contiguous rows run again with POOL_EXT_CUDA_NCHW_LANES=0
+# (one channel a thread, as before the NCHW lanes of 6a19c9e), and a table
+# sets the two side by side: $OUT/lanes_ab.txt.
+#
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
 # packed channels-last ones, the 1d channels-last ones, global pooling and
@@ -222,6 +227,25 @@ if [ "$MODE" != sanitize-only ]; then
     # The same results again, as Markdown: re-rendered from the JSON, not measured twice.
     python3 benchmarks/bench_cuda.py --from-json "$OUT/bench_cuda.json" --markdown > "$OUT/bench_cuda.md"
     record bench_markdown $?
+  fi
+
+  if [ "${AB_LANES:-1}" = 1 ] && [ -s "$OUT/bench_cuda.json" ]; then
+    header "contiguous rows without NCHW lanes -> $OUT/bench_cuda_nolanes.txt, $OUT/lanes_ab.txt"
+    # shellcheck disable=SC2086
+    limited bench_nolanes "${AB_S:-120}" "$OUT/bench_cuda_nolanes.txt" env POOL_EXT_CUDA_NCHW_LANES=0 \
+      python3 benchmarks/bench_cuda.py $BENCH_ARGS --layout contig --json "$OUT/bench_cuda_nolanes.json"
+    if [ -s "$OUT/bench_cuda_nolanes.json" ]; then
+      python3 - "$OUT/bench_cuda.json" "$OUT/bench_cuda_nolanes.json" > "$OUT/lanes_ab.txt" <<'PY'
+import json, sys
+key = lambda r: (r["case"], r["dtype"], r["layout"], r["pass_"])
+lanes, single = ({key(r): r for r in json.load(open(p))["rows"]} for p in sys.argv[1:])
+print(f"{'case':48} {'dtype':8} {'pass':7} {'lanes ms':>9} {'one ms':>9} {'one/lanes':>9}")
+for k in (k for k in single if k in lanes):
+    a, b = lanes[k]["ours_ms"], single[k]["ours_ms"]
+    print(f"{k[0]:48} {k[1]:8} {k[3]:7} {a:9.3f} {b:9.3f} {b / a:8.2f}x")
+PY
+      cat "$OUT/lanes_ab.txt"
+    fi
   fi
 fi
 

@@ -21,7 +21,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <limits>
+#include <string>
 
 #include "../pool_kernels.h"
 #include "../pool_ops.h"
@@ -65,8 +67,15 @@ int multiprocessors(const at::Tensor& t) {
 template <typename scalar_t, typename F>
 void launch_window_kernel(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
                           const F& launch) {
+  // POOL_EXT_CUDA_NCHW_LANES=0 turns lanes apart off (packs stay), for a
+  // benchmark to compare the two in one build (benchmarks/gpu_check.sh).
+  static const bool apart = [] {
+    const char* lanes = std::getenv("POOL_EXT_CUDA_NCHW_LANES");
+    return lanes == nullptr || std::string(lanes) != "0";
+  }();
   const int64_t resident = kBlocksPerSM * kThreads * multiprocessors(written);
-  const ChannelLanes l = channel_lanes<scalar_t>(tensors, written.numel(), resident);
+  const ChannelLanes l = channel_lanes<scalar_t>(
+      tensors, written.numel(), apart ? resident : std::numeric_limits<int64_t>::max());
   dispatch_lanes<scalar_t>(l, [&](auto lanes, auto packed) {
     constexpr int V = decltype(lanes)::value;
     const int64_t total = written.numel() / V;
