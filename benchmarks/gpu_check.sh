@@ -15,10 +15,13 @@
 # TESTS_S (default 360), BENCH_S (240), MNIST_S (120), SANITIZE_TIMEOUT (150
 # per tool). BENCH_ARGS replaces the benchmark's flags (default --quick).
 #
-# After the benchmark, where time is left (AB_S, default 120 s; AB_LANES=0
-# skips it), its contiguous rows run again with POOL_EXT_CUDA_NCHW_LANES=0
-# (one channel a thread, as before the NCHW lanes of 6a19c9e), and a table
-# sets the two side by side: $OUT/lanes_ab.txt.
+# After the benchmark, where time is left, two comparisons (AB=0 skips
+# them), each a table of the benchmark's rows against the same rows rerun
+# with a switch: its contiguous rows with POOL_EXT_CUDA_NCHW_LANES=0 (one
+# channel a thread, as before the NCHW lanes of 6a19c9e; AB_S, default 120 s)
+# -> $OUT/lanes_ab.txt, and its 7x7 -> 1 rows with
+# POOL_EXT_CUDA_GLOBAL_WINDOWS=1 (small planes by the window kernels, not the
+# reduction; 60 s) -> $OUT/global_ab.txt.
 #
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
@@ -229,23 +232,31 @@ if [ "$MODE" != sanitize-only ]; then
     record bench_markdown $?
   fi
 
-  if [ "${AB_LANES:-1}" = 1 ] && [ -s "$OUT/bench_cuda.json" ]; then
-    header "contiguous rows without NCHW lanes -> $OUT/bench_cuda_nolanes.txt, $OUT/lanes_ab.txt"
-    # shellcheck disable=SC2086
-    limited bench_nolanes "${AB_S:-120}" "$OUT/bench_cuda_nolanes.txt" env POOL_EXT_CUDA_NCHW_LANES=0 \
-      python3 benchmarks/bench_cuda.py $BENCH_ARGS --layout contig --json "$OUT/bench_cuda_nolanes.json"
-    if [ -s "$OUT/bench_cuda_nolanes.json" ]; then
-      python3 - "$OUT/bench_cuda.json" "$OUT/bench_cuda_nolanes.json" > "$OUT/lanes_ab.txt" <<'PY'
+  if [ "${AB:-1}" = 1 ] && [ -s "$OUT/bench_cuda.json" ]; then
+    # compare NAME CAP SWITCH ARGS...: the benchmark's rows again with SWITCH
+    # set (and ARGS), against the first run -> $OUT/NAME.txt.
+    compare() {
+      local name=$1 cap=$2 switch=$3
+      shift 3
+      header "benchmark again with $switch -> $OUT/$name.txt"
+      # shellcheck disable=SC2086
+      limited "$name" "$cap" "$OUT/bench_$name.txt" env "$switch" \
+        python3 benchmarks/bench_cuda.py $BENCH_ARGS "$@" --json "$OUT/bench_$name.json"
+      [ -s "$OUT/bench_$name.json" ] || return
+      python3 - "$OUT/bench_cuda.json" "$OUT/bench_$name.json" "$switch" > "$OUT/$name.txt" <<'PY'
 import json, sys
 key = lambda r: (r["case"], r["dtype"], r["layout"], r["pass_"])
-lanes, single = ({key(r): r for r in json.load(open(p))["rows"]} for p in sys.argv[1:])
-print(f"{'case':48} {'dtype':8} {'pass':7} {'lanes ms':>9} {'one ms':>9} {'one/lanes':>9}")
-for k in (k for k in single if k in lanes):
-    a, b = lanes[k]["ours_ms"], single[k]["ours_ms"]
-    print(f"{k[0]:48} {k[1]:8} {k[3]:7} {a:9.3f} {b:9.3f} {b / a:8.2f}x")
+first, again = ({key(r): r for r in json.load(open(p))["rows"]} for p in sys.argv[1:3])
+print(f"ours ms, as built and with {sys.argv[3]}")
+print(f"{'case':48} {'dtype':8} {'layout':7} {'pass':7} {'built':>8} {'switch':>8} {'ratio':>7}")
+for k in (k for k in again if k in first):
+    a, b = first[k]["ours_ms"], again[k]["ours_ms"]
+    print(f"{k[0]:48} {k[1]:8} {k[2]:7} {k[3]:7} {a:8.3f} {b:8.3f} {b / a:6.2f}x")
 PY
-      cat "$OUT/lanes_ab.txt"
-    fi
+      cat "$OUT/$name.txt"
+    }
+    compare lanes_ab "${AB_S:-120}" POOL_EXT_CUDA_NCHW_LANES=0 --layout contig
+    compare global_ab 60 POOL_EXT_CUDA_GLOBAL_WINDOWS=1 --filter "->1x1"
   fi
 fi
 

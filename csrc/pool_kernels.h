@@ -356,6 +356,19 @@ C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const Poo
 // in the forward only).
 
 constexpr int kGlobalThreads = kThreads;
+// Global pooling of planes of at most this many cells goes to the window
+// kernels instead (a thread a plane, or V of them) where the launches are
+// asked to (POOL_EXT_CUDA_GLOBAL_WINDOWS=1): the reduction's alternative
+// for small planes, for a GPU run to measure (on 7x7 -> 1 the H100's older
+// kernel, a thread a plane, took 0.124 ms; the reduction of 5b1aa11 on an
+// H200 0.771, of threads 16 cells or more each since, unmeasured).
+constexpr int64_t kWindowGlobalCells = 64;
+
+// Whether global pooling g of the view v takes the block reduction, when
+// small planes may go to the window kernels (`windows`).
+inline bool by_reduction(const PoolGeometry& g, const Layout5& v, bool windows) {
+  return is_global(g) && !(windows && v.pixels() <= kWindowGlobalCells);
+}
 constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
 constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
 constexpr int64_t kChunkCells = 16;     // fewest cells per thread of a plane, or of its chunk

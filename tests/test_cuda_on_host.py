@@ -363,6 +363,30 @@ def check_adaptive(host, rng, d, dtype, cases, **case_args):
             close(host._adaptive_avg_pool_backward(*args), torch.ops.pool_ext._adaptive_avg_pool_backward(*args))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_global_pooling_of_small_planes_by_windows(host, dtype, monkeypatch):
+    """POOL_EXT_CUDA_GLOBAL_WINDOWS=1 sends global pooling of planes of at most 64
+    cells to the window kernels (a thread a plane, or V planes: packs or lanes
+    apart) instead of the block reduction, for a GPU run to compare the two:
+    the same results as the CPU kernels, variable sizes and every layout included."""
+    monkeypatch.setenv("POOL_EXT_CUDA_GLOBAL_WINDOWS", "1")
+    rng = random.Random(f"global-windows-{dtype}")
+    for _ in range(60):
+        d = rng.choice([1, 2, 3])
+        spatial = [rng.randint(1, {1: 64, 2: 8, 3: 4}[d]) for _ in range(d)]
+        n = rng.choice([1, 2, 3])
+        x, _ = random_input(rng, (n, rng.choice([1, 3, 8, 16]), *spatial), dtype, "cpu")
+        sizes = None
+        if rng.random() < 0.3:
+            sizes = torch.tensor([[rng.randint(1, e) for e in spatial] for _ in range(n)])
+        out, taps = torch.ops.pool_ext.adaptive_max_pool(x, [1] * d, sizes)
+        h_out, h_taps = host.adaptive_max_pool(x, [1] * d, sizes)
+        equal(h_out, out)
+        equal(h_taps, taps)
+        close(host.adaptive_avg_pool(x, [1] * d, sizes),
+              torch.ops.pool_ext.adaptive_avg_pool(x, [1] * d, sizes))
+
+
 @pytest.mark.parametrize("shape, layout", [
     ((1, 1, 100_000), "contiguous"),
     ((2, 3, 300, 300), "channels_last"),

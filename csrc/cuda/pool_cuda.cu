@@ -245,11 +245,23 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
   }
 }
 
+// Whether global pooling g of `in` takes the block reduction: always, but
+// for small planes where POOL_EXT_CUDA_GLOBAL_WINDOWS=1 (read once) sends
+// them to the window kernels, to compare the two in one build
+// (benchmarks/gpu_check.sh; pool_kernels.h's kWindowGlobalCells).
+bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
+  static const bool windows = [] {
+    const char* v = std::getenv("POOL_EXT_CUDA_GLOBAL_WINDOWS");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return pool_ext::by_reduction(g, layout_of(in), windows);
+}
+
 struct CudaKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
     const c10::cuda::CUDAGuard guard(in.device());
-    if (is_global(g)) {
+    if (by_reduction(g, in)) {
       POOL_EXT_DISPATCH(in.scalar_type(), "max_pool_cuda", [&] {
         dispatch_taps(taps, [&](auto tap_tag) {
           using tap_t = decltype(tap_tag);
@@ -329,7 +341,7 @@ struct CudaKernels {
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     const c10::cuda::CUDAGuard guard(in.device());
-    if (is_global(g)) {
+    if (by_reduction(g, in)) {
       POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cuda", [&] {
         global_reduce<scalar_t>(
             g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});

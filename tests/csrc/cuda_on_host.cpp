@@ -112,6 +112,13 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
   }
 }
 
+// pool_cuda.cu's choice for global pooling, with its switch read at every
+// call (POOL_EXT_CUDA_GLOBAL_WINDOWS=1: small planes to the window kernels).
+bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
+  const char* v = std::getenv("POOL_EXT_CUDA_GLOBAL_WINDOWS");
+  return pool_ext::by_reduction(g, layout_of(in), v != nullptr && v[0] == '1');
+}
+
 struct HostKernels {
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
@@ -121,7 +128,7 @@ struct HostKernels {
         using tap_t = decltype(tap_tag);
         tap_t* tap_ptr = values_only ? nullptr : taps.mutable_data_ptr<tap_t>();
         const Layout5 vt = layout_of(values_only ? out : taps);
-        if (is_global(g)) {
+        if (by_reduction(g, in)) {
           global_reduce<scalar_t>(g, in, MaxOutput<scalar_t, tap_t>{
                                              layout_of(out), vt, out.mutable_data_ptr<scalar_t>(),
                                              tap_ptr});
@@ -171,7 +178,7 @@ struct HostKernels {
 
   static void avg_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_host", [&] {
-      if (is_global(g)) {
+      if (by_reduction(g, in)) {
         global_reduce<scalar_t>(
             g, in, AvgOutput<scalar_t>{g, layout_of(out), out.mutable_data_ptr<scalar_t>()});
         return;
