@@ -236,12 +236,13 @@ def agrees(torch_on_cpu, ours_call):
         return False
 
 
-def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None, layouts=None):
+def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None, layouts=None,
+            time_torch=True):
     """Times every (case, dtype, layout, pass) and returns one dict per row.
 
     ``floor_ms(setup)`` gives the forward floor; ``extra(row, ours_call)`` may add
     device-specific fields to forward+backward rows; ``layouts`` (default all)
-    selects the layouts.
+    selects the layouts; without ``time_torch``, torch's calls only check ours.
     """
     todo = [(c, d, l) for c in cases for d in dtypes for l in c.layouts() if not layouts or l in layouts]
     rows = []
@@ -263,8 +264,11 @@ def measure(cases, dtypes, device, run_time, threads, floor_ms, extra=None, layo
                     # wrong: pytorch/pytorch#188344).
                     row["mismatch"] = None
                     row["torch_gpu_differs"] = "torch's CPU kernel gives ours; its GPU kernel differs"
-                row["torch_ms"] = time_ms(torch_call, run_time, threads)
-                row["speedup"] = row["torch_ms"] / row["ours_ms"]
+                if time_torch:
+                    row["torch_ms"] = time_ms(torch_call, run_time, threads)
+                    row["speedup"] = row["torch_ms"] / row["ours_ms"]
+                else:
+                    row["torch_timed"] = False
             if pass_ == FWD:
                 row["floor_ms"] = floor_ms(s)
             elif extra is not None:
@@ -401,7 +405,7 @@ def report(header, rows, columns, summary, targets, args, table=True):
         print()
     print("\n".join(bullet + s for s in summary + targets))
     for r in rows:
-        if r["torch_ms"] is None:
+        if r["torch_ms"] is None and r.get("torch_timed", True):
             print(f"{bullet}NOTE: torch has no kernel for {r['case']} {r['dtype']} {r['layout']} {r['pass_']}; ours timed alone")
     for r in rows:
         if r.get("torch_gpu_differs"):

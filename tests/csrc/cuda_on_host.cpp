@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <initializer_list>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "pool_kernels.h"
@@ -116,7 +117,7 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
 // call (POOL_EXT_CUDA_GLOBAL_WINDOWS=1: small planes to the window kernels).
 bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
   const char* v = std::getenv("POOL_EXT_CUDA_GLOBAL_WINDOWS");
-  return pool_ext::by_reduction(g, layout_of(in), v != nullptr && v[0] == '1');
+  return pool_ext::by_reduction(g, layout_of(in), v != nullptr && std::string(v) == "1");
 }
 
 struct HostKernels {
