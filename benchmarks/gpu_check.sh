@@ -32,8 +32,8 @@
 # default) under ncu with the speed-of-light, occupancy, launch, warp-state
 # and memory sections, for our window and global kernels only, one ncu run
 # a case: PROFILE_FILTERS (case-label substrings split by |, default the NCHW
-# rows furthest behind torch), PROFILE_DTYPE (float32), PROFILE_S (240 s in
-# all). The whole report goes to $OUT/ncu.txt, its key lines to
+# rows furthest behind torch), PROFILE_DTYPE (float32), PROFILE_S (300 s in
+# all, a minute a case at least). The whole report goes to $OUT/ncu.txt, its key lines to
 # $OUT/ncu_summary.txt. (ncu runs kernels at the GPU's own clocks here,
 # --clock-control none, so that durations compare with the benchmark's.)
 #
@@ -186,7 +186,8 @@ if [ "$MODE" = profile ]; then
   # One ncu run a case (it prints its report when the program ends: a run cut
   # short by its limit loses its own only), each in its share of PROFILE_S.
   IFS='|' read -r -a FILTERS <<< "${PROFILE_FILTERS:-max_pool2d k3|avg_pool2d k2|max_pool3d|->1x1|max_pool1d}"
-  share=$(( ${PROFILE_S:-240} / ${#FILTERS[@]} ))
+  share=$(( ${PROFILE_S:-300} / ${#FILTERS[@]} ))
+  [ "$share" -ge 60 ] || share=60  # (limited skips a stage given under a minute)
   for filter in "${FILTERS[@]}"; do
     limited "profile $filter" "$share" "$OUT/ncu_part.txt" \
       ncu --profile-from-start off --clock-control none \
