@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <type_traits>
@@ -35,6 +37,13 @@ void dispatch_index(int64_t total, const F& f) {
   } else {
     f(int64_t{});
   }
+}
+
+// Whether environment variable `name` is set to `value`: the launches'
+// switches, and the tests' run of them on the host.
+inline bool env_is(const char* name, const char* value) {
+  const char* set = std::getenv(name);
+  return set != nullptr && std::strcmp(set, value) == 0;
 }
 
 // Whether threads take channels fastest: a channels-last (N, C, D, H, W) view.
@@ -75,15 +84,6 @@ inline bool packs_fit(int lanes, const at::Tensor& t5) {
   return reinterpret_cast<uintptr_t>(t5.const_data_ptr()) % align == 0;
 }
 
-// Whether a thread's `lanes` channels line up in t5: a channel count that is
-// a multiple of lanes, and where neighbouring channels sit side by side
-// (channel stride 1), packs_fit as well (a simplification: in a call that
-// takes its lanes apart, such a tensor could do without).
-inline bool lanes_fit(int lanes, const at::Tensor& t5) {
-  const Layout5 v = layout_of(t5);
-  return v.size[1] % lanes == 0 && (v.stride[1] != 1 || packs_fit(lanes, t5));
-}
-
 struct ChannelLanes {
   int lanes;    // channels per thread: 1 or kMaxLanes
   bool packed;  // side by side in every tensor (one access), else one access a lane
@@ -91,11 +91,15 @@ struct ChannelLanes {
 
 // The channels per thread of a window kernel over scalar_t touching the
 // views `tensors` (undefined: a tensor the kernel skips) and writing
-// `elements` values. Lanes apart only where that leaves `fill` threads or
-// more (the threads a GPU holds at once): below that, one channel a thread
-// keeps the GPU busier (an NCHW half 1x64x112x112 max_pool2d 3x3/2 would
-// get 98 blocks of 8 channels a thread for 132 SMs). Packs whatever the
-// size: their 16-byte accesses are a gain of their own.
+// `elements` values. Every tensor needs a channel count that is a multiple
+// of V, and where neighbouring channels sit side by side (channel stride 1),
+// packs that fit as well (a simplification: in a call that takes its lanes
+// apart, such a tensor could do without). Lanes apart only where that
+// leaves `fill` threads or more (the threads a GPU holds at once): below
+// that, one channel a thread keeps the GPU busier (an NCHW half
+// 1x64x112x112 max_pool2d 3x3/2 would get 98 blocks of 8 channels a thread
+// for 132 SMs). Packs whatever the size: their 16-byte accesses are a gain
+// of their own.
 template <typename scalar_t>
 ChannelLanes channel_lanes(std::initializer_list<at::Tensor> tensors, int64_t elements,
                            int64_t fill) {
@@ -103,8 +107,10 @@ ChannelLanes channel_lanes(std::initializer_list<at::Tensor> tensors, int64_t el
   bool packed = true;
   for (const at::Tensor& t : tensors) {
     if (!t.defined()) continue;
-    if (!lanes_fit(lanes, t)) return {1, true};
-    packed = packed && packs_fit(lanes, t);
+    const Layout5 v = layout_of(t);
+    const bool fits = packs_fit(lanes, t);
+    if (v.size[1] % lanes != 0 || (v.stride[1] == 1 && !fits)) return {1, true};
+    packed = packed && fits;
   }
   if (!packed && elements / lanes < fill) return {1, true};
   return {lanes, packed};
@@ -356,6 +362,11 @@ C10_HOST_DEVICE inline void max_indices_element(const PoolGeometry& g, const Poo
 // in the forward only).
 
 constexpr int kGlobalThreads = kThreads;
+constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
+constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
+constexpr int64_t kChunkCells = 16;     // fewest cells per thread of a plane, or of its chunk
+constexpr int kUnroll = 4;              // loads in flight per thread
+
 // Global pooling of planes of at most this many cells goes to the window
 // kernels instead (a thread a plane, or V of them) where the launches are
 // asked to (POOL_EXT_CUDA_GLOBAL_WINDOWS=1): the reduction's alternative
@@ -369,10 +380,6 @@ constexpr int64_t kWindowGlobalCells = 64;
 inline bool by_reduction(const PoolGeometry& g, const Layout5& v, bool windows) {
   return is_global(g) && !(windows && v.pixels() <= kWindowGlobalCells);
 }
-constexpr int64_t kBlocksPerSM = 8;     // 2048 threads: a whole SM
-constexpr int64_t kGlobalChunks = 256;  // most chunks per plane (joined one by one)
-constexpr int64_t kChunkCells = 16;     // fewest cells per thread of a plane, or of its chunk
-constexpr int kUnroll = 4;              // loads in flight per thread
 
 struct GlobalSplit {
   int lanes;        // planes of one block

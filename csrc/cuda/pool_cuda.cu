@@ -21,9 +21,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <limits>
-#include <string>
 
 #include "../pool_kernels.h"
 #include "../pool_ops.h"
@@ -69,10 +67,7 @@ void launch_window_kernel(const at::Tensor& written, std::initializer_list<at::T
                           const F& launch) {
   // POOL_EXT_CUDA_NCHW_LANES=0 turns lanes apart off (packs stay), for a
   // benchmark to compare the two in one build (benchmarks/gpu_check.sh).
-  static const bool apart = [] {
-    const char* lanes = std::getenv("POOL_EXT_CUDA_NCHW_LANES");
-    return lanes == nullptr || std::string(lanes) != "0";
-  }();
+  static const bool apart = !env_is("POOL_EXT_CUDA_NCHW_LANES", "0");
   const int64_t resident = kBlocksPerSM * kThreads * multiprocessors(written);
   const ChannelLanes l = channel_lanes<scalar_t>(
       tensors, written.numel(), apart ? resident : std::numeric_limits<int64_t>::max());
@@ -250,10 +245,7 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
 // them to the window kernels, to compare the two in one build
 // (benchmarks/gpu_check.sh; pool_kernels.h's kWindowGlobalCells).
 bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
-  static const bool windows = [] {
-    const char* v = std::getenv("POOL_EXT_CUDA_GLOBAL_WINDOWS");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool windows = env_is("POOL_EXT_CUDA_GLOBAL_WINDOWS", "1");
   return pool_ext::by_reduction(g, layout_of(in), windows);
 }
 

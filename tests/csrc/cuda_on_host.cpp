@@ -9,10 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <initializer_list>
 #include <limits>
-#include <string>
 #include <vector>
 
 #include "pool_kernels.h"
@@ -41,8 +39,7 @@ struct HostTables {
 // (POOL_EXT_HOST_INDEX64=1), so that the wide numbering runs on small inputs.
 template <typename F>
 void host_dispatch_index(int64_t total, const F& f) {
-  const char* wide = std::getenv("POOL_EXT_HOST_INDEX64");
-  if (wide != nullptr && wide[0] == '1') {
+  if (env_is("POOL_EXT_HOST_INDEX64", "1")) {
     f(int64_t{});
   } else {
     dispatch_index(total, f);
@@ -69,8 +66,7 @@ void for_split_elements(const at::Tensor& written, int lanes, const F& f) {
 template <typename scalar_t, typename F>
 void for_lanes(const at::Tensor& written, std::initializer_list<at::Tensor> tensors,
                const F& f) {
-  const char* one = std::getenv("POOL_EXT_HOST_LANES1");
-  const bool forced = one != nullptr && one[0] == '1';
+  const bool forced = env_is("POOL_EXT_HOST_LANES1", "1");
   // (lanes whatever the size, where a GPU takes them only on inputs that
   // fill it: the tests' inputs are small, and _channel_lanes checks that rule)
   const ChannelLanes lanes =
@@ -116,8 +112,7 @@ void global_reduce(const PoolGeometry& g, const at::Tensor& in, const Output& ou
 // pool_cuda.cu's choice for global pooling, with its switch read at every
 // call (POOL_EXT_CUDA_GLOBAL_WINDOWS=1: small planes to the window kernels).
 bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
-  const char* v = std::getenv("POOL_EXT_CUDA_GLOBAL_WINDOWS");
-  return pool_ext::by_reduction(g, layout_of(in), v != nullptr && std::string(v) == "1");
+  return pool_ext::by_reduction(g, layout_of(in), env_is("POOL_EXT_CUDA_GLOBAL_WINDOWS", "1"));
 }
 
 struct HostKernels {
