@@ -160,11 +160,14 @@ struct Window {
   int64_t first_tap;
 };
 
-// Input extent of dim k for sample n.
+// Input extent of dim k for sample n. A sample's size is clamped to
+// [1, padded extent]: the plan checks sizes on the host, but not while a CUDA
+// graph is captured (reading them would sync the stream), and there the clamp
+// is what keeps every window inside the input.
 C10_HOST_DEVICE inline int64_t extent(const PoolGeometry& g, int k, int64_t n) {
   const int first = kDims - g.ndim;
   if (g.sizes != nullptr && k >= first) {
-    return g.sizes[n * g.ndim + (k - first)];
+    return min64(max64(g.sizes[n * g.ndim + (k - first)], 1), g.dim[k].in);
   }
   return g.dim[k].in;
 }

@@ -4,6 +4,8 @@
 //   static void max_indices(const PoolGeometry&, taps, indices);
 //   static void avg_forward(const PoolGeometry&, in, out);
 //   static void avg_backward(const PoolGeometry&, grad_out, grad_in);
+//   static bool sizes_readable(const at::Tensor& self);  // may the plan copy
+//                                   // variable pooling's sizes to the host?
 // taking (N, C, D, H, W) views with any strides, non-empty outputs, and
 // registers itself with `register_ops<Backend>(m)` in its own file.
 #pragma once
@@ -191,11 +193,18 @@ at::Tensor avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& se
 // Adaptive windows (variable when `sizes` is given).
 
 template <class K>
+PoolPlan plan_adaptive_on(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
+                          const std::optional<at::Tensor>& sizes) {
+  return plan_adaptive(kind, self, output_size, sizes,
+                       !sizes.has_value() || K::sizes_readable(self));
+}
+
+template <class K>
 std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
                                                      at::IntArrayRef output_size,
                                                      const std::optional<at::Tensor>& sizes,
                                                      bool long_taps) {
-  auto plan = plan_adaptive("max_pool", self, output_size, sizes);
+  auto plan = plan_adaptive_on<K>("max_pool", self, output_size, sizes);
   if (long_taps) {
     plan.tap_dtype = at::kLong;
   }
@@ -205,14 +214,14 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
 template <class K>
 at::Tensor adaptive_max_pool_values(const at::Tensor& self, at::IntArrayRef output_size,
                                     const std::optional<at::Tensor>& sizes) {
-  return run_max_values<K>(plan_adaptive("max_pool", self, output_size, sizes), self);
+  return run_max_values<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes), self);
 }
 
 template <class K>
 at::Tensor adaptive_max_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
                                       const at::Tensor& taps, at::IntArrayRef output_size,
                                       const std::optional<at::Tensor>& sizes) {
-  return run_max_backward<K>(plan_adaptive("max_pool", self, output_size, sizes), grad_output,
+  return run_max_backward<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes), grad_output,
                              self, taps);
 }
 
@@ -220,20 +229,20 @@ template <class K>
 at::Tensor adaptive_max_pool_indices(const at::Tensor& self, const at::Tensor& taps,
                                      at::IntArrayRef output_size,
                                      const std::optional<at::Tensor>& sizes) {
-  return run_max_indices<K>(plan_adaptive("max_pool", self, output_size, sizes), self, taps);
+  return run_max_indices<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes), self, taps);
 }
 
 template <class K>
 at::Tensor adaptive_avg_pool(const at::Tensor& self, at::IntArrayRef output_size,
                              const std::optional<at::Tensor>& sizes) {
-  return run_avg<K>(plan_adaptive("avg_pool", self, output_size, sizes), self);
+  return run_avg<K>(plan_adaptive_on<K>("avg_pool", self, output_size, sizes), self);
 }
 
 template <class K>
 at::Tensor adaptive_avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
                                       at::IntArrayRef output_size,
                                       const std::optional<at::Tensor>& sizes) {
-  return run_avg_backward<K>(plan_adaptive("avg_pool", self, output_size, sizes), grad_output,
+  return run_avg_backward<K>(plan_adaptive_on<K>("avg_pool", self, output_size, sizes), grad_output,
                              self);
 }
 

@@ -212,7 +212,7 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
 }
 
 PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
-                       const std::optional<at::Tensor>& sizes) {
+                       const std::optional<at::Tensor>& sizes, bool check_sizes) {
   const auto ndim = static_cast<int64_t>(output_size.size());
   const std::string family = sizes.has_value() ? "variable_" : "adaptive_";
   TORCH_CHECK(ndim >= 1 && ndim <= kDims, family, kind,
@@ -257,11 +257,11 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
     TORCH_CHECK(sz.size(0) == n, name, ": expected sizes of shape (", n, ", ", ndim,
                 ") for a batch of ", n, ", but got sizes of shape ", sz.sizes());
     plan.sizes = sz.to(at::kLong).reshape({n, ndim}).contiguous();
-    // The one host read of the sizes: a bad size must be an error, never a
-    // read past the padded input.
-    const auto host = plan.sizes.cpu();
-    const int64_t* v = host.data_ptr<int64_t>();
-    for (const auto s : c10::irange(n)) {
+    // The one host read of the sizes: a bad size is an error. Without it
+    // (a CUDA graph being captured), the kernels clamp each size (extent()).
+    const auto host = check_sizes ? plan.sizes.cpu() : at::Tensor();
+    const int64_t* v = check_sizes ? host.const_data_ptr<int64_t>() : nullptr;
+    for (const auto s : c10::irange(check_sizes ? n : 0)) {
       for (const auto i : c10::irange(ndim)) {
         const int64_t extent = self.size(2 + i);
         const int64_t value = v[s * ndim + i];

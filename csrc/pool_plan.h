@@ -27,9 +27,10 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
                     bool ceil_mode, bool same, bool count_include_pad,
                     std::optional<int64_t> divisor_override);
 
-// Adaptive windows; with `sizes`, each sample n pooled over its own extent.
+// Adaptive windows; with `sizes`, each sample n pooled over its own extent,
+// whose values are checked when `check_sizes` (a copy to the host).
 PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
-                       const std::optional<at::Tensor>& sizes);
+                       const std::optional<at::Tensor>& sizes, bool check_sizes = true);
 
 // Checks that a backward's grad_output (or saved taps) fits the plan, on
 // self's device: the dispatcher picks the CUDA kernel when any argument is

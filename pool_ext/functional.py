@@ -623,7 +623,8 @@ def variable_max_pool1d(input, output_size, sizes, return_indices=False):
         sizes: integer ``Tensor[N]`` or ``Tensor[N, 1]`` of lengths, on ``input``'s device.
     Returns:
         ``Tensor[N, C, output_size]``; with ``return_indices`` also indices into ``L``.
-    Padding cells are never read and get zero gradient.
+    Padding cells are never read and get zero gradient. Lengths are checked as
+    in ``variable_max_pool2d``.
     """
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool1d, (input, sizes), input, output_size, sizes, return_indices)
@@ -641,6 +642,8 @@ def variable_max_pool2d(input, output_size, sizes, return_indices=False):
     Returns:
         ``Tensor[N, C, H_out, W_out]``: what slicing each sample and calling
         ``adaptive_max_pool2d`` gives; with ``return_indices`` also indices into the padded ``H * W``.
+    A size outside ``[1, extent]`` is an error, except while a CUDA graph is
+    captured (checking would sync the GPU): there sizes are clamped to that range.
     """
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool2d, (input, sizes), input, output_size, sizes, return_indices)

@@ -387,6 +387,49 @@ def test_global_pooling_of_small_planes_by_windows(host, dtype, monkeypatch):
               torch.ops.pool_ext.adaptive_avg_pool(x, [1] * d, sizes))
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_unchecked_sizes_are_clamped(host, dtype, monkeypatch):
+    """While a CUDA graph is captured, the plan does not copy `sizes` to the host
+    to check them (the copy would sync the stream): POOL_EXT_HOST_CAPTURING=1
+    plans so. Sizes under 1 or past the padded extent (by a little, or by 2^40)
+    then pool as if clamped to [1, extent]: the tables, the window kernels and
+    the global reduction stay inside the input. Checked, they are errors."""
+    rng = random.Random(f"unchecked-{dtype}")
+    wild = [0, -1, -(2 ** 40), 2 ** 40]
+    for _ in range(80):
+        d = rng.choice([1, 2, 3])
+        spatial = [rng.randint(1, {1: 40, 2: 10, 3: 5}[d]) for _ in range(d)]
+        n = rng.randint(1, 4)
+        x, _ = random_input(rng, (n, rng.choice([1, 3, 8, 16]), *spatial), dtype, "cpu")
+        sizes = torch.tensor([[rng.choice([rng.randint(1, e), e + rng.randint(1, 3), rng.choice(wild)])
+                               for e in spatial] for _ in range(n)])
+        k = rng.randrange(d)
+        sizes[rng.randrange(n), k] = rng.choice(wild + [spatial[k] + 1])
+        clamped = torch.minimum(sizes.clamp(min=1), torch.tensor(spatial))
+        sizes = sizes.int() if rng.random() < 0.3 and sizes.abs().max() < 2 ** 31 else sizes
+        out_size = [rng.choice([1, rng.randint(1, s + 2)]) for s in spatial]
+        assert both(host, "adaptive_avg_pool", x, out_size, sizes) is None  # checked: an error
+
+        out, taps = torch.ops.pool_ext.adaptive_max_pool(x, out_size, clamped)
+        avg = torch.ops.pool_ext.adaptive_avg_pool(x, out_size, clamped)
+        g = random_grad(rng, out)
+        monkeypatch.setenv("POOL_EXT_HOST_CAPTURING", "1")
+        h_out, h_taps = host.adaptive_max_pool(x, out_size, sizes)
+        h_values = host._adaptive_max_pool_values(x, out_size, sizes)
+        h_indices = host._adaptive_max_pool_indices(x, taps, out_size, sizes)
+        h_max_grad = host._adaptive_max_pool_backward(g, x, taps, out_size, sizes)
+        h_avg = host.adaptive_avg_pool(x, out_size, sizes)
+        h_avg_grad = host._adaptive_avg_pool_backward(g, x, out_size, sizes)
+        monkeypatch.delenv("POOL_EXT_HOST_CAPTURING")
+        equal(h_out, out)
+        equal(h_taps, taps)
+        equal(h_values, out)
+        equal(h_indices, torch.ops.pool_ext._adaptive_max_pool_indices(x, taps, out_size, clamped))
+        close(h_max_grad, torch.ops.pool_ext._adaptive_max_pool_backward(g, x, taps, out_size, clamped))
+        close(h_avg, avg)
+        close(h_avg_grad, torch.ops.pool_ext._adaptive_avg_pool_backward(g, x, out_size, clamped))
+
+
 @pytest.mark.parametrize("shape, layout", [
     ((1, 1, 100_000), "contiguous"),
     ((2, 3, 300, 300), "channels_last"),

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 import pool_ext
 from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TOL, assert_close_to_ref, assert_equal, leaf, make_rng, ours,
-    num_threads, order_revealing, random_grad, random_values, scatter_grad, to_strided, with_layout,
+    num_threads, order_revealing, random_grad, random_values, scatter_grad, to_strided, torch_generator,
+    with_layout,
 )
 
 MAX_EXTENT = {1: 10, 2: 7, 3: 5}
@@ -398,3 +399,56 @@ def test_small_planes_many_channels(kind, d, channels, dtype, device):
     x = torch.where(valid_mask(shape, sizes, d), values, padding_fill(rng, shape, dtype)).to(device)
     for output_size in (2, 3) if d == 2 else ((1, 1, 2), 3):
         check_variable(kind, d, x, sizes, output_size, device, rng)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("sizes_dtype", [torch.int64, torch.int32], ids=["int64", "int32"])
+@pytest.mark.parametrize("output_size", [1, 3])
+@pytest.mark.parametrize("d", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_captured_in_a_cuda_graph(kind, d, output_size, sizes_dtype):
+    """Forward and backward captured in a CUDA graph replay with new inputs,
+    sizes and gradients as eager calls compute them, bit for bit. While
+    capturing, the sizes are not copied to the host to be checked (that would
+    sync the stream): out-of-range sizes replay as if clamped to [1, extent]."""
+    gen = torch_generator(make_rng("variable-graph", kind, d, output_size, sizes_dtype))
+    fn = ours(f"variable_{kind}_pool{d}d")
+    spatial = {1: [50], 2: [12, 9], 3: [5, 6, 7]}[d]
+    n, c = 4, 8
+    extents = torch.tensor(spatial)
+
+    def random_sizes(wild=False):
+        s = torch.stack([torch.randint(1, e + 1, (n,), generator=gen) for e in spatial], dim=1)
+        if wild:
+            s[0, -1], s[-1, 0] = 0, spatial[0] + 5
+        return s.to(sizes_dtype)
+
+    x = torch.randn(n, c, *spatial, generator=gen).cuda().requires_grad_()
+    sizes = random_sizes().cuda()
+    grad = torch.randn(n, c, *[output_size] * d, generator=gen).cuda()
+    side = torch.cuda.Stream()  # warm up off the default stream, as torch.cuda.graph asks
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            x.grad = None
+            fn(x, output_size, sizes).backward(grad)
+    torch.cuda.current_stream().wait_stream(side)
+    x.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn(x, output_size, sizes)
+        out.backward(grad)
+
+    for wild in (False, False, True):
+        new_sizes = random_sizes(wild)
+        with torch.no_grad():
+            x.copy_(torch.randn(x.shape, generator=gen))
+            grad.copy_(torch.randn(grad.shape, generator=gen))
+            sizes.copy_(new_sizes)
+        graph.replay()
+        clamped = torch.minimum(new_sizes.long().clamp(min=1), extents).cuda()
+        x2 = x.detach().clone().requires_grad_()
+        want = fn(x2, output_size, clamped)
+        want.backward(grad)
+        assert_equal(out, want)
+        assert_equal(x.grad, x2.grad)

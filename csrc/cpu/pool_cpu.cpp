@@ -4991,6 +4991,9 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
 // The CPU backend of pool_ops.h: each op picks its kernel by layout and
 // geometry.
 struct CpuKernels {
+  // Sizes on the CPU: reading them costs no sync.
+  static bool sizes_readable(const at::Tensor&) { return true; }
+
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
     if (few_channels_last(g, in)) {

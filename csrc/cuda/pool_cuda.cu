@@ -250,6 +250,15 @@ bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
 }
 
 struct CudaKernels {
+  // Not while self's stream captures a CUDA graph: the copy would sync it
+  // (an error there), and a graph replays with other sizes anyway.
+  static bool sizes_readable(const at::Tensor& self) {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    C10_CUDA_CHECK(
+        cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(self.device().index()), &status));
+    return status == cudaStreamCaptureStatusNone;
+  }
+
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
     const c10::cuda::CUDAGuard guard(in.device());

@@ -116,6 +116,12 @@ bool by_reduction(const PoolGeometry& g, const at::Tensor& in) {
 }
 
 struct HostKernels {
+  // As in a capture of a CUDA graph (pool_cuda.cu) with
+  // POOL_EXT_HOST_CAPTURING=1, read at every call: sizes unchecked.
+  static bool sizes_readable(const at::Tensor&) {
+    return !env_is("POOL_EXT_HOST_CAPTURING", "1");
+  }
+
   static void max_forward(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
                           const at::Tensor& taps) {
     const bool values_only = !taps.defined();
