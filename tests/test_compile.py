@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 from torch._dynamo.testing import CompileCounterWithBackend
+from torch.utils._triton import has_triton
 
 import pool_ext
 import pool_ext.functional as PF
@@ -320,3 +321,26 @@ def test_cnn_inductor():
     torch._dynamo.reset()
     eager, compiled_model, compiled = eager_and_compiled(Net, "inductor")
     check_same(eager, compiled_model, compiled, torch.randn(4, 3, 16, 16), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not torch.cuda.is_available() or not has_triton(), reason="needs a CUDA device and triton")
+@pytest.mark.parametrize("model_cls", [Net, VariableNet])
+def test_reduce_overhead_captures_cuda_graphs(model_cls):
+    """mode="reduce-overhead" runs the compiled graphs, forward and backward, as
+    CUDA graphs: none of our ops (variable pooling's sizes included) makes
+    inductor skip the capture, and replays give eager's results."""
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager, compiled_model, compiled = eager_and_compiled(model_cls, "inductor", mode="reduce-overhead")
+    eager.cuda().double()
+    compiled_model.cuda().double()  # float64: no TF32 convolutions to tell eager from compiled
+    gen = torch.Generator().manual_seed(0)
+    for step in range(4):  # a warm-up run, the recording, then replays
+        x = torch.randn(3, 3, 12, 12, generator=gen, dtype=torch.float64).cuda()
+        sizes = torch.stack([torch.randint(1, 13, (3,), generator=gen) for _ in range(2)], 1).cuda()
+        inputs = (x, sizes) if model_cls is VariableNet else (x,)
+        check_same(eager, compiled_model, compiled, *inputs, rtol=1e-10, atol=1e-10)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
