@@ -652,7 +652,8 @@ def variable_max_pool2d(input, output_size, sizes, return_indices=False):
 
 
 def variable_max_pool3d(input, output_size, sizes, return_indices=False):
-    """As ``variable_max_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``."""
+    """As ``variable_max_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``
+    (checked as there)."""
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_max_pool3d, (input, sizes), input, output_size, sizes, return_indices)
     _variable_input("variable_max_pool3d", input, 3, sizes)
@@ -662,7 +663,8 @@ def variable_max_pool3d(input, output_size, sizes, return_indices=False):
 def variable_avg_pool1d(input, output_size, sizes):
     """Masked adaptive average pooling of a padded batch of sequences (``output_size=1``: masked mean).
 
-    ``Tensor[N, C, L]`` with lengths ``Tensor[N]`` -> ``Tensor[N, C, output_size]``.
+    ``Tensor[N, C, L]`` with lengths ``Tensor[N]`` -> ``Tensor[N, C, output_size]``; lengths
+    checked as in ``variable_max_pool2d``.
     """
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool1d, (input, sizes), input, output_size, sizes)
@@ -673,7 +675,8 @@ def variable_avg_pool1d(input, output_size, sizes):
 def variable_avg_pool2d(input, output_size, sizes):
     """Adaptive average pooling of each image over its own size.
 
-    ``Tensor[N, C, H, W]`` with ``sizes`` ``Tensor[N, 2]`` -> ``Tensor[N, C, H_out, W_out]``.
+    ``Tensor[N, C, H, W]`` with ``sizes`` ``Tensor[N, 2]`` -> ``Tensor[N, C, H_out, W_out]``;
+    sizes checked as in ``variable_max_pool2d``.
     """
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool2d, (input, sizes), input, output_size, sizes)
@@ -682,7 +685,8 @@ def variable_avg_pool2d(input, output_size, sizes):
 
 
 def variable_avg_pool3d(input, output_size, sizes):
-    """As ``variable_avg_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``."""
+    """As ``variable_avg_pool2d`` for ``Tensor[N, C, D, H, W]`` with ``sizes`` of ``Tensor[N, 3]``
+    (checked as there)."""
     if has_torch_function((input, sizes)) and not torch.compiler.is_compiling():
         return handle_torch_function(variable_avg_pool3d, (input, sizes), input, output_size, sizes)
     _variable_input("variable_avg_pool3d", input, 3, sizes)
@@ -701,7 +705,8 @@ def spatial_pyramid_pool2d(input, levels=(1, 2, 4), mode="max", sizes=None):
         input: ``Tensor[N, C, H, W]`` or ``Tensor[C, H, W]``.
         levels: grid sizes.
         mode: ``"max"`` or ``"avg"``.
-        sizes: optional integer ``Tensor[N, 2]``: each image's valid size in a padded batch.
+        sizes: optional integer ``Tensor[N, 2]``: each image's valid size in a padded batch
+            (checked as in ``variable_max_pool2d``).
     Returns:
         ``Tensor[N, C * sum(l * l for l in levels)]`` (``Tensor[C * ...]`` unbatched).
     """

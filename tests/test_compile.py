@@ -344,3 +344,5 @@ def test_reduce_overhead_captures_cuda_graphs(model_cls):
         inputs = (x, sizes) if model_cls is VariableNet else (x,)
         check_same(eager, compiled_model, compiled, *inputs, rtol=1e-10, atol=1e-10)
     assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+    # and graphs were recorded (x, and sizes, are inputs a recording counts)
+    assert counters["inductor"]["cudagraph_recorded_non_static_inputs"] > 0, dict(counters["inductor"])

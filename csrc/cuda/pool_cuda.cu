@@ -253,6 +253,8 @@ struct CudaKernels {
   // Not while self's stream captures a CUDA graph: the copy would sync it
   // (an error there), and a graph replays with other sizes anyway.
   static bool sizes_readable(const at::Tensor& self) {
+    // (self's device current: its legacy default stream is the current device's)
+    const c10::cuda::CUDAGuard guard(self.device());
     cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
     C10_CUDA_CHECK(
         cudaStreamIsCapturing(c10::cuda::getCurrentCUDAStream(self.device().index()), &status));
