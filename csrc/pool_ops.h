@@ -196,7 +196,7 @@ template <class K>
 PoolPlan plan_adaptive_on(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
                           const std::optional<at::Tensor>& sizes) {
   return plan_adaptive(kind, self, output_size, sizes,
-                       !sizes.has_value() || K::sizes_readable(self));
+                       sizes.has_value() && !SizesChecked::active() && K::sizes_readable(self));
 }
 
 template <class K>

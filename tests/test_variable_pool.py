@@ -452,3 +452,41 @@ def test_captured_in_a_cuda_graph(kind, d, output_size, sizes_dtype):
         want.backward(grad)
         assert_equal(out, want)
         assert_equal(x.grad, x2.grad)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("output_size", [1, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_backward_does_not_sync(kind, output_size):
+    """The forward copies the sizes to the host to check them, a sync; the
+    backward, whose sizes the forward checked (and autograd refuses once
+    changed in place), does not again."""
+    fn = ours(f"variable_{kind}_pool2d")
+    x = torch.randn(3, 4, 9, 7, device="cuda", requires_grad=True)
+    sizes = torch.tensor([[9, 7], [2, 5], [6, 1]], device="cuda")
+    out = fn(x, output_size, sizes)
+    grad = torch.randn_like(out)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out.backward(grad)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    x2 = x.detach().cpu().requires_grad_()
+    fn(x2, output_size, sizes.cpu()).backward(grad.cpu())
+    torch.testing.assert_close(x.grad.cpu(), x2.grad)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("output_size", [1, 3])
+@pytest.mark.parametrize("kind", ["max", "avg"])
+def test_sizes_changed_after_the_forward_fail_the_backward(kind, output_size, device):
+    """The backward takes the sizes its forward checked: changed in place
+    since (made bad, say), they fail the backward, as any saved tensor would."""
+    fn = ours(f"variable_{kind}_pool2d")
+    x = torch.randn(3, 4, 9, 7, device=device, requires_grad=True)
+    sizes = torch.tensor([[9, 7], [2, 5], [6, 1]], device=device)
+    out = fn(x, output_size, sizes)
+    sizes[1, 0] = 100
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.backward(torch.ones_like(out))
