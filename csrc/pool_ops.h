@@ -109,6 +109,13 @@ at::Tensor run_avg(const PoolPlan& plan, const at::Tensor& self) {
     add_zero(self, out);
   } else if (out.numel() > 0) {
     K::avg_forward(plan.geom, as_5d(self), as_5d(out));
+    // A zero sum over a negative divisor_override is -0. torch's CPU kernels
+    // for 3d and contiguous 2d add each quotient to a zeroed output, which
+    // makes it +0 (its channels-last 2d kernel stores the quotient): so do we.
+    if (plan.geom.divisor_override < 0 &&
+        !(plan.geom.ndim == 2 && plan.format == at::MemoryFormat::ChannelsLast)) {
+      add_zero(out, out);
+    }
   }
   return out;
 }

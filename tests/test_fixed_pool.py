@@ -340,6 +340,26 @@ def test_avg_pool_divisor_and_count_include_pad(d, device):
                 run_case("avg", d, x, "contiguous", kwargs, device, rng)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("d", [2, 3])
+def test_zero_sums_over_a_negative_divisor_have_torchs_sign(d, dtype):
+    """A window summing to zero over a negative divisor_override: torch's CPU
+    kernels give +0 for contiguous 2d and every 3d input (they add each quotient
+    to a zeroed output) and -0 for channels-last 2d (they store it)."""
+    g = torch.Generator().manual_seed(d)
+    half = torch.randn((2, 16) + (4,) * (d - 1) + (3,), generator=g).to(dtype)
+    values = torch.stack([half, -half], dim=-1).flatten(-2)  # each window: x, -x
+    values[0, 0] = -0.0  # and a plane of -0
+    for layout in ("contiguous", "channels_last"):
+        x = values if layout == "contiguous" else values.contiguous(
+            memory_format=torch.channels_last if d == 2 else torch.channels_last_3d)
+        for divisor in (-3, -1, 2):
+            kwargs = dict(kernel_size=(1,) * (d - 1) + (2,), divisor_override=divisor)
+            # (torch's CPU has no 2-byte avg_pool3d: its float result, every output a zero)
+            expected = F.avg_pool2d(x, **kwargs) if d == 2 else F.avg_pool3d(x.float(), **kwargs).to(dtype)
+            assert_equal(ours(f"avg_pool{d}d")(x, **kwargs), expected, msg=f"{layout}, divisor {divisor}")
+
+
 # ---------------------------------------------------------------- padding="same" / "valid"
 
 
