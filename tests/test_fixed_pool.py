@@ -360,6 +360,27 @@ def test_zero_sums_over_a_negative_divisor_have_torchs_sign(d, dtype):
             assert_equal(ours(f"avg_pool{d}d")(x, **kwargs), expected, msg=f"{layout}, divisor {divisor}")
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["f32", "f64"])
+def test_average_of_long_windows_changes_no_bit_with_threads(dtype):
+    """One image of 16 channels of small planes may pool through the planes
+    kernels on some thread counts and through channel groups on others. Their
+    sums agree only on windows of under 16 taps (the planes kernels sum longer
+    rows as runs): longer ones take one path whatever the thread count."""
+    g = torch.Generator().manual_seed(0)
+    cases = [((1, 16, 8, 8), dict(kernel_size=(7, 21), stride=(7, 1), padding=(0, 10), ceil_mode=True)),
+             ((1, 16, 4, 4), dict(kernel_size=4, stride=1)),  # a plane-wide window: one run of 16
+             ((1, 24, 5, 6, 7), dict(kernel_size=(2, 3, 5), stride=1, padding=(1, 1, 2)))]
+    for shape, kwargs in cases:
+        x = torch.randn(shape, generator=g, dtype=torch.float64).to(dtype)
+        name = f"avg_pool{len(shape) - 2}d"
+        runs = []
+        for n in (1, 2, 8):
+            with num_threads(n):
+                runs.append(ours(name)(x, **kwargs))
+        for run in runs[1:]:
+            assert_equal(run, runs[0], msg=f"{shape} {kwargs}")
+
+
 # ---------------------------------------------------------------- padding="same" / "valid"
 
 

@@ -2141,8 +2141,9 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   // 8x8x8 max 2x2 95 and 16; fwd+bwd 1.2-1.7x), or at most 16 grains over
   // rows of under a vector of outputs, whose per-row cost outweighs the
   // threads (12x12x12 max forwards 2.7-3.6x, fwd+bwd 1.4-2x; rows of 10 or
-  // more outputs gained nothing). Not for adaptive averages, which planes
-  // sum by runs and channels tap by tap: their bits would change with the
+  // more outputs gained nothing). Not for averages whose windows the planes
+  // kernels may sum by runs (adaptive ones; fixed ones of kMinRun taps or
+  // more) where channels sum tap by tap: their bits would change with the
   // thread count.
   const bool values = pass == Pass::kMaxValuesForward || pass == Pass::kAvgForward;
   const bool forward = values || pass == Pass::kForward;
@@ -2154,7 +2155,7 @@ inline bool via_channels(const PoolGeometry& g, const at::Tensor& t, Pass pass) 
   const bool short_rows = g.dim[2].out < at::vec::Vectorized<float>::size();
   if (v.size[0] * ((v.size[1] + kGroup - 1) / kGroup) < at::get_num_threads() &&
       work > (short_rows ? 16 : 1) * grain_work &&
-      !(g.adaptive && pass == Pass::kAvgForward)) {
+      !(pass == Pass::kAvgForward && (g.adaptive || window_taps(g) >= kMinRun))) {
     return false;
   }
   // 2-byte values go further forward: their planes kernels widen every
