@@ -46,8 +46,7 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 // and non-reentrant checkpointing's recomputes the forward there, which
 // below the Autograd key would save nothing (CheckpointError). A node that
 // saved no tensors (kept_tensors false) unpacks none: unpacking fails once a
-// backward without retain_graph has released them. The gradient's plan does
-// not check variable pooling's sizes again (a copy to the host).
+// backward without retain_graph has released them.
 template <typename F>
 variable_list self_grad(AutogradContext* ctx, size_t n_args, const F& grad_input,
                         bool kept_tensors = true) {
@@ -58,9 +57,6 @@ variable_list self_grad(AutogradContext* ctx, size_t n_args, const F& grad_input
     if (!at::GradMode::is_enabled()) {
       below.emplace();
     }
-    // Variable pooling's sizes: the forward checked them, and unpacking them
-    // checked that nothing changed them since.
-    const SizesChecked checked;
     grads[0] = grad_input(saved);
   }
   return grads;

@@ -199,11 +199,16 @@ at::Tensor avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& se
 
 // Adaptive windows (variable when `sizes` is given).
 
+// Variable pooling's sizes are checked (copied to the host: on a GPU, a
+// sync) by the forwards, where the backend may read them. The backward and
+// indices ops take the outputs of a checked forward, whose sizes autograd
+// keeps from change (a saved tensor changed in place fails the backward):
+// they take the sizes as checked, and extent() keeps any inside the input.
 template <class K>
 PoolPlan plan_adaptive_on(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
-                          const std::optional<at::Tensor>& sizes) {
+                          const std::optional<at::Tensor>& sizes, bool forward) {
   return plan_adaptive(kind, self, output_size, sizes,
-                       sizes.has_value() && !SizesChecked::active() && K::sizes_readable(self));
+                       forward && sizes.has_value() && K::sizes_readable(self));
 }
 
 template <class K>
@@ -211,7 +216,7 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
                                                      at::IntArrayRef output_size,
                                                      const std::optional<at::Tensor>& sizes,
                                                      bool long_taps) {
-  auto plan = plan_adaptive_on<K>("max_pool", self, output_size, sizes);
+  auto plan = plan_adaptive_on<K>("max_pool", self, output_size, sizes, true);
   if (long_taps) {
     plan.tap_dtype = at::kLong;
   }
@@ -221,36 +226,37 @@ std::tuple<at::Tensor, at::Tensor> adaptive_max_pool(const at::Tensor& self,
 template <class K>
 at::Tensor adaptive_max_pool_values(const at::Tensor& self, at::IntArrayRef output_size,
                                     const std::optional<at::Tensor>& sizes) {
-  return run_max_values<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes), self);
+  return run_max_values<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes, true), self);
 }
 
 template <class K>
 at::Tensor adaptive_max_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
                                       const at::Tensor& taps, at::IntArrayRef output_size,
                                       const std::optional<at::Tensor>& sizes) {
-  return run_max_backward<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes), grad_output,
-                             self, taps);
+  return run_max_backward<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes, false),
+                             grad_output, self, taps);
 }
 
 template <class K>
 at::Tensor adaptive_max_pool_indices(const at::Tensor& self, const at::Tensor& taps,
                                      at::IntArrayRef output_size,
                                      const std::optional<at::Tensor>& sizes) {
-  return run_max_indices<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes), self, taps);
+  return run_max_indices<K>(plan_adaptive_on<K>("max_pool", self, output_size, sizes, false), self,
+                            taps);
 }
 
 template <class K>
 at::Tensor adaptive_avg_pool(const at::Tensor& self, at::IntArrayRef output_size,
                              const std::optional<at::Tensor>& sizes) {
-  return run_avg<K>(plan_adaptive_on<K>("avg_pool", self, output_size, sizes), self);
+  return run_avg<K>(plan_adaptive_on<K>("avg_pool", self, output_size, sizes, true), self);
 }
 
 template <class K>
 at::Tensor adaptive_avg_pool_backward(const at::Tensor& grad_output, const at::Tensor& self,
                                       at::IntArrayRef output_size,
                                       const std::optional<at::Tensor>& sizes) {
-  return run_avg_backward<K>(plan_adaptive_on<K>("avg_pool", self, output_size, sizes), grad_output,
-                             self);
+  return run_avg_backward<K>(plan_adaptive_on<K>("avg_pool", self, output_size, sizes, false),
+                             grad_output, self);
 }
 
 template <class K>

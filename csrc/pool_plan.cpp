@@ -278,14 +278,6 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
   return plan;
 }
 
-namespace {
-thread_local bool sizes_checked = false;
-}  // namespace
-
-SizesChecked::SizesChecked() : previous_(sizes_checked) { sizes_checked = true; }
-SizesChecked::~SizesChecked() { sizes_checked = previous_; }
-bool SizesChecked::active() { return sizes_checked; }
-
 void check_like_output(const PoolPlan& plan, const at::Tensor& self, const at::Tensor& t,
                        const char* op, const char* what) {
   TORCH_CHECK(t.device() == self.device(), plan.name, op, ": expected ", what, " on ",

@@ -32,20 +32,6 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
 PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
                        const std::optional<at::Tensor>& sizes, bool check_sizes = true);
 
-// While one lives, on its thread, sizes are taken as checked: an autograd
-// backward's, which its forward checked (autograd refuses saved tensors
-// changed in place since), need no second copy to the host (a GPU sync).
-class SizesChecked {
- public:
-  SizesChecked();
-  ~SizesChecked();
-  SizesChecked(const SizesChecked&) = delete;
-  SizesChecked& operator=(const SizesChecked&) = delete;
-  static bool active();
-
- private:
-  bool previous_;
-};
 
 // Checks that a backward's grad_output (or saved taps) fits the plan, on
 // self's device: the dispatcher picks the CUDA kernel when any argument is

@@ -457,19 +457,23 @@ def test_captured_in_a_cuda_graph(kind, d, output_size, sizes_dtype):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("output_size", [1, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
-def test_backward_does_not_sync(kind, output_size):
+def test_backward_and_indices_do_not_sync(kind, output_size):
     """The forward copies the sizes to the host to check them, a sync; the
-    backward, whose sizes the forward checked (and autograd refuses once
-    changed in place), does not again."""
+    backward and return_indices' indices, whose sizes the forward checked (and
+    autograd refuses once changed in place), do not again."""
     fn = ours(f"variable_{kind}_pool2d")
     x = torch.randn(3, 4, 9, 7, device="cuda", requires_grad=True)
     sizes = torch.tensor([[9, 7], [2, 5], [6, 1]], device="cuda")
     out = fn(x, output_size, sizes)
     grad = torch.randn_like(out)
+    _, taps = (torch.ops.pool_ext.adaptive_max_pool(x.detach(), [output_size] * 2, sizes)
+                   if kind == "max" else (None, None))
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         out.backward(grad)
+        if kind == "max":
+            torch.ops.pool_ext._adaptive_max_pool_indices(x.detach(), taps, [output_size] * 2, sizes)
     finally:
         torch.cuda.set_sync_debug_mode("default")
     x2 = x.detach().cpu().requires_grad_()
@@ -481,8 +485,8 @@ def test_backward_does_not_sync(kind, output_size):
 @pytest.mark.parametrize("output_size", [1, 3])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_sizes_changed_after_the_forward_fail_the_backward(kind, output_size, device):
-    """The backward takes the sizes its forward checked: changed in place
-    since (made bad, say), they fail the backward, as any saved tensor would."""
+    """The backward takes the sizes its forward checked, unchecked: changed in
+    place since (made bad, say), they fail the backward, as any saved tensor would."""
     fn = ours(f"variable_{kind}_pool2d")
     x = torch.randn(3, 4, 9, 7, device=device, requires_grad=True)
     sizes = torch.tensor([[9, 7], [2, 5], [6, 1]], device=device)
@@ -490,3 +494,29 @@ def test_sizes_changed_after_the_forward_fail_the_backward(kind, output_size, de
     sizes[1, 0] = 100
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.backward(torch.ones_like(out))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("d", [1, 2, 3])
+def test_backward_and_indices_ops_take_sizes_as_checked(d, device):
+    """The backward and indices ops take the sizes of a checked forward and do not
+    check them again (a copy to the host, on a GPU a sync): called directly with
+    sizes out of range, they pool as if the sizes were clamped to [1, extent],
+    never outside the input. The forwards still refuse such sizes."""
+    gen = torch_generator(make_rng("unchecked-backward", d, device))
+    spatial = [7, 6, 5][:d]
+    x = torch.randn(3, 4, *spatial, generator=gen, dtype=torch.float64).to(device)
+    bad = torch.tensor([[0] * d, [e + 3 for e in spatial], [-(2 ** 40)] + spatial[1:]], device=device)
+    clamped = torch.minimum(bad.clamp(min=1), torch.tensor(spatial, device=device))
+    out_size = [3] * d
+    ops = torch.ops.pool_ext
+    with pytest.raises(RuntimeError, match="outside the valid range"):
+        ops.adaptive_avg_pool(x, out_size, bad)
+    out, taps = ops.adaptive_max_pool(x, out_size, clamped)
+    g = torch.randn(out.shape, generator=gen, dtype=torch.float64).to(device)
+    assert_equal(ops._adaptive_max_pool_backward(g, x, taps, out_size, bad),
+                 ops._adaptive_max_pool_backward(g, x, taps, out_size, clamped))
+    assert_equal(ops._adaptive_max_pool_indices(x, taps, out_size, bad),
+                 ops._adaptive_max_pool_indices(x, taps, out_size, clamped))
+    assert_equal(ops._adaptive_avg_pool_backward(g, x, out_size, bad),
+                 ops._adaptive_avg_pool_backward(g, x, out_size, clamped))
