@@ -161,8 +161,9 @@ struct Window {
 };
 
 // Input extent of dim k for sample n. A sample's size is clamped to
-// [1, padded extent]: the plan checks sizes on the host, but not while a CUDA
-// graph is captured (reading them would sync the stream), and there the clamp
+// [1, padded extent]: the forwards check sizes on the host, but not while a
+// CUDA graph is captured (reading them would sync the stream), nor do the
+// backward and indices ops (which take a checked forward's); there the clamp
 // is what keeps every window inside the input.
 C10_HOST_DEVICE inline int64_t extent(const PoolGeometry& g, int k, int64_t n) {
   const int first = kDims - g.ndim;

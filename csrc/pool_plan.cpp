@@ -258,7 +258,8 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
                 ") for a batch of ", n, ", but got sizes of shape ", sz.sizes());
     plan.sizes = sz.to(at::kLong).reshape({n, ndim}).contiguous();
     // The one host read of the sizes: a bad size is an error. Without it
-    // (a CUDA graph being captured), the kernels clamp each size (extent()).
+    // (a CUDA graph being captured; backward and indices ops), the kernels
+    // clamp each size (extent()).
     const auto host = check_sizes ? plan.sizes.cpu() : at::Tensor();
     const int64_t* v = check_sizes ? host.const_data_ptr<int64_t>() : nullptr;
     for (const auto s : c10::irange(check_sizes ? n : 0)) {

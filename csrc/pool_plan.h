@@ -32,7 +32,6 @@ PoolPlan plan_fixed(const char* kind, const at::Tensor& self, at::IntArrayRef ke
 PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef output_size,
                        const std::optional<at::Tensor>& sizes, bool check_sizes = true);
 
-
 // Checks that a backward's grad_output (or saved taps) fits the plan, on
 // self's device: the dispatcher picks the CUDA kernel when any argument is
 // on a GPU, and a kernel must not be handed another device's pointer.
