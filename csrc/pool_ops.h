@@ -4,8 +4,7 @@
 //   static void max_indices(const PoolGeometry&, taps, indices);
 //   static void avg_forward(const PoolGeometry&, in, out);
 //   static void avg_backward(const PoolGeometry&, grad_out, grad_in);
-//   static bool sizes_readable(const at::Tensor& self);  // may the plan copy
-//                                   // variable pooling's sizes to the host?
+//   static bool sizes_readable(const at::Tensor& self);  // may sizes go to the host?
 // taking (N, C, D, H, W) views with any strides, non-empty outputs, and
 // registers itself with `register_ops<Backend>(m)` in its own file.
 #pragma once

@@ -260,16 +260,18 @@ PoolPlan plan_adaptive(const char* kind, const at::Tensor& self, at::IntArrayRef
     // The one host read of the sizes: a bad size is an error. Without it
     // (a CUDA graph being captured; backward and indices ops), the kernels
     // clamp each size (extent()).
-    const auto host = check_sizes ? plan.sizes.cpu() : at::Tensor();
-    const int64_t* v = check_sizes ? host.const_data_ptr<int64_t>() : nullptr;
-    for (const auto s : c10::irange(check_sizes ? n : 0)) {
-      for (const auto i : c10::irange(ndim)) {
-        const int64_t extent = self.size(2 + i);
-        const int64_t value = v[s * ndim + i];
-        TORCH_CHECK(value >= 1 && value <= extent, name, ": sizes[", s,
-                    lengths ? "" : ", " + std::to_string(i), "] = ", value,
-                    " is outside the valid range [1, ", extent, "] of spatial dim ", i,
-                    " of the padded input");
+    if (check_sizes) {
+      const auto host = plan.sizes.cpu();
+      const int64_t* v = host.const_data_ptr<int64_t>();
+      for (const auto s : c10::irange(n)) {
+        for (const auto i : c10::irange(ndim)) {
+          const int64_t extent = self.size(2 + i);
+          const int64_t value = v[s * ndim + i];
+          TORCH_CHECK(value >= 1 && value <= extent, name, ": sizes[", s,
+                      lengths ? "" : ", " + std::to_string(i), "] = ", value,
+                      " is outside the valid range [1, ", extent, "] of spatial dim ", i,
+                      " of the padded input");
+        }
       }
     }
     g.sizes = plan.sizes.data_ptr<int64_t>();
