@@ -15,7 +15,8 @@ from pool_testing import (
     DEVICES, DTYPE_IDS, DTYPES, INF, NAN, TORCH_CPU_3D_CONTIGUOUS_ONLY, adaptive_window, assert_close_to_ref,
     assert_equal, assert_same_bits, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
     inputs_in_every_layout, is_batched, leaf, make_rng, num_threads, order_revealing, over_kinds_and_inputs,
-    ours, outputs_and_grad, random_grad, random_input, scatter_grad, to_strided, torch_accepts, torch_reference, torchs,
+    ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad, to_strided, torch_accepts,
+    torch_reference, torchs,
 )
 
 CASES_PER_SEED = 12
@@ -781,9 +782,10 @@ def test_small_planes_in_channel_groups(kind, d, dtype, device):
     channels-last; on 2 threads, 256 or 128 of 260 where that leaves four tasks a
     thread), from planes with gaps between samples and between channels:
     against torch, and bit-identical to the same values laid out channels-last
-    (outputs, indices, gradients)."""
+    (outputs, indices, gradients). Averages over rows of more than 16 cells:
+    narrower ones go to the narrow-plane kernel (test_narrow_planes_sum_rows_then_cells)."""
     rng = make_rng("channel-groups", kind, d, dtype)
-    spatial = (13, 11) if d == 2 else (5, 7, 6)
+    spatial = {("max", 2): (13, 11), ("max", 3): (5, 7, 6), ("avg", 2): (11, 20), ("avg", 3): (3, 4, 18)}[kind, d]
     base, _ = random_input(rng, (6, 140, *spatial), dtype, device, layout="contiguous", specials=0.05)
     wide, _ = random_input(rng, (8, 264, *spatial), dtype, device, layout="contiguous", specials=0.05)
     name = f"adaptive_{kind}_pool{d}d"
@@ -799,16 +801,84 @@ def test_small_planes_in_channel_groups(kind, d, dtype, device):
                 assert_equal(planes, channels)
 
 
+def rows_then_cells(x, output_size):
+    """Adaptive averages as the CPU's narrow-plane kernel sums them, in float32:
+    each output's window rows added in order (D, then H), then its cells in order
+    from +0, divided by its cell count."""
+    d = len(output_size)
+    spatial = x.shape[-d:]
+    windows = [[(o * n // m, -(-(o + 1) * n // m)) for o in range(m)] for n, m in zip(spatial, output_size)]
+    xf = x.float()
+    out = torch.empty(x.shape[:-d] + tuple(output_size))
+    for o in itertools.product(*(range(m) for m in output_size[:-1])):
+        lead = [windows[k][o[k]] for k in range(d - 1)]
+        rows = list(itertools.product(*(range(a, b) for a, b in lead)))
+        column = xf[(..., *rows[0], slice(None))]
+        for r in rows[1:]:
+            column = column + xf[(..., *r, slice(None))]
+        for ow, (a, b) in enumerate(windows[-1]):
+            total = torch.zeros(column.shape[:-1])
+            for c in range(a, b):
+                total = total + column[..., c]
+            cells = (b - a) * math.prod(e - s for s, e in lead)
+            out[(..., *o, ow)] = total / torch.full_like(total, cells)
+    return out.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_narrow_planes_sum_rows_then_cells(dtype):
+    """Adaptive averages of rows of up to 16 cells into up to 8 outputs (13x13 -> 6x6,
+    7x7 -> 3x3; uniform windows too, which run as fixed ones), whose rows are
+    contiguous, go through the CPU's narrow-plane kernel: bit for bit
+    rows_then_cells on any NaN, inf and layout of rows (strided planes, transposed
+    leading dims, unbatched, tens of thousands of tiny planes over two threads,
+    whose output rows of under a vector end where another task's begin), close to
+    torch, and gradients bit-identical to the same values channels-last."""
+    rng = make_rng("narrow-planes", dtype)
+    shapes = [((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
+              ((2, 4, 5, 3), (7, 5)), ((20000, 1, 2, 3), (1, 2)), ((2, 3, 4, 6, 13), (3, 2, 5)),
+              ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6))]
+    for _ in range(6):
+        d = rng.randint(1, 3)
+        spatial = tuple(rng.randint(1, 10) for _ in range(d - 1)) + (rng.randint(1, 16),)
+        out = tuple(rng.randint(1, 9) for _ in range(d - 1)) + (rng.randint(1, 8),)
+        shapes.append(((rng.randint(1, 3), rng.randint(1, 40)) + spatial, out))
+    for shape, output_size in shapes:
+        d = len(output_size)
+        name = f"adaptive_avg_pool{d}d"
+        values = random_values(rng, shape, dtype, specials=0.05)
+        inputs = [values, values.transpose(0, 1) if len(shape) > d + 1 else values,
+                  random_values(rng, shape[:-1] + (shape[-1] + 5,), dtype, specials=0.05)[..., 2:-3]]
+        if d > 1:
+            wide = random_values(rng, shape[:-2] + (shape[-2] + 1, shape[-1]), dtype, specials=0.05)
+            inputs.append(wide[..., 1:, :])
+        for x in inputs:
+            with num_threads(2):
+                got = ours(name)(x, output_size)
+            assert_equal(got, rows_then_cells(x, output_size), msg=f"{name} {tuple(x.shape)} -> {output_size}")
+            assert_close_to_ref(got, torchs(name)(x.double(), output_size), dtype)
+        if d > 1 and len(shape) == d + 2 and shape[0] * shape[1] < 1000:
+            fmt = torch.channels_last if d == 2 else torch.channels_last_3d
+            results = [outputs_and_grad(ours(name), layout, output_size)
+                       for layout in (values, values.contiguous(memory_format=fmt))]
+            (out, _, grad), (out_cl, _, grad_cl) = results
+            assert_close_to_ref(out, out_cl.double(), dtype)
+            assert_equal(grad, grad_cl)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("channels", [8, 13])
 @pytest.mark.parametrize("kind", ["max", "avg"])
 def test_small_planes_with_few_channels(kind, channels, dtype, device):
-    """8-15 channels of 2d planes up to 14x14 go through one channel group on the
-    CPU: against torch, and bit-identical to the same values channels-last."""
+    """8-15 channels of 2d planes of up to 196 cells go through one channel group
+    on the CPU: against torch, and bit-identical to the same values channels-last.
+    Averages over rows of more than 16 cells, as in test_small_planes_in_channel_groups."""
     rng = make_rng("few-channels", kind, channels, dtype)
     name = f"adaptive_{kind}_pool2d"
-    for spatial, output_size in (((8, 8), (3, 3)), ((13, 11), (6, 4)), ((14, 14), (5, 7)), ((9, 6), (12, 4))):
+    cases = {"max": (((8, 8), (3, 3)), ((13, 11), (6, 4)), ((14, 14), (5, 7)), ((9, 6), (12, 4))),
+             "avg": (((8, 20), (3, 3)), ((9, 21), (6, 4)), ((7, 28), (5, 7)), ((6, 17), (12, 4)))}[kind]
+    for spatial, output_size in cases:
         base, _ = random_input(rng, (4, 2 * channels, *spatial), dtype, device, layout="contiguous", specials=0.05)
         for x in (base[:, :channels], base[:, ::2]):
             run_case(kind, 2, x, "strided", output_size, list(output_size), device, rng)

@@ -4989,6 +4989,413 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
   }
 }
 
+// ------------------------------------------ adaptive averages of narrow planes
+//
+// Adaptive averages of rows of at most 16 cells into at most 8 outputs
+// (13x13 -> 6x6, 7x7 -> 3x3: late feature maps, pyramid levels) straight
+// on their planes, where the channel groups' transposes cost more than the
+// pooling. A vector of float lanes holds a row of outputs, and two hold a
+// row of cells (the second ending at the row's last cell). The forward sums
+// each output row's window rows a vector of cells at a time, then gathers
+// each output's cells into its lane by permutes, a tap at a time; the
+// backward gathers each input row's shares from the output rows covering
+// it the same way. The terms and their order are the other kernels': the
+// forward columns_row's (rows, then cells from +0), the backward the gather
+// in output order from +0. A lane a tap skips adds +0, which changes no sum
+// begun at +0 (no sum of such terms is -0).
+
+#if defined(CPU_CAPABILITY_AVX2)
+constexpr int64_t kNarrowLanes = 8;  // float lanes of a vector
+constexpr int64_t kNarrowCells = 2 * kNarrowLanes;
+
+// The taps that gather sources into lanes: lane j takes sources
+// [first[j], first[j] + count[j]) in order, tap k the k-th of them, for
+// k < `most` (at least each count). The sources are a vector, or for more
+// than 8 two: [0, 8) and [n - 8, n).
+struct LaneTaps {
+  struct Tap {
+    __m256i low, high;  // where tap k's source is in either vector
+    __m256 from_high;   // lanes that take it from the second
+    __m256 has;         // lanes that have a k-th tap
+  };
+  std::vector<Tap> taps;
+
+  LaneTaps(const int64_t* first, const int64_t* count, int64_t lanes, int64_t sources,
+           int64_t most) {
+    for (const auto k : c10::irange(most)) {
+      alignas(32) int32_t low[kNarrowLanes], high[kNarrowLanes], upper[kNarrowLanes],
+          has[kNarrowLanes];
+      for (const auto j : c10::irange(kNarrowLanes)) {
+        const bool real = j < lanes && k < count[j];
+        const int64_t s = real ? first[j] + k : 0;
+        const bool second = sources > kNarrowLanes && s >= kNarrowLanes;
+        low[j] = second ? 0 : static_cast<int32_t>(s);
+        high[j] = second ? static_cast<int32_t>(s - (sources - kNarrowLanes)) : 0;
+        upper[j] = second ? -1 : 0;
+        has[j] = real ? -1 : 0;
+      }
+      const auto load = [](const int32_t* v) {
+        return _mm256_load_si256(reinterpret_cast<const __m256i*>(v));
+      };
+      taps.push_back({load(low), load(high), _mm256_castsi256_ps(load(upper)),
+                      _mm256_castsi256_ps(load(has))});
+    }
+  }
+
+  // acc plus each lane's taps, in order: K of them (0: count). kTwo: sources
+  // in two vectors.
+  template <int64_t K, bool kTwo>
+  static C10_ALWAYS_INLINE __m256 add(const Tap* taps, int64_t count, __m256 acc, __m256 low,
+                                      __m256 high) {
+    for (int64_t k = 0; k < (K > 0 ? K : count); ++k) {
+      const Tap& t = taps[k];
+      __m256 v = _mm256_permutevar8x32_ps(low, t.low);
+      if constexpr (kTwo) {
+        v = _mm256_blendv_ps(v, _mm256_permutevar8x32_ps(high, t.high), t.from_high);
+      }
+      acc = _mm256_add_ps(acc, _mm256_and_ps(v, t.has));
+    }
+    return acc;
+  }
+
+  // The taps as locals of the caller's loop (kept in registers, where the
+  // vector's would be reloaded after every store that might alias them).
+  template <int64_t K>
+  struct Local {
+    Tap tap[K > 0 ? K : 1];
+    const Tap* all;
+    int64_t count;
+    explicit Local(const LaneTaps& t)
+        : all(t.taps.data()), count(static_cast<int64_t>(t.taps.size())) {
+      if constexpr (K > 0) std::copy(all, all + K, tap);
+    }
+    template <bool kTwo>
+    C10_ALWAYS_INLINE __m256 add(__m256 acc, __m256 low, __m256 high) const {
+      return LaneTaps::add<K, kTwo>(K > 0 ? tap : all, count, acc, low, high);
+    }
+  };
+};
+
+// Calls f(K) with the taps' count as a compile-time constant where it is
+// small (an unrolled loop, its taps in registers), else 0.
+template <typename F>
+void with_tap_count(int64_t count, const F& f) {
+  switch (count) {
+    case 1: return f(std::integral_constant<int64_t, 1>{});
+    case 2: return f(std::integral_constant<int64_t, 2>{});
+    case 3: return f(std::integral_constant<int64_t, 3>{});
+    case 4: return f(std::integral_constant<int64_t, 4>{});
+    default: return f(std::integral_constant<int64_t, 0>{});
+  }
+}
+
+// Whether avg_forward_narrow and avg_backward_narrow take an adaptive
+// average (or one as_fixed_if_uniform made fixed: windows of real cells,
+// unpadded, undilated): float lanes (double's hold four), the same windows
+// for every sample, rows of at most 16 cells contiguous in `cells` (the
+// input, or the gradient to it), at most 8 outputs a row, dense output
+// planes (`outputs`: the forward's output; the backward reads any).
+inline bool narrow_planes(const PoolGeometry& g, const at::Tensor& cells,
+                          const at::Tensor* outputs) {
+  const Layout5 v = layout_of(cells);
+  return (g.adaptive || g.adaptive_op) && g.sizes == nullptr && !is_global(g) &&
+         cells.scalar_type() != at::kDouble && v.stride[4] == 1 && g.dim[2].in <= kNarrowCells &&
+         g.dim[2].out <= kNarrowLanes && cells.numel() > 0 &&
+         g.dim[0].out * g.dim[1].out * g.dim[2].out > 0 &&
+         (outputs == nullptr || (outputs->numel() > 0 && dense_planes(layout_of(*outputs))));
+}
+
+// Lanes [0, 8) from `at`, of which the first `count` are wanted: a whole
+// vector where it stays inside the tensor (`left` cells from `at` to its
+// last), else those lanes alone.
+template <typename scalar_t>
+C10_ALWAYS_INLINE at::vec::Vectorized<float> load_lanes_within(const scalar_t* at, int64_t count,
+                                                              int64_t left) {
+  return count >= kNarrowLanes || left >= kNarrowLanes ? load_acc<float>(at)
+                                                      : load_acc<float>(at, count);
+}
+
+// Walks the (n, c) planes of v from plane `first`: where each starts.
+struct PlaneCursor {
+  const Layout5& v;
+  int64_t n, c;
+  PlaneCursor(int64_t first, const Layout5& layout)
+      : v(layout), n(first / layout.size[1]), c(first % layout.size[1]) {}
+  int64_t at() const { return n * v.stride[0] + c * v.stride[1]; }
+  void next() {
+    if (++c == v.size[1]) {
+      c = 0;
+      ++n;
+    }
+  }
+};
+
+// The divisors of an output row's outputs, as lanes (1 past the row).
+inline at::vec::Vectorized<float> row_divisors(const PoolGeometry& g, const WindowTable& table,
+                                                int64_t o0, int64_t o1) {
+  Window w[kDims] = {table.dim[0][o0], table.dim[1][o1], {}};
+  alignas(32) float d[kNarrowLanes];
+  for (const auto j : c10::irange(kNarrowLanes)) {
+    const int64_t o[kDims] = {o0, o1, j};
+    w[2] = table.dim[2][std::min<int64_t>(j, g.dim[2].out - 1)];
+    d[j] = j < g.dim[2].out ? static_cast<float>(avg_divisor(g, w, o)) : 1.0f;
+  }
+  return at::vec::Vectorized<float>::loadu(d);
+}
+
+// avg_forward_narrow's tables: each output row's window rows (where each
+// starts in a plane, in tap order: offset[first[r], first[r + 1])) and its
+// outputs' divisors; the taps of its lanes.
+struct NarrowForward {
+  std::vector<int64_t> first, offset;
+  std::vector<at::vec::Vectorized<float>> divisor;
+  LaneTaps taps;
+  int64_t last;  // the input's last cell
+};
+
+// A row of outputs (or cells) into `at`: lanes [0, count), or a whole
+// vector where `whole` says the lanes past count are free to write (later
+// stores of the same task overwrite them). Whole stores go straight to
+// memory, partial ones mask (AMD's masked stores are slow) or go through
+// a buffer (reduced precision), and a staged plane read back a vector at a
+// time across row stores stalled on store forwarding.
+template <typename scalar_t>
+C10_ALWAYS_INLINE void store_row(const at::vec::Vectorized<float>& v, scalar_t* at,
+                                 int64_t count, bool whole) {
+  if (whole) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      v.store(at);
+    } else {
+      narrow_lanes(v, at);
+    }
+  } else {
+    store_cells(v, at, count);
+  }
+}
+
+// Planes [p0, p1) of avg_forward_narrow: K taps a lane (0: any), kTwo: rows
+// of more than 8 cells. Tables read into locals (see LaneTaps::Local).
+// `packed`: output planes follow each other in memory, so that a row's
+// spare lanes may spill into the task's next plane.
+template <int64_t K, bool kTwo, typename scalar_t>
+void narrow_forward_planes(const NarrowForward& f, const scalar_t* src, const Layout5& vi,
+                           scalar_t* dst, const Layout5& vo, bool packed, int64_t p0, int64_t p1) {
+  using Vec = at::vec::Vectorized<float>;
+  const int64_t rows = vo.size[2] * vo.size[3], cells = vi.size[4], last = f.last;
+  const int64_t outs = vo.size[4], high_at = cells - kNarrowLanes;
+  const int64_t* first = f.first.data();
+  const int64_t* offset = f.offset.data();
+  const Vec* divisor = f.divisor.data();
+  const LaneTaps::Local<K> taps(f.taps);
+  PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
+  for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
+    const int64_t plane_at = in_plane.at();
+    const scalar_t* plane = src + plane_at;
+    scalar_t* out = dst + out_plane.at();
+    // Outputs from this plane's start to the end of what the task writes
+    // here (a row's whole vector when a row's start is 8 or more before it).
+    const int64_t room = (packed ? p1 - p : 1) * rows * outs;
+    for (int64_t r = 0; r < rows; ++r) {
+      const int64_t* at = offset + first[r];
+      const int64_t count = first[r + 1] - first[r];
+      Vec low, high;
+      if constexpr (kTwo) {
+        low = load_acc<float>(plane + at[0]);
+        high = load_acc<float>(plane + at[0] + high_at);
+        for (int64_t t = 1; t < count; ++t) {
+          low = low + load_acc<float>(plane + at[t]);
+          high = high + load_acc<float>(plane + at[t] + high_at);
+        }
+      } else {
+        low = load_lanes_within(plane + at[0], cells, last - plane_at - at[0] + 1);
+        for (int64_t t = 1; t < count; ++t) {
+          low = low + load_lanes_within(plane + at[t], cells, last - plane_at - at[t] + 1);
+        }
+      }
+      const Vec sum = taps.template add<kTwo>(_mm256_setzero_ps(), low, high);
+      store_row(sum / divisor[r], out + r * outs, outs, room - r * outs >= kNarrowLanes);
+    }
+  }
+}
+
+template <typename scalar_t>
+  requires std::is_same_v<at::opmath_type<scalar_t>, float>
+void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out) {
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  WindowTable table;
+  table.build(g, 0);
+  const int64_t outs = vo.size[4], rows = vo.size[2] * vo.size[3];
+  std::vector<int64_t> first(rows + 1, 0), offset;
+  std::vector<at::vec::Vectorized<float>> divisor(rows);
+  for (const auto r : c10::irange(rows)) {
+    const Window& wd = table.dim[0][r / vo.size[3]];
+    const Window& wh = table.dim[1][r % vo.size[3]];
+    for (int64_t td = 0; td < wd.count; ++td) {
+      for (int64_t th = 0; th < wh.count; ++th) {
+        offset.push_back(tap_position(wd, wd.first_tap + td) * vi.stride[2] +
+                         tap_position(wh, wh.first_tap + th) * vi.stride[3]);
+      }
+    }
+    first[r + 1] = static_cast<int64_t>(offset.size());
+    divisor[r] = row_divisors(g, table, r / vo.size[3], r % vo.size[3]);
+  }
+  std::vector<int64_t> begin(outs), count(outs);
+  for (const auto j : c10::irange(outs)) {
+    begin[j] = table.dim[2][j].begin;
+    count[j] = table.dim[2][j].count;
+  }
+  int64_t last = 0;
+  for (const auto k : c10::irange(5)) last += (vi.size[k] - 1) * vi.stride[k];
+  const int64_t most = *std::max_element(count.begin(), count.end());
+  const NarrowForward f{std::move(first), std::move(offset), std::move(divisor),
+                        LaneTaps(begin.data(), count.data(), outs, vi.size[4], most), last};
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  with_tap_count(most, [&](auto k) {
+    constexpr int64_t K = decltype(k)::value;
+    const bool two = vi.size[4] > kNarrowLanes;
+    const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
+    at::parallel_for(0, vi.size[0] * vi.size[1], grain(vi.pixels()), [&](int64_t p0, int64_t p1) {
+      if (two) {
+        narrow_forward_planes<K, true>(f, src, vi, dst, vo, packed, p0, p1);
+      } else {
+        narrow_forward_planes<K, false>(f, src, vi, dst, vo, packed, p0, p1);
+      }
+    });
+  });
+}
+
+// avg_backward_narrow's tables: each output row's divisors and where it
+// starts in a plane; each input row's covering output rows, in order
+// (covering[first[r], first[r + 1])), and where it starts; the taps of the
+// lanes of cells [0, 8) and [cells - 8, cells).
+struct NarrowBackward {
+  std::vector<at::vec::Vectorized<float>> divisor;
+  std::vector<int64_t> out_at, in_at, first, covering;
+  LaneTaps low, high;
+  int64_t last;  // the gradient's last cell
+};
+
+// Planes [p0, p1) of avg_backward_narrow: K taps a lane (0: any), kTwo:
+// rows of more than 8 cells. Tables read into locals (see LaneTaps::Local).
+template <int64_t K, bool kTwo, typename scalar_t>
+void narrow_backward_planes(const NarrowBackward& b, const scalar_t* grad, const Layout5& vo,
+                            scalar_t* dst, const Layout5& vi, int64_t p0, int64_t p1) {
+  using Vec = at::vec::Vectorized<float>;
+  const int64_t out_rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
+  const int64_t outs = vo.size[4], step = vo.stride[4], cells = vi.size[4], last = b.last;
+  const int64_t low_cells = std::min(cells, kNarrowLanes), high_at = cells - kNarrowLanes;
+  const Vec* divisor = b.divisor.data();
+  const int64_t* out_at = b.out_at.data();
+  const int64_t* in_at = b.in_at.data();
+  const int64_t* first = b.first.data();
+  const int64_t* covering = b.covering.data();
+  const LaneTaps::Local<K> low_taps(b.low), high_taps(b.high);
+  LineArray<float> shares = line_array<float>(out_rows * kNarrowLanes);
+  float* share = shares.get();  // each output row's, a vector each
+  PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
+  for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
+    const int64_t plane_at = out_plane.at();
+    for (int64_t r = 0; r < out_rows; ++r) {
+      const scalar_t* at = grad + plane_at + out_at[r];
+      Vec row;
+      if (step == 1) {
+        row = load_lanes_within(at, outs, last - plane_at - out_at[r] + 1);
+      } else {
+        alignas(32) float values[kNarrowLanes] = {};
+        for (int64_t j = 0; j < outs; ++j) values[j] = static_cast<float>(at[j * step]);
+        row = Vec::loadu(values);
+      }
+      (row / divisor[r]).store(share + r * kNarrowLanes);
+    }
+    scalar_t* plane = dst + in_plane.at();
+    for (int64_t r = 0; r < in_rows; ++r) {
+      __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
+      for (int64_t i = first[r]; i < first[r + 1]; ++i) {
+        const Vec s = Vec::loadu(share + covering[i] * kNarrowLanes);
+        low = low_taps.template add<false>(low, s, s);
+        if constexpr (kTwo) high = high_taps.template add<false>(high, s, s);
+      }
+      store_row(Vec(low), plane + in_at[r], low_cells, cells >= kNarrowLanes);
+      if constexpr (kTwo) store_row(Vec(high), plane + in_at[r] + high_at, kNarrowLanes, true);
+    }
+  }
+}
+
+template <typename scalar_t>
+  requires std::is_same_v<at::opmath_type<scalar_t>, float>
+void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
+                         const at::Tensor& grad_in) {
+  const Layout5 vo = layout_of(grad_out), vi = layout_of(grad_in);
+  WindowTable table;
+  table.build(g, 0);
+  const std::vector<Span>* cover = table.cover(g);
+  const int64_t cells = vi.size[4], outs = vo.size[4];
+  const int64_t out_rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
+  std::vector<at::vec::Vectorized<float>> divisor(out_rows);
+  std::vector<int64_t> out_at(out_rows), in_at(in_rows), first(in_rows + 1, 0), covering;
+  for (const auto r : c10::irange(out_rows)) {
+    divisor[r] = row_divisors(g, table, r / vo.size[3], r % vo.size[3]);
+    out_at[r] = (r / vo.size[3]) * vo.stride[2] + (r % vo.size[3]) * vo.stride[3];
+  }
+  for (const auto r : c10::irange(in_rows)) {
+    const Span sd = cover[0][r / vi.size[3]], sh = cover[1][r % vi.size[3]];
+    for (int64_t od = sd.lo; od < sd.hi; ++od) {
+      for (int64_t oh = sh.lo; oh < sh.hi; ++oh) covering.push_back(od * vo.size[3] + oh);
+    }
+    first[r + 1] = static_cast<int64_t>(covering.size());
+    in_at[r] = (r / vi.size[3]) * vi.stride[2] + (r % vi.size[3]) * vi.stride[3];
+  }
+  // Lane x of the first vector is cell x, of the second cell cells - 16 + x.
+  int64_t begin[kNarrowCells], count[kNarrowCells];
+  for (const auto x : c10::irange(kNarrowCells)) {
+    const Span s = cover[2][std::clamp<int64_t>(x < kNarrowLanes ? x : cells - kNarrowCells + x,
+                                                0, cells - 1)];
+    begin[x] = s.lo;
+    count[x] = s.hi - s.lo;
+  }
+  const bool two = cells > kNarrowLanes;
+  const int64_t most = *std::max_element(count, count + kNarrowCells);
+  int64_t last = 0;
+  for (const auto k : c10::irange(5)) last += (vo.size[k] - 1) * vo.stride[k];
+  const NarrowBackward b{std::move(divisor),
+                         std::move(out_at),
+                         std::move(in_at),
+                         std::move(first),
+                         std::move(covering),
+                         LaneTaps(begin, count, std::min(cells, kNarrowLanes), outs, most),
+                         LaneTaps(begin + kNarrowLanes, count + kNarrowLanes,
+                                  two ? kNarrowLanes : 0, outs, most),
+                         last};
+  const auto* grad = grad_out.const_data_ptr<scalar_t>();
+  auto* dst = grad_in.mutable_data_ptr<scalar_t>();
+  with_tap_count(most, [&](auto k) {
+    constexpr int64_t K = decltype(k)::value;
+    at::parallel_for(0, vi.size[0] * vi.size[1], grain(vi.pixels()), [&](int64_t p0, int64_t p1) {
+      if (two) {
+        narrow_backward_planes<K, true>(b, grad, vo, dst, vi, p0, p1);
+      } else {
+        narrow_backward_planes<K, false>(b, grad, vo, dst, vi, p0, p1);
+      }
+    });
+  });
+}
+#else
+inline bool narrow_planes(const PoolGeometry&, const at::Tensor&, const at::Tensor*) {
+  return false;
+}
+#endif
+
+// The instances narrow_planes never takes: double, and any without AVX2.
+template <typename scalar_t>
+void avg_forward_narrow(const PoolGeometry&, const at::Tensor&, const at::Tensor&) {
+  TORCH_INTERNAL_ASSERT(false, "avg_forward_narrow: no kernel for this type");
+}
+template <typename scalar_t>
+void avg_backward_narrow(const PoolGeometry&, const at::Tensor&, const at::Tensor&) {
+  TORCH_INTERNAL_ASSERT(false, "avg_backward_narrow: no kernel for this type");
+}
+
 // The CPU backend of pool_ops.h: each op picks its kernel by layout and
 // geometry.
 struct CpuKernels {
@@ -5067,6 +5474,8 @@ struct CpuKernels {
     POOL_EXT_DISPATCH(in.scalar_type(), "avg_pool_cpu", [&] {
       if (global_by_channels(g, in, out, false, nullptr)) {
         avg_forward_global_channels<scalar_t>(g, in, out);
+      } else if (narrow_planes(g, in, &out)) {
+        avg_forward_narrow<scalar_t>(g, in, out);
       } else if (forward_by_channels(g, in, out, false, nullptr)) {
         avg_forward_channels<scalar_t>(g, in, out);
       } else if (is_global(g)) {
@@ -5093,6 +5502,8 @@ struct CpuKernels {
         avg_backward_global_channels<scalar_t>(g, grad_out, grad_in);
       } else if (is_global(g)) {
         avg_backward_global<scalar_t>(g, grad_out, grad_in);
+      } else if (narrow_planes(g, grad_in, nullptr)) {
+        avg_backward_narrow<scalar_t>(g, grad_out, grad_in);
       } else {
         avg_backward_cpu<scalar_t>(g, grad_out, grad_in);
       }
