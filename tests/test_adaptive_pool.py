@@ -831,13 +831,14 @@ def test_narrow_planes_sum_rows_then_cells(dtype):
     7x7 -> 3x3; uniform windows too, which run as fixed ones), whose rows are
     contiguous, go through the CPU's narrow-plane kernel: bit for bit
     rows_then_cells on any NaN, inf and layout of rows (strided planes, transposed
-    leading dims, unbatched, tens of thousands of tiny planes over two threads,
-    whose output rows of under a vector end where another task's begin), close to
-    torch, and gradients bit-identical to the same values channels-last."""
+    leading dims, unbatched; over two threads, tens of thousands of tiny planes,
+    whose output rows of under a vector end where another task's begin, and two
+    large planes, which the threads split), close to torch, and gradients
+    bit-identical to the same values channels-last."""
     rng = make_rng("narrow-planes", dtype)
     shapes = [((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
               ((2, 4, 5, 3), (7, 5)), ((20000, 1, 2, 3), (1, 2)), ((2, 3, 4, 6, 13), (3, 2, 5)),
-              ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6))]
+              ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6)), ((1, 2, 3000, 13), (1000, 6))]
     for _ in range(6):
         d = rng.randint(1, 3)
         spatial = tuple(rng.randint(1, 10) for _ in range(d - 1)) + (rng.randint(1, 16),)

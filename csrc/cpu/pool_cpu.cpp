@@ -5173,13 +5173,15 @@ C10_ALWAYS_INLINE void store_row(const at::vec::Vectorized<float>& v, scalar_t* 
   }
 }
 
-// Planes [p0, p1) of avg_forward_narrow: K taps a lane (0: any), kTwo: rows
-// of more than 8 cells. Tables read into locals (see LaneTaps::Local).
-// `packed`: output planes follow each other in memory, so that a row's
-// spare lanes may spill into the task's next plane.
+// Output rows [q0, q1) of avg_forward_narrow, counted over all planes (a
+// task may take part of a plane: few large planes still use every thread,
+// and each output is the same sum however the rows are split). K taps a
+// lane (0: any), kTwo: rows of more than 8 cells. Tables read into locals
+// (see LaneTaps::Local). `packed`: output planes follow each other in
+// memory, so that a row's spare lanes may spill into the task's next row.
 template <int64_t K, bool kTwo, typename scalar_t>
-void narrow_forward_planes(const NarrowForward& f, const scalar_t* src, const Layout5& vi,
-                           scalar_t* dst, const Layout5& vo, bool packed, int64_t p0, int64_t p1) {
+void narrow_forward_rows(const NarrowForward& f, const scalar_t* src, const Layout5& vi,
+                         scalar_t* dst, const Layout5& vo, bool packed, int64_t q0, int64_t q1) {
   using Vec = at::vec::Vectorized<float>;
   const int64_t rows = vo.size[2] * vo.size[3], cells = vi.size[4], last = f.last;
   const int64_t outs = vo.size[4], high_at = cells - kNarrowLanes;
@@ -5187,15 +5189,17 @@ void narrow_forward_planes(const NarrowForward& f, const scalar_t* src, const La
   const int64_t* offset = f.offset.data();
   const Vec* divisor = f.divisor.data();
   const LaneTaps::Local<K> taps(f.taps);
+  const int64_t p0 = q0 / rows, p1 = (q1 + rows - 1) / rows;
   PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
   for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
     const int64_t plane_at = in_plane.at();
     const scalar_t* plane = src + plane_at;
     scalar_t* out = dst + out_plane.at();
+    const int64_t r0 = std::max(q0 - p * rows, int64_t{0}), r1 = std::min(q1 - p * rows, rows);
     // Outputs from this plane's start to the end of what the task writes
-    // here (a row's whole vector when a row's start is 8 or more before it).
-    const int64_t room = (packed ? p1 - p : 1) * rows * outs;
-    for (int64_t r = 0; r < rows; ++r) {
+    // there (a row's whole vector when a row's start is 8 or more before it).
+    const int64_t room = (packed ? q1 - p * rows : r1) * outs;
+    for (int64_t r = r0; r < r1; ++r) {
       const int64_t* at = offset + first[r];
       const int64_t count = first[r + 1] - first[r];
       Vec low, high;
@@ -5255,11 +5259,12 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
     constexpr int64_t K = decltype(k)::value;
     const bool two = vi.size[4] > kNarrowLanes;
     const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
-    at::parallel_for(0, vi.size[0] * vi.size[1], grain(vi.pixels()), [&](int64_t p0, int64_t p1) {
+    const int64_t all = vi.size[0] * vi.size[1] * rows;
+    at::parallel_for(0, all, grain(vi.pixels() / rows + outs), [&](int64_t q0, int64_t q1) {
       if (two) {
-        narrow_forward_planes<K, true>(f, src, vi, dst, vo, packed, p0, p1);
+        narrow_forward_rows<K, true>(f, src, vi, dst, vo, packed, q0, q1);
       } else {
-        narrow_forward_planes<K, false>(f, src, vi, dst, vo, packed, p0, p1);
+        narrow_forward_rows<K, false>(f, src, vi, dst, vo, packed, q0, q1);
       }
     });
   });
@@ -5276,11 +5281,12 @@ struct NarrowBackward {
   int64_t last;  // the gradient's last cell
 };
 
-// Planes [p0, p1) of avg_backward_narrow: K taps a lane (0: any), kTwo:
-// rows of more than 8 cells. Tables read into locals (see LaneTaps::Local).
+// Input rows [q0, q1) of avg_backward_narrow, counted over all planes (as
+// narrow_forward_rows' outputs). K taps a lane (0: any), kTwo: rows of more
+// than 8 cells. Tables read into locals (see LaneTaps::Local).
 template <int64_t K, bool kTwo, typename scalar_t>
-void narrow_backward_planes(const NarrowBackward& b, const scalar_t* grad, const Layout5& vo,
-                            scalar_t* dst, const Layout5& vi, int64_t p0, int64_t p1) {
+void narrow_backward_rows(const NarrowBackward& b, const scalar_t* grad, const Layout5& vo,
+                          scalar_t* dst, const Layout5& vi, int64_t q0, int64_t q1) {
   using Vec = at::vec::Vectorized<float>;
   const int64_t out_rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
   const int64_t outs = vo.size[4], step = vo.stride[4], cells = vi.size[4], last = b.last;
@@ -5293,9 +5299,11 @@ void narrow_backward_planes(const NarrowBackward& b, const scalar_t* grad, const
   const LaneTaps::Local<K> low_taps(b.low), high_taps(b.high);
   LineArray<float> shares = line_array<float>(out_rows * kNarrowLanes);
   float* share = shares.get();  // each output row's, a vector each
+  const int64_t p0 = q0 / in_rows, p1 = (q1 + in_rows - 1) / in_rows;
   PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
   for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
     const int64_t plane_at = out_plane.at();
+    // (Every output row's share: a plane the task takes part of computes some unused.)
     for (int64_t r = 0; r < out_rows; ++r) {
       const scalar_t* at = grad + plane_at + out_at[r];
       Vec row;
@@ -5309,7 +5317,9 @@ void narrow_backward_planes(const NarrowBackward& b, const scalar_t* grad, const
       (row / divisor[r]).store(share + r * kNarrowLanes);
     }
     scalar_t* plane = dst + in_plane.at();
-    for (int64_t r = 0; r < in_rows; ++r) {
+    const int64_t r0 = std::max(q0 - p * in_rows, int64_t{0});
+    const int64_t r1 = std::min(q1 - p * in_rows, in_rows);
+    for (int64_t r = r0; r < r1; ++r) {
       __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
       for (int64_t i = first[r]; i < first[r + 1]; ++i) {
         const Vec s = Vec::loadu(share + covering[i] * kNarrowLanes);
@@ -5371,11 +5381,12 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
   auto* dst = grad_in.mutable_data_ptr<scalar_t>();
   with_tap_count(most, [&](auto k) {
     constexpr int64_t K = decltype(k)::value;
-    at::parallel_for(0, vi.size[0] * vi.size[1], grain(vi.pixels()), [&](int64_t p0, int64_t p1) {
+    const int64_t all = vi.size[0] * vi.size[1] * in_rows;
+    at::parallel_for(0, all, grain(vi.pixels() / in_rows * 2), [&](int64_t q0, int64_t q1) {
       if (two) {
-        narrow_backward_planes<K, true>(b, grad, vo, dst, vi, p0, p1);
+        narrow_backward_rows<K, true>(b, grad, vo, dst, vi, q0, q1);
       } else {
-        narrow_backward_planes<K, false>(b, grad, vo, dst, vi, p0, p1);
+        narrow_backward_rows<K, false>(b, grad, vo, dst, vi, q0, q1);
       }
     });
   });
