@@ -4999,10 +4999,13 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
 // each output row's window rows a vector of cells at a time, then gathers
 // each output's cells into its lane by permutes, a tap at a time; the
 // backward gathers each input row's shares from the output rows covering
-// it the same way. The terms and their order are the other kernels': the
-// forward columns_row's (rows, then cells from +0), the backward the gather
-// in output order from +0. A lane a tap skips adds +0, which changes no sum
-// begun at +0 (no sum of such terms is -0).
+// it the same way. The forward adds as columns_row does (a window's rows,
+// then its cells from +0), the planes kernels' order for adaptive windows:
+// the channels kernels add tap by tap, so contiguous and channels-last
+// outputs can differ in the last bit. The backward adds the gather's terms
+// in output order from +0, as every backward does: the same bits. A lane a
+// tap skips adds +0, which changes no sum begun at +0 (none of these sums
+// is -0).
 
 #if defined(CPU_CAPABILITY_AVX2)
 constexpr int64_t kNarrowLanes = 8;  // float lanes of a vector
@@ -5303,8 +5306,14 @@ void narrow_backward_rows(const NarrowBackward& b, const scalar_t* grad, const L
   PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
   for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
     const int64_t plane_at = out_plane.at();
-    // (Every output row's share: a plane the task takes part of computes some unused.)
-    for (int64_t r = 0; r < out_rows; ++r) {
+    const int64_t r0 = std::max(q0 - p * in_rows, int64_t{0});
+    const int64_t r1 = std::min(q1 - p * in_rows, in_rows);
+    // The shares of the output rows covering input rows [r0, r1) (a task
+    // that splits a plane computes its own part's).
+    const auto needed = std::minmax_element(covering + first[r0], covering + first[r1]);
+    const int64_t lo = first[r0] < first[r1] ? *needed.first : 0;
+    const int64_t hi = first[r0] < first[r1] ? *needed.second + 1 : 0;
+    for (int64_t r = lo; r < hi; ++r) {
       const scalar_t* at = grad + plane_at + out_at[r];
       Vec row;
       if (step == 1) {
@@ -5317,8 +5326,6 @@ void narrow_backward_rows(const NarrowBackward& b, const scalar_t* grad, const L
       (row / divisor[r]).store(share + r * kNarrowLanes);
     }
     scalar_t* plane = dst + in_plane.at();
-    const int64_t r0 = std::max(q0 - p * in_rows, int64_t{0});
-    const int64_t r1 = std::min(q1 - p * in_rows, in_rows);
     for (int64_t r = r0; r < r1; ++r) {
       __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
       for (int64_t i = first[r]; i < first[r + 1]; ++i) {
