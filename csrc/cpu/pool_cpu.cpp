@@ -5124,6 +5124,21 @@ C10_ALWAYS_INLINE at::vec::Vectorized<float> load_lanes_within(const scalar_t* a
                                                       : load_acc<float>(at, count);
 }
 
+// Walks the (n, c) planes of v from plane `first`: where each starts.
+struct PlaneCursor {
+  const Layout5& v;
+  int64_t n, c;
+  PlaneCursor(int64_t first, const Layout5& layout)
+      : v(layout), n(first / layout.size[1]), c(first % layout.size[1]) {}
+  int64_t at() const { return n * v.stride[0] + c * v.stride[1]; }
+  void next() {
+    if (++c == v.size[1]) {
+      c = 0;
+      ++n;
+    }
+  }
+};
+
 // The divisors of an output row's outputs, as lanes (1 past the row).
 inline at::vec::Vectorized<float> row_divisors(const PoolGeometry& g, const WindowTable& table,
                                                 int64_t o0, int64_t o1) {
@@ -5137,14 +5152,36 @@ inline at::vec::Vectorized<float> row_divisors(const PoolGeometry& g, const Wind
   return at::vec::Vectorized<float>::loadu(d);
 }
 
-// avg_forward_narrow's tables: each output row's window rows (RowPlans'
-// offsets, in tap order) and its outputs' divisors; the taps of its lanes.
+// avg_forward_narrow's tables: each output row's window rows (where each
+// starts in a plane, in tap order: offset[first[r], first[r + 1])) and its
+// outputs' divisors; the taps of its lanes.
 struct NarrowForward {
-  RowPlans plans;
+  std::vector<int64_t> first, offset;
   std::vector<at::vec::Vectorized<float>> divisor;
   LaneTaps taps;
   int64_t last;  // the input's last cell
 };
+
+// A row of outputs (or cells) into `at`: lanes [0, count), or a whole
+// vector where `whole` says the lanes past count are free to write (later
+// stores of the same task overwrite them). (store_cells does the same with
+// a count of 8, but as a call per row: bfloat16 forwards 1.1x slower.) Whole stores go straight to
+// memory, partial ones mask (AMD's masked stores are slow) or go through
+// a buffer (reduced precision), and a staged plane read back a vector at a
+// time across row stores stalled on store forwarding.
+template <typename scalar_t>
+C10_ALWAYS_INLINE void store_row(const at::vec::Vectorized<float>& v, scalar_t* at,
+                                 int64_t count, bool whole) {
+  if (whole) {
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      v.store(at);
+    } else {
+      narrow_lanes(v, at);
+    }
+  } else {
+    store_cells(v, at, count);
+  }
+}
 
 // Output rows [q0, q1) of avg_forward_narrow, counted over all planes (a
 // task may take part of a plane: few large planes still use every thread,
@@ -5152,44 +5189,46 @@ struct NarrowForward {
 // lane (0: any), kTwo: rows of more than 8 cells. Tables read into locals
 // (see LaneTaps::Local). `packed`: output planes follow each other in
 // memory, so that a row's spare lanes may spill into the task's next row.
-// Rows are stored straight to the output, whole vectors where the task
-// writes 8 or more outputs from the row's start (later stores overwrite the
-// spare lanes), else in part: a staged plane read back a vector at a time
-// across the row stores stalled on store forwarding.
 template <int64_t K, bool kTwo, typename scalar_t>
 void narrow_forward_rows(const NarrowForward& f, const scalar_t* src, const Layout5& vi,
                          scalar_t* dst, const Layout5& vo, bool packed, int64_t q0, int64_t q1) {
   using Vec = at::vec::Vectorized<float>;
   const int64_t rows = vo.size[2] * vo.size[3], cells = vi.size[4], last = f.last;
   const int64_t outs = vo.size[4], high_at = cells - kNarrowLanes;
-  const int64_t* offset = f.plans.offsets();
+  const int64_t* first = f.first.data();
+  const int64_t* offset = f.offset.data();
   const Vec* divisor = f.divisor.data();
   const LaneTaps::Local<K> taps(f.taps);
-  RowCursor cursor(q0, vo);
-  for (int64_t q = q0; q < q1; ++q, cursor.next()) {
-    const int64_t r = cursor.x[0] * vo.size[3] + cursor.x[1];
-    const int64_t plane_at = vi.offset(cursor.n, cursor.c, 0, 0, 0);
+  const int64_t p0 = q0 / rows, p1 = (q1 + rows - 1) / rows;
+  PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
+  for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
+    const int64_t plane_at = in_plane.at();
     const scalar_t* plane = src + plane_at;
-    const RowPlans::Plan& plan = f.plans[r];
-    const int64_t* at = offset + plan.first;
-    Vec low, high;
-    if constexpr (kTwo) {
-      low = load_acc<float>(plane + at[0]);
-      high = load_acc<float>(plane + at[0] + high_at);
-      for (int64_t t = 1; t < plan.nrows; ++t) {
-        low = low + load_acc<float>(plane + at[t]);
-        high = high + load_acc<float>(plane + at[t] + high_at);
+    scalar_t* out = dst + out_plane.at();
+    const int64_t r0 = std::max(q0 - p * rows, int64_t{0}), r1 = std::min(q1 - p * rows, rows);
+    // Outputs from this plane's start to the end of what the task writes
+    // there (a row's whole vector when a row's start is 8 or more before it).
+    const int64_t room = (packed ? q1 - p * rows : r1) * outs;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t* at = offset + first[r];
+      const int64_t count = first[r + 1] - first[r];
+      Vec low, high;
+      if constexpr (kTwo) {
+        low = load_acc<float>(plane + at[0]);
+        high = load_acc<float>(plane + at[0] + high_at);
+        for (int64_t t = 1; t < count; ++t) {
+          low = low + load_acc<float>(plane + at[t]);
+          high = high + load_acc<float>(plane + at[t] + high_at);
+        }
+      } else {
+        low = load_lanes_within(plane + at[0], cells, last - plane_at - at[0] + 1);
+        for (int64_t t = 1; t < count; ++t) {
+          low = low + load_lanes_within(plane + at[t], cells, last - plane_at - at[t] + 1);
+        }
       }
-    } else {
-      low = load_lanes_within(plane + at[0], cells, last - plane_at - at[0] + 1);
-      for (int64_t t = 1; t < plan.nrows; ++t) {
-        low = low + load_lanes_within(plane + at[t], cells, last - plane_at - at[t] + 1);
-      }
+      const Vec sum = taps.template add<kTwo>(_mm256_setzero_ps(), low, high);
+      store_row(sum / divisor[r], out + r * outs, outs, room - r * outs >= kNarrowLanes);
     }
-    const Vec sum = taps.template add<kTwo>(_mm256_setzero_ps(), low, high);
-    const int64_t room = (packed ? q1 - q : std::min(q1 - q, rows - r)) * outs;
-    scalar_t* out = dst + vo.offset(cursor.n, cursor.c, cursor.x[0], cursor.x[1], 0);
-    store_cells(sum / divisor[r], out, room >= kNarrowLanes ? kNarrowLanes : outs);
   }
 }
 
@@ -5200,8 +5239,18 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
   WindowTable table;
   table.build(g, 0);
   const int64_t outs = vo.size[4], rows = vo.size[2] * vo.size[3];
+  std::vector<int64_t> first(rows + 1, 0), offset;
   std::vector<at::vec::Vectorized<float>> divisor(rows);
   for (const auto r : c10::irange(rows)) {
+    const Window& wd = table.dim[0][r / vo.size[3]];
+    const Window& wh = table.dim[1][r % vo.size[3]];
+    for (int64_t td = 0; td < wd.count; ++td) {
+      for (int64_t th = 0; th < wh.count; ++th) {
+        offset.push_back(tap_position(wd, wd.first_tap + td) * vi.stride[2] +
+                         tap_position(wh, wh.first_tap + th) * vi.stride[3]);
+      }
+    }
+    first[r + 1] = static_cast<int64_t>(offset.size());
     divisor[r] = row_divisors(g, table, r / vo.size[3], r % vo.size[3]);
   }
   std::vector<int64_t> begin(outs), count(outs);
@@ -5210,16 +5259,16 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
     count[j] = table.dim[2][j].count;
   }
   const int64_t most = *std::max_element(count.begin(), count.end());
-  const NarrowForward f{RowPlans(g, table, vi), std::move(divisor),
+  const NarrowForward f{std::move(first), std::move(offset), std::move(divisor),
                         LaneTaps(begin.data(), count.data(), outs, vi.size[4], most),
                         last_cell(vi)};
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
-  const bool two = vi.size[4] > kNarrowLanes;
-  const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
-  const int64_t all = vi.size[0] * vi.size[1] * rows;
   with_tap_count(most, [&](auto k) {
     constexpr int64_t K = decltype(k)::value;
+    const bool two = vi.size[4] > kNarrowLanes;
+    const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
+    const int64_t all = vi.size[0] * vi.size[1] * rows;
     at::parallel_for(0, all, grain(vi.pixels() / rows + outs), [&](int64_t q0, int64_t q1) {
       if (two) {
         narrow_forward_rows<K, true>(f, src, vi, dst, vo, packed, q0, q1);
@@ -5232,11 +5281,11 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
 
 // avg_backward_narrow's tables: each output row's divisors and where it
 // starts in a plane; each input row's covering output rows, in order
-// (covering[first[r], first[r + 1])); the taps of the lanes of cells
-// [0, 8) and [cells - 8, cells).
+// (covering[first[r], first[r + 1])), and where it starts; the taps of the
+// lanes of cells [0, 8) and [cells - 8, cells).
 struct NarrowBackward {
   std::vector<at::vec::Vectorized<float>> divisor;
-  std::vector<int64_t> out_at, first, covering;
+  std::vector<int64_t> out_at, in_at, first, covering;
   LaneTaps low, high;
   int64_t last;  // the gradient's last cell
 };
@@ -5253,43 +5302,46 @@ void narrow_backward_rows(const NarrowBackward& b, const scalar_t* grad, const L
   const int64_t low_cells = std::min(cells, kNarrowLanes), high_at = cells - kNarrowLanes;
   const Vec* divisor = b.divisor.data();
   const int64_t* out_at = b.out_at.data();
+  const int64_t* in_at = b.in_at.data();
   const int64_t* first = b.first.data();
   const int64_t* covering = b.covering.data();
   const LaneTaps::Local<K> low_taps(b.low), high_taps(b.high);
   LineArray<float> shares = line_array<float>(out_rows * kNarrowLanes);
   float* share = shares.get();  // each output row's, a vector each
-  RowCursor cursor(q0, vi);
-  for (int64_t q = q0; q < q1; ++q, cursor.next()) {
-    const int64_t r = cursor.x[0] * vi.size[3] + cursor.x[1];
-    // A plane's first row of the task: the shares of the output rows
-    // covering the plane's rows the task takes (a task that splits a plane
-    // computes its own part's).
-    const int64_t end = std::min(in_rows, r + q1 - q);
-    if ((q == q0 || r == 0) && first[r] < first[end]) {
-      const int64_t plane_at = vo.offset(cursor.n, cursor.c, 0, 0, 0);
-      const auto [lo, hi] = std::minmax_element(covering + first[r], covering + first[end]);
-      for (int64_t o = *lo; o <= *hi; ++o) {
-        const scalar_t* at = grad + plane_at + out_at[o];
-        Vec row;
-        if (step == 1) {
-          row = load_lanes_within(at, outs, last - plane_at - out_at[o] + 1);
-        } else {
-          alignas(32) float values[kNarrowLanes] = {};
-          for (int64_t j = 0; j < outs; ++j) values[j] = static_cast<float>(at[j * step]);
-          row = Vec::loadu(values);
-        }
-        (row / divisor[o]).store(share + o * kNarrowLanes);
+  const int64_t p0 = q0 / in_rows, p1 = (q1 + in_rows - 1) / in_rows;
+  PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
+  for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
+    const int64_t plane_at = out_plane.at();
+    const int64_t r0 = std::max(q0 - p * in_rows, int64_t{0});
+    const int64_t r1 = std::min(q1 - p * in_rows, in_rows);
+    // The shares of the output rows covering input rows [r0, r1) (a task
+    // that splits a plane computes its own part's).
+    const auto needed = std::minmax_element(covering + first[r0], covering + first[r1]);
+    const int64_t lo = first[r0] < first[r1] ? *needed.first : 0;
+    const int64_t hi = first[r0] < first[r1] ? *needed.second + 1 : 0;
+    for (int64_t r = lo; r < hi; ++r) {
+      const scalar_t* at = grad + plane_at + out_at[r];
+      Vec row;
+      if (step == 1) {
+        row = load_lanes_within(at, outs, last - plane_at - out_at[r] + 1);
+      } else {
+        alignas(32) float values[kNarrowLanes] = {};
+        for (int64_t j = 0; j < outs; ++j) values[j] = static_cast<float>(at[j * step]);
+        row = Vec::loadu(values);
       }
+      (row / divisor[r]).store(share + r * kNarrowLanes);
     }
-    __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
-    for (int64_t i = first[r]; i < first[r + 1]; ++i) {
-      const Vec s = Vec::loadu(share + covering[i] * kNarrowLanes);
-      low = low_taps.template add<false>(low, s, s);
-      if constexpr (kTwo) high = high_taps.template add<false>(high, s, s);
+    scalar_t* plane = dst + in_plane.at();
+    for (int64_t r = r0; r < r1; ++r) {
+      __m256 low = _mm256_setzero_ps(), high = _mm256_setzero_ps();
+      for (int64_t i = first[r]; i < first[r + 1]; ++i) {
+        const Vec s = Vec::loadu(share + covering[i] * kNarrowLanes);
+        low = low_taps.template add<false>(low, s, s);
+        if constexpr (kTwo) high = high_taps.template add<false>(high, s, s);
+      }
+      store_row(Vec(low), plane + in_at[r], low_cells, cells >= kNarrowLanes);
+      if constexpr (kTwo) store_row(Vec(high), plane + in_at[r] + high_at, kNarrowLanes, true);
     }
-    scalar_t* row = dst + vi.offset(cursor.n, cursor.c, cursor.x[0], cursor.x[1], 0);
-    store_cells(Vec(low), row, low_cells);
-    if constexpr (kTwo) store_cells(Vec(high), row + high_at, kNarrowLanes);
   }
 }
 
@@ -5304,7 +5356,7 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
   const int64_t cells = vi.size[4], outs = vo.size[4];
   const int64_t out_rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
   std::vector<at::vec::Vectorized<float>> divisor(out_rows);
-  std::vector<int64_t> out_at(out_rows), first(in_rows + 1, 0), covering;
+  std::vector<int64_t> out_at(out_rows), in_at(in_rows), first(in_rows + 1, 0), covering;
   for (const auto r : c10::irange(out_rows)) {
     divisor[r] = row_divisors(g, table, r / vo.size[3], r % vo.size[3]);
     out_at[r] = (r / vo.size[3]) * vo.stride[2] + (r % vo.size[3]) * vo.stride[3];
@@ -5315,6 +5367,7 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
       for (int64_t oh = sh.lo; oh < sh.hi; ++oh) covering.push_back(od * vo.size[3] + oh);
     }
     first[r + 1] = static_cast<int64_t>(covering.size());
+    in_at[r] = (r / vi.size[3]) * vi.stride[2] + (r % vi.size[3]) * vi.stride[3];
   }
   // Lane x of the first vector is cell x, of the second cell cells - 16 + x.
   int64_t begin[kNarrowCells], count[kNarrowCells];
@@ -5328,6 +5381,7 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
   const int64_t most = *std::max_element(count, count + kNarrowCells);
   const NarrowBackward b{std::move(divisor),
                          std::move(out_at),
+                         std::move(in_at),
                          std::move(first),
                          std::move(covering),
                          LaneTaps(begin, count, std::min(cells, kNarrowLanes), outs, most),
