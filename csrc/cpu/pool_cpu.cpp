@@ -921,9 +921,14 @@ inline __m128i narrowed_lanes(const at::vec::Vectorized<float>& v) {
   const __m256 f = v;
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
     const __m256i u = _mm256_castps_si256(f);
-    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-    __m256i r = _mm256_srli_epi32(
-        _mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7FFF))), 16);
+    const __m256i lsb = _mm256_srli_epi32(_mm256_slli_epi32(u, 15), 31);  // bit 16: no constant
+    // The empty asm hides the bias's value, so that a loop short of registers
+    // keeps it (on its stack, an operand) instead of rebuilding it by a move
+    // and a broadcast every pass (avg_forward_narrow's bfloat16 rows: 1.08x
+    // faster with the shifts).
+    __m256i bias = _mm256_set1_epi32(0x7FFF);
+    asm("" : "+x"(bias));
+    __m256i r = _mm256_srli_epi32(_mm256_add_epi32(_mm256_add_epi32(u, bias), lsb), 16);
     const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(f, f, _CMP_UNORD_Q));
     r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7FC0), nan);
     // packus works within 128-bit halves: low half's four, then high's.
