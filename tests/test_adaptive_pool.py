@@ -828,7 +828,8 @@ def rows_then_cells(x, output_size):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_narrow_planes_sum_rows_then_cells(dtype):
     """Adaptive averages of rows of up to 16 cells into up to 8 outputs (13x13 -> 6x6,
-    7x7 -> 3x3; uniform windows too, which run as fixed ones), whose rows are
+    7x7 -> 3x3; uniform windows too, which run as fixed ones; windows of one width or
+    mixed, starting at even cells or not, more than 4 cells wide), whose rows are
     contiguous, go through the CPU's narrow-plane kernel: bit for bit
     rows_then_cells on any NaN, inf and layout of rows (strided planes, transposed
     leading dims, unbatched; over two threads, tens of thousands of tiny planes,
@@ -838,7 +839,8 @@ def test_narrow_planes_sum_rows_then_cells(dtype):
     rng = make_rng("narrow-planes", dtype)
     shapes = [((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
               ((2, 4, 5, 3), (7, 5)), ((20000, 1, 2, 3), (1, 2)), ((2, 3, 4, 6, 13), (3, 2, 5)),
-              ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6)), ((1, 2, 3000, 13), (1000, 6))]
+              ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6)), ((1, 2, 3000, 13), (1000, 6)),
+              ((2, 3, 5, 16), (3, 2)), ((2, 4, 3, 15), (2, 7)), ((2, 3, 4, 11), (3, 4))]
     for _ in range(6):
         d = rng.randint(1, 3)
         spatial = tuple(rng.randint(1, 10) for _ in range(d - 1)) + (rng.randint(1, 16),)
