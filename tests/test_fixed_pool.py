@@ -619,14 +619,16 @@ def test_max_pool_inference_forward(d, dtype, device):
     """With no gradient to keep (an input that does not require grad, or grad mode
     off), max pooling runs its values-only op, which finds and writes no taps: the
     same bits as the training forward (NaN, infinities, ties; rows long enough for
-    the CPU's vector blocks; every layout), and a training forward still gets its
+    the CPU's vector blocks, and at stride 1 for its bfloat16 blocks of 16 outputs
+    from pairs of cells; every layout), and a training forward still gets its
     graph. Small planes with many channels (64 of 14x14) go, with few threads,
     through the CPU's channel groups."""
     rng = make_rng("inference", d, dtype)
     name = f"max_pool{d}d"
 
     cases = ({"kernel_size": 3, "stride": 2, "padding": 1}, {"kernel_size": 2},
-             {"kernel_size": 3, "stride": 1, "dilation": 2, "ceil_mode": True})
+             {"kernel_size": 3, "stride": 1, "dilation": 2, "ceil_mode": True},
+             {"kernel_size": 3, "stride": 1, "padding": 1}, {"kernel_size": [1] * (d - 1) + [2], "stride": 1})
     with num_threads(min(torch.get_num_threads(), 2)):
         for shape in ((2, 20) + (7, 9, 37)[3 - d:], (8, 64) + (5, 14, 14)[3 - d:]):
             for layout in layouts_for(len(shape)):
