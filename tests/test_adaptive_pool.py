@@ -16,7 +16,7 @@ from pool_testing import (
     assert_equal, assert_same_bits, assert_same_format, check_max_indices, check_with_indices, expected_max_indices,
     inputs_in_every_layout, is_batched, leaf, make_rng, num_threads, order_revealing, over_kinds_and_inputs,
     ours, outputs_and_grad, random_grad, random_input, random_values, scatter_grad, to_strided, torch_accepts,
-    torch_reference, torchs,
+    torch_generator, torch_reference, torchs,
 )
 
 CASES_PER_SEED = 12
@@ -867,6 +867,31 @@ def test_narrow_planes_sum_rows_then_cells(dtype):
             (out, _, grad), (out_cl, _, grad_cl) = results
             assert_close_to_ref(out, out_cl.double(), dtype)
             assert_equal(grad, grad_cl)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+def test_narrow_planes_backward_of_nan_gradients(dtype):
+    """Outputs wider than their input (2 -> 6, 4 -> 8, 7 -> 8): every input cell is
+    covered by as many outputs, so the narrow-plane backward gathers without masks.
+    Gradients holding NaNs of both signs: the same gradient as the same values
+    channels-last, NaN in every cell a NaN output covers (NaN's sign, which follows
+    the order the compiler gives an add's operands, may differ: assert_equal)."""
+    rng = make_rng("narrow-nan-signs", dtype)
+    gen = torch_generator(rng)
+    view, positive, negative = {torch.float32: (torch.int32, 0x7FC00000, -0x400000),
+                                torch.float16: (torch.int16, 0x7E00, -0x200)}[dtype]
+    for (h, w), output_size in (((1, 2), (2, 6)), ((3, 4), (2, 8)), ((2, 7), (3, 8)), ((1, 1), (2, 2))):
+        values = random_values(rng, (2, 16, h, w), dtype)
+        g = random_values(rng, (2, 16) + output_size, dtype)
+        nan = torch.rand(g.shape, generator=gen) < 0.3
+        signs = torch.where(torch.rand(g.shape, generator=gen) < 0.5, positive, negative).to(view)
+        g.view(view)[nan] = signs[nan]
+        grads = []
+        for x in (values, values.contiguous(memory_format=torch.channels_last)):
+            xl = leaf(x)
+            (grad,) = torch.autograd.grad(ours("adaptive_avg_pool2d")(xl, output_size), xl, g)
+            grads.append(grad)
+        assert_equal(grads[0], grads[1], msg=f"{(h, w)} -> {output_size}")
 
 
 @pytest.mark.parametrize("device", DEVICES)
