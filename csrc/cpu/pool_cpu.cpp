@@ -1091,6 +1091,13 @@ inline void store_cells(const at::vec::Vectorized<acc_t>& v, scalar_t* dst, int6
   }
 }
 
+// The lanes where a later tap v takes a running max `best` over: greater,
+// or NaN (so the first NaN stays), as the element functions decide.
+template <typename Vec>
+C10_ALWAYS_INLINE Vec takes_max(const Vec& best, const Vec& v) {
+  return (v > best) | v.isnan();
+}
+
 // Blocks of U * L outputs of a row from ow (L a vector's lanes), every tap
 // of the window with the outputs held in registers: window row r (D and H
 // taps in order) starts at plane + offset[r], row_code[r] its first tap's
@@ -1152,7 +1159,7 @@ C10_ALWAYS_INLINE void sweep_blocks(const scalar_t* plane, const int64_t* offset
             t[u] = code;
             continue;
           }
-          const Vec takes = (v > b[u]) | v.isnan();
+          const Vec takes = takes_max(b[u], v);
           b[u] = Vec::blendv(b[u], v, takes);
           if constexpr (kTaps) t[u] = Vec::blendv(t[u], code, takes);
         } else {
@@ -1207,12 +1214,10 @@ C10_ALWAYS_INLINE void sweep_pairs(const c10::BFloat16* plane, const int64_t* of
   const int64_t kw = KW > 0 ? KW : kernel_w;
   __m256 even = _mm256_setzero_ps(), odd = _mm256_setzero_ps();  // the outputs
   const auto take = [&](__m256& b, __m256 v, bool first) {
+    using Vec = at::vec::Vectorized<float>;
     if constexpr (kMax) {
-      // As sweep_blocks: the first tap initialises, later ones take where
-      // greater or NaN.
-      const __m256 takes =
-          _mm256_or_ps(_mm256_cmp_ps(v, b, _CMP_GT_OQ), _mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-      b = first ? v : _mm256_blendv_ps(b, v, takes);
+      // As sweep_blocks: the first tap initialises, later ones take over.
+      b = first ? v : __m256(Vec::blendv(b, v, takes_max(Vec(b), Vec(v))));
     } else {
       b = _mm256_add_ps(b, v);
     }
@@ -5105,7 +5110,8 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
 // (13x13 -> 6x6, 7x7 -> 3x3: late feature maps, pyramid levels) straight
 // on their planes, where the channel groups' transposes cost more than the
 // pooling. A vector of float lanes holds a row of outputs, and two hold a
-// row of cells (the second ending at the row's last cell). The forward sums
+// row of cells (the second ending at the row's last cell; bfloat16's, the
+// even cells and the odd ones: see Sources). The forward sums
 // each output row's window rows a vector of cells at a time, then gathers
 // each output's cells into its lane by permutes, a tap at a time; the
 // backward gathers each input row's shares from the output rows covering
@@ -5113,9 +5119,10 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
 // then its cells from +0), the planes kernels' order for adaptive windows:
 // the channels kernels add tap by tap, so contiguous and channels-last
 // outputs can differ in the last bit. The backward adds the gather's terms
-// in output order from +0, as every backward does: the same bits. A lane a
-// tap skips adds +0, which changes no sum begun at +0 (none of these sums
-// is -0).
+// in output order from +0, as every backward does: the same bits (but for
+// a NaN's sign where NaNs of both signs meet: it follows the order the
+// compiler gives an add's operands). A lane a tap skips adds +0, which
+// changes no sum begun at +0 (none of these sums is -0).
 
 #if defined(CPU_CAPABILITY_AVX2)
 constexpr int64_t kNarrowLanes = 8;  // float lanes of a vector
@@ -5350,6 +5357,7 @@ void narrow_forward_rows(const NarrowForward& f, const scalar_t* src, const Layo
   const int64_t* offset = f.offset.data();
   const Vec* divisor = f.divisor.data();
   const LaneTaps::Local<K, kUniform> taps(f.taps);
+  constexpr bool kPairs = kIn == Sources::kPaired || kIn == Sources::kAlternating;
   const int64_t p0 = q0 / rows, p1 = (q1 + rows - 1) / rows;
   PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
   for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
@@ -5367,7 +5375,7 @@ void narrow_forward_rows(const NarrowForward& f, const scalar_t* src, const Layo
         const int64_t* at = offset + first[r];
         const int64_t count = first[r + 1] - first[r];
         Vec low, high;
-        if constexpr (kIn == Sources::kPaired || kIn == Sources::kAlternating) {
+        if constexpr (kPairs) {
           __m256 even, odd, more_even, more_odd;
           load_pairs<kWhole>(plane + at[0], cells, last - plane_at - at[0] + 1, even, odd);
           for (int64_t t = 1; t < count; ++t) {
@@ -5395,7 +5403,7 @@ void narrow_forward_rows(const NarrowForward& f, const scalar_t* src, const Layo
         store_row(sum / divisor[r], out + r * outs, outs, room - r * outs >= kNarrowLanes);
       }
     };
-    if ((kIn == Sources::kPaired || kIn == Sources::kAlternating) && last - plane_at >= f.reach) {
+    if (kPairs && last - plane_at >= f.reach) {
       plane_rows(std::true_type{});
     } else {
       plane_rows(std::false_type{});
@@ -5430,7 +5438,7 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
     count[j] = table.dim[2][j].count;
   }
   const int64_t most = *std::max_element(count.begin(), count.end());
-  const int64_t reach = *std::max_element(offset.begin(), offset.end()) + kNarrowCells - 1;
+  const int64_t reach = *std::max_element(offset.begin(), offset.end()) + kPairCells - 1;
   const Sources sources_in = vi.size[4] <= kNarrowLanes ? Sources::kOne
                              : !kPairedRows<scalar_t>   ? Sources::kSplit
                              : LaneTaps::alternating(begin.data(), outs) ? Sources::kAlternating
