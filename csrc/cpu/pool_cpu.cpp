@@ -5230,6 +5230,11 @@ struct LaneTaps {
       return LaneTaps::add<K, kUniform, kIn>(K > 0 ? tap : all, count, acc, low, high);
     }
     int64_t size() const { return K > 0 ? K : count; }
+    __m256 has(int64_t k) const { return (K > 0 ? tap : all)[k].has; }
+    template <Sources kIn>
+    C10_ALWAYS_INLINE __m256 gather_unmasked(int64_t k, __m256 low, __m256 high) const {
+      return LaneTaps::gather<true, kIn>((K > 0 ? tap : all)[k], k, low, high);
+    }
     template <Sources kIn>
     C10_ALWAYS_INLINE __m256 gather(int64_t k, __m256 low, __m256 high) const {
       return LaneTaps::gather<kUniform, kIn>((K > 0 ? tap : all)[k], k, low, high);
@@ -5483,6 +5488,195 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
   });
 }
 
+// Adaptive max of narrow planes, as avg_forward_narrow: each input row's
+// maxima over each output's columns first (a permute a tap gathers the
+// column into its output's lane), then each output row's over its window
+// rows. A scan by max_takes' rule (a later NaN, or a larger value, takes
+// over) in tap order gives the max of a row's scans scanned in row order
+// the same way: the last NaN, or the first of the largest. So values and
+// taps are the element functions' (the taps' codes as floats: each row's
+// first tap's code plus the column's). Rows of up to 8 cells in one
+// vector, longer ones in two (Sources::kOne, kSplit; bfloat16 widened as
+// it loads).
+struct NarrowMax {
+  // Each output row's window rows in tap order (rows[first[r], first[r + 1]),
+  // as rows of the plane) and their first taps' codes; where each row of
+  // the plane starts.
+  std::vector<int64_t> first, rows, in_at;
+  std::vector<float> row_code;
+  std::vector<at::vec::Vectorized<float>> tap_code;  // tap k's code in each lane, less its row's
+  LaneTaps taps;
+  int64_t last;  // the input's last cell
+};
+
+// Output rows [q0, q1) of max_forward_narrow, counted over all planes (as
+// narrow_forward_rows'), their taps' codes into tap_dst where kCodes.
+template <int64_t K, bool kUniform, Sources kIn, bool kCodes, typename scalar_t>
+void narrow_max_rows(const NarrowMax& m, const scalar_t* src, const Layout5& vi, scalar_t* dst,
+                     uint8_t* tap_dst, const Layout5& vo, bool packed, int64_t q0, int64_t q1) {
+  using Vec = at::vec::Vectorized<float>;
+  static_assert(kIn == Sources::kOne || kIn == Sources::kSplit);
+  const int64_t rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
+  const int64_t cells = vi.size[4], last = m.last, outs = vo.size[4], high_at = cells - kNarrowLanes;
+  const int64_t* first = m.first.data();
+  const int64_t* window_rows = m.rows.data();
+  const int64_t* in_at = m.in_at.data();
+  const float* row_code = m.row_code.data();
+  const Vec* tap_code = m.tap_code.data();
+  const LaneTaps::Local<K, kUniform> taps(m.taps);
+  // Each input row's maxima and (kCodes) their columns' codes.
+  LineArray<float> scratch = line_array<float>(in_rows * 2 * kNarrowLanes);
+  float* const row_max = scratch.get();
+  float* const row_tap = row_max + in_rows * kNarrowLanes;
+  const int64_t p0 = q0 / rows, p1 = (q1 + rows - 1) / rows;
+  PlaneCursor in_plane(p0, vi), out_plane(p0, vo);
+  for (int64_t p = p0; p < p1; ++p, in_plane.next(), out_plane.next()) {
+    const int64_t plane_at = in_plane.at();
+    const scalar_t* plane = src + plane_at;
+    const int64_t out_at = out_plane.at();
+    const int64_t r0 = std::max(q0 - p * rows, int64_t{0}), r1 = std::min(q1 - p * rows, rows);
+    const int64_t room = (packed ? q1 - p * rows : r1) * outs;  // as narrow_forward_rows'
+    // The input rows of output rows [r0, r1): all of a whole plane's.
+    int64_t lo = 0, hi = in_rows;
+    if (r0 > 0 || r1 < rows) {
+      const auto needed = std::minmax_element(window_rows + first[r0], window_rows + first[r1]);
+      lo = *needed.first;
+      hi = *needed.second + 1;
+    }
+    for (int64_t i = lo; i < hi; ++i) {
+      const scalar_t* at = plane + in_at[i];
+      __m256 low, high;
+      if constexpr (kIn == Sources::kSplit) {
+        low = load_acc<float>(at);
+        high = load_acc<float>(at + high_at);
+      } else {
+        low = high = load_lanes_within(at, cells, last - plane_at - in_at[i] + 1);
+      }
+      __m256 best = taps.template gather_unmasked<kIn>(0, low, high), code = tap_code[0];
+      for (int64_t k = 1; k < taps.size(); ++k) {
+        const __m256 v = taps.template gather_unmasked<kIn>(k, low, high);
+        __m256 takes = takes_max(Vec(best), Vec(v));
+        if constexpr (!kUniform) takes = _mm256_and_ps(takes, taps.has(k));
+        best = _mm256_blendv_ps(best, v, takes);
+        if constexpr (kCodes) code = _mm256_blendv_ps(code, tap_code[k], takes);
+      }
+      _mm256_store_ps(row_max + i * kNarrowLanes, best);
+      if constexpr (kCodes) _mm256_store_ps(row_tap + i * kNarrowLanes, code);
+    }
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t* w = window_rows + first[r];
+      const float* w_code = row_code + first[r];
+      __m256 best = _mm256_load_ps(row_max + w[0] * kNarrowLanes), code;
+      if constexpr (kCodes) {
+        code = _mm256_add_ps(_mm256_load_ps(row_tap + w[0] * kNarrowLanes), _mm256_set1_ps(w_code[0]));
+      }
+      for (int64_t t = 1; t < first[r + 1] - first[r]; ++t) {
+        const __m256 v = _mm256_load_ps(row_max + w[t] * kNarrowLanes);
+        const __m256 takes = takes_max(Vec(best), Vec(v));
+        best = _mm256_blendv_ps(best, v, takes);
+        if constexpr (kCodes) {
+          const __m256 c = _mm256_add_ps(_mm256_load_ps(row_tap + w[t] * kNarrowLanes),
+                                         _mm256_set1_ps(w_code[t]));
+          code = _mm256_blendv_ps(code, c, takes);
+        }
+      }
+      const bool whole = room - r * outs >= kNarrowLanes;
+      if constexpr (kCodes) {
+        const __m256i c = _mm256_cvttps_epi32(code);
+        const __m128i words =
+            _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+        const __m128i bytes = _mm_packus_epi16(words, words);
+        uint8_t* to = tap_dst + out_at + r * outs;
+        if (whole) {
+          _mm_storel_epi64(reinterpret_cast<__m128i*>(to), bytes);
+        } else {
+          alignas(16) uint8_t b[16];
+          _mm_store_si128(reinterpret_cast<__m128i*>(b), bytes);
+          std::copy(b, b + outs, to);
+        }
+      }
+      store_row(Vec(best), dst + out_at + r * outs, outs, whole);
+    }
+  }
+}
+
+// Whether max_forward_narrow takes a max forward: narrow_planes', and taps
+// (if any) of one byte laid out as the output.
+inline bool narrow_max_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                              const at::Tensor* taps) {
+  return narrow_planes(g, in, &out) &&
+         (taps == nullptr ||
+          (taps->scalar_type() == at::kByte && taps->strides() == out.strides()));
+}
+
+template <typename scalar_t>
+  requires std::is_same_v<at::opmath_type<scalar_t>, float>
+void max_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::Tensor& out,
+                        const at::Tensor* taps) {
+  const Layout5 vi = layout_of(in), vo = layout_of(out);
+  WindowTable table;
+  table.build(g, 0);
+  const int64_t outs = vo.size[4], rows = vo.size[2] * vo.size[3];
+  const int64_t in_rows = vi.size[2] * vi.size[3];
+  std::vector<int64_t> first(rows + 1, 0), window_rows, in_at(in_rows);
+  std::vector<float> row_code;
+  for (const auto r : c10::irange(rows)) {
+    const Window& wd = table.dim[0][r / vo.size[3]];
+    const Window& wh = table.dim[1][r % vo.size[3]];
+    for (int64_t td = wd.first_tap; td < wd.first_tap + wd.count; ++td) {
+      for (int64_t th = wh.first_tap; th < wh.first_tap + wh.count; ++th) {
+        window_rows.push_back(tap_position(wd, td) * vi.size[3] + tap_position(wh, th));
+        row_code.push_back(static_cast<float>(encode_tap(g, td, th, 0)));
+      }
+    }
+    first[r + 1] = static_cast<int64_t>(window_rows.size());
+  }
+  for (const auto i : c10::irange(in_rows)) {
+    in_at[i] = (i / vi.size[3]) * vi.stride[2] + (i % vi.size[3]) * vi.stride[3];
+  }
+  std::vector<int64_t> begin(outs), count(outs);
+  for (const auto j : c10::irange(outs)) {
+    begin[j] = table.dim[2][j].begin;
+    count[j] = table.dim[2][j].count;
+  }
+  const int64_t most = *std::max_element(count.begin(), count.end());
+  std::vector<at::vec::Vectorized<float>> tap_code(most);
+  for (const auto k : c10::irange(most)) {
+    alignas(32) float c[kNarrowLanes] = {};
+    for (const auto j : c10::irange(outs)) c[j] = static_cast<float>(table.dim[2][j].first_tap + k);
+    tap_code[k] = at::vec::Vectorized<float>::loadu(c);
+  }
+  const Sources sources_in = vi.size[4] <= kNarrowLanes ? Sources::kOne : Sources::kSplit;
+  const NarrowMax m{std::move(first), std::move(window_rows), std::move(in_at), std::move(row_code),
+                    std::move(tap_code),
+                    LaneTaps(begin.data(), count.data(), outs, vi.size[4], most, sources_in),
+                    last_cell(vi)};
+  const auto* src = in.const_data_ptr<scalar_t>();
+  auto* dst = out.mutable_data_ptr<scalar_t>();
+  uint8_t* tap_dst = taps ? taps->mutable_data_ptr<uint8_t>() : nullptr;
+  with_tap_count(most, m.taps.uniform, [&](auto k, auto uniform) {
+    constexpr int64_t K = decltype(k)::value;
+    constexpr bool kUniform = decltype(uniform)::value;
+    const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
+    const int64_t all = vi.size[0] * vi.size[1] * rows;
+    const auto run = [&](auto in, auto codes) {
+      constexpr Sources kIn = decltype(in)::value;
+      constexpr bool kCodes = decltype(codes)::value;
+      at::parallel_for(0, all, grain(vi.pixels() / rows + outs), [&](int64_t q0, int64_t q1) {
+        narrow_max_rows<K, kUniform, kIn, kCodes>(m, src, vi, dst, tap_dst, vo, packed, q0, q1);
+      });
+    };
+    const auto with_codes = [&](auto in) {
+      tap_dst ? run(in, std::true_type{}) : run(in, std::false_type{});
+    };
+    if (sources_in == Sources::kOne) {
+      with_codes(std::integral_constant<Sources, Sources::kOne>{});
+    } else {
+      with_codes(std::integral_constant<Sources, Sources::kSplit>{});
+    }
+  });
+}
+
 // avg_backward_narrow's tables: each output row's divisors and where it
 // starts in a plane; each input row's covering output rows, in order
 // (covering[first[r], first[r + 1])), and where it starts; the taps of the
@@ -5635,6 +5829,10 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
 inline bool narrow_planes(const PoolGeometry&, const at::Tensor&, const at::Tensor*) {
   return false;
 }
+inline bool narrow_max_planes(const PoolGeometry&, const at::Tensor&, const at::Tensor&,
+                              const at::Tensor*) {
+  return false;
+}
 #endif
 
 // The instances narrow_planes never takes: double, and any without AVX2.
@@ -5645,6 +5843,11 @@ void avg_forward_narrow(const PoolGeometry&, const at::Tensor&, const at::Tensor
 template <typename scalar_t>
 void avg_backward_narrow(const PoolGeometry&, const at::Tensor&, const at::Tensor&) {
   TORCH_INTERNAL_ASSERT(false, "avg_backward_narrow: no kernel for this type");
+}
+template <typename scalar_t>
+void max_forward_narrow(const PoolGeometry&, const at::Tensor&, const at::Tensor&,
+                        const at::Tensor*) {
+  TORCH_INTERNAL_ASSERT(false, "max_forward_narrow: no kernel for this type");
 }
 
 // The CPU backend of pool_ops.h: each op picks its kernel by layout and
@@ -5666,6 +5869,8 @@ struct CpuKernels {
         using tap_t = decltype(tap_tag);
         if (global_by_channels(g, in, out, true, saved)) {
           max_forward_global_channels<scalar_t, tap_t>(g, in, out, saved);
+        } else if (narrow_max_planes(g, in, out, saved)) {
+          max_forward_narrow<scalar_t>(g, in, out, saved);
         } else if (forward_by_channels(g, in, out, true, saved)) {
           max_forward_channels<scalar_t, tap_t>(g, in, out, saved);
         } else if (is_global(g)) {
