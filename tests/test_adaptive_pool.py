@@ -874,15 +874,16 @@ def test_narrow_planes_max_scans_in_tap_order(dtype):
     """Adaptive maxima of rows of up to 16 cells into up to 8 outputs, rows contiguous,
     go through the CPU's narrow-plane max (each row's maxima over each output's
     columns, then over the window's rows): the same bits as the same values with
-    channels innermost, which scan the window tap by tap (the last NaN, with its
-    payload; the first of equal values, so -0 or +0 as it comes first), values alone
-    too, torch's indices, the same gradient; over two threads, with planes a task
-    splits (3000 rows)."""
+    cells a step apart, which the element functions scan tap by tap (the last NaN,
+    with its payload; the first of equal values, so -0 or +0 as it comes first), and
+    as with channels innermost (8 or more go to the channels kernels), values alone
+    too, torch's indices, the same gradient; over two threads, one plane of 3000 rows
+    split between them."""
     rng = make_rng("narrow-max", dtype)
     gen = torch_generator(rng)
     shapes = [((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
               ((2, 4, 5, 3), (7, 5)), ((2, 3, 4, 6, 13), (3, 2, 5)), ((4, 6, 12), (5,)),
-              ((3, 5, 8), (8,)), ((1, 2, 3000, 13), (1000, 6)), ((2, 3, 4, 11), (3, 4)),
+              ((3, 5, 8), (8,)), ((1, 1, 3000, 13), (1000, 6)), ((2, 3, 4, 11), (3, 4)),
               ((2, 3, 5, 16), (3, 2)), ((2, 3, 6, 15), (2, 7))]
     for _ in range(6):
         d = rng.randint(1, 3)
@@ -897,17 +898,20 @@ def test_narrow_planes_max_scans_in_tap_order(dtype):
         if dtype == torch.float32:  # NaNs of many payloads
             bits, nan = x.view(torch.int32), x.isnan()
             bits[nan] |= torch.randint(0, 1 << 22, x.shape, generator=gen, dtype=torch.int32)[nan]
+        stepped = torch.empty(shape[:-1] + (2 * shape[-1],), dtype=dtype)[..., ::2]
+        stepped.copy_(x)  # (rows not contiguous: the element functions)
         inner = x.movedim(1, -1).contiguous().movedim(-1, 1)  # channels innermost
         msg = f"{name} {tuple(shape)} -> {output_size}, ties={ties}"
         with num_threads(2):
-            (out, idx, grad), (out_in, idx_in, grad_in) = [
-                outputs_and_grad(ours(name), v, output_size, return_indices=True) for v in (x, inner)]
+            (out, idx, grad), *others = [
+                outputs_and_grad(ours(name), v, output_size, return_indices=True) for v in (x, stepped, inner)]
             values = ours(name)(x, output_size)
-        assert_same_bits(out, out_in, msg)
+        for out_ref, idx_ref, grad_ref in others:
+            assert_same_bits(out, out_ref, msg)
+            assert torch.equal(idx, idx_ref), msg
+            assert_equal(grad, grad_ref, msg)
         assert_same_bits(values, out, msg)
-        assert torch.equal(idx, idx_in), msg
         assert torch.equal(idx, torchs(name)(x, output_size, return_indices=True)[1]), msg
-        assert_equal(grad, grad_in, msg)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)

@@ -5525,7 +5525,7 @@ void narrow_max_rows(const NarrowMax& m, const scalar_t* src, const Layout5& vi,
   const Vec* tap_code = m.tap_code.data();
   const LaneTaps::Local<K, kUniform> taps(m.taps);
   // Each input row's maxima and (kCodes) their columns' codes.
-  LineArray<float> scratch = line_array<float>(in_rows * 2 * kNarrowLanes);
+  LineArray<float> scratch = line_array<float>(in_rows * (kCodes ? 2 : 1) * kNarrowLanes);
   float* const row_max = scratch.get();
   float* const row_tap = row_max + in_rows * kNarrowLanes;
   const int64_t p0 = q0 / rows, p1 = (q1 + rows - 1) / rows;
