@@ -903,8 +903,8 @@ def test_narrow_planes_max_scans_in_tap_order(dtype):
         inner = x.movedim(1, -1).contiguous().movedim(-1, 1)  # channels innermost
         msg = f"{name} {tuple(shape)} -> {output_size}, ties={ties}"
         with num_threads(2):
-            (out, idx, grad), *others = [
-                outputs_and_grad(ours(name), v, output_size, return_indices=True) for v in (x, stepped, inner)]
+            (out, idx, grad), *others = [outputs_and_grad(ours(name), v, output_size, return_indices=True)
+                                         for v in (x, stepped, inner)]
             values = ours(name)(x, output_size)
         for out_ref, idx_ref, grad_ref in others:
             assert_same_bits(out, out_ref, msg)

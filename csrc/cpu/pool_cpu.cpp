@@ -1720,7 +1720,8 @@ void forward_planes_padded(const PoolGeometry& g, const at::Tensor& in, const at
         }
         ahead.reset();
         if (prefetch && held + 1 < planes) {
-          const scalar_t* next = src + vi.offset((held + 1) / vi.size[1], (held + 1) % vi.size[1], 0, 0, 0);
+          const int64_t n1 = (held + 1) / vi.size[1], c1 = (held + 1) % vi.size[1];
+          const scalar_t* next = src + vi.offset(n1, c1, 0, 0, 0);
           ahead.emplace(reinterpret_cast<uintptr_t>(next), 0, plane_bytes, 1,
                         vo.size[2] * vo.size[3]);
         }
@@ -5131,8 +5132,9 @@ void through_planes(const at::Tensor& lead, const std::array<at::Tensor, kIns>& 
 // each output row's window rows a vector of cells at a time, then gathers
 // each output's cells into its lane by permutes, a tap at a time; the
 // backward gathers each output row's shares into its cells' lanes the same
-// way, and sums those of the output rows covering each input row. The forward adds as columns_row does (a window's rows,
-// then its cells from +0), the planes kernels' order for adaptive windows:
+// way, and sums those of the output rows covering each input row. The
+// forward adds as columns_row does (a window's rows, then its cells from
+// +0), the planes kernels' order for adaptive windows:
 // the channels kernels add tap by tap, so contiguous and channels-last
 // outputs can differ in the last bit. The backward adds the gather's terms
 // in output order from +0, as every backward does: the same bits (but for
@@ -5533,7 +5535,8 @@ void narrow_max_rows(const NarrowMax& m, const scalar_t* src, const Layout5& vi,
   using Vec = at::vec::Vectorized<float>;
   static_assert(kIn == Sources::kOne || kIn == Sources::kSplit);
   const int64_t rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
-  const int64_t cells = vi.size[4], last = m.last, outs = vo.size[4], high_at = cells - kNarrowLanes;
+  const int64_t cells = vi.size[4], last = m.last, outs = vo.size[4];
+  const int64_t high_at = cells - kNarrowLanes;
   const int64_t* first = m.first.data();
   const int64_t* window_rows = m.rows.data();
   const int64_t* in_at = m.in_at.data();
@@ -5584,7 +5587,8 @@ void narrow_max_rows(const NarrowMax& m, const scalar_t* src, const Layout5& vi,
       const float* w_code = row_code + first[r];
       __m256 best = _mm256_load_ps(row_max + w[0] * kNarrowLanes), code;
       if constexpr (kCodes) {
-        code = _mm256_add_ps(_mm256_load_ps(row_tap + w[0] * kNarrowLanes), _mm256_set1_ps(w_code[0]));
+        code = _mm256_add_ps(_mm256_load_ps(row_tap + w[0] * kNarrowLanes),
+                             _mm256_set1_ps(w_code[0]));
       }
       for (int64_t t = 1; t < first[r + 1] - first[r]; ++t) {
         const __m256 v = _mm256_load_ps(row_max + w[t] * kNarrowLanes);
@@ -5759,7 +5763,8 @@ void narrow_backward_rows(const NarrowBackward& b, const scalar_t* grad, const L
       const __m256 share = row / divisor[r];
       float* to = rows + r * row_floats;
       for (int64_t k = 0; k < taps; ++k) {
-        _mm256_store_ps(to + k * kNarrowLanes, low_taps.template gather<Sources::kOne>(k, share, share));
+        _mm256_store_ps(to + k * kNarrowLanes,
+                        low_taps.template gather<Sources::kOne>(k, share, share));
         if constexpr (kTwo) {
           _mm256_store_ps(to + (taps + k) * kNarrowLanes,
                           high_taps.template gather<Sources::kOne>(k, share, share));
@@ -5773,7 +5778,9 @@ void narrow_backward_rows(const NarrowBackward& b, const scalar_t* grad, const L
         const float* from = rows + covering[i] * row_floats;
         for (int64_t k = 0; k < taps; ++k) {
           low = _mm256_add_ps(low, _mm256_load_ps(from + k * kNarrowLanes));
-          if constexpr (kTwo) high = _mm256_add_ps(high, _mm256_load_ps(from + (taps + k) * kNarrowLanes));
+          if constexpr (kTwo) {
+            high = _mm256_add_ps(high, _mm256_load_ps(from + (taps + k) * kNarrowLanes));
+          }
         }
       }
       store_row(Vec(low), plane + in_at[r], low_cells, cells >= kNarrowLanes);
