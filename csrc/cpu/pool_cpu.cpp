@@ -5509,13 +5509,13 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
 // Adaptive max of narrow planes, as avg_forward_narrow: each input row's
 // maxima over each output's columns first (a permute a tap gathers the
 // column into its output's lane), then each output row's over its window
-// rows. A scan by max_takes' rule (a later NaN, or a larger value, takes
-// over) in tap order gives the max of a row's scans scanned in row order
-// the same way: the last NaN, or the first of the largest. So values and
-// taps are the element functions' (the taps' codes as floats: each row's
-// first tap's code plus the column's). Rows of up to 8 cells in one
-// vector, longer ones in two (Sources::kOne, kSplit; bfloat16 widened as
-// it loads).
+// rows. A scan of a window in tap order by max_takes' rule (a later NaN, or
+// a larger value, takes over) keeps the cell that scanning each of its rows,
+// then the rows' winners in row order, keeps: the last NaN, or the first of
+// the largest. So values and taps are the element functions' (the taps'
+// codes as floats: each row's first tap's code plus the column's). Rows of
+// up to 8 cells in one vector, longer ones in two (Sources::kOne, kSplit;
+// bfloat16 widened as it loads).
 struct NarrowMax {
   // Each output row's window rows in tap order (rows[first[r], first[r + 1]),
   // as rows of the plane) and their first taps' codes; where each row of
