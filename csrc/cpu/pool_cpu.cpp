@@ -5323,6 +5323,29 @@ struct PlaneCursor {
   }
 };
 
+// Where each row (d, h) of a plane of v starts, from the plane's start.
+inline std::vector<int64_t> row_starts(const Layout5& v) {
+  std::vector<int64_t> at(v.size[2] * v.size[3]);
+  for (const auto i : c10::irange(v.size[2] * v.size[3])) {
+    at[i] = (i / v.size[3]) * v.stride[2] + (i % v.size[3]) * v.stride[3];
+  }
+  return at;
+}
+
+// The W windows of a row of `outs` outputs, as LaneTaps takes them: where
+// each begins, how many cells it takes, and the most any takes.
+struct OutputColumns {
+  std::vector<int64_t> begin, count;
+  int64_t most;
+  OutputColumns(const WindowTable& table, int64_t outs) : begin(outs), count(outs) {
+    for (const auto j : c10::irange(outs)) {
+      begin[j] = table.dim[2][j].begin;
+      count[j] = table.dim[2][j].count;
+    }
+    most = *std::max_element(count.begin(), count.end());
+  }
+};
+
 // The divisors of an output row's outputs, as lanes (1 past the row).
 inline at::vec::Vectorized<float> row_divisors(const PoolGeometry& g, const WindowTable& table,
                                                 int64_t o0, int64_t o1) {
@@ -5465,26 +5488,24 @@ void avg_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
     first[r + 1] = static_cast<int64_t>(offset.size());
     divisor[r] = row_divisors(g, table, r / vo.size[3], r % vo.size[3]);
   }
-  std::vector<int64_t> begin(outs), count(outs);
-  for (const auto j : c10::irange(outs)) {
-    begin[j] = table.dim[2][j].begin;
-    count[j] = table.dim[2][j].count;
-  }
-  const int64_t most = *std::max_element(count.begin(), count.end());
+  const OutputColumns columns(table, outs);
+  const int64_t most = columns.most;
   const int64_t reach = *std::max_element(offset.begin(), offset.end()) + kPairCells - 1;
   const Sources sources_in = vi.size[4] <= kNarrowLanes ? Sources::kOne
                              : !kPairedRows<scalar_t>   ? Sources::kSplit
-                             : LaneTaps::alternating(begin.data(), outs) ? Sources::kAlternating
-                                                                         : Sources::kPaired;
-  const NarrowForward f{std::move(first), std::move(offset), std::move(divisor),
-                        LaneTaps(begin.data(), count.data(), outs, vi.size[4], most, sources_in),
-                        last_cell(vi), reach};
+                             : LaneTaps::alternating(columns.begin.data(), outs)
+                                 ? Sources::kAlternating
+                                 : Sources::kPaired;
+  const NarrowForward f{
+      std::move(first), std::move(offset), std::move(divisor),
+      LaneTaps(columns.begin.data(), columns.count.data(), outs, vi.size[4], most, sources_in),
+      last_cell(vi), reach};
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   with_tap_count(most, f.taps.uniform, [&](auto k, auto uniform) {
     constexpr int64_t K = decltype(k)::value;
     constexpr bool kUniform = decltype(uniform)::value;
-    const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
+    const bool packed = planes_end_to_end(vo);
     const int64_t all = vi.size[0] * vi.size[1] * rows;
     const auto run = [&](auto in) {
       constexpr Sources kIn = decltype(in)::value;
@@ -5637,8 +5658,7 @@ void max_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
   WindowTable table;
   table.build(g, 0);
   const int64_t outs = vo.size[4], rows = vo.size[2] * vo.size[3];
-  const int64_t in_rows = vi.size[2] * vi.size[3];
-  std::vector<int64_t> first(rows + 1, 0), window_rows, in_at(in_rows);
+  std::vector<int64_t> first(rows + 1, 0), window_rows;
   std::vector<float> row_code;
   for (const auto r : c10::irange(rows)) {
     const Window& wd = table.dim[0][r / vo.size[3]];
@@ -5651,15 +5671,8 @@ void max_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
     }
     first[r + 1] = static_cast<int64_t>(window_rows.size());
   }
-  for (const auto i : c10::irange(in_rows)) {
-    in_at[i] = (i / vi.size[3]) * vi.stride[2] + (i % vi.size[3]) * vi.stride[3];
-  }
-  std::vector<int64_t> begin(outs), count(outs);
-  for (const auto j : c10::irange(outs)) {
-    begin[j] = table.dim[2][j].begin;
-    count[j] = table.dim[2][j].count;
-  }
-  const int64_t most = *std::max_element(count.begin(), count.end());
+  const OutputColumns columns(table, outs);
+  const int64_t most = columns.most;
   std::vector<at::vec::Vectorized<float>> tap_code(most);
   for (const auto k : c10::irange(most)) {
     alignas(32) float c[kNarrowLanes] = {};
@@ -5667,17 +5680,18 @@ void max_forward_narrow(const PoolGeometry& g, const at::Tensor& in, const at::T
     tap_code[k] = at::vec::Vectorized<float>::loadu(c);
   }
   const Sources sources_in = vi.size[4] <= kNarrowLanes ? Sources::kOne : Sources::kSplit;
-  const NarrowMax m{std::move(first), std::move(window_rows), std::move(in_at), std::move(row_code),
-                    std::move(tap_code),
-                    LaneTaps(begin.data(), count.data(), outs, vi.size[4], most, sources_in),
-                    last_cell(vi)};
+  const NarrowMax m{
+      std::move(first), std::move(window_rows), row_starts(vi), std::move(row_code),
+      std::move(tap_code),
+      LaneTaps(columns.begin.data(), columns.count.data(), outs, vi.size[4], most, sources_in),
+      last_cell(vi)};
   const auto* src = in.const_data_ptr<scalar_t>();
   auto* dst = out.mutable_data_ptr<scalar_t>();
   uint8_t* tap_dst = taps ? taps->mutable_data_ptr<uint8_t>() : nullptr;
   with_tap_count(most, m.taps.uniform, [&](auto k, auto uniform) {
     constexpr int64_t K = decltype(k)::value;
     constexpr bool kUniform = decltype(uniform)::value;
-    const bool packed = vo.stride[1] == rows * outs && vo.stride[0] == vo.size[1] * vo.stride[1];
+    const bool packed = planes_end_to_end(vo);
     const int64_t all = vi.size[0] * vi.size[1] * rows;
     const auto run = [&](auto in, auto codes) {
       constexpr Sources kIn = decltype(in)::value;
@@ -5800,10 +5814,9 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
   const int64_t cells = vi.size[4], outs = vo.size[4];
   const int64_t out_rows = vo.size[2] * vo.size[3], in_rows = vi.size[2] * vi.size[3];
   std::vector<at::vec::Vectorized<float>> divisor(out_rows);
-  std::vector<int64_t> out_at(out_rows), in_at(in_rows), first(in_rows + 1, 0), covering;
+  std::vector<int64_t> first(in_rows + 1, 0), covering;
   for (const auto r : c10::irange(out_rows)) {
     divisor[r] = row_divisors(g, table, r / vo.size[3], r % vo.size[3]);
-    out_at[r] = (r / vo.size[3]) * vo.stride[2] + (r % vo.size[3]) * vo.stride[3];
   }
   for (const auto r : c10::irange(in_rows)) {
     const Span sd = cover[0][r / vi.size[3]], sh = cover[1][r % vi.size[3]];
@@ -5811,7 +5824,6 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
       for (int64_t oh = sh.lo; oh < sh.hi; ++oh) covering.push_back(od * vo.size[3] + oh);
     }
     first[r + 1] = static_cast<int64_t>(covering.size());
-    in_at[r] = (r / vi.size[3]) * vi.stride[2] + (r % vi.size[3]) * vi.stride[3];
   }
   // Lane x of the first vector is cell x, of the second cell cells - 16 + x.
   int64_t begin[kNarrowCells], count[kNarrowCells];
@@ -5824,8 +5836,8 @@ void avg_backward_narrow(const PoolGeometry& g, const at::Tensor& grad_out,
   const bool two = cells > kNarrowLanes;
   const int64_t most = *std::max_element(count, count + kNarrowCells);
   const NarrowBackward b{std::move(divisor),
-                         std::move(out_at),
-                         std::move(in_at),
+                         row_starts(vo),
+                         row_starts(vi),
                          std::move(first),
                          std::move(covering),
                          LaneTaps(begin, count, std::min(cells, kNarrowLanes), outs, most,
