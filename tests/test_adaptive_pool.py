@@ -825,6 +825,19 @@ def rows_then_cells(x, output_size):
     return out.to(x.dtype)
 
 
+def with_random_narrow_planes(rng, shapes, min_channels=1):
+    """shapes, then six random (input shape, output size) pairs of 1d-3d adaptive
+    pooling whose rows hold up to 16 cells into up to 8 outputs (the CPU's narrow
+    planes)."""
+    shapes = list(shapes)
+    for _ in range(6):
+        d = rng.randint(1, 3)
+        spatial = tuple(rng.randint(1, 10) for _ in range(d - 1)) + (rng.randint(1, 16),)
+        out = tuple(rng.randint(1, 9) for _ in range(d - 1)) + (rng.randint(1, 8),)
+        shapes.append(((rng.randint(1, 3), rng.randint(min_channels, 40)) + spatial, out))
+    return shapes
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 def test_narrow_planes_sum_rows_then_cells(dtype):
     """Adaptive averages of rows of up to 16 cells into up to 8 outputs (13x13 -> 6x6,
@@ -837,15 +850,11 @@ def test_narrow_planes_sum_rows_then_cells(dtype):
     large planes, which the threads split), close to torch, and gradients
     bit-identical to the same values channels-last."""
     rng = make_rng("narrow-planes", dtype)
-    shapes = [((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
-              ((2, 4, 5, 3), (7, 5)), ((20000, 1, 2, 3), (1, 2)), ((2, 3, 4, 6, 13), (3, 2, 5)),
-              ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6)), ((1, 2, 3000, 13), (1000, 6)),
-              ((2, 3, 5, 16), (3, 2)), ((2, 4, 3, 15), (2, 7)), ((2, 3, 4, 11), (3, 4))]
-    for _ in range(6):
-        d = rng.randint(1, 3)
-        spatial = tuple(rng.randint(1, 10) for _ in range(d - 1)) + (rng.randint(1, 16),)
-        out = tuple(rng.randint(1, 9) for _ in range(d - 1)) + (rng.randint(1, 8),)
-        shapes.append(((rng.randint(1, 3), rng.randint(1, 40)) + spatial, out))
+    shapes = with_random_narrow_planes(rng, [
+        ((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
+        ((2, 4, 5, 3), (7, 5)), ((20000, 1, 2, 3), (1, 2)), ((2, 3, 4, 6, 13), (3, 2, 5)),
+        ((4, 6, 12), (5,)), ((3, 5, 8), (8,)), ((6, 13, 13), (6, 6)), ((1, 2, 3000, 13), (1000, 6)),
+        ((2, 3, 5, 16), (3, 2)), ((2, 4, 3, 15), (2, 7)), ((2, 3, 4, 11), (3, 4))])
     for shape, output_size in shapes:
         d = len(output_size)
         name = f"adaptive_avg_pool{d}d"
@@ -881,15 +890,11 @@ def test_narrow_planes_max_scans_in_tap_order(dtype):
     split between them."""
     rng = make_rng("narrow-max", dtype)
     gen = torch_generator(rng)
-    shapes = [((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
-              ((2, 4, 5, 3), (7, 5)), ((2, 3, 4, 6, 13), (3, 2, 5)), ((4, 6, 12), (5,)),
-              ((3, 5, 8), (8,)), ((1, 1, 3000, 13), (1000, 6)), ((2, 3, 4, 11), (3, 4)),
-              ((2, 3, 5, 16), (3, 2)), ((2, 3, 6, 15), (2, 7))]
-    for _ in range(6):
-        d = rng.randint(1, 3)
-        spatial = tuple(rng.randint(1, 10) for _ in range(d - 1)) + (rng.randint(1, 16),)
-        out = tuple(rng.randint(1, 9) for _ in range(d - 1)) + (rng.randint(1, 8),)
-        shapes.append(((rng.randint(1, 3), rng.randint(2, 40)) + spatial, out))
+    shapes = with_random_narrow_planes(rng, [
+        ((2, 70, 13, 13), (6, 6)), ((3, 9, 7, 7), (3, 3)), ((2, 5, 9, 16), (4, 8)),
+        ((2, 4, 5, 3), (7, 5)), ((2, 3, 4, 6, 13), (3, 2, 5)), ((4, 6, 12), (5,)),
+        ((3, 5, 8), (8,)), ((1, 1, 3000, 13), (1000, 6)), ((2, 3, 4, 11), (3, 4)),
+        ((2, 3, 5, 16), (3, 2)), ((2, 3, 6, 15), (2, 7))], min_channels=2)
     specials = (NAN, -NAN, INF, -INF, 0.0, -0.0)
     for (shape, output_size), ties in itertools.product(shapes, (False, True)):
         d = len(output_size)
