@@ -919,6 +919,46 @@ def test_narrow_planes_max_scans_in_tap_order(dtype):
         assert torch.equal(idx, torchs(name)(x, output_size, return_indices=True)[1]), msg
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+def test_max_by_columns_values_alone(dtype):
+    """Adaptive and variable maxima of contiguous rows of 17-64 cells, windows of
+    several rows (the CPU reduces each column over the window's rows, then each
+    output over its columns): values alone keep no tap codes, and take a window's
+    bits from its cells where its maximum is a NaN (the last in tap order, with its
+    payload) or a zero (the first, -0 or +0): the same bits as the training forward
+    and as the same values with cells a step apart (the element functions), over
+    inputs of zeros of both signs alone too (a ReLU's output), ties, +-inf."""
+    rng = make_rng("columns-max", dtype)
+    gen = torch_generator(rng)
+    cases = [((2, 3, 40, 50), (5, 6)), ((3, 5, 9, 33), (4, 4)), ((2, 2, 5, 6, 40), (2, 2, 5)),
+             ((1, 2, 30, 20), (4, 4)), ((2, 3, 20, 64), (3, 1)), ((2, 1, 17, 17), (17, 2))]
+    for _ in range(4):
+        d = rng.randint(2, 3)
+        spatial = tuple(rng.randint(2, 12) for _ in range(d - 1)) + (rng.randint(17, 64),)
+        out = tuple(rng.randint(1, s - 1) for s in spatial[:-1]) + (rng.randint(1, 6),)
+        cases.append(((rng.randint(1, 3), rng.randint(1, 6)) + spatial, out))
+    specials = (NAN, -NAN, INF, -INF, 0.0, -0.0)
+    for (shape, output_size), kind in itertools.product(cases, ("random", "ties", "zeros")):
+        d = len(output_size)
+        if kind == "zeros":  # a window's maximum is a zero, of either sign first
+            x = torch.where(torch.rand(shape, generator=gen) < 0.5, 0.0, -0.0).to(dtype)
+        else:
+            x = random_values(rng, shape, dtype, ties=kind == "ties", specials=0.1, special_values=specials)
+        if dtype == torch.float32:  # NaNs of many payloads
+            bits, nan = x.view(torch.int32), x.isnan()
+            bits[nan] |= torch.randint(0, 1 << 22, x.shape, generator=gen, dtype=torch.int32)[nan]
+        stepped = torch.empty(shape[:-1] + (2 * shape[-1],), dtype=dtype)[..., ::2]
+        stepped.copy_(x)
+        sizes = torch.stack([torch.randint(1, s + 1, (shape[0],), generator=gen) for s in shape[2:]], 1)
+        msg = f"{tuple(shape)} -> {output_size}, {kind}"
+        with num_threads(2):
+            for fn in (lambda v, **k: ours(f"adaptive_max_pool{d}d")(v, output_size, **k),
+                       lambda v, **k: ours(f"variable_max_pool{d}d")(v, output_size, sizes, **k)):
+                values = fn(x)
+                assert_same_bits(values, fn(x, return_indices=True)[0], msg)
+                assert_same_bits(values, fn(stepped), msg)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
 def test_narrow_planes_backward_of_nan_gradients(dtype):
     """Outputs wider than their input (2 -> 6, 4 -> 8, 7 -> 8): every input cell is
