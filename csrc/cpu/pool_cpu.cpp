@@ -1691,6 +1691,12 @@ inline bool pads_planes(const PoolGeometry& g, bool max, const Layout5& vi, cons
 
 constexpr int64_t kPrefetchBytes = 16 << 20;  // inputs larger are taken to be out of cache
 
+// Whether the elements of vi (scalar_t's) span more than kPrefetchBytes.
+template <typename scalar_t>
+inline bool out_of_cache(const Layout5& vi) {
+  return vi.size[0] * vi.stride[0] * int64_t{sizeof(scalar_t)} > kPrefetchBytes;
+}
+
 // Prefetches `count` planes (`bytes` long, `stride` bytes apart, from
 // address `first`) in `steps` calls of next(), a few cache lines each, plane
 // by plane. Addresses are integers: up to two lines past a plane's end may be
@@ -1825,7 +1831,7 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
   // torch's too, takes twice a whole plane's time), so each output row by
   // columns asks for the next one's window rows (one thread, 32x128 planes
   // of 8-64 cells a side to 4x4: 1.3x faster).
-  const bool prefetch = vi.size[0] * vi.stride[0] * int64_t{sizeof(scalar_t)} > kPrefetchBytes;
+  const bool prefetch = out_of_cache<scalar_t>(vi);
   const std::optional<RowPlans> plans =
       blocked ? std::make_optional<RowPlans>(g, shared, vi) : std::nullopt;
   if constexpr (!kTaps) {
@@ -1897,8 +1903,8 @@ void forward_planes(const PoolGeometry& g, const at::Tensor& in, const at::Tenso
         if (prefetch && width < vi.stride[3] && r + 1 < end) {
           RowCursor after = cursor;
           after.next();
-          // (Written out here: a function of nothing but prefetches has no
-          // effect GCC sees, and its calls were dropped.)
+          // (Written out: through a helper, a function or a lambda given to
+          // window_rows' loop, GCC emitted none of these prefetches.)
           if (after.n == n) {
             const Window later[2] = {table.dim[0][after.x[0]], table.dim[1][after.x[1]]};
             const scalar_t* next_plane = src + vi.offset(n, after.c, 0, 0, 0);
@@ -2146,7 +2152,7 @@ void forward_channel_rows(const PoolGeometry& g, const scalar_t* src, const Layo
   const int64_t channels = vo.size[1];
   // Blocks carry tap codes in acc_t lanes: exact below 2^24 (float).
   const bool by_blocks = window_taps(g) < (int64_t{1} << 24);
-  const bool prefetch = vi.size[0] * vi.stride[0] * int64_t{sizeof(scalar_t)} > kPrefetchBytes;
+  const bool prefetch = out_of_cache<scalar_t>(vi);
   WindowTable& table = s.table;
   auto &row_taps = s.row_taps, &taps = s.taps;
   for (const auto r : c10::irange(begin, end)) {
